@@ -1,0 +1,85 @@
+"""Signed tree heads ("checkpoints") for one stream.
+
+A checkpoint commits to the stream's Merkle tree over *all* records so far: tree size,
+root hash, chain head hash, and the time it was signed, with an Ed25519 signature over the
+RFC 8785 bytes of those fields. It carries no personal data, so it is kept for the life of the
+stream, and anyone with our public key can check it.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import rfc8785
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from archiver.errors import CheckpointSignatureError
+
+ORIGIN = "strongroom.checkpoint/1"
+
+
+def key_id(public_key: Ed25519PublicKey) -> str:
+    raw = public_key.public_bytes(Encoding.Raw, PublicFormat.Raw)
+    return hashlib.sha256(raw).hexdigest()[:16]
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    stream: str
+    tree_size: int
+    root_hash: str  # hex
+    head_hash: str  # hex
+    time: str  # ISO-8601 UTC
+    key_id: str
+    origin: str = ORIGIN
+
+    def signed_bytes(self) -> bytes:
+        return rfc8785.dumps(asdict(self))
+
+
+@dataclass(frozen=True, slots=True)
+class SignedCheckpoint:
+    checkpoint: Checkpoint
+    signature: bytes
+
+    @classmethod
+    def sign(cls, cp: Checkpoint, private_key: Ed25519PrivateKey) -> SignedCheckpoint:
+        return cls(cp, private_key.sign(cp.signed_bytes()))
+
+    def to_json(self) -> bytes:
+        doc = {
+            "checkpoint": asdict(self.checkpoint),
+            "signature": base64.b64encode(self.signature).decode(),
+        }
+        return json.dumps(doc, indent=2, sort_keys=True).encode() + b"\n"
+
+    @classmethod
+    def from_json(cls, data: bytes, item: str = "checkpoint") -> SignedCheckpoint:
+        try:
+            doc: dict[str, Any] = json.loads(data)
+            cp = Checkpoint(**doc["checkpoint"])
+            sig = base64.b64decode(doc["signature"], validate=True)
+            if not isinstance(cp.tree_size, int) or cp.tree_size < 0:
+                raise ValueError(f"invalid tree size {cp.tree_size!r}")
+        except (ValueError, KeyError, TypeError) as e:
+            # Malformed input must surface as a verification failure, not a raw ValueError.
+            raise CheckpointSignatureError(item, f"malformed checkpoint: {e}") from e
+        return cls(cp, sig)
+
+    def verify(self, public_key: Ed25519PublicKey, item: str = "checkpoint") -> None:
+        if self.checkpoint.origin != ORIGIN:
+            raise CheckpointSignatureError(item, f"unknown origin {self.checkpoint.origin!r}")
+        if self.checkpoint.key_id != key_id(public_key):
+            raise CheckpointSignatureError(
+                item, f"signed by key {self.checkpoint.key_id}, expected {key_id(public_key)}"
+            )
+        try:
+            public_key.verify(self.signature, self.checkpoint.signed_bytes())
+        except InvalidSignature as e:
+            raise CheckpointSignatureError(item, "signature does not verify") from e

@@ -1,0 +1,175 @@
+"""Envelope encryption, blind indexes and key files.
+
+- Content is encrypted with AES-256-GCM under a *content key*; the content key of a record is
+  derived (HKDF-SHA256) from the data keys of every data subject the record is about, so
+  destroying any one subject's data key makes the record unreadable (crypto-shredding).
+- Data keys are wrapped by the key-encryption key (KEK): a local key file in the embedded
+  default, AWS KMS in production (same `Kek` interface).
+- Phone numbers and user ids used for lookup are blind-indexed with HMAC-SHA256 under a
+  secret key, never plain-hashed (a plain hash of a phone number is reversible by enumeration).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+from pathlib import Path
+from typing import Protocol
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from archiver.errors import ConfigurationError, StrongroomError
+
+NONCE_SIZE = 12
+KEY_SIZE = 32
+
+
+class DecryptionError(StrongroomError):
+    """Ciphertext failed authentication: wrong key, wrong associated data, or tampering."""
+
+
+def encrypt(key: bytes, plaintext: bytes, aad: bytes) -> tuple[bytes, bytes]:
+    nonce = os.urandom(NONCE_SIZE)
+    return nonce, AESGCM(key).encrypt(nonce, plaintext, aad)
+
+
+def decrypt(key: bytes, nonce: bytes, ciphertext: bytes, aad: bytes) -> bytes:
+    try:
+        return AESGCM(key).decrypt(nonce, ciphertext, aad)
+    except InvalidTag as e:
+        raise DecryptionError("ciphertext failed authentication") from e
+
+
+def derive_content_key(data_keys: list[tuple[str, bytes]]) -> bytes:
+    """Content key for a record about the subjects whose (key_id, data_key) are given."""
+    if not data_keys:
+        raise ValueError("a content key needs at least one data key")
+    ordered = sorted(data_keys)
+    ikm = b"".join(k for _, k in ordered)
+    info = ("strongroom.content-key/1|" + ",".join(i for i, _ in ordered)).encode()
+    return HKDF(algorithm=hashes.SHA256(), length=KEY_SIZE, salt=None, info=info).derive(ikm)
+
+
+class Kek(Protocol):
+    """Wraps and unwraps data keys. Implementations: `LocalKek` (file), KMS (production)."""
+
+    kek_id: str
+
+    def wrap(self, data_key: bytes, key_id: str) -> bytes: ...
+
+    def unwrap(self, wrapped: bytes, key_id: str) -> bytes: ...
+
+
+class LocalKek:
+    """A KEK held in a local 0600 key file (the embedded default)."""
+
+    def __init__(self, key: bytes) -> None:
+        if len(key) != KEY_SIZE:
+            raise ConfigurationError(f"KEK must be {KEY_SIZE} bytes, got {len(key)}")
+        self._aead = AESGCM(key)
+        self.kek_id = "local:" + hashlib.sha256(b"kek-id|" + key).hexdigest()[:16]
+
+    @classmethod
+    def from_file(cls, path: Path) -> LocalKek:
+        return cls(read_secret_file(path))
+
+    def wrap(self, data_key: bytes, key_id: str) -> bytes:
+        nonce = os.urandom(NONCE_SIZE)
+        return nonce + self._aead.encrypt(nonce, data_key, key_id.encode())
+
+    def unwrap(self, wrapped: bytes, key_id: str) -> bytes:
+        try:
+            return self._aead.decrypt(wrapped[:NONCE_SIZE], wrapped[NONCE_SIZE:], key_id.encode())
+        except InvalidTag as e:
+            raise DecryptionError(f"data key {key_id} does not unwrap under this KEK") from e
+
+
+class BlindIndex:
+    """HMAC-SHA256 blind index for identifiers used in lookups (phone numbers, BSUIDs)."""
+
+    def __init__(self, key: bytes) -> None:
+        if len(key) < 32:
+            raise ConfigurationError("blind-index key must be at least 32 bytes")
+        self._key = key
+
+    def __call__(self, namespace: str, value: str) -> str:
+        mac = hmac.new(self._key, f"{namespace}:{value}".encode(), hashlib.sha256)
+        return "bi_" + mac.hexdigest()[:40]
+
+
+# --- key files --------------------------------------------------------------------------------
+
+
+def _write_new_0600(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def ensure_secret_file(path: Path, data: bytes | None = None) -> bool:
+    """Create `path` (mode 0600) holding `data`, or 32 random bytes, unless it exists.
+
+    Returns True if this call created it.
+    """
+    try:
+        _write_new_0600(path, os.urandom(KEY_SIZE) if data is None else data)
+        return True
+    except FileExistsError:
+        return False
+
+
+def read_secret_file(path: Path) -> bytes:
+    if not path.exists():
+        raise ConfigurationError(f"key file {path} does not exist")
+    mode = path.stat().st_mode & 0o777
+    if mode & 0o077:
+        raise ConfigurationError(
+            f"key file {path} has mode {mode:o}; it must not be readable by group or others "
+            f"(chmod 600 {path})"
+        )
+    return path.read_bytes()
+
+
+def ensure_signing_key(path: Path) -> bool:
+    """Create an Ed25519 private key (PKCS#8 PEM, 0600) unless it exists. True if created."""
+    if path.exists():
+        return False
+    pem = Ed25519PrivateKey.generate().private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    try:
+        _write_new_0600(path, pem)
+    except FileExistsError:
+        return False
+    return True
+
+
+def load_signing_key(path: Path) -> Ed25519PrivateKey:
+    key = serialization.load_pem_private_key(read_secret_file(path), password=None)
+    if not isinstance(key, Ed25519PrivateKey):
+        raise ConfigurationError(f"{path} is not an Ed25519 private key")
+    return key
+
+
+def public_key_pem(public_key: Ed25519PublicKey) -> bytes:
+    return public_key.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+def load_public_key(pem: bytes) -> Ed25519PublicKey:
+    key = serialization.load_pem_public_key(pem)
+    if not isinstance(key, Ed25519PublicKey):
+        raise ConfigurationError("not an Ed25519 public key")
+    return key

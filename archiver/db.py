@@ -1,0 +1,164 @@
+"""SQL schema of the write path and engine helpers (SQLite embedded, PostgreSQL production).
+
+Tables:
+- `inbox`            raw webhook bodies, AES-GCM encrypted, one row per distinct body
+- `inbox_deliveries` every delivery attempt (Meta redelivers; each attempt is evidence)
+- `data_keys`        per-subject data keys wrapped by the KEK (NULL once shredded)
+- `events`           normalised events with encrypted content, awaiting or carrying a seq
+- `streams`          per-stream chain head, tree size and sealer lease
+- `segments`         sealed Parquet objects (key, version id, checksum, retain-until)
+- `merkle_tiles`     interior Merkle hashes, 256 per row per level, kept for the life of a stream
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+
+metadata = sa.MetaData()
+
+BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+Ts = sa.DateTime(timezone=True)
+
+inbox = sa.Table(
+    "inbox",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("body_sha256", sa.String(64), nullable=False, unique=True),
+    sa.Column("received_at", Ts, nullable=False),
+    sa.Column("size", sa.Integer, nullable=False),
+    sa.Column("signature", sa.String(80), nullable=False),
+    sa.Column("key_id", sa.String(80), nullable=False),
+    sa.Column("nonce", sa.LargeBinary, nullable=False),
+    sa.Column("ciphertext", sa.LargeBinary, nullable=True),
+    sa.Column("state", sa.String(16), nullable=False, server_default="pending"),
+    sa.Column("deliveries", sa.Integer, nullable=False, server_default="1"),
+    sa.Column("normalized_at", Ts, nullable=True),
+    sa.Column("purged_at", Ts, nullable=True),
+    sa.Index("ix_inbox_state", "state", "id"),
+)
+
+inbox_deliveries = sa.Table(
+    "inbox_deliveries",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("inbox_id", BigId, sa.ForeignKey("inbox.id"), nullable=False),
+    sa.Column("received_at", Ts, nullable=False),
+)
+
+data_keys = sa.Table(
+    "data_keys",
+    metadata,
+    sa.Column("key_id", sa.String(80), primary_key=True),
+    sa.Column("purpose", sa.String(16), nullable=False),
+    sa.Column("wrapped", sa.LargeBinary, nullable=True),
+    sa.Column("kek_id", sa.String(80), nullable=False),
+    sa.Column("created_at", Ts, nullable=False),
+    sa.Column("destroyed_at", Ts, nullable=True),
+)
+
+events = sa.Table(
+    "events",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("stream", sa.String(128), nullable=False),
+    sa.Column("natural_key", sa.String(400), nullable=False),
+    sa.Column("inbox_id", BigId, sa.ForeignKey("inbox.id"), nullable=True),
+    sa.Column("kind", sa.String(32), nullable=False),
+    sa.Column("tenant", sa.String(64)),
+    sa.Column("field", sa.String(64)),
+    sa.Column("wamid", sa.String(256)),
+    sa.Column("conversation", sa.String(64)),
+    sa.Column("direction", sa.String(16)),
+    sa.Column("origin", sa.String(16)),
+    sa.Column("sender", sa.String(64)),
+    sa.Column("recipient", sa.String(64)),
+    sa.Column("type", sa.String(64)),
+    sa.Column("status", sa.String(32)),
+    sa.Column("template_name", sa.String(512)),
+    sa.Column("template_language", sa.String(32)),
+    sa.Column("event_time", Ts),
+    sa.Column("received_at", Ts, nullable=False),
+    sa.Column("modelled", sa.Boolean, nullable=False),
+    sa.Column("envelope_sha256", sa.String(64)),
+    sa.Column("subject_key_id", sa.String(400)),
+    sa.Column("nonce", sa.LargeBinary),
+    sa.Column("content", sa.LargeBinary),
+    sa.Column("seq", sa.BigInteger, nullable=True),
+    sa.Column("segment_id", BigId, nullable=True),
+    sa.UniqueConstraint("stream", "natural_key", name="uq_events_stream_key"),
+    sa.Index("ix_events_pending", "stream", "seq", "id"),
+    sa.Index("ix_events_inbox", "inbox_id"),
+)
+
+streams = sa.Table(
+    "streams",
+    metadata,
+    sa.Column("stream", sa.String(128), primary_key=True),
+    sa.Column("tree_size", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("head_hash", sa.String(64), nullable=False),
+    sa.Column("root_hash", sa.String(64), nullable=False),
+    sa.Column("pending_key", sa.String(512), nullable=True),  # segment PUT in flight
+    sa.Column("lease_owner", sa.String(80), nullable=True),
+    sa.Column("lease_until", Ts, nullable=True),
+    sa.Column("updated_at", Ts, nullable=False),
+)
+
+segments = sa.Table(
+    "segments",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("stream", sa.String(128), nullable=False),
+    sa.Column("first_seq", sa.BigInteger, nullable=False),
+    sa.Column("last_seq", sa.BigInteger, nullable=False),
+    sa.Column("object_key", sa.String(512), nullable=False, unique=True),
+    sa.Column("version_id", sa.String(128), nullable=True),
+    sa.Column("sha256", sa.String(64), nullable=False),
+    sa.Column("size", sa.BigInteger, nullable=False),
+    sa.Column("retain_until", Ts, nullable=False),
+    sa.Column("head_hash", sa.String(64), nullable=False),
+    sa.Column("root_hash", sa.String(64), nullable=False),
+    sa.Column("created_at", Ts, nullable=False),
+    sa.Column("checkpoint_key", sa.String(512), nullable=True),
+    sa.UniqueConstraint("stream", "first_seq", name="uq_segments_stream_first"),
+)
+
+merkle_tiles = sa.Table(
+    "merkle_tiles",
+    metadata,
+    sa.Column("stream", sa.String(128), primary_key=True),
+    sa.Column("level", sa.Integer, primary_key=True),
+    sa.Column("chunk", sa.BigInteger, primary_key=True),
+    sa.Column("hashes", sa.LargeBinary, nullable=False),
+)
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+def make_engine(url: str) -> sa.Engine:
+    """Engine with the settings each backend needs for a durable, concurrent inbox."""
+    if url.startswith("sqlite"):
+        engine = sa.create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+
+        @sa.event.listens_for(engine, "connect")
+        def _sqlite_pragmas(conn, _record):  # type: ignore[no-untyped-def]
+            cur = conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")  # readers never block the inbox writer
+            cur.execute("PRAGMA synchronous=FULL")  # a committed webhook survives power loss
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.close()
+
+        return engine
+    return sa.create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10)
+
+
+def migrate(engine: sa.Engine) -> None:
+    """Bring the schema to the newest Alembic revision."""
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "head")

@@ -1,0 +1,214 @@
+"""Raw-first normalisation: one inbox body → N events, each with encrypted content.
+
+For every body:
+
+1. every ``entry[i].changes[j]`` becomes a ``change`` event whose content is the *exact*
+   bytes of that change as Meta sent them (so nothing is lost for kinds not yet modelled;
+   those carry ``modelled = False``);
+2. modelled items become typed events: inbound ``message`` (text is fully modelled; other
+   types keep their type and ids and are flagged) and ``status``;
+3. each stream the body touches gets an ``envelope`` event with the literal text around the
+   changes, so the original body can be re-created byte for byte from the archive;
+4. a signed body that is not an envelope at all is kept whole as an ``unparsed`` event on the
+   ``unrouted`` stream — flagged, never dropped.
+
+Events are deduplicated on natural keys (``message:<wamid>``,
+``status:<wamid>:<status>:<timestamp>``, ``change:<sha256 of its bytes>``,
+``envelope:<sha256 of the body>``), so redeliveries and re-batched retries add nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from datetime import UTC, datetime
+from typing import Any
+
+import rfc8785
+import sqlalchemy as sa
+
+from archiver.crypto import encrypt
+from archiver.db import events, inbox
+from archiver.inbox import Inbox
+from archiver.jsonspans import SpanError, change_spans, split_pieces
+from archiver.keys import KeyRing
+from archiver.records import content_aad
+from archiver.sqlutil import as_utc, insert_ignore, utcnow
+
+UNROUTED = "unrouted"
+MODELLED_MESSAGE_TYPES = frozenset({"text"})
+_STREAM_ID = re.compile(r"[A-Za-z0-9._-]{1,100}")
+EVENT_COLUMNS = [c.name for c in events.columns if c.name not in ("id", "seq", "segment_id")]
+
+
+def parse_unix(value: Any) -> datetime | None:
+    """WhatsApp timestamps: unix seconds as a string (messages) or an int (some fields)."""
+    try:
+        return datetime.fromtimestamp(int(value), UTC)
+    except (TypeError, ValueError, OverflowError, OSError):
+        return None
+
+
+def stream_for(change_value: dict[str, Any], entry_id: Any) -> str:
+    """A phone number's stream, or ``waba-<id>`` for account-level fields."""
+    metadata = change_value.get("metadata") if isinstance(change_value, dict) else None
+    pnid = metadata.get("phone_number_id") if isinstance(metadata, dict) else None
+    candidate = str(pnid) if pnid else (f"waba-{entry_id}" if entry_id else "")
+    return candidate if _STREAM_ID.fullmatch(candidate) else UNROUTED
+
+
+class _Builder:
+    """Collects the events of one body; encrypts content as each event is added."""
+
+    def __init__(self, keyring: KeyRing, inbox_id: int | None, body_sha: str, received_at: datetime) -> None:
+        self.keyring = keyring
+        self.inbox_id = inbox_id
+        self.body_sha = body_sha
+        self.received_at = received_at
+        self.rows: list[dict[str, Any]] = []
+
+    def person(self, phone: Any, user_id: Any) -> tuple[str | None, str | None]:
+        """(blind index, data key id) of a WhatsApp user known by phone and/or BSUID."""
+        if phone:
+            return self.keyring.blind_index("wa", str(phone)), self.keyring.subject_key_id("wa", str(phone))
+        if user_id:
+            return self.keyring.blind_index("bsuid", str(user_id)), self.keyring.subject_key_id("bsuid", str(user_id))
+        return None, None
+
+    def add(self, stream: str, natural_key: str, kind: str, content: bytes, key_ids: list[str], **cols: Any) -> None:
+        key_ids = sorted(set(key_ids)) or [f"biz:{stream}"]
+        aad = content_aad(stream, natural_key)
+        nonce, ciphertext = encrypt(self.keyring.content_key(key_ids), content, aad)
+        row = dict.fromkeys(EVENT_COLUMNS)
+        row.update(cols)
+        row.update(
+            stream=stream, natural_key=natural_key, kind=kind, inbox_id=self.inbox_id,
+            received_at=self.received_at, envelope_sha256=self.body_sha,
+            subject_key_id=",".join(key_ids), nonce=nonce, content=ciphertext,
+            modelled=cols.get("modelled", True),
+        )
+        self.rows.append(row)
+
+
+def _canonical(doc: Any) -> bytes:
+    return rfc8785.dumps(doc)
+
+
+def _typed_messages(b: _Builder, stream: str, tenant: str, value: dict[str, Any], change_key: str) -> bool:
+    """Typed events for ``field: messages``. True if everything in the change was modelled."""
+    modelled = True
+    business = (value.get("metadata") or {}).get("display_phone_number")
+    business_bi = b.keyring.blind_index("wa", str(business)) if business else None
+    contacts = {str(c.get("wa_id") or c.get("user_id")): c for c in value.get("contacts") or [] if isinstance(c, dict)}
+    for idx, msg in enumerate(value.get("messages") or []):
+        if not isinstance(msg, dict):
+            modelled = False
+            continue
+        bi, key_id = b.person(msg.get("from"), msg.get("from_user_id"))
+        contact = contacts.get(str(msg.get("from") or msg.get("from_user_id")))
+        mtype = msg.get("type")
+        is_modelled = mtype in MODELLED_MESSAGE_TYPES and not msg.get("errors")
+        modelled &= is_modelled
+        wamid = msg.get("id")
+        b.add(
+            stream, f"message:{wamid}" if wamid else f"message:{change_key}:{idx}", "message",
+            _canonical({"message": msg, "contact": contact}), [key_id] if key_id else [],
+            tenant=tenant, field="messages", wamid=wamid, conversation=bi, direction="inbound",
+            origin="api", sender=bi, recipient=business_bi, type=mtype,
+            event_time=parse_unix(msg.get("timestamp")), modelled=is_modelled,
+        )
+    for st in value.get("statuses") or []:
+        if not isinstance(st, dict):
+            modelled = False
+            continue
+        bi, key_id = b.person(st.get("recipient_id"), st.get("recipient_user_id"))
+        wamid, status, ts = st.get("id"), st.get("status"), st.get("timestamp")
+        b.add(
+            stream, f"status:{wamid}:{status}:{ts}", "status", _canonical({"status": st}),
+            [key_id] if key_id else [], tenant=tenant, field="messages", wamid=wamid,
+            conversation=bi, direction="outbound", origin="api", sender=business_bi,
+            recipient=bi, status=status, event_time=parse_unix(ts),
+        )
+    extra = set(value) - {"messaging_product", "metadata", "contacts", "messages", "statuses"}
+    return modelled and not extra
+
+
+def _change_subjects(b: _Builder, value: dict[str, Any]) -> list[str]:
+    """Data key ids of every WhatsApp user a change mentions (the change is about all of them)."""
+    keys = []
+    people = [(c.get("wa_id"), c.get("user_id")) for c in value.get("contacts") or [] if isinstance(c, dict)]
+    people += [(m.get("from"), m.get("from_user_id")) for m in value.get("messages") or [] if isinstance(m, dict)]
+    people += [(s.get("recipient_id"), s.get("recipient_user_id")) for s in value.get("statuses") or [] if isinstance(s, dict)]
+    for phone, user_id in people:
+        _, key_id = b.person(phone, user_id)
+        if key_id:
+            keys.append(key_id)
+    return keys
+
+
+def build_events(keyring: KeyRing, body: bytes, inbox_id: int | None, received_at: datetime) -> list[dict[str, Any]]:
+    """Every event of one raw body (content already encrypted)."""
+    body_sha = hashlib.sha256(body).hexdigest()
+    b = _Builder(keyring, inbox_id, body_sha, received_at)
+    try:
+        text = body.decode("utf-8")
+        doc = json.loads(text)
+        spans = change_spans(text)
+        entries = doc["entry"]
+    except (UnicodeDecodeError, json.JSONDecodeError, SpanError, KeyError, TypeError, RecursionError):
+        b.add(UNROUTED, f"unparsed:{body_sha}", "unparsed", body, ["system:unrouted"], modelled=False)
+        return b.rows
+
+    order: list[dict[str, str]] = []  # every change in document order, with where it is sealed
+    for sp in spans:
+        entry = entries[sp.entry_index]
+        change = entry["changes"][sp.change_index]
+        raw = text[sp.start : sp.end].encode("utf-8")
+        value = change.get("value") if isinstance(change, dict) else None
+        value = value if isinstance(value, dict) else {}
+        field = change.get("field") if isinstance(change, dict) else None
+        tenant = str(entry.get("id")) if entry.get("id") is not None else None
+        stream = stream_for(value, tenant)
+        change_key = hashlib.sha256(raw).hexdigest()
+        modelled = _typed_messages(b, stream, tenant, value, change_key) if field == "messages" else False
+        b.add(
+            stream, f"change:{change_key}", "change", raw, _change_subjects(b, value),
+            tenant=tenant, field=str(field) if field is not None else None,
+            event_time=parse_unix(entry.get("time")), modelled=modelled,
+        )
+        order.append({"stream": stream, "natural_key": f"change:{change_key}"})
+
+    skeleton = _canonical({"body_sha256": body_sha, "pieces": split_pieces(text, spans), "changes": order})
+    for stream in sorted({c["stream"] for c in order}) or [UNROUTED]:
+        b.add(stream, f"envelope:{body_sha}", "envelope", skeleton, [], modelled=bool(spans))
+    return b.rows
+
+
+class Normalizer:
+    """Turns pending inbox bodies into events. Idempotent; safe to run in several processes."""
+
+    def __init__(self, engine: sa.Engine, keyring: KeyRing, inbox_reader: Inbox) -> None:
+        self.engine = engine
+        self.keyring = keyring
+        self.inbox_reader = inbox_reader
+
+    def run_once(self, limit: int = 200) -> int:
+        with self.engine.begin() as conn:
+            q = (
+                sa.select(inbox.c.id, inbox.c.body_sha256, inbox.c.key_id, inbox.c.nonce,
+                          inbox.c.ciphertext, inbox.c.received_at)
+                .where(inbox.c.state == "pending").order_by(inbox.c.id).limit(limit)
+            )
+            if conn.dialect.name == "postgresql":
+                q = q.with_for_update(skip_locked=True)
+            rows = conn.execute(q).all()
+            for row in rows:
+                body = self.inbox_reader.read_body(row)
+                insert_ignore(conn, events, build_events(self.keyring, body, row.id, as_utc(row.received_at)))
+            if rows:
+                conn.execute(
+                    sa.update(inbox).where(inbox.c.id.in_([r.id for r in rows]))
+                    .values(state="normalized", normalized_at=utcnow())
+                )
+        return len(rows)

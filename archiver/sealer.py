@@ -1,0 +1,388 @@
+"""The sealer: pending events of one stream → one WORM Parquet segment + a signed checkpoint.
+
+Steps for one batch (numbers match the failpoints and the crash tests):
+
+  (0) take the stream's lease (one writer per stream, across processes and machines);
+  (1) reconcile anything a crash left behind (an in-flight segment, an unpublished checkpoint);
+  (2) assign seqs to pending events in id order, canonicalise (RFC 8785), extend the hash
+      chain and the Merkle tree, write one Parquet segment;
+  (3) record the segment key as in flight (SQL), then PUT it with Object Lock COMPLIANCE,
+      retain-until from the retention policy and ``If-None-Match: *``;
+  (4) read it back and compare SHA-256;
+  (5) commit seqs, segment row, chain head, tree size/root and Merkle tiles in one SQL
+      transaction;
+  (6) sign a checkpoint (stream, tree size, root, head, time) and PUT it beside the segment;
+  (7) mark the checkpoint published.
+
+A crash between any two steps loses nothing and duplicates nothing: before (3) nothing
+durable happened; after (3) the in-flight key tells recovery to *adopt* the object already in
+the store (it is WORM; it cannot be replaced) by matching its records to the still-pending
+events; after (5) only the checkpoint is missing and is published on restart.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from archiver import failpoints
+from archiver.checkpoint import Checkpoint, SignedCheckpoint, key_id
+from archiver.db import events, inbox, merkle_tiles, segments, streams
+from archiver.errors import ConflictError, ObjectExistsError, ObjectNotFoundError, ObjectStoreError
+from archiver.merkle import CompactRange, hash_leaf
+from archiver.objectstore import ObjectStore
+from archiver.records import COLUMNS, GENESIS, canonical, format_ts, link
+from archiver.segments import checkpoint_key, decode_segment, encode_segment, segment_key
+from archiver.sqlutil import as_utc, insert_for, insert_ignore, utcnow
+
+TILE_WIDTH = 256  # hashes per merkle_tiles row
+RECORD_FROM_EVENT = [c for c in COLUMNS if c not in ("seq", "prev_hash", "record_hash")]
+
+
+class TileStore:
+    """Perfect Merkle nodes of one stream, 256 per (level, chunk) row."""
+
+    def __init__(self, conn: sa.Connection, stream: str) -> None:
+        self.conn = conn
+        self.stream = stream
+        self._chunks: dict[tuple[int, int], bytearray] = {}
+        self._dirty: set[tuple[int, int]] = set()
+
+    def _chunk(self, level: int, chunk: int) -> bytearray:
+        key = (level, chunk)
+        if key not in self._chunks:
+            blob = self.conn.execute(
+                sa.select(merkle_tiles.c.hashes).where(
+                    merkle_tiles.c.stream == self.stream, merkle_tiles.c.level == level,
+                    merkle_tiles.c.chunk == chunk)
+            ).scalar()
+            self._chunks[key] = bytearray(blob or b"")
+        return self._chunks[key]
+
+    def node(self, level: int, index: int) -> bytes:
+        chunk = self._chunk(level, index // TILE_WIDTH)
+        off = (index % TILE_WIDTH) * 32
+        if off + 32 > len(chunk):
+            raise KeyError(f"merkle node level={level} index={index} of {self.stream} not stored")
+        return bytes(chunk[off : off + 32])
+
+    def add(self, nodes: list[tuple[int, int, bytes]]) -> None:
+        for level, index, h in nodes:
+            chunk = self._chunk(level, index // TILE_WIDTH)
+            off = (index % TILE_WIDTH) * 32
+            if off != len(chunk):
+                raise ConflictError(f"merkle tile {self.stream}/{level}/{index}", str(len(chunk)), str(off))
+            chunk += h
+            self._dirty.add((level, index // TILE_WIDTH))
+
+    def flush(self) -> None:
+        rows = [{"stream": self.stream, "level": lvl, "chunk": ch, "hashes": bytes(self._chunks[(lvl, ch)])}
+                for lvl, ch in sorted(self._dirty)]
+        if rows:
+            stmt = insert_for(self.conn, merkle_tiles)
+            self.conn.execute(
+                stmt.on_conflict_do_update(
+                    index_elements=["stream", "level", "chunk"], set_={"hashes": stmt.excluded.hashes}
+                ),
+                rows,
+            )
+        self._dirty.clear()
+
+
+@dataclass
+class _Batch:
+    stream: str
+    event_ids: list[int]
+    records: list[dict[str, Any]]
+    first_seq: int
+    head: bytes
+    root: bytes
+    new_nodes: list[tuple[int, int, bytes]]
+    key: str
+    data: bytes
+
+
+class Sealer:
+    def __init__(
+        self,
+        engine: sa.Engine,
+        store: ObjectStore,
+        signing_key: Ed25519PrivateKey,
+        retain_until: Callable[[datetime], datetime],
+        batch_max: int = 50_000,
+        lease_seconds: int = 120,
+        owner: str | None = None,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.engine = engine
+        self.store = store
+        self.signing_key = signing_key
+        self.retain_until = retain_until
+        self.batch_max = batch_max
+        self.lease = timedelta(seconds=lease_seconds)
+        self.owner = owner or f"{socket.gethostname()}:{os.getpid()}"
+        self.clock = clock
+        self.key_id = key_id(signing_key.public_key())
+
+    # -- public -----------------------------------------------------------------------------
+
+    def seal_all(self) -> int:
+        """Seal every stream with work until none is left. Returns records sealed.
+
+        Work = pending events, an in-flight segment, or an unpublished checkpoint. Streams
+        leased by another sealer are skipped (they return 0) and picked up by that sealer.
+        """
+        total = 0
+        while True:
+            sealed = sum(self.seal_stream(s) for s in self._streams_with_work())
+            total += sealed
+            if sealed == 0:
+                break
+        self._purge_sealed_inbox()
+        return total
+
+    def _streams_with_work(self) -> list[str]:
+        with self.engine.connect() as conn:
+            found = conn.execute(
+                sa.union(
+                    sa.select(events.c.stream).where(events.c.segment_id.is_(None)),
+                    sa.select(streams.c.stream).where(streams.c.pending_key.is_not(None)),
+                    sa.select(segments.c.stream).where(segments.c.checkpoint_key.is_(None)),
+                )
+            ).scalars().all()
+        return sorted(found)
+
+    def seal_stream(self, stream: str) -> int:
+        """(0)–(7) for one batch of `stream`. Returns records sealed (0 if leased elsewhere)."""
+        if not self._acquire(stream):
+            return 0
+        try:
+            self._recover(stream)  # (1)
+            batch = self._build(stream)  # (2)
+            if batch is None:
+                return 0
+            self._set_pending(stream, batch.key)  # (3)
+            failpoints.hit("sealer.before_put")
+            try:
+                put = self.store.put_locked(batch.key, batch.data, self.retain_until(self.clock()))
+                version_id = put.version_id
+            except ObjectExistsError:
+                # Only possible if an earlier attempt's intent was lost; adopt what is stored.
+                self._recover(stream)
+                return 0
+            failpoints.hit("sealer.after_put")
+            self._read_back(batch.key, version_id, hashlib.sha256(batch.data).hexdigest())  # (4)
+            failpoints.hit("sealer.after_readback")
+            seg_id = self._commit(batch, version_id)  # (5)
+            failpoints.hit("sealer.after_commit")
+            self._publish_checkpoint(seg_id)  # (6), (7)
+            return len(batch.records)
+        finally:
+            self._release(stream)
+
+    # -- (0) lease --------------------------------------------------------------------------
+
+    def _acquire(self, stream: str) -> bool:
+        now = self.clock()
+        with self.engine.begin() as conn:
+            insert_ignore(conn, streams, [{
+                "stream": stream, "tree_size": 0, "head_hash": GENESIS.hex(),
+                "root_hash": hashlib.sha256(b"").hexdigest(), "updated_at": now,
+            }])
+            res = conn.execute(
+                sa.update(streams)
+                .where(streams.c.stream == stream)
+                .where(sa.or_(streams.c.lease_owner.is_(None), streams.c.lease_owner == self.owner,
+                              streams.c.lease_until < now))
+                .values(lease_owner=self.owner, lease_until=now + self.lease)
+            )
+            return res.rowcount == 1
+
+    def _release(self, stream: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(
+                sa.update(streams).where(streams.c.stream == stream, streams.c.lease_owner == self.owner)
+                .values(lease_owner=None, lease_until=None)
+            )
+
+    # -- (1) recovery -----------------------------------------------------------------------
+
+    def _recover(self, stream: str) -> None:
+        with self.engine.connect() as conn:
+            head = conn.execute(sa.select(streams).where(streams.c.stream == stream)).one()
+        if head.pending_key:
+            try:
+                data = self.store.get(head.pending_key)
+            except ObjectNotFoundError:
+                data = None  # the PUT never happened: the events are simply still pending
+            if data is not None:
+                self._adopt(stream, head.pending_key, data)
+            self._set_pending(stream, None)
+        for seg_id in self._unpublished_checkpoints(stream):
+            self._publish_checkpoint(seg_id)
+
+    def _adopt(self, stream: str, key: str, data: bytes) -> None:
+        """Commit a segment that reached the store before a crash, matching it to SQL events."""
+        records, meta = decode_segment(data)
+        with self.engine.connect() as conn:
+            head = conn.execute(sa.select(streams).where(streams.c.stream == stream)).one()
+            if records[0]["seq"] != head.tree_size:
+                if records[0]["seq"] < head.tree_size:
+                    return  # already committed before the crash
+                raise ConflictError(f"orphan {key}", str(head.tree_size), str(records[0]["seq"]))
+            keys = [r["natural_key"] for r in records]
+            rows = conn.execute(
+                sa.select(events.c.id, events.c.natural_key)
+                .where(events.c.stream == stream, events.c.natural_key.in_(keys), events.c.segment_id.is_(None))
+            ).all()
+        by_key = {r.natural_key: r.id for r in rows}
+        if len(by_key) != len(keys):
+            raise ConflictError(f"orphan {key}", f"{len(keys)} pending events", f"{len(by_key)} found")
+        tree = self._tree(stream, head.tree_size)
+        new_nodes: list[tuple[int, int, bytes]] = []
+        prev = bytes.fromhex(head.head_hash)
+        for rec in records:
+            canon = canonical(rec)
+            if rec["prev_hash"] != prev or link(prev, canon) != rec["record_hash"]:
+                raise ConflictError(f"orphan {key} seq={rec['seq']}", prev.hex(), rec["prev_hash"].hex())
+            prev = rec["record_hash"]
+            new_nodes += tree.append(hash_leaf(canon))
+        version_id = next(
+            (v.version_id for v in self.store.list_versions(key) if v.key == key and not v.is_delete_marker), None
+        )
+        batch = _Batch(stream, [by_key[k] for k in keys], records, records[0]["seq"], prev, tree.root(),
+                       new_nodes, key, data)
+        seg_id = self._commit(batch, version_id)
+        self._publish_checkpoint(seg_id)
+
+    def _unpublished_checkpoints(self, stream: str) -> list[int]:
+        with self.engine.connect() as conn:
+            return list(conn.execute(
+                sa.select(segments.c.id)
+                .where(segments.c.stream == stream, segments.c.checkpoint_key.is_(None))
+                .order_by(segments.c.first_seq)
+            ).scalars().all())
+
+    # -- (2) build --------------------------------------------------------------------------
+
+    def _tree(self, stream: str, size: int) -> CompactRange:
+        with self.engine.connect() as conn:
+            return CompactRange.from_nodes(size, TileStore(conn, stream).node)
+
+    def _build(self, stream: str) -> _Batch | None:
+        with self.engine.connect() as conn:
+            head = conn.execute(sa.select(streams).where(streams.c.stream == stream)).one()
+            rows = conn.execute(
+                sa.select(events).where(events.c.stream == stream, events.c.segment_id.is_(None))
+                .order_by(events.c.id).limit(self.batch_max)
+            ).mappings().all()
+        if not rows:
+            return None
+        tree = self._tree(stream, head.tree_size)
+        prev = bytes.fromhex(head.head_hash)
+        records, new_nodes = [], []
+        for i, ev in enumerate(rows):
+            rec = {c: ev[c] for c in RECORD_FROM_EVENT}
+            rec["event_time"] = as_utc(rec["event_time"])
+            rec["received_at"] = as_utc(rec["received_at"])
+            rec["seq"] = head.tree_size + i
+            rec["prev_hash"] = prev
+            canon = canonical(rec)
+            prev = rec["record_hash"] = link(prev, canon)
+            new_nodes += tree.append(hash_leaf(canon))
+            records.append(rec)
+        first, last = head.tree_size, head.tree_size + len(rows) - 1
+        now = self.clock()
+        meta = {"stream": stream, "first_seq": first, "last_seq": last, "prev_hash": head.head_hash,
+                "head_hash": prev.hex(), "tree_size": last + 1, "root_hash": tree.root().hex(),
+                "sealed_at": format_ts(now)}
+        key = segment_key(stream, f"{now:%Y-%m-%d}", first, last)
+        return _Batch(stream, [ev["id"] for ev in rows], records, first, prev, tree.root(), new_nodes, key,
+                      encode_segment(records, meta))
+
+    # -- (3)–(5) ----------------------------------------------------------------------------
+
+    def _set_pending(self, stream: str, key: str | None) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(sa.update(streams).where(streams.c.stream == stream).values(pending_key=key))
+
+    def _read_back(self, key: str, version_id: str | None, sha256: str) -> None:
+        got = hashlib.sha256(self.store.get(key, version_id)).hexdigest()
+        if got != sha256:
+            raise ObjectStoreError(f"read-back of {key} has sha256 {got}, wrote {sha256}")
+
+    def _commit(self, b: _Batch, version_id: str | None) -> int:
+        last = b.first_seq + len(b.records) - 1
+        now = self.clock()
+        with self.engine.begin() as conn:
+            seg_id = conn.execute(
+                sa.insert(segments).values(
+                    stream=b.stream, first_seq=b.first_seq, last_seq=last, object_key=b.key,
+                    version_id=version_id, sha256=hashlib.sha256(b.data).hexdigest(), size=len(b.data),
+                    retain_until=self.retain_until(now), head_hash=b.head.hex(), root_hash=b.root.hex(),
+                    created_at=now,
+                ).returning(segments.c.id)
+            ).scalar_one()
+            ids = sa.values(sa.column("eid", sa.BigInteger), sa.column("eseq", sa.BigInteger), name="v")
+            for start in range(0, len(b.event_ids), 5000):
+                chunk = [(eid, b.first_seq + start + i) for i, eid in enumerate(b.event_ids[start : start + 5000])]
+                v = ids.data(chunk)
+                conn.execute(
+                    sa.update(events).where(events.c.id == v.c.eid).values(seq=v.c.eseq, segment_id=seg_id)
+                )
+            res = conn.execute(
+                sa.update(streams)
+                .where(streams.c.stream == b.stream, streams.c.tree_size == b.first_seq)
+                .values(tree_size=last + 1, head_hash=b.head.hex(), root_hash=b.root.hex(),
+                        pending_key=None, updated_at=now)
+            )
+            if res.rowcount != 1:
+                raise ConflictError(f"stream {b.stream} head", str(b.first_seq), "moved")
+            tiles = TileStore(conn, b.stream)
+            tiles.add(b.new_nodes)
+            tiles.flush()
+        return int(seg_id)
+
+    # -- (6)–(7) checkpoint -----------------------------------------------------------------
+
+    def _publish_checkpoint(self, seg_id: int) -> None:
+        with self.engine.connect() as conn:
+            seg = conn.execute(sa.select(segments).where(segments.c.id == seg_id)).one()
+        key = checkpoint_key(seg.stream, seg.last_seq)
+        cp = Checkpoint(seg.stream, seg.last_seq + 1, seg.root_hash, seg.head_hash,
+                        format_ts(self.clock()), self.key_id)
+        try:
+            self.store.put_locked(key, SignedCheckpoint.sign(cp, self.signing_key).to_json(),
+                                  self.retain_until(self.clock()))
+        except ObjectExistsError:
+            stored = SignedCheckpoint.from_json(self.store.get(key), key)
+            stored.verify(self.signing_key.public_key(), key)
+            s = stored.checkpoint
+            if (s.tree_size, s.root_hash, s.head_hash) != (cp.tree_size, cp.root_hash, cp.head_hash):
+                raise ConflictError(key, cp.root_hash, s.root_hash) from None
+        failpoints.hit("sealer.after_checkpoint_put")
+        with self.engine.begin() as conn:
+            conn.execute(sa.update(segments).where(segments.c.id == seg_id).values(checkpoint_key=key))
+
+    # -- housekeeping -----------------------------------------------------------------------
+
+    def _purge_sealed_inbox(self) -> None:
+        """Drop raw-body ciphertext once every event of the body is sealed.
+
+        The sealed ``change`` and ``envelope`` records re-create the body byte for byte, and
+        unlike the inbox copy they are encrypted per data subject (so erasure can reach them).
+        """
+        unsealed = sa.select(events.c.id).where(events.c.inbox_id == inbox.c.id, events.c.segment_id.is_(None))
+        with self.engine.begin() as conn:
+            conn.execute(
+                sa.update(inbox).where(inbox.c.state == "normalized", ~sa.exists(unsealed))
+                .values(ciphertext=None, state="sealed", purged_at=utcnow())
+            )

@@ -1,0 +1,46 @@
+"""Parquet segments: a contiguous run of sealed records of one stream, plus file metadata."""
+
+from __future__ import annotations
+
+import io
+import json
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from archiver.records import ARROW_SCHEMA, SCHEMA_VERSION
+
+META_KEY = b"strongroom"
+
+
+def segment_key(stream: str, date: str, first_seq: int, last_seq: int) -> str:
+    return f"records/stream={stream}/date={date}/seg-{first_seq:012d}-{last_seq:012d}.parquet"
+
+
+def checkpoint_key(stream: str, last_seq: int) -> str:
+    return f"checkpoints/stream={stream}/{last_seq:012d}.json"
+
+
+def encode_segment(records: list[dict[str, Any]], meta: dict[str, Any]) -> bytes:
+    table = pa.Table.from_pylist(records, schema=ARROW_SCHEMA)
+    doc = {"schema": SCHEMA_VERSION, **meta}
+    table = table.replace_schema_metadata({META_KEY: json.dumps(doc, sort_keys=True).encode()})
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression="zstd", write_statistics=True)
+    return buf.getvalue()
+
+
+def decode_segment(data: bytes) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Records and metadata of a segment. Raises `ValueError` on anything malformed."""
+    try:
+        table = pq.read_table(io.BytesIO(data))
+    except (pa.ArrowException, OSError) as e:
+        raise ValueError(f"not a readable Parquet file: {e}") from e
+    raw_meta = (table.schema.metadata or {}).get(META_KEY)
+    if raw_meta is None:
+        raise ValueError("Parquet file carries no strongroom metadata")
+    missing = set(ARROW_SCHEMA.names) - set(table.schema.names)
+    if missing:
+        raise ValueError(f"segment lacks columns {sorted(missing)}")
+    return table.select(ARROW_SCHEMA.names).to_pylist(), json.loads(raw_meta)

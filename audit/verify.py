@@ -1,0 +1,242 @@
+"""Re-verify the archive from the object store alone (plus our public key).
+
+For every stream, every segment and every checkpoint is re-read and checked in this order;
+each failure cites its step number, the stream, the object and (where there is one) the first
+bad seq:
+
+  (1) record hash — each record_hash = SHA-256(prev_hash ‖ canonical(record));
+  (2) chain link — each prev_hash equals the previous record's hash, seqs are contiguous from 0
+      across segments, and the segment's metadata agrees with its rows;
+  (3) Merkle root — the RFC 6962 root recomputed over all records so far equals the root (and
+      the head hash) in the checkpoint of that tree size;
+  (4) checkpoint signature — Ed25519 over the checkpoint with our key;
+  (5) Object Lock — every object is COMPLIANCE-locked and has exactly one version (no overwrite
+      or delete marker on top of it);
+  (6) consistency — checkpoints grow strictly and each is a prefix of the next (RFC 9162
+      consistency proof between successive checkpoints verifies), and the newest checkpoint
+      (and the SQL head, when given) covers every record.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from archiver.checkpoint import SignedCheckpoint
+from archiver.errors import ObjectStoreError, VerificationError
+from archiver.merkle import CompactRange, consistency_proof, hash_leaf, perfect_range_hash, verify_consistency
+from archiver.objectstore import ObjectStore
+from archiver.records import GENESIS, canonical, link
+from archiver.segments import decode_segment
+
+_SEG = re.compile(r"^records/stream=([^/]+)/date=[^/]+/seg-(\d+)-(\d+)\.parquet$")
+_CP = re.compile(r"^checkpoints/stream=([^/]+)/(\d+)\.json$")
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    step: int
+    stream: str
+    item: str
+    message: str
+    seq: int | None = None
+
+    def __str__(self) -> str:
+        at = f" seq={self.seq}" if self.seq is not None else ""
+        return f"({self.step}) stream={self.stream} {self.item}{at}: {self.message}"
+
+
+@dataclass
+class StreamResult:
+    stream: str
+    segments: int = 0
+    records: int = 0
+    checkpoints: int = 0
+    root: str = ""
+
+
+@dataclass
+class Report:
+    streams: list[StreamResult] = field(default_factory=list)
+    failures: list[Failure] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        # An archive with nothing in it verifies nothing: say so rather than pass.
+        return not self.failures and bool(self.streams)
+
+    @property
+    def records(self) -> int:
+        return sum(s.records for s in self.streams)
+
+
+class Verifier:
+    def __init__(self, store: ObjectStore, public_key: Ed25519PublicKey, check_locks: bool = True) -> None:
+        self.store = store
+        self.public_key = public_key
+        self.check_locks = check_locks
+
+    def verify(self, expected_sizes: dict[str, int] | None = None, only: Iterable[str] | None = None) -> Report:
+        """Verify every stream found in the store (or `only` those).
+
+        `expected_sizes` (stream -> tree size from SQL) catches a copy with its newest
+        segments *and* checkpoints removed, which the objects alone cannot reveal.
+        """
+        segs: dict[str, list[tuple[int, int, str]]] = defaultdict(list)
+        cps: dict[str, list[str]] = defaultdict(list)
+        report = Report()
+        for key in self.store.list_keys("records/"):
+            if m := _SEG.match(key):
+                segs[m[1]].append((int(m[2]), int(m[3]), key))
+            else:
+                report.failures.append(Failure(2, "?", key, "unexpected object under records/"))
+        for key in self.store.list_keys("checkpoints/"):
+            if m := _CP.match(key):
+                cps[m[1]].append(key)
+        names = sorted(set(segs) | set(cps) | set(expected_sizes or {}))
+        if only is not None:
+            names = [n for n in names if n in set(only)]
+        for name in names:
+            result, failures = self._verify_stream(name, sorted(segs[name]), sorted(cps[name]),
+                                                   (expected_sizes or {}).get(name))
+            report.streams.append(result)
+            report.failures.extend(failures)
+        return report
+
+    # -- one stream -------------------------------------------------------------------------
+
+    def _verify_stream(self, stream: str, segs: list[tuple[int, int, str]], cp_keys: list[str],
+                       expected_size: int | None) -> tuple[StreamResult, list[Failure]]:
+        res = StreamResult(stream, segments=len(segs), checkpoints=len(cp_keys))
+        fails: list[Failure] = []
+        checkpoints = self._load_checkpoints(stream, cp_keys, fails)  # (4)
+        if self.check_locks:
+            self._check_objects(stream, [k for _, _, k in segs] + cp_keys, fails)  # (5)
+
+        tree = CompactRange()
+        nodes: dict[tuple[int, int], bytes] = {}
+        prev = GENESIS
+        by_size = {cp.checkpoint.tree_size: (key, cp) for key, cp in checkpoints}
+        broken = False
+        for first, last, key in segs:
+            if broken:
+                break
+            if first != tree.size:
+                fails.append(Failure(2, stream, key, f"expected segment to start at seq {tree.size}, "
+                                                     f"found seq {first}", tree.size))
+                break
+            try:
+                records, meta = decode_segment(self.store.get(key))
+            except (ValueError, ObjectStoreError) as e:
+                fails.append(Failure(2, stream, key, f"unreadable segment: {e}", first))
+                break
+            if meta.get("prev_hash") != prev.hex() or meta.get("first_seq") != first or meta.get("last_seq") != last:
+                fails.append(Failure(2, stream, key, "segment metadata does not match its position in the chain", first))
+                break
+            for rec in records:
+                seq = tree.size
+                if rec["seq"] != seq or rec["stream"] != stream:
+                    fails.append(Failure(2, stream, key, f"expected seq {seq} of {stream}, found seq "
+                                                         f"{rec['seq']} of {rec['stream']}", seq))
+                    broken = True
+                    break
+                canon = canonical(rec)
+                if rec["prev_hash"] != prev:  # (2)
+                    fails.append(Failure(2, stream, key, f"prev_hash {rec['prev_hash'].hex()[:16]}… does "
+                                                         f"not link to {prev.hex()[:16]}…", seq))
+                    broken = True
+                    break
+                if link(prev, canon) != rec["record_hash"]:  # (1)
+                    fails.append(Failure(1, stream, key, "record hash does not match its content", seq))
+                    broken = True
+                    break
+                prev = rec["record_hash"]
+                for lvl, idx, h in tree.append(hash_leaf(canon)):
+                    nodes[(lvl, idx)] = h
+                if tree.size in by_size:  # (3)
+                    self._check_root(stream, tree, prev, *by_size[tree.size], fails)
+            if not broken and tree.size != last + 1:
+                fails.append(Failure(2, stream, key, f"segment named up to seq {last} holds rows up to "
+                                                     f"{tree.size - 1}", tree.size))
+                broken = True
+        res.records, res.root = tree.size, tree.root().hex()
+        if not broken:
+            self._check_growth(stream, checkpoints, tree, nodes, expected_size, fails)  # (6)
+        return res, fails
+
+    def _load_checkpoints(self, stream: str, keys: list[str], fails: list[Failure]) -> list[tuple[str, SignedCheckpoint]]:
+        out = []
+        for key in keys:
+            try:
+                cp = SignedCheckpoint.from_json(self.store.get(key), key)
+                cp.verify(self.public_key, key)
+                if cp.checkpoint.stream != stream:
+                    raise VerificationError(f"checkpoint names stream {cp.checkpoint.stream}")
+            except (VerificationError, ObjectStoreError) as e:
+                fails.append(Failure(4, stream, key, str(e)))
+                continue
+            out.append((key, cp))
+        return out
+
+    def _check_objects(self, stream: str, keys: list[str], fails: list[Failure]) -> None:
+        versions: dict[str, int] = defaultdict(int)
+        for prefix in (f"records/stream={stream}/", f"checkpoints/stream={stream}/"):
+            for v in self.store.list_versions(prefix):
+                versions[v.key] += 1
+                if v.is_delete_marker:
+                    fails.append(Failure(5, stream, v.key, "a delete marker hides the locked version"))
+        for key in keys:
+            if versions.get(key, 1) > 1:
+                fails.append(Failure(5, stream, key, f"{versions[key]} versions: something was written over "
+                                                     "the locked original"))
+            ret = self.store.retention(key)
+            if ret.mode != "COMPLIANCE" or ret.retain_until is None:
+                fails.append(Failure(5, stream, key, f"object lock is {ret.mode!r} until {ret.retain_until}, "
+                                                     "expected COMPLIANCE"))
+
+    def _check_root(self, stream: str, tree: CompactRange, head: bytes, key: str, cp: SignedCheckpoint,
+                    fails: list[Failure]) -> None:
+        c = cp.checkpoint
+        if c.root_hash != tree.root().hex():
+            fails.append(Failure(3, stream, key, f"root mismatch: checkpoint {c.root_hash[:16]}…, "
+                                                 f"recomputed {tree.root().hex()[:16]}…", tree.size - 1))
+        if c.head_hash != head.hex():
+            fails.append(Failure(3, stream, key, f"head mismatch: checkpoint {c.head_hash[:16]}…, "
+                                                 f"recomputed {head.hex()[:16]}…", tree.size - 1))
+
+    def _check_growth(self, stream: str, checkpoints: list[tuple[str, SignedCheckpoint]], tree: CompactRange,
+                      nodes: dict[tuple[int, int], bytes], expected_size: int | None, fails: list[Failure]) -> None:
+        hash_range = perfect_range_hash(lambda lvl, idx: nodes[(lvl, idx)])
+        previous: tuple[str, SignedCheckpoint] | None = None
+        for key, cp in checkpoints:
+            size = cp.checkpoint.tree_size
+            if size > tree.size:
+                fails.append(Failure(6, stream, key, f"checkpoint covers {size} records, only {tree.size} found",
+                                     tree.size))
+                continue
+            if previous is not None:
+                pkey, prev_cp = previous
+                p = prev_cp.checkpoint
+                if size <= p.tree_size:
+                    fails.append(Failure(6, stream, key, f"tree size {size} does not grow past {pkey} ({p.tree_size})"))
+                    continue
+                try:
+                    proof = consistency_proof(p.tree_size, size, hash_range)
+                    verify_consistency(p.tree_size, size, proof, bytes.fromhex(p.root_hash),
+                                       bytes.fromhex(cp.checkpoint.root_hash))
+                except VerificationError as e:
+                    fails.append(Failure(6, stream, key, f"not consistent with {pkey}: {e}"))
+            previous = (key, cp)
+        if checkpoints and checkpoints[-1][1].checkpoint.tree_size < tree.size:
+            fails.append(Failure(6, stream, checkpoints[-1][0], f"newest checkpoint covers "
+                                 f"{checkpoints[-1][1].checkpoint.tree_size} of {tree.size} records"))
+        if not checkpoints and tree.size:
+            fails.append(Failure(6, stream, f"checkpoints/stream={stream}/", "no checkpoint signs these records"))
+        if expected_size is not None and expected_size != tree.size:
+            fails.append(Failure(6, stream, f"records/stream={stream}/",
+                                 f"the archive database records {expected_size} records, the store holds {tree.size}",
+                                 min(expected_size, tree.size)))

@@ -1,0 +1,1 @@
+"""Regulator bundles: RSMF, load files, transcripts, signed manifests, offline verifier."""

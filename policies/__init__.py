@@ -1,0 +1,1 @@
+"""Rules over what was archived: retention schedules, holds, ledgers, compliance checks."""

@@ -1,0 +1,190 @@
+"""`strongroom …` — serve, seal, verify, query, keys."""
+
+from __future__ import annotations
+
+import csv
+import getpass
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from archiver import crypto
+from archiver.errors import ConfigurationError, StrongroomError
+from archiver.objectstore import DirectoryObjectStore
+from audit import trail
+from audit.query import QueryError
+from audit.verify import Report, Verifier
+from strongroom.runtime import Archive, configure_logging, open_archive
+from strongroom.settings import Settings
+
+app = typer.Typer(help="strongroom: a WORM compliance archive for WhatsApp Business coexistence numbers.",
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+keys_app = typer.Typer(help="Key material.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+out = Console()
+err = Console(stderr=True)
+
+
+def _actor() -> str:
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return "cli:unknown"
+
+
+def _open(settings: Settings | None = None) -> Archive:
+    settings = settings or Settings()
+    configure_logging(settings.log_level)
+    try:
+        return open_archive(settings)
+    except StrongroomError as e:
+        err.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(2) from e
+
+
+@app.command()
+def serve() -> None:
+    """Run the service: webhook receiver + ingest worker (embedded SeaweedFS unless S3 is set)."""
+    import uvicorn
+
+    from strongroom.app import create_app
+
+    settings = Settings()
+    archive = _open(settings)
+    try:
+        fastapi_app = create_app(archive)
+        _banner(archive)
+        uvicorn.run(fastapi_app, host=settings.host, port=settings.port, access_log=False, log_config=None)
+    finally:
+        archive.close()
+
+
+def _banner(archive: Archive) -> None:
+    s = archive.settings
+
+    def source(name: str) -> str:
+        if getattr(s, name) is not None:
+            return f"environment variable STRONGROOM_{name.upper()}"
+        return str(getattr(s, f"{name}_file") or s.secrets_dir / name)
+
+    out.print(f"[bold]strongroom[/bold] serving on http://{s.host}:{s.port}")
+    out.print(f"  webhook URL   : http://{s.host}:{s.port}/webhooks/whatsapp  (put TLS in front for Meta)")
+    out.print(f"  verify token  : {source('verify_token')}")
+    out.print(f"  app secret    : {source('app_secret')}")
+    out.print(f"  object store  : {archive.store.endpoint_url or 'AWS S3'} bucket {archive.store.bucket}"
+              f"{' (embedded SeaweedFS, Object Lock COMPLIANCE)' if archive.embedded else ''}")
+    out.print(f"  database      : {s.sql_url().split('@')[-1]}")
+    out.print(f"  signing key   : {s.key_path('signing')} (public: strongroom keys public)")
+    out.print("  Ctrl-C stops the service and everything it started.")
+
+
+@app.command()
+def seal() -> None:
+    """Normalise every pending webhook and seal every stream once, then exit."""
+    archive = _open()
+    try:
+        sealed = archive.process_pending()
+        out.print(f"sealed {sealed} records")
+    finally:
+        archive.close()
+
+
+def _print_report(report: Report) -> None:
+    table = Table("stream", "segments", "records", "checkpoints", "root")
+    for s in report.streams:
+        table.add_row(s.stream, str(s.segments), str(s.records), str(s.checkpoints), s.root[:16] + "…")
+    out.print(table)
+    for f in report.failures:
+        err.print(f"[red]FAIL[/red] {f}")
+    if report.ok:
+        out.print(f"[green]verified[/green] {report.records} records in {len(report.streams)} streams")
+    elif not report.streams:
+        err.print("[red]nothing to verify[/red]: no sealed segments or checkpoints found")
+
+
+@app.command()
+def verify(
+    from_dir: Annotated[Path | None, typer.Option(help="Verify a local copy of the objects instead of the store.")] = None,
+    public_key: Annotated[Path | None, typer.Option(help="PEM public key (default: this archive's own).")] = None,
+    stream: Annotated[list[str] | None, typer.Option(help="Only these streams.")] = None,
+) -> None:
+    """Re-read every segment and checkpoint and check chain, Merkle roots, signatures, locks."""
+    if from_dir is not None:
+        if public_key is None:
+            err.print("[red]error:[/red] --from-dir needs --public-key")
+            raise typer.Exit(2)
+        report = Verifier(DirectoryObjectStore(from_dir), crypto.load_public_key(public_key.read_bytes()),
+                          check_locks=False).verify(only=stream)
+        _print_report(report)
+        raise typer.Exit(0 if report.ok else 1)
+    archive = _open()
+    try:
+        key = crypto.load_public_key(public_key.read_bytes()) if public_key else archive.public_key
+        report = Verifier(archive.store, key).verify(expected_sizes=archive.expected_sizes(), only=stream)
+        trail.record(archive.engine, archive.keyring, "verify", _actor(),
+                     {"ok": report.ok, "records": report.records, "failures": [str(f) for f in report.failures]})
+        archive.sealer().seal_stream(trail.AUDIT_STREAM)
+        _print_report(report)
+    finally:
+        archive.close()
+    raise typer.Exit(0 if report.ok else 1)
+
+
+@app.command()
+def query(
+    sql: Annotated[str, typer.Argument(help="DuckDB SQL over the `records` view.")],
+    fmt: Annotated[str, typer.Option("--format", help="table, json or csv")] = "table",
+) -> None:
+    """Run DuckDB SQL over the sealed Parquet in S3 (view `records`; content stays ciphertext)."""
+    archive = _open()
+    try:
+        try:
+            result = archive.query_engine().query(sql)
+        except QueryError as e:
+            err.print(f"[red]query failed:[/red] {e}")
+            raise typer.Exit(1) from e
+        finally:
+            trail.record(archive.engine, archive.keyring, "query", _actor(), {"sql": sql})
+            archive.sealer().seal_stream(trail.AUDIT_STREAM)
+    finally:
+        archive.close()
+    if fmt == "json":
+        for row in result.rows:
+            out.print_json(json.dumps(dict(zip(result.columns, row, strict=True)), default=_jsonable))
+    elif fmt == "csv":
+        w = csv.writer(sys.stdout)
+        w.writerow(result.columns)
+        w.writerows([[_jsonable(v) if isinstance(v, bytes) else v for v in r] for r in result.rows])
+    else:
+        table = Table(*result.columns)
+        for row in result.rows:
+            table.add_row(*[str(_jsonable(v)) if isinstance(v, bytes) else str(v) for v in row])
+        out.print(table)
+        out.print(f"{len(result.rows)} rows")
+
+
+def _jsonable(v: object) -> object:
+    if isinstance(v, bytes):
+        return v.hex()
+    return str(v)
+
+
+@keys_app.command("public")
+def keys_public() -> None:
+    """Print the checkpoint-signing public key (PEM): all a third party needs to verify."""
+    settings = Settings()
+    try:
+        key = crypto.load_signing_key(settings.key_path("signing"))
+    except ConfigurationError as e:
+        err.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(2) from e
+    sys.stdout.write(crypto.public_key_pem(key.public_key()).decode())
+
+
+def main() -> None:
+    app()

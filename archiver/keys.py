@@ -13,9 +13,10 @@ import threading
 
 import sqlalchemy as sa
 
-from archiver.crypto import KEY_SIZE, BlindIndex, Kek, derive_content_key
+from archiver.crypto import KEY_SIZE, BlindIndex, Kek, decrypt, derive_content_key
 from archiver.db import data_keys
 from archiver.errors import KeyDestroyedError
+from archiver.records import content_aad
 from archiver.sqlutil import insert_ignore, utcnow
 
 
@@ -67,6 +68,17 @@ class KeyRing:
 
     def content_key(self, key_ids: list[str], create: bool = True) -> bytes:
         return derive_content_key([(k, self.data_key(k, create)) for k in key_ids])
+
+    def open_content(self, stream: str, natural_key: str, subject_key_id: str, nonce: bytes,
+                     content: bytes) -> bytes:
+        """Decrypt a record's content (authenticated against its stream and natural key).
+
+        Raises:
+            KeyDestroyedError: one of the record's subjects was crypto-shredded.
+            DecryptionError: wrong key, wrong record, or tampered ciphertext.
+        """
+        key = self.content_key(subject_key_id.split(","), create=False)
+        return decrypt(key, nonce, content, content_aad(stream, natural_key))
 
     def forget(self, key_id: str) -> None:
         """Drop a cached key (after it was destroyed elsewhere)."""

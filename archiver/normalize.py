@@ -194,21 +194,28 @@ class Normalizer:
         self.inbox_reader = inbox_reader
 
     def run_once(self, limit: int = 200) -> int:
-        with self.engine.begin() as conn:
-            q = (
+        """Normalise up to `limit` pending bodies. Returns how many were processed.
+
+        Events are built (and any new data keys created) *before* the write transaction, so
+        a single-writer database (SQLite) never waits on itself. Two normalisers racing on the
+        same body insert the same natural keys; the second insert is ignored.
+        """
+        with self.engine.connect() as conn:
+            rows = conn.execute(
                 sa.select(inbox.c.id, inbox.c.body_sha256, inbox.c.key_id, inbox.c.nonce,
                           inbox.c.ciphertext, inbox.c.received_at)
                 .where(inbox.c.state == "pending").order_by(inbox.c.id).limit(limit)
+            ).all()
+        if not rows:
+            return 0
+        built = [
+            build_events(self.keyring, self.inbox_reader.read_body(row), row.id, as_utc(row.received_at))
+            for row in rows
+        ]
+        with self.engine.begin() as conn:
+            insert_ignore(conn, events, [ev for evs in built for ev in evs])
+            conn.execute(
+                sa.update(inbox).where(inbox.c.id.in_([r.id for r in rows]), inbox.c.state == "pending")
+                .values(state="normalized", normalized_at=utcnow())
             )
-            if conn.dialect.name == "postgresql":
-                q = q.with_for_update(skip_locked=True)
-            rows = conn.execute(q).all()
-            for row in rows:
-                body = self.inbox_reader.read_body(row)
-                insert_ignore(conn, events, build_events(self.keyring, body, row.id, as_utc(row.received_at)))
-            if rows:
-                conn.execute(
-                    sa.update(inbox).where(inbox.c.id.in_([r.id for r in rows]))
-                    .values(state="normalized", normalized_at=utcnow())
-                )
         return len(rows)

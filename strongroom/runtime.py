@@ -6,6 +6,7 @@ import logging
 import secrets
 import sys
 from dataclasses import dataclass, field
+from typing import TextIO
 
 import sqlalchemy as sa
 import structlog
@@ -25,10 +26,13 @@ from strongroom.embedded import EmbeddedSeaweedFS
 from strongroom.settings import Settings
 
 
-def configure_logging(level: str) -> None:
+def configure_logging(level: str, stream: TextIO | None = None) -> None:
     """JSON lines on stderr. Nothing logged anywhere carries message content or secrets."""
-    logging.basicConfig(stream=sys.stderr, level=level.upper(), format="%(message)s")
-    logging.getLogger("alembic").setLevel(logging.WARNING)
+    stream = stream or sys.stderr
+    logging.basicConfig(stream=stream, level=level.upper(), format="%(message)s", force=True)
+    # Library debug logs can carry request headers (S3 signatures) and SQL parameters.
+    for noisy in ("alembic", "botocore", "boto3", "urllib3", "s3transfer", "sqlalchemy", "httpx"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     structlog.configure(
         processors=[
             structlog.processors.add_log_level,
@@ -36,7 +40,7 @@ def configure_logging(level: str) -> None:
             structlog.processors.JSONRenderer(),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(file=stream),
     )
 
 

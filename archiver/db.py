@@ -5,7 +5,7 @@ Tables:
 - `inbox_deliveries` every delivery attempt (Meta redelivers; each attempt is evidence)
 - `data_keys`        per-subject data keys wrapped by the KEK (NULL once shredded)
 - `events`           normalised events with encrypted content, awaiting or carrying a seq
-- `streams`          per-stream chain head, tree size and sealer lease
+- `streams`          per-stream chain head, tree size and in-flight segment key
 - `segments`         sealed Parquet objects (key, version id, checksum, retain-until)
 - `merkle_tiles`     interior Merkle hashes, 256 per row per level, kept for the life of a stream
 """
@@ -102,8 +102,6 @@ streams = sa.Table(
     sa.Column("head_hash", sa.String(64), nullable=False),
     sa.Column("root_hash", sa.String(64), nullable=False),
     sa.Column("pending_key", sa.String(512), nullable=True),  # segment PUT in flight
-    sa.Column("lease_owner", sa.String(80), nullable=True),
-    sa.Column("lease_until", Ts, nullable=True),
     sa.Column("updated_at", Ts, nullable=False),
 )
 

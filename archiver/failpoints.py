@@ -11,6 +11,7 @@ import signal
 
 _ARMED = os.environ.get("STRONGROOM_FAILPOINT", "")
 
+NORMALIZER_POINTS = ("normalize.before_commit",)
 SEALER_POINTS = (
     "sealer.before_put",
     "sealer.after_put",

@@ -28,6 +28,7 @@ from typing import Any
 import rfc8785
 import sqlalchemy as sa
 
+from archiver import failpoints
 from archiver.crypto import encrypt
 from archiver.db import events, inbox
 from archiver.inbox import Inbox
@@ -212,6 +213,7 @@ class Normalizer:
             build_events(self.keyring, self.inbox_reader.read_body(row), row.id, as_utc(row.received_at))
             for row in rows
         ]
+        failpoints.hit("normalize.before_commit")
         with self.engine.begin() as conn:
             insert_ignore(conn, events, [ev for evs in built for ev in evs])
             conn.execute(

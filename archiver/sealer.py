@@ -2,7 +2,7 @@
 
 Steps for one batch (numbers match the failpoints and the crash tests):
 
-  (0) take the stream's lease (one writer per stream, across processes and machines);
+  (0) take the stream's lock (one writer per stream, across processes and machines);
   (1) reconcile anything a crash left behind (an in-flight segment, an unpublished checkpoint);
   (2) assign seqs to pending events in id order, canonicalise (RFC 8785), extend the hash
       chain and the Merkle tree, write one Parquet segment;
@@ -23,11 +23,9 @@ events; after (5) only the checkpoint is missing and is published on restart.
 from __future__ import annotations
 
 import hashlib
-import os
-import socket
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -36,6 +34,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from archiver import failpoints
 from archiver.checkpoint import Checkpoint, SignedCheckpoint, key_id
 from archiver.db import events, inbox, merkle_tiles, segments, streams
+from archiver.leases import StreamLocks
 from archiver.errors import ConflictError, ObjectExistsError, ObjectNotFoundError, ObjectStoreError
 from archiver.merkle import CompactRange, hash_leaf
 from archiver.objectstore import ObjectStore
@@ -118,8 +117,6 @@ class Sealer:
         signing_key: Ed25519PrivateKey,
         retain_until: Callable[[datetime], datetime],
         batch_max: int = 50_000,
-        lease_seconds: int = 120,
-        owner: str | None = None,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self.engine = engine
@@ -127,8 +124,7 @@ class Sealer:
         self.signing_key = signing_key
         self.retain_until = retain_until
         self.batch_max = batch_max
-        self.lease = timedelta(seconds=lease_seconds)
-        self.owner = owner or f"{socket.gethostname()}:{os.getpid()}"
+        self.locks = StreamLocks(engine)
         self.clock = clock
         self.key_id = key_id(signing_key.public_key())
 
@@ -138,7 +134,7 @@ class Sealer:
         """Seal every stream with work until none is left. Returns records sealed.
 
         Work = pending events, an in-flight segment, or an unpublished checkpoint. Streams
-        leased by another sealer are skipped (they return 0) and picked up by that sealer.
+        locked by another sealer are skipped (they return 0) and picked up by that sealer.
         """
         total = 0
         while True:
@@ -161,57 +157,43 @@ class Sealer:
         return sorted(found)
 
     def seal_stream(self, stream: str) -> int:
-        """(0)–(7) for one batch of `stream`. Returns records sealed (0 if leased elsewhere)."""
-        if not self._acquire(stream):
+        """(0)–(7) for one batch of `stream`. Returns records sealed (0 if another sealer has it)."""
+        with self.locks.hold(stream) as mine:  # (0)
+            if not mine:
+                return 0
+            self._ensure_stream(stream)
+            return self._seal_locked(stream)
+
+    def _seal_locked(self, stream: str) -> int:
+        self._recover(stream)  # (1)
+        batch = self._build(stream)  # (2)
+        if batch is None:
             return 0
+        self._set_pending(stream, batch.key)  # (3)
+        failpoints.hit("sealer.before_put")
         try:
-            self._recover(stream)  # (1)
-            batch = self._build(stream)  # (2)
-            if batch is None:
-                return 0
-            self._set_pending(stream, batch.key)  # (3)
-            failpoints.hit("sealer.before_put")
-            try:
-                put = self.store.put_locked(batch.key, batch.data, self.retain_until(self.clock()))
-                version_id = put.version_id
-            except ObjectExistsError:
-                # Only possible if an earlier attempt's intent was lost; adopt what is stored.
-                self._recover(stream)
-                return 0
-            failpoints.hit("sealer.after_put")
-            self._read_back(batch.key, version_id, hashlib.sha256(batch.data).hexdigest())  # (4)
-            failpoints.hit("sealer.after_readback")
-            seg_id = self._commit(batch, version_id)  # (5)
-            failpoints.hit("sealer.after_commit")
-            self._publish_checkpoint(seg_id)  # (6), (7)
-            return len(batch.records)
-        finally:
-            self._release(stream)
+            put = self.store.put_locked(batch.key, batch.data, self.retain_until(self.clock()))
+            version_id = put.version_id
+        except ObjectExistsError:
+            # Only possible if an earlier attempt's intent was lost; adopt what is stored.
+            self._recover(stream)
+            return 0
+        failpoints.hit("sealer.after_put")
+        self._read_back(batch.key, version_id, hashlib.sha256(batch.data).hexdigest())  # (4)
+        failpoints.hit("sealer.after_readback")
+        seg_id = self._commit(batch, version_id)  # (5)
+        failpoints.hit("sealer.after_commit")
+        self._publish_checkpoint(seg_id)  # (6), (7)
+        return len(batch.records)
 
-    # -- (0) lease --------------------------------------------------------------------------
+    # -- (0) stream row -------------------------------------------------------------------
 
-    def _acquire(self, stream: str) -> bool:
-        now = self.clock()
+    def _ensure_stream(self, stream: str) -> None:
         with self.engine.begin() as conn:
             insert_ignore(conn, streams, [{
                 "stream": stream, "tree_size": 0, "head_hash": GENESIS.hex(),
-                "root_hash": hashlib.sha256(b"").hexdigest(), "updated_at": now,
+                "root_hash": hashlib.sha256(b"").hexdigest(), "updated_at": self.clock(),
             }])
-            res = conn.execute(
-                sa.update(streams)
-                .where(streams.c.stream == stream)
-                .where(sa.or_(streams.c.lease_owner.is_(None), streams.c.lease_owner == self.owner,
-                              streams.c.lease_until < now))
-                .values(lease_owner=self.owner, lease_until=now + self.lease)
-            )
-            return res.rowcount == 1
-
-    def _release(self, stream: str) -> None:
-        with self.engine.begin() as conn:
-            conn.execute(
-                sa.update(streams).where(streams.c.stream == stream, streams.c.lease_owner == self.owner)
-                .values(lease_owner=None, lease_until=None)
-            )
 
     # -- (1) recovery -----------------------------------------------------------------------
 

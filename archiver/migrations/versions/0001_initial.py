@@ -74,8 +74,6 @@ def upgrade() -> None:
     sa.Column('head_hash', sa.String(length=64), nullable=False),
     sa.Column('root_hash', sa.String(length=64), nullable=False),
     sa.Column('pending_key', sa.String(length=512), nullable=True),
-    sa.Column('lease_owner', sa.String(length=80), nullable=True),
-    sa.Column('lease_until', sa.DateTime(timezone=True), nullable=True),
     sa.Column('updated_at', sa.DateTime(timezone=True), nullable=False),
     sa.PrimaryKeyConstraint('stream')
     )

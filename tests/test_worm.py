@@ -1,0 +1,121 @@
+"""Object Lock COMPLIANCE on a real server (SeaweedFS): what R-1/R-2/R-3 promise.
+
+moto lets COMPLIANCE retention be shortened, so none of this runs on moto.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import timedelta
+
+import pytest
+from botocore.exceptions import ClientError
+from fastapi.testclient import TestClient
+
+from archiver.errors import ObjectExistsError, ObjectLockError
+from archiver.objectstore import S3ObjectStore
+from strongroom.app import create_app
+from strongroom.embedded import EmbeddedSeaweedFS
+from strongroom.runtime import Archive, open_archive
+from strongroom.settings import Settings
+from tests.conftest import sign
+
+pytestmark = pytest.mark.worm
+
+
+def _sealed(archive: Archive, webhook_body: Callable[[str], bytes]) -> tuple[str, str]:
+    body = webhook_body("text_bsuid")
+    TestClient(create_app(archive, run_worker=False)).post(
+        "/webhooks/whatsapp", content=body, headers={"X-Hub-Signature-256": sign(body)})
+    archive.process_pending()
+    key = next(iter(archive.store.list_keys("records/")))
+    versions = [v for v in archive.store.list_versions(key) if v.key == key]
+    assert len(versions) == 1
+    return key, str(versions[0].version_id)
+
+
+def _refused(call: Callable[[], object]) -> str:
+    with pytest.raises(ClientError) as exc:
+        call()
+    return str(exc.value.response["Error"]["Code"])
+
+
+def test_sealed_segment_cannot_be_deleted_overwritten_or_unlocked(
+    archive: Archive, webhook_body: Callable[[str], bytes]
+) -> None:
+    key, vid = _sealed(archive, webhook_body)
+    s3, bucket = archive.store.s3, archive.store.bucket
+    original = archive.store.get(key, vid)
+    ret = archive.store.retention(key, vid)
+    assert ret.mode == "COMPLIANCE"
+
+    # delete of the version, by the same (admin) principal, with and without bypass
+    assert _refused(lambda: s3.delete_object(Bucket=bucket, Key=key, VersionId=vid)) == "AccessDenied"
+    assert _refused(lambda: s3.delete_object(Bucket=bucket, Key=key, VersionId=vid,
+                                             BypassGovernanceRetention=True)) == "AccessDenied"
+    # shortening retention, and switching to GOVERNANCE with bypass
+    earlier = ret.retain_until - timedelta(hours=1)
+    assert _refused(lambda: s3.put_object_retention(
+        Bucket=bucket, Key=key, VersionId=vid,
+        Retention={"Mode": "COMPLIANCE", "RetainUntilDate": earlier})) == "AccessDenied"
+    assert _refused(lambda: s3.put_object_retention(
+        Bucket=bucket, Key=key, VersionId=vid, BypassGovernanceRetention=True,
+        Retention={"Mode": "GOVERNANCE", "RetainUntilDate": ret.retain_until})) == "AccessDenied"
+    # extending is allowed (R-2)
+    s3.put_object_retention(Bucket=bucket, Key=key, VersionId=vid,
+                            Retention={"Mode": "COMPLIANCE", "RetainUntilDate": ret.retain_until + timedelta(days=1)})
+    assert archive.store.retention(key, vid).retain_until == ret.retain_until + timedelta(days=1)
+
+    # overwrite: our conditional write is refused outright ...
+    with pytest.raises(ObjectExistsError):
+        archive.store.put_locked(key, b"forged", ret.retain_until)
+    # ... and an unconditional PUT only stacks a new version on top: the locked original is
+    # intact, and verify reports the attempt naming the object.
+    s3.put_object(Bucket=bucket, Key=key, Body=b"forged")
+    assert archive.store.get(key, vid) == original
+    report = archive.verifier().verify()
+    assert not report.ok
+    assert any(f.step == 5 and f.item == key and "versions" in f.message for f in report.failures)
+    # a plain DELETE only adds a delete marker; the original version stays retrievable
+    s3.delete_object(Bucket=bucket, Key=key)
+    assert archive.store.get(key, vid) == original
+    assert any(f.step == 5 and "delete marker" in f.message for f in archive.verifier().verify().failures)
+
+
+def test_regulated_mode_refuses_a_bucket_without_compliance_lock(
+    seaweed: EmbeddedSeaweedFS, make_settings: Callable[..., Settings]
+) -> None:
+    plain = S3ObjectStore("plain-" + make_settings().s3_bucket, seaweed.endpoint, seaweed.access_key,
+                          seaweed.secret_key)
+    plain.s3.create_bucket(Bucket=plain.bucket)  # no Object Lock
+    with pytest.raises(ObjectLockError, match="COMPLIANCE default retention"):
+        open_archive(make_settings(mode="regulated", s3_bucket=plain.bucket))
+
+    governance = S3ObjectStore("gov-" + make_settings().s3_bucket, seaweed.endpoint, seaweed.access_key,
+                               seaweed.secret_key)
+    governance.s3.create_bucket(Bucket=governance.bucket, ObjectLockEnabledForBucket=True)
+    governance.s3.put_object_lock_configuration(Bucket=governance.bucket, ObjectLockConfiguration={
+        "ObjectLockEnabled": "Enabled", "Rule": {"DefaultRetention": {"Mode": "GOVERNANCE", "Days": 1}}})
+    with pytest.raises(ObjectLockError, match="default retention mode 'GOVERNANCE'"):
+        open_archive(make_settings(mode="regulated", s3_bucket=governance.bucket))
+
+
+def test_regulated_mode_starts_on_a_compliance_bucket(make_settings: Callable[..., Settings]) -> None:
+    open_archive(make_settings()).close()  # standard mode creates the bucket with a COMPLIANCE default
+    open_archive(make_settings(mode="regulated")).close()
+
+
+def test_regulated_refusal_message_reaches_the_operator(
+    seaweed: EmbeddedSeaweedFS, make_settings: Callable[..., Settings]
+) -> None:
+    import subprocess
+    import sys
+
+    from tests.conftest import subprocess_env
+
+    settings = make_settings(mode="regulated", s3_bucket="absent-" + make_settings().s3_bucket)
+    env = subprocess_env(settings) | {"STRONGROOM_MODE": "regulated"}
+    proc = subprocess.run([sys.executable, "-m", "strongroom", "seal"], env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 2
+    assert "Object Lock" in proc.stderr and "COMPLIANCE" in proc.stderr

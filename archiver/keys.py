@@ -10,14 +10,24 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import sqlalchemy as sa
 
 from archiver.crypto import KEY_SIZE, BlindIndex, Kek, decrypt, derive_content_key
 from archiver.db import data_keys
-from archiver.errors import KeyDestroyedError
+from archiver.errors import KeyDestroyedError, StrongroomError
 from archiver.records import content_aad
 from archiver.sqlutil import insert_ignore, utcnow
+
+
+class KeyRaceError(StrongroomError):
+    """Another process stored a different data key under the same id first."""
+
+    def __init__(self, key_ids: list[str]) -> None:
+        self.key_ids = key_ids
+        super().__init__(f"data keys created concurrently elsewhere: {len(key_ids)}")
 
 
 class KeyRing:
@@ -26,7 +36,47 @@ class KeyRing:
         self.kek = kek
         self.blind_index = blind_index
         self._cache: dict[str, bytes] = {}
+        self._derived: dict[tuple[str, ...], bytes] = {}
         self._lock = threading.Lock()
+        self._local = threading.local()  # .new: keys created in a deferred batch, not yet stored
+
+    @contextmanager
+    def deferred(self) -> Iterator[None]:
+        """Create new data keys in memory only; `store_new` must persist them before use.
+
+        Lets a batch write its new keys in the same transaction as the data they protect:
+        one commit instead of one per new subject, and never ciphertext without its key.
+        """
+        self._local.new = {}
+        try:
+            yield
+        finally:
+            for key_id in self._local.new:
+                self.forget(key_id)  # stored ones are re-read from SQL on next use
+            self._local.new = None
+
+    def store_new(self, conn: sa.Connection) -> None:
+        """Persist keys created under `deferred` on `conn`'s transaction.
+
+        Raises:
+            KeyRaceError: another process stored a different key under one of these ids
+                first; the caller rolls back and rebuilds with the stored key.
+        """
+        new: dict[str, bytes] = getattr(self._local, "new", None) or {}
+        if not new:
+            return
+        now = utcnow()
+        insert_ignore(conn, data_keys, [
+            {"key_id": k, "purpose": k.split(":", 1)[0], "wrapped": w, "kek_id": self.kek.kek_id, "created_at": now}
+            for k, w in new.items()
+        ])
+        stored = dict(conn.execute(
+            sa.select(data_keys.c.key_id, data_keys.c.wrapped).where(data_keys.c.key_id.in_(list(new)))
+        ).tuples().all())
+        lost = [k for k, w in new.items() if stored.get(k) != w]
+        if lost:
+            raise KeyRaceError(lost)
+        new.clear()
 
     def subject_key_id(self, namespace: str, value: str) -> str:
         return "subj:" + self.blind_index(namespace, value)
@@ -42,6 +92,7 @@ class KeyRing:
             cached = self._cache.get(key_id)
         if cached is not None:
             return cached
+        deferred: dict[str, bytes] | None = getattr(self._local, "new", None)
         with self.engine.begin() as conn:
             row = conn.execute(
                 sa.select(data_keys.c.wrapped, data_keys.c.destroyed_at).where(data_keys.c.key_id == key_id)
@@ -49,6 +100,12 @@ class KeyRing:
             if row is None:
                 if not create:
                     raise KeyError(key_id)
+                if deferred is not None:
+                    key = os.urandom(KEY_SIZE)
+                    deferred[key_id] = self.kek.wrap(key, key_id)
+                    with self._lock:
+                        self._cache[key_id] = key
+                    return key
                 purpose = key_id.split(":", 1)[0]
                 wrapped = self.kek.wrap(os.urandom(KEY_SIZE), key_id)
                 insert_ignore(conn, data_keys, [{
@@ -67,7 +124,14 @@ class KeyRing:
         return key
 
     def content_key(self, key_ids: list[str], create: bool = True) -> bytes:
-        return derive_content_key([(k, self.data_key(k, create)) for k in key_ids])
+        ids = tuple(sorted(key_ids))
+        with self._lock:
+            derived = self._derived.get(ids)
+        if derived is None:
+            derived = derive_content_key([(k, self.data_key(k, create)) for k in ids])
+            with self._lock:
+                self._derived[ids] = derived
+        return derived
 
     def open_content(self, stream: str, natural_key: str, subject_key_id: str, nonce: bytes,
                      content: bytes) -> bytes:
@@ -81,6 +145,8 @@ class KeyRing:
         return decrypt(key, nonce, content, content_aad(stream, natural_key))
 
     def forget(self, key_id: str) -> None:
-        """Drop a cached key (after it was destroyed elsewhere)."""
+        """Drop a cached key and everything derived from it (after it was destroyed elsewhere)."""
         with self._lock:
             self._cache.pop(key_id, None)
+            for ids in [ids for ids in self._derived if key_id in ids]:
+                del self._derived[ids]

@@ -33,7 +33,7 @@ from archiver.crypto import encrypt
 from archiver.db import events, inbox
 from archiver.inbox import Inbox
 from archiver.jsonspans import SpanError, change_spans, split_pieces
-from archiver.keys import KeyRing
+from archiver.keys import KeyRaceError, KeyRing
 from archiver.records import content_aad
 from archiver.sqlutil import as_utc, insert_ignore, utcnow
 
@@ -197,9 +197,11 @@ class Normalizer:
     def run_once(self, limit: int = 200) -> int:
         """Normalise up to `limit` pending bodies. Returns how many were processed.
 
-        Events are built (and any new data keys created) *before* the write transaction, so
-        a single-writer database (SQLite) never waits on itself. Two normalisers racing on the
-        same body insert the same natural keys; the second insert is ignored.
+        Events are built before the write transaction and new data keys are created in memory,
+        then stored in the same transaction as the events, so a single-writer database
+        (SQLite) never waits on itself and no ciphertext is ever committed without its key.
+        Two normalisers racing on the same body insert the same natural keys; the second
+        insert is ignored (and a lost race on a new key is retried with the stored key).
         """
         with self.engine.connect() as conn:
             rows = conn.execute(
@@ -209,15 +211,26 @@ class Normalizer:
             ).all()
         if not rows:
             return 0
-        built = [
-            build_events(self.keyring, self.inbox_reader.read_body(row), row.id, as_utc(row.received_at))
-            for row in rows
-        ]
-        failpoints.hit("normalize.before_commit")
-        with self.engine.begin() as conn:
-            insert_ignore(conn, events, [ev for evs in built for ev in evs])
-            conn.execute(
-                sa.update(inbox).where(inbox.c.id.in_([r.id for r in rows]), inbox.c.state == "pending")
-                .values(state="normalized", normalized_at=utcnow())
-            )
+        for attempt in (1, 2):
+            try:
+                self._normalize(rows)
+                break
+            except KeyRaceError:
+                if attempt == 2:
+                    raise
         return len(rows)
+
+    def _normalize(self, rows: list[sa.Row]) -> None:  # type: ignore[type-arg]
+        with self.keyring.deferred():
+            built = [
+                build_events(self.keyring, self.inbox_reader.read_body(row), row.id, as_utc(row.received_at))
+                for row in rows
+            ]
+            failpoints.hit("normalize.before_commit")
+            with self.engine.begin() as conn:
+                self.keyring.store_new(conn)  # new subjects' keys commit with their first events
+                insert_ignore(conn, events, [ev for evs in built for ev in evs])
+                conn.execute(
+                    sa.update(inbox).where(inbox.c.id.in_([r.id for r in rows]), inbox.c.state == "pending")
+                    .values(state="normalized", normalized_at=utcnow())
+                )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 
 import structlog
@@ -10,12 +11,12 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, PlainTextResponse
 
 from archiver.errors import WebhookRejected
-from archiver.inbox import Inbox
+from archiver.inbox import GroupCommitter
 
 log = structlog.get_logger("strongroom.webhook")
 
 
-def webhook_router(inbox: Inbox, verify_token: str, max_body_bytes: int) -> APIRouter:
+def webhook_router(committer: GroupCommitter, verify_token: str, max_body_bytes: int) -> APIRouter:
     router = APIRouter(tags=["webhook"])
 
     @router.get("/webhooks/whatsapp", response_class=PlainTextResponse)
@@ -43,11 +44,12 @@ def webhook_router(inbox: Inbox, verify_token: str, max_body_bytes: int) -> APIR
                 return _reject(413, f"body exceeds the limit of {max_body_bytes} bytes")
             chunks.append(chunk)
         try:
-            receipt = await run_in_threadpool(
-                inbox.receive, b"".join(chunks), request.headers.get("x-hub-signature-256")
+            future = await run_in_threadpool(
+                committer.submit, b"".join(chunks), request.headers.get("x-hub-signature-256")
             )
         except WebhookRejected as e:
             return _reject(e.status, e.reason)
+        receipt = await asyncio.wrap_future(future)  # resolves after the batch commit
         log.info("webhook.stored", inbox_id=receipt.inbox_id, bytes=size, duplicate=receipt.duplicate)
         return JSONResponse({"ok": True, "duplicate": receipt.duplicate})
 

@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 import structlog
 from fastapi import FastAPI, Request, Response
 
+from archiver.inbox import GroupCommitter
 from archiver.webhook import webhook_router
 from strongroom import __version__
 from strongroom.runtime import Archive
@@ -53,6 +54,8 @@ class Worker(threading.Thread):
 
 
 def create_app(archive: Archive, run_worker: bool = True) -> FastAPI:
+    committer = GroupCommitter(archive.inbox)
+
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         worker = Worker(archive, archive.settings.seal_interval_seconds) if run_worker else None
@@ -63,12 +66,13 @@ def create_app(archive: Archive, run_worker: bool = True) -> FastAPI:
         finally:
             if worker:
                 worker.stop()
+            committer.close()
 
     # No interactive docs or schema routes: the only unauthenticated routes are the webhook
     # (HMAC-signed) and health.
     app = FastAPI(title="strongroom", version=__version__, docs_url=None, redoc_url=None,
                   openapi_url=None, lifespan=lifespan)
-    app.include_router(webhook_router(archive.inbox, archive.settings.secret("verify_token"),
+    app.include_router(webhook_router(committer, archive.settings.secret("verify_token"),
                                       archive.settings.max_body_bytes))
 
     @app.get("/healthz", tags=["health"])

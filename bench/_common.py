@@ -1,0 +1,70 @@
+"""Shared set-up for the benchmarks: a throw-away archive and realistic signed webhook bodies."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import random
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from strongroom.runtime import Archive, configure_logging, open_archive  # noqa: E402
+from strongroom.settings import Settings  # noqa: E402
+
+APP_SECRET = "bench-secret"
+WORDS = ("please confirm the trade at market open", "bitte rufen Sie mich zurück", "merci pour votre message",
+         "¿puede enviar el extracto?", "the order for 300 shares is filled", "ok 👍", "send me the statement")
+
+
+def body(i: int, phone_number_id: str = "106540352242922") -> bytes:
+    """One inbound text message, Meta-shaped (non-ASCII escaped like Meta sends it)."""
+    rng = random.Random(i)
+    wa_id = f"1650555{rng.randint(0, 9999):04d}"
+    doc = {"object": "whatsapp_business_account", "entry": [{"id": "102290129340398", "changes": [{"value": {
+        "messaging_product": "whatsapp",
+        "metadata": {"display_phone_number": "15550783881", "phone_number_id": phone_number_id},
+        "contacts": [{"profile": {"name": f"Customer {i % 997}"}, "wa_id": wa_id}],
+        "messages": [{"from": wa_id, "id": f"wamid.bench{i:012d}", "timestamp": str(1739230955 + i),
+                      "type": "text", "text": {"body": rng.choice(WORDS) + f" #{i}"}}]},
+        "field": "messages"}]}]}
+    return json.dumps(doc, separators=(",", ":")).encode()
+
+
+def signature(data: bytes) -> str:
+    return "sha256=" + hmac.new(APP_SECRET.encode(), data, hashlib.sha256).hexdigest()
+
+
+@contextmanager
+def temp_archive(database_url: str | None = None, **overrides: object) -> Iterator[Archive]:
+    with tempfile.TemporaryDirectory(prefix="strongroom-bench-") as tmp:
+        configure_logging("WARNING")
+        settings = Settings(data_dir=Path(tmp), database_url=database_url, app_secret=APP_SECRET,
+                            verify_token="bench", retention_days=1, embedded_s3_port=_free(), **overrides)
+        archive = open_archive(settings)
+        try:
+            yield archive
+        finally:
+            archive.close()
+
+
+def _free() -> int:
+    from strongroom.embedded import free_port
+
+    return free_port()
+
+
+def peak_rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def env_database_url() -> str | None:
+    return os.environ.get("BENCH_DATABASE_URL")

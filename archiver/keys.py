@@ -70,9 +70,8 @@ class KeyRing:
             {"key_id": k, "purpose": k.split(":", 1)[0], "wrapped": w, "kek_id": self.kek.kek_id, "created_at": now}
             for k, w in new.items()
         ])
-        stored = dict(conn.execute(
-            sa.select(data_keys.c.key_id, data_keys.c.wrapped).where(data_keys.c.key_id.in_(list(new)))
-        ).tuples().all())
+        stored = {r.key_id: r.wrapped for r in conn.execute(
+            sa.select(data_keys.c.key_id, data_keys.c.wrapped).where(data_keys.c.key_id.in_(list(new))))}
         lost = [k for k, w in new.items() if stored.get(k) != w]
         if lost:
             raise KeyRaceError(lost)

@@ -46,6 +46,17 @@ TILE_WIDTH = 256  # hashes per merkle_tiles row
 RECORD_FROM_EVENT = [c for c in COLUMNS if c not in ("seq", "prev_hash", "record_hash")]
 
 
+def _id_runs(ids: list[int], first_seq: int) -> list[tuple[int, int, int]]:
+    """Split ids (ascending) into runs of consecutive integers: (first id, last id, its seq)."""
+    runs: list[tuple[int, int, int]] = []
+    for i, eid in enumerate(ids):
+        if runs and eid == runs[-1][1] + 1:
+            runs[-1] = (runs[-1][0], eid, runs[-1][2])
+        else:
+            runs.append((eid, eid, first_seq + i))
+    return runs
+
+
 class TileStore:
     """Perfect Merkle nodes of one stream, 256 per (level, chunk) row."""
 
@@ -313,11 +324,12 @@ class Sealer:
                     created_at=now,
                 ).returning(segments.c.id)
             ).scalar_one()
-            conn.execute(
-                sa.update(events).where(events.c.id == sa.bindparam("eid"))
-                .values(seq=sa.bindparam("eseq"), segment_id=seg_id),
-                [{"eid": eid, "eseq": b.first_seq + i} for i, eid in enumerate(b.event_ids)],
-            )
+            for lo, hi, seq in _id_runs(b.event_ids, b.first_seq):
+                # one statement per run of consecutive ids: seq = id + (first seq of run - first id)
+                conn.execute(
+                    sa.update(events).where(events.c.id.between(lo, hi))
+                    .values(seq=events.c.id + (seq - lo), segment_id=seg_id)
+                )
             res = conn.execute(
                 sa.update(streams)
                 .where(streams.c.stream == b.stream, streams.c.tree_size == b.first_seq)

@@ -23,7 +23,8 @@ def checkpoint_key(stream: str, last_seq: int) -> str:
 
 
 def encode_segment(records: list[dict[str, Any]], meta: dict[str, Any]) -> bytes:
-    table = pa.Table.from_pylist(records, schema=ARROW_SCHEMA)
+    columns = {name: [r.get(name) for r in records] for name in ARROW_SCHEMA.names}
+    table = pa.Table.from_pydict(columns, schema=ARROW_SCHEMA)
     doc = {"schema": SCHEMA_VERSION, **meta}
     table = table.replace_schema_metadata({META_KEY: json.dumps(doc, sort_keys=True).encode()})
     buf = io.BytesIO()

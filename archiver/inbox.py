@@ -74,17 +74,34 @@ class Inbox:
                 "key_id": key_id, "nonce": nonce, "ciphertext": ciphertext}
 
     def commit(self, rows: list[dict[str, object]]) -> list[Receipt]:
-        """Commit prepared rows in one transaction (one fsync). Redeliveries are counted, not stored."""
-        receipts = []
+        """Commit prepared rows in one transaction (one fsync). Redeliveries are counted, not stored.
+
+        One multi-row upsert for the distinct bodies (a body delivered k times in the batch adds
+        k to its delivery count) and one insert for the delivery log.
+        """
+        counts: dict[object, int] = {}
+        unique: dict[object, dict[str, object]] = {}
+        for row in rows:
+            counts[row["body_sha256"]] = counts.get(row["body_sha256"], 0) + 1
+            unique.setdefault(row["body_sha256"], row)
+        values = [{**row, "deliveries": counts[sha]} for sha, row in unique.items()]
         with self.engine.begin() as conn:
-            for row in rows:
-                stmt = insert_for(conn, inbox).values(**row)
-                stmt = stmt.on_conflict_do_update(
-                    index_elements=["body_sha256"], set_={"deliveries": inbox.c.deliveries + 1},
-                ).returning(inbox.c.id, inbox.c.deliveries)
-                got = conn.execute(stmt).one()
-                conn.execute(sa.insert(inbox_deliveries).values(inbox_id=got.id, received_at=row["received_at"]))
-                receipts.append(Receipt(got.id, str(row["body_sha256"]), got.deliveries > 1))
+            stmt = insert_for(conn, inbox)
+            stmt = stmt.on_conflict_do_update(
+                index_elements=["body_sha256"],
+                set_={"deliveries": inbox.c.deliveries + stmt.excluded.deliveries},
+            ).returning(inbox.c.id, inbox.c.body_sha256, inbox.c.deliveries, sort_by_parameter_order=True)
+            stored = {r.body_sha256: r for r in conn.execute(stmt, values)}
+            conn.execute(sa.insert(inbox_deliveries), [
+                {"inbox_id": stored[row["body_sha256"]].id, "received_at": row["received_at"]} for row in rows
+            ])
+        receipts, seen = [], set()
+        for row in rows:
+            sha = row["body_sha256"]
+            got = stored[sha]
+            earlier = got.deliveries > counts[sha] or sha in seen  # stored before, or earlier in batch
+            seen.add(sha)
+            receipts.append(Receipt(got.id, str(sha), earlier))
         return receipts
 
     def receive(self, body: bytes, signature_header: str | None) -> Receipt:

@@ -5,6 +5,9 @@ from __future__ import annotations
 import csv
 import getpass
 import json
+import os
+import signal
+import subprocess
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -56,10 +59,37 @@ def serve() -> None:
 
     settings = Settings()
     archive = _open(settings)
+    # The inbox writer thread re-acquires the GIL after every fsync; with the default 5 ms
+    # switch interval it queues behind the event loop each time (a convoy that capped ingest).
+    sys.setswitchinterval(0.0005)
+    # Normalising and sealing are CPU-bound Python: in their own process they do not take
+    # the GIL from the webhook receiver. The child attaches to the same embedded S3.
+    env = {**os.environ, "STRONGROOM_EMBEDDED_S3_PORT": str(archive.embedded.s3_port)} if archive.embedded else None
+    worker = subprocess.Popen([sys.executable, "-m", "strongroom", "worker"], env=env)
     try:
-        fastapi_app = create_app(archive)
+        fastapi_app = create_app(archive, run_worker=False)
         _banner(archive)
         uvicorn.run(fastapi_app, host=settings.host, port=settings.port, access_log=False, log_config=None)
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        try:
+            worker.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+        archive.close()
+
+
+@app.command()
+def worker() -> None:
+    """Normalise and seal continuously (started by `serve`; run more for scale-out)."""
+    from strongroom.app import Worker
+
+    archive = _open()
+    loop = Worker(archive, archive.settings.seal_interval_seconds)
+    signal.signal(signal.SIGTERM, lambda *_: loop.stopping.set())
+    signal.signal(signal.SIGINT, lambda *_: loop.stopping.set())
+    try:
+        loop.run()  # in this thread; returns once a signal sets `stopping`
     finally:
         archive.close()
 

@@ -107,3 +107,18 @@ def _paths(routes: list) -> set[str]:  # type: ignore[type-arg]
         nested = getattr(r, "routes", None) or getattr(getattr(r, "original_router", None), "routes", None)
         found |= _paths(nested or [])
     return found
+
+
+def test_group_commit_counts_a_body_delivered_twice_in_one_batch(
+    archive: Archive, webhook_body: Callable[[str], bytes]
+) -> None:
+    body, other = webhook_body("statuses"), webhook_body("text_bsuid")
+    rows = [archive.inbox.prepare(b, sign(b)) for b in (body, other, body)]
+    receipts = archive.inbox.commit(rows)
+    assert [r.duplicate for r in receipts] == [False, False, True]
+    assert receipts[0].inbox_id == receipts[2].inbox_id != receipts[1].inbox_id
+    again = archive.inbox.commit([archive.inbox.prepare(body, sign(body))])
+    assert again[0].duplicate and again[0].inbox_id == receipts[0].inbox_id
+    with archive.engine.connect() as conn:
+        assert conn.execute(sa.select(inbox.c.deliveries).where(inbox.c.id == receipts[0].inbox_id)).scalar_one() == 3
+    assert _count(archive, inbox) == 2 and _count(archive, inbox_deliveries) == 4

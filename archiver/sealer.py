@@ -232,11 +232,12 @@ class Sealer:
                     return  # already committed before the crash
                 raise ConflictError(f"orphan {key}", str(head.tree_size), str(records[0]["seq"]))
             keys = [r["natural_key"] for r in records]
-            rows = conn.execute(
-                sa.select(events.c.id, events.c.natural_key)
-                .where(events.c.stream == stream, events.c.natural_key.in_(keys), events.c.segment_id.is_(None))
-            ).all()
-        by_key = {r.natural_key: r.id for r in rows}
+            by_key: dict[str, int] = {}
+            for start in range(0, len(keys), 5000):  # stay under SQLite's bound-parameter limit
+                by_key.update({r.natural_key: r.id for r in conn.execute(
+                    sa.select(events.c.natural_key, events.c.id).where(
+                        events.c.stream == stream, events.c.natural_key.in_(keys[start : start + 5000]),
+                        events.c.segment_id.is_(None)))})
         if len(by_key) != len(keys):
             raise ConflictError(f"orphan {key}", f"{len(keys)} pending events", f"{len(by_key)} found")
         tree = self._tree(stream, head.tree_size)

@@ -58,3 +58,20 @@ def test_kill_9_at_every_step_then_restart_seals_each_event_exactly_once(
 
         report = archive.verifier().verify(expected_sizes=archive.expected_sizes())
         assert report.ok, f"after {point}: " + "; ".join(str(f) for f in report.failures)
+
+
+def test_a_large_orphan_segment_is_adopted(archive: Archive, webhook_body: Callable[[str], bytes]) -> None:
+    """An orphan bigger than SQLite's bound-parameter limit (32,766) is matched in chunks."""
+    template = webhook_body("text_bsuid")
+    rows = []
+    for i in range(12_000):
+        body = template.replace(b"wamid.xyzxyz", f"wamid.big{i}".encode())
+        rows.append(archive.inbox.prepare(body, sign(body)))
+    archive.inbox.commit(rows)
+    assert _seal(archive, "sealer.after_put").returncode == -signal.SIGKILL
+    recovered = _seal(archive, None)
+    assert recovered.returncode == 0, recovered.stderr[-3000:]
+    assert archive.expected_sizes()["1122334455667"] == 36_000
+    assert len(list(archive.store.list_keys("records/stream=1122334455667/"))) == 1  # adopted, not resealed
+    report = archive.verifier().verify(expected_sizes=archive.expected_sizes())
+    assert report.ok, "; ".join(str(f) for f in report.failures)

@@ -38,8 +38,8 @@ from archiver.leases import StreamLocks
 from archiver.errors import ConflictError, ObjectExistsError, ObjectNotFoundError, ObjectStoreError
 from archiver.merkle import CompactRange, hash_leaf
 from archiver.objectstore import ObjectStore
-from archiver.records import COLUMNS, GENESIS, canonical, format_ts, link
-from archiver.segments import checkpoint_key, decode_segment, encode_segment, segment_key
+from archiver.records import COLUMNS, GENESIS, canonical, canonical_parts, format_ts, join_canonical, link
+from archiver.segments import checkpoint_key, decode_segment, encode_columns, segment_key
 from archiver.sqlutil import as_utc, insert_for, insert_ignore, utcnow
 
 TILE_WIDTH = 256  # hashes per merkle_tiles row
@@ -111,7 +111,7 @@ class TileStore:
 class _Batch:
     stream: str
     event_ids: list[int]
-    records: list[dict[str, Any]]
+    count: int
     first_seq: int
     head: bytes
     root: bytes
@@ -195,7 +195,7 @@ class Sealer:
         seg_id = self._commit(batch, version_id)  # (5)
         failpoints.hit("sealer.after_commit")
         self._publish_checkpoint(seg_id)  # (6), (7)
-        return len(batch.records)
+        return batch.count
 
     # -- (0) stream row -------------------------------------------------------------------
 
@@ -252,7 +252,7 @@ class Sealer:
         version_id = next(
             (v.version_id for v in self.store.list_versions(key) if v.key == key and not v.is_delete_marker), None
         )
-        batch = _Batch(stream, [by_key[k] for k in keys], records, records[0]["seq"], prev, tree.root(),
+        batch = _Batch(stream, [by_key[k] for k in keys], len(records), records[0]["seq"], prev, tree.root(),
                        new_nodes, key, data)
         seg_id = self._commit(batch, version_id)
         self._publish_checkpoint(seg_id)
@@ -280,27 +280,29 @@ class Sealer:
             ).mappings().all()
         if not rows:
             return None
+        n = len(rows)
+        cols: dict[str, list[Any]] = {c: [ev[c] for ev in rows] for c in RECORD_FROM_EVENT}
+        cols["event_time"] = [as_utc(v) for v in cols["event_time"]]
+        cols["received_at"] = [as_utc(v) for v in cols["received_at"]]
+        cols["seq"] = list(range(head.tree_size, head.tree_size + n))
         tree = self._tree(stream, head.tree_size)
         prev = bytes.fromhex(head.head_hash)
-        records, new_nodes = [], []
-        for i, ev in enumerate(rows):
-            rec = {c: ev[c] for c in RECORD_FROM_EVENT}
-            rec["event_time"] = as_utc(rec["event_time"])
-            rec["received_at"] = as_utc(rec["received_at"])
-            rec["seq"] = head.tree_size + i
-            rec["prev_hash"] = prev
-            canon = canonical(rec)
-            prev = rec["record_hash"] = link(prev, canon)
+        prevs, hashes, new_nodes = [], [], []
+        for part in canonical_parts(cols):
+            canon = join_canonical(part, prev)
+            prevs.append(prev)
+            prev = link(prev, canon)
+            hashes.append(prev)
             new_nodes += tree.append(hash_leaf(canon))
-            records.append(rec)
-        first, last = head.tree_size, head.tree_size + len(rows) - 1
+        cols["prev_hash"], cols["record_hash"] = prevs, hashes
+        first, last = head.tree_size, head.tree_size + n - 1
         now = self.clock()
         meta = {"stream": stream, "first_seq": first, "last_seq": last, "prev_hash": head.head_hash,
                 "head_hash": prev.hex(), "tree_size": last + 1, "root_hash": tree.root().hex(),
                 "sealed_at": format_ts(now)}
         key = segment_key(stream, f"{now:%Y-%m-%d}", first, last)
-        return _Batch(stream, [ev["id"] for ev in rows], records, first, prev, tree.root(), new_nodes, key,
-                      encode_segment(records, meta))
+        return _Batch(stream, [ev["id"] for ev in rows], n, first, prev, tree.root(), new_nodes, key,
+                      encode_columns(cols, meta))
 
     # -- (3)–(5) ----------------------------------------------------------------------------
 
@@ -314,7 +316,7 @@ class Sealer:
             raise ObjectStoreError(f"read-back of {key} has sha256 {got}, wrote {sha256}")
 
     def _commit(self, b: _Batch, version_id: str | None) -> int:
-        last = b.first_seq + len(b.records) - 1
+        last = b.first_seq + b.count - 1
         now = self.clock()
         with self.engine.begin() as conn:
             seg_id = conn.execute(

@@ -23,8 +23,11 @@ def checkpoint_key(stream: str, last_seq: int) -> str:
 
 
 def encode_segment(records: list[dict[str, Any]], meta: dict[str, Any]) -> bytes:
-    columns = {name: [r.get(name) for r in records] for name in ARROW_SCHEMA.names}
-    table = pa.Table.from_pydict(columns, schema=ARROW_SCHEMA)
+    return encode_columns({name: [r.get(name) for r in records] for name in ARROW_SCHEMA.names}, meta)
+
+
+def encode_columns(columns: dict[str, list[Any]], meta: dict[str, Any]) -> bytes:
+    table = pa.Table.from_pydict({n: columns[n] for n in ARROW_SCHEMA.names}, schema=ARROW_SCHEMA)
     doc = {"schema": SCHEMA_VERSION, **meta}
     table = table.replace_schema_metadata({META_KEY: json.dumps(doc, sort_keys=True).encode()})
     buf = io.BytesIO()
@@ -33,7 +36,14 @@ def encode_segment(records: list[dict[str, Any]], meta: dict[str, Any]) -> bytes
 
 
 def decode_segment(data: bytes) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Records and metadata of a segment. Raises `ValueError` on anything malformed."""
+    """Records (as row dicts) and metadata of a segment. Raises `ValueError` if malformed."""
+    columns, meta = decode_columns(data)
+    names = list(columns)
+    return [dict(zip(names, row, strict=True)) for row in zip(*columns.values(), strict=True)], meta
+
+
+def decode_columns(data: bytes) -> tuple[dict[str, list[Any]], dict[str, Any]]:
+    """Columns and metadata of a segment. Raises `ValueError` on anything malformed."""
     try:
         table = pq.read_table(io.BytesIO(data))
     except (pa.ArrowException, OSError) as e:
@@ -44,4 +54,8 @@ def decode_segment(data: bytes) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     missing = set(ARROW_SCHEMA.names) - set(table.schema.names)
     if missing:
         raise ValueError(f"segment lacks columns {sorted(missing)}")
-    return table.select(ARROW_SCHEMA.names).to_pylist(), json.loads(raw_meta)
+    try:
+        meta = json.loads(raw_meta)
+    except ValueError as e:
+        raise ValueError(f"segment metadata is not JSON: {e}") from e
+    return {name: table.column(name).to_pylist() for name in ARROW_SCHEMA.names}, meta

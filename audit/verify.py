@@ -30,8 +30,8 @@ from archiver.checkpoint import SignedCheckpoint
 from archiver.errors import ObjectStoreError, VerificationError
 from archiver.merkle import CompactRange, consistency_proof, hash_leaf, perfect_range_hash, verify_consistency
 from archiver.objectstore import ObjectStore
-from archiver.records import GENESIS, canonical, link
-from archiver.segments import decode_segment
+from archiver.records import GENESIS, canonical_parts, join_canonical, link
+from archiver.segments import decode_columns
 
 _SEG = re.compile(r"^records/stream=([^/]+)/date=[^/]+/seg-(\d+)-(\d+)\.parquet$")
 _CP = re.compile(r"^checkpoints/stream=([^/]+)/(\d+)\.json$")
@@ -130,31 +130,34 @@ class Verifier:
                                                      f"found seq {first}", tree.size))
                 break
             try:
-                records, meta = decode_segment(self.store.get(key))
+                cols, meta = decode_columns(self.store.get(key))
+                parts = canonical_parts(cols)
             except (ValueError, ObjectStoreError) as e:
                 fails.append(Failure(2, stream, key, f"unreadable segment: {e}", first))
                 break
             if meta.get("prev_hash") != prev.hex() or meta.get("first_seq") != first or meta.get("last_seq") != last:
                 fails.append(Failure(2, stream, key, "segment metadata does not match its position in the chain", first))
                 break
-            for rec in records:
+            for part, rec_seq, rec_stream, rec_prev, rec_hash in zip(
+                parts, cols["seq"], cols["stream"], cols["prev_hash"], cols["record_hash"], strict=True
+            ):
                 seq = tree.size
-                if rec["seq"] != seq or rec["stream"] != stream:
+                if rec_seq != seq or rec_stream != stream:
                     fails.append(Failure(2, stream, key, f"expected seq {seq} of {stream}, found seq "
-                                                         f"{rec['seq']} of {rec['stream']}", seq))
+                                                         f"{rec_seq} of {rec_stream}", seq))
                     broken = True
                     break
-                canon = canonical(rec)
-                if rec["prev_hash"] != prev:  # (2)
-                    fails.append(Failure(2, stream, key, f"prev_hash {rec['prev_hash'].hex()[:16]}… does "
+                if rec_prev != prev:  # (2)
+                    fails.append(Failure(2, stream, key, f"prev_hash {(rec_prev or b'').hex()[:16]}… does "
                                                          f"not link to {prev.hex()[:16]}…", seq))
                     broken = True
                     break
-                if link(prev, canon) != rec["record_hash"]:  # (1)
+                canon = join_canonical(part, prev)
+                if link(prev, canon) != rec_hash:  # (1)
                     fails.append(Failure(1, stream, key, "record hash does not match its content", seq))
                     broken = True
                     break
-                prev = rec["record_hash"]
+                prev = rec_hash
                 for lvl, idx, h in tree.append(hash_leaf(canon)):
                     nodes[(lvl, idx)] = h
                 if tree.size in by_size:  # (3)

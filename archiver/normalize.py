@@ -27,6 +27,7 @@ from typing import Any
 
 import rfc8785
 import sqlalchemy as sa
+import structlog
 
 from archiver import failpoints
 from archiver.crypto import encrypt
@@ -37,10 +38,15 @@ from archiver.keys import KeyRaceError, KeyRing
 from archiver.records import content_aad
 from archiver.sqlutil import as_utc, insert_ignore, utcnow
 
+log = structlog.get_logger("strongroom.normalize")
 UNROUTED = "unrouted"
 MODELLED_MESSAGE_TYPES = frozenset({"text"})
 _STREAM_ID = re.compile(r"[A-Za-z0-9._-]{1,100}")
 EVENT_COLUMNS = [c.name for c in events.columns if c.name not in ("id", "seq", "segment_id")]
+# Typed columns filled from webhook values, with the longest value each may hold.
+_BOUNDED = {c.name: c.type.length for c in events.columns
+            if isinstance(c.type, sa.String) and c.type.length and c.name not in ("natural_key", "stream")}
+_KEY_PART_MAX = 160
 
 
 def parse_unix(value: Any) -> datetime | None:
@@ -78,6 +84,12 @@ class _Builder:
         return None, None
 
     def add(self, stream: str, natural_key: str, kind: str, content: bytes, key_ids: list[str], **cols: Any) -> None:
+        for name, limit in _BOUNDED.items():
+            value = cols.get(name)
+            if value is not None and (not isinstance(value, str) or len(value) > limit):
+                # Never fail a batch over an odd value: the raw JSON keeps it; the column does not.
+                cols[name] = None
+                cols["modelled"] = False
         key_ids = sorted(set(key_ids)) or [f"biz:{stream}"]
         aad = content_aad(stream, natural_key)
         nonce, ciphertext = encrypt(self.keyring.content_key(key_ids), content, aad)
@@ -94,6 +106,13 @@ class _Builder:
 
 def _canonical(doc: Any) -> bytes:
     return rfc8785.dumps(doc)
+
+
+def key_part(value: Any) -> str:
+    """A natural-key component: the value itself when it is a short string, else its hash."""
+    if isinstance(value, str) and 0 < len(value) <= _KEY_PART_MAX and value.isprintable():
+        return value
+    return "sha256:" + hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def _typed_messages(b: _Builder, stream: str, tenant: str, value: dict[str, Any], change_key: str) -> bool:
@@ -113,7 +132,7 @@ def _typed_messages(b: _Builder, stream: str, tenant: str, value: dict[str, Any]
         modelled &= is_modelled
         wamid = msg.get("id")
         b.add(
-            stream, f"message:{wamid}" if wamid else f"message:{change_key}:{idx}", "message",
+            stream, f"message:{key_part(wamid)}" if wamid else f"message:{change_key}:{idx}", "message",
             _canonical({"message": msg, "contact": contact}), [key_id] if key_id else [],
             tenant=tenant, field="messages", wamid=wamid, conversation=bi, direction="inbound",
             origin="api", sender=bi, recipient=business_bi, type=mtype,
@@ -126,7 +145,7 @@ def _typed_messages(b: _Builder, stream: str, tenant: str, value: dict[str, Any]
         bi, key_id = b.person(st.get("recipient_id"), st.get("recipient_user_id"))
         wamid, status, ts = st.get("id"), st.get("status"), st.get("timestamp")
         b.add(
-            stream, f"status:{wamid}:{status}:{ts}", "status", _canonical({"status": st}),
+            stream, f"status:{key_part(wamid)}:{key_part(status)}:{key_part(ts)}", "status", _canonical({"status": st}),
             [key_id] if key_id else [], tenant=tenant, field="messages", wamid=wamid,
             conversation=bi, direction="outbound", origin="api", sender=business_bi,
             recipient=bi, status=status, event_time=parse_unix(ts),
@@ -148,6 +167,14 @@ def _change_subjects(b: _Builder, value: dict[str, Any]) -> list[str]:
     return keys
 
 
+def unparsed(keyring: KeyRing, body: bytes, inbox_id: int | None, received_at: datetime) -> list[dict[str, Any]]:
+    """The whole body as one flagged record on the `unrouted` stream."""
+    body_sha = hashlib.sha256(body).hexdigest()
+    b = _Builder(keyring, inbox_id, body_sha, received_at)
+    b.add(UNROUTED, f"unparsed:{body_sha}", "unparsed", body, ["system:unrouted"], modelled=False)
+    return b.rows
+
+
 def build_events(keyring: KeyRing, body: bytes, inbox_id: int | None, received_at: datetime) -> list[dict[str, Any]]:
     """Every event of one raw body (content already encrypted)."""
     body_sha = hashlib.sha256(body).hexdigest()
@@ -158,8 +185,7 @@ def build_events(keyring: KeyRing, body: bytes, inbox_id: int | None, received_a
         spans = change_spans(text)
         entries = doc["entry"]
     except (UnicodeDecodeError, json.JSONDecodeError, SpanError, KeyError, TypeError, RecursionError):
-        b.add(UNROUTED, f"unparsed:{body_sha}", "unparsed", body, ["system:unrouted"], modelled=False)
-        return b.rows
+        return unparsed(keyring, body, inbox_id, received_at)
 
     order: list[dict[str, str]] = []  # every change in document order, with where it is sealed
     for sp in spans:
@@ -172,7 +198,13 @@ def build_events(keyring: KeyRing, body: bytes, inbox_id: int | None, received_a
         tenant = str(entry.get("id")) if entry.get("id") is not None else None
         stream = stream_for(value, tenant)
         change_key = hashlib.sha256(raw).hexdigest()
-        modelled = _typed_messages(b, stream, tenant, value, change_key) if field == "messages" else False
+        typed_from = len(b.rows)
+        try:
+            modelled = _typed_messages(b, stream, tenant, value, change_key) if field == "messages" else False
+        except (AttributeError, TypeError, ValueError):
+            # A shape we do not understand: drop the partial typing, keep the exact change.
+            del b.rows[typed_from:]
+            modelled = False
         b.add(
             stream, f"change:{change_key}", "change", raw, _change_subjects(b, value),
             tenant=tenant, field=str(field) if field is not None else None,
@@ -220,12 +252,20 @@ class Normalizer:
                     raise
         return len(rows)
 
+    def _build_one(self, row: sa.Row) -> list[dict[str, Any]]:  # type: ignore[type-arg]
+        body = self.inbox_reader.read_body(row)
+        received_at = as_utc(row.received_at)
+        assert received_at is not None
+        try:
+            return build_events(self.keyring, body, row.id, received_at)
+        except (AttributeError, TypeError, ValueError, KeyError, IndexError, RecursionError) as e:
+            # Whatever went wrong, the signed body is archived whole and flagged, never dropped.
+            log.error("normalize.unparseable", inbox_id=row.id, error=type(e).__name__)
+            return unparsed(self.keyring, body, row.id, received_at)
+
     def _normalize(self, rows: list[sa.Row]) -> None:  # type: ignore[type-arg]
         with self.keyring.deferred():
-            built = [
-                build_events(self.keyring, self.inbox_reader.read_body(row), row.id, as_utc(row.received_at))
-                for row in rows
-            ]
+            built = [self._build_one(row) for row in rows]
             failpoints.hit("normalize.before_commit")
             with self.engine.begin() as conn:
                 self.keyring.store_new(conn)  # new subjects' keys commit with their first events

@@ -181,3 +181,24 @@ def test_signed_body_of_unknown_shape_is_kept_raw_and_flagged(archive: Archive, 
     r = recs[0]
     assert archive.keyring.open_content(r["stream"], r["natural_key"], r["subject_key_id"], r["nonce"],
                                         r["content"]) == garbage
+
+
+def test_odd_but_signed_shapes_never_wedge_the_pipeline(archive: Archive) -> None:
+    """Values that cannot be typed are nulled and flagged; the exact bytes are still sealed."""
+    huge = "wamid." + "x" * 5000
+    doc = {"object": "whatsapp_business_account", "entry": [{"id": "1", "changes": [
+        {"field": "messages", "value": {"metadata": "not-an-object", "messages": [{"id": "wamid.m1", "from": 5}]}},
+        {"field": "messages", "value": {"metadata": {"phone_number_id": "106540352242922"},
+                                        "messages": [{"id": huge, "from": "16505550000", "type": "t" * 500}],
+                                        "statuses": [{"id": {"nested": True}, "status": ["read"]}]}},
+    ]}]}
+    body = json.dumps(doc).encode()
+    _post(TestClient(create_app(archive, run_worker=False)), body)
+    assert archive.process_pending() > 0
+    recs = _records(archive)
+    assert archive.verifier().verify(expected_sizes=archive.expected_sizes()).ok
+    long_msg = [r for r in recs if r["kind"] == "message" and r["wamid"] is None]
+    assert long_msg and long_msg[0]["modelled"] is False and long_msg[0]["type"] is None
+    assert all(len(r["natural_key"]) <= 400 for r in recs)
+    changes = [r for r in recs if r["kind"] == "change"]
+    assert len(changes) == 2 and not any(r["modelled"] for r in changes)

@@ -37,10 +37,11 @@ def inbox_aad(body_sha256: str) -> bytes:
     return f"strongroom.inbox/1|{body_sha256}".encode()
 
 
-def check_signature(body: bytes, header: str | None, app_secrets: list[bytes]) -> None:
+def check_signature(body: bytes, header: str | None, app_secrets: list[bytes]) -> str:
     """Raise `WebhookRejected(401)` unless `header` is a valid signature of `body`.
 
-    Several secrets may be configured (secret rotation, several subscribed apps).
+    Several secrets may be configured (secret rotation, several subscribed apps). Returns the
+    signature in normal form (``sha256=<64 lowercase hex>``).
     """
     if not header:
         raise WebhookRejected(401, "missing X-Hub-Signature-256")
@@ -53,6 +54,7 @@ def check_signature(body: bytes, header: str | None, app_secrets: list[bytes]) -
         ok |= hmac.compare_digest(expected, offered)
     if not ok:
         raise WebhookRejected(401, "X-Hub-Signature-256 does not match the body")
+    return SIGNATURE_PREFIX + offered
 
 
 class Inbox:
@@ -65,19 +67,19 @@ class Inbox:
 
     def prepare(self, body: bytes, signature_header: str | None) -> dict[str, object]:
         """Check the signature and encrypt: the row to commit. Raises `WebhookRejected`."""
-        check_signature(body, signature_header, self.app_secrets)
+        signature = check_signature(body, signature_header, self.app_secrets)
         digest = hashlib.sha256(body).hexdigest()
         now = utcnow()
         key_id = f"inbox:{now:%Y-%m}"
         nonce, ciphertext = encrypt(self.keyring.data_key(key_id), body, inbox_aad(digest))
-        return {"body_sha256": digest, "received_at": now, "size": len(body), "signature": signature_header,
+        return {"body_sha256": digest, "received_at": now, "size": len(body), "signature": signature,
                 "key_id": key_id, "nonce": nonce, "ciphertext": ciphertext}
 
     def commit(self, rows: list[dict[str, object]]) -> list[Receipt]:
         """Commit prepared rows in one transaction (one fsync). Redeliveries are counted, not stored.
 
-        One multi-row upsert for the distinct bodies (a body delivered k times in the batch adds
-        k to its delivery count) and one insert for the delivery log.
+        One batched upsert for the distinct bodies (a body delivered k times in the batch adds
+        k to its delivery count) and one batched insert for the delivery log.
         """
         counts: dict[object, int] = {}
         unique: dict[object, dict[str, object]] = {}

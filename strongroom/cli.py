@@ -9,9 +9,11 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Annotated
 
+import structlog
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -29,8 +31,8 @@ app = typer.Typer(help="strongroom: a WORM compliance archive for WhatsApp Busin
                   no_args_is_help=True, pretty_exceptions_enable=False)
 keys_app = typer.Typer(help="Key material.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
-out = Console()
-err = Console(stderr=True)
+out = Console(soft_wrap=True)  # paths and URLs stay on one line, copyable
+err = Console(stderr=True, soft_wrap=True)
 
 
 def _actor() -> str:
@@ -65,18 +67,46 @@ def serve() -> None:
     # Normalising and sealing are CPU-bound Python: in their own process they do not take
     # the GIL from the webhook receiver. The child attaches to the same embedded S3.
     env = {**os.environ, "STRONGROOM_EMBEDDED_S3_PORT": str(archive.embedded.s3_port)} if archive.embedded else None
-    worker = subprocess.Popen([sys.executable, "-m", "strongroom", "worker"], env=env)
+    worker = WorkerSupervisor([sys.executable, "-m", "strongroom", "worker"], env)
     try:
         fastapi_app = create_app(archive, run_worker=False)
         _banner(archive)
         uvicorn.run(fastapi_app, host=settings.host, port=settings.port, access_log=False, log_config=None)
     finally:
-        worker.send_signal(signal.SIGTERM)
-        try:
-            worker.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            worker.kill()
+        worker.stop()
         archive.close()
+
+
+class WorkerSupervisor:
+    """Keeps the ingest worker process running: a worker that dies is restarted (with backoff)
+    and logged, so sealing never silently stops while webhooks keep being acknowledged."""
+
+    def __init__(self, argv: list[str], env: dict[str, str] | None) -> None:
+        self.argv, self.env = argv, env
+        self.stopping = threading.Event()
+        self.proc = subprocess.Popen(argv, env=env)
+        self.thread = threading.Thread(target=self._watch, name="worker-supervisor", daemon=True)
+        self.thread.start()
+
+    def _watch(self) -> None:
+        delay = 1.0
+        while not self.stopping.is_set():
+            code = self.proc.wait()
+            if self.stopping.is_set():
+                return
+            structlog.get_logger("strongroom.serve").error("worker.exited", code=code, restart_in=delay)
+            if self.stopping.wait(delay):
+                return
+            delay = min(delay * 2, 60.0)
+            self.proc = subprocess.Popen(self.argv, env=self.env)
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
 
 
 @app.command()

@@ -1,0 +1,106 @@
+"""`strongroom serve` as `make run` runs it: embedded SeaweedFS + SQLite, worker process, Ctrl-C."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from strongroom.embedded import free_port
+from strongroom.runtime import open_archive
+from strongroom.settings import Settings
+from tests.conftest import FIXTURES
+
+pytestmark = pytest.mark.slow
+
+
+def _children(pid: int) -> set[int]:
+    out = subprocess.run(["ps", "-eo", "pid=,ppid="], capture_output=True, text=True).stdout
+    tree, found = {}, set()
+    for line in out.split("\n"):
+        if line.strip():
+            p, pp = map(int, line.split())
+            tree.setdefault(pp, []).append(p)
+    todo = [pid]
+    while todo:
+        for child in tree.get(todo.pop(), []):
+            found.add(child)
+            todo.append(child)
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    return stat.exists() and stat.read_text().split()[2] != "Z"
+
+
+def test_serve_ingests_seals_verifies_and_ctrl_c_stops_everything(tmp_path: Path) -> None:
+    port, s3_port = free_port(), free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STRONGROOM_")}
+    env.update(STRONGROOM_DATA_DIR=str(tmp_path / "data"), STRONGROOM_PORT=str(port),
+               STRONGROOM_EMBEDDED_S3_PORT=str(s3_port), STRONGROOM_RETENTION_DAYS="1")
+    proc = subprocess.Popen([sys.executable, "-m", "strongroom", "serve"], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.3)
+        else:
+            pytest.fail("serve did not come up")
+        secrets = tmp_path / "data" / "secrets"
+        assert (secrets / "app_secret").stat().st_mode & 0o777 == 0o600
+        assert (tmp_path / "data" / "keys" / "kek.key").stat().st_mode & 0o777 == 0o600
+
+        import hashlib
+        import hmac
+
+        body = (FIXTURES / "webhooks" / "text_bsuid.json").read_bytes()
+        sig = "sha256=" + hmac.new((secrets / "app_secret").read_bytes().strip(), body, hashlib.sha256).hexdigest()
+        r = httpx.post(f"http://127.0.0.1:{port}/webhooks/whatsapp", content=body,
+                       headers={"X-Hub-Signature-256": sig})
+        assert r.status_code == 200
+        token = (secrets / "verify_token").read_text().strip()
+        hs = httpx.get(f"http://127.0.0.1:{port}/webhooks/whatsapp",
+                       params={"hub.mode": "subscribe", "hub.verify_token": token, "hub.challenge": "42"})
+        assert hs.text == "42"
+
+        archive = open_archive(Settings(data_dir=tmp_path / "data", embedded_s3_port=s3_port))
+        try:
+            for _ in range(60):  # the worker process seals within a few seconds
+                if archive.expected_sizes().get("1122334455667"):
+                    break
+                time.sleep(0.5)
+            report = archive.verifier().verify(expected_sizes=archive.expected_sizes())
+            assert report.ok, [str(f) for f in report.failures]
+            assert archive.embedded is not None and archive.embedded.proc is None  # attached, not started
+        finally:
+            archive.close()
+
+        children = _children(proc.pid)
+        assert len(children) >= 2  # the worker and SeaweedFS
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=60)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and any(_alive(c) for c in children):
+            time.sleep(0.5)
+        assert not [c for c in children if _alive(c)], "serve left processes running after Ctrl-C"
+        output = proc.stdout.read() if proc.stdout else ""
+        assert "webhooks/whatsapp" in output and str(secrets / "app_secret") in output
+        assert token not in output
+    finally:
+        if proc.poll() is None:
+            proc.kill()

@@ -5,16 +5,16 @@ For every body:
 1. every ``entry[i].changes[j]`` becomes a ``change`` event whose content is the *exact*
    bytes of that change as Meta sent them (so nothing is lost for kinds not yet modelled;
    those carry ``modelled = False``);
-2. modelled items become typed events: inbound ``message`` (text is fully modelled; other
-   types keep their type and ids and are flagged) and ``status``;
+2. the handler for the change's field (`archiver.kinds`) adds typed events (messages of
+   every origin, statuses, contact sync, preferences, template and account events);
 3. each stream the body touches gets an ``envelope`` event with the literal text around the
    changes, so the original body can be re-created byte for byte from the archive;
 4. a signed body that is not an envelope at all is kept whole as an ``unparsed`` event on the
    ``unrouted`` stream — flagged, never dropped.
 
-Events are deduplicated on natural keys (``message:<wamid>``,
+Events are deduplicated on natural keys (``message:<wamid>``, ``history:<wamid>``,
 ``status:<wamid>:<status>:<timestamp>``, ``change:<sha256 of its bytes>``,
-``envelope:<sha256 of the body>``), so redeliveries and re-batched retries add nothing.
+``envelope:<sha256 of the body>``, …), so redeliveries and re-batched retries add nothing.
 """
 
 from __future__ import annotations
@@ -22,10 +22,9 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
-import rfc8785
 import sqlalchemy as sa
 import structlog
 
@@ -35,26 +34,17 @@ from archiver.db import events, inbox
 from archiver.inbox import Inbox
 from archiver.jsonspans import SpanError, change_spans, split_pieces
 from archiver.keys import KeyRaceError, KeyRing
+from archiver.kinds import HANDLERS, Change, canonical_json, parse_unix, subjects_of
 from archiver.records import content_aad
 from archiver.sqlutil import as_utc, insert_ignore, utcnow
 
 log = structlog.get_logger("strongroom.normalize")
 UNROUTED = "unrouted"
-MODELLED_MESSAGE_TYPES = frozenset({"text"})
 _STREAM_ID = re.compile(r"[A-Za-z0-9._-]{1,100}")
 EVENT_COLUMNS = [c.name for c in events.columns if c.name not in ("id", "seq", "segment_id")]
 # Typed columns filled from webhook values, with the longest value each may hold.
 _BOUNDED = {c.name: c.type.length for c in events.columns
             if isinstance(c.type, sa.String) and c.type.length and c.name not in ("natural_key", "stream")}
-_KEY_PART_MAX = 160
-
-
-def parse_unix(value: Any) -> datetime | None:
-    """WhatsApp timestamps: unix seconds as a string (messages) or an int (some fields)."""
-    try:
-        return datetime.fromtimestamp(int(value), UTC)
-    except (TypeError, ValueError, OverflowError, OSError):
-        return None
 
 
 def stream_for(change_value: dict[str, Any], entry_id: Any) -> str:
@@ -83,6 +73,9 @@ class _Builder:
             return self.keyring.blind_index("bsuid", str(user_id)), self.keyring.subject_key_id("bsuid", str(user_id))
         return None, None
 
+    def blind(self, phone: Any) -> str | None:
+        return self.keyring.blind_index("wa", str(phone)) if phone else None
+
     def add(self, stream: str, natural_key: str, kind: str, content: bytes, key_ids: list[str], **cols: Any) -> None:
         for name, limit in _BOUNDED.items():
             value = cols.get(name)
@@ -102,69 +95,6 @@ class _Builder:
             modelled=cols.get("modelled", True),
         )
         self.rows.append(row)
-
-
-def _canonical(doc: Any) -> bytes:
-    return rfc8785.dumps(doc)
-
-
-def key_part(value: Any) -> str:
-    """A natural-key component: the value itself when it is a short string, else its hash."""
-    if isinstance(value, str) and 0 < len(value) <= _KEY_PART_MAX and value.isprintable():
-        return value
-    return "sha256:" + hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def _typed_messages(b: _Builder, stream: str, tenant: str, value: dict[str, Any], change_key: str) -> bool:
-    """Typed events for ``field: messages``. True if everything in the change was modelled."""
-    modelled = True
-    business = (value.get("metadata") or {}).get("display_phone_number")
-    business_bi = b.keyring.blind_index("wa", str(business)) if business else None
-    contacts = {str(c.get("wa_id") or c.get("user_id")): c for c in value.get("contacts") or [] if isinstance(c, dict)}
-    for idx, msg in enumerate(value.get("messages") or []):
-        if not isinstance(msg, dict):
-            modelled = False
-            continue
-        bi, key_id = b.person(msg.get("from"), msg.get("from_user_id"))
-        contact = contacts.get(str(msg.get("from") or msg.get("from_user_id")))
-        mtype = msg.get("type")
-        is_modelled = mtype in MODELLED_MESSAGE_TYPES and not msg.get("errors")
-        modelled &= is_modelled
-        wamid = msg.get("id")
-        b.add(
-            stream, f"message:{key_part(wamid)}" if wamid else f"message:{change_key}:{idx}", "message",
-            _canonical({"message": msg, "contact": contact}), [key_id] if key_id else [],
-            tenant=tenant, field="messages", wamid=wamid, conversation=bi, direction="inbound",
-            origin="api", sender=bi, recipient=business_bi, type=mtype,
-            event_time=parse_unix(msg.get("timestamp")), modelled=is_modelled,
-        )
-    for st in value.get("statuses") or []:
-        if not isinstance(st, dict):
-            modelled = False
-            continue
-        bi, key_id = b.person(st.get("recipient_id"), st.get("recipient_user_id"))
-        wamid, status, ts = st.get("id"), st.get("status"), st.get("timestamp")
-        b.add(
-            stream, f"status:{key_part(wamid)}:{key_part(status)}:{key_part(ts)}", "status", _canonical({"status": st}),
-            [key_id] if key_id else [], tenant=tenant, field="messages", wamid=wamid,
-            conversation=bi, direction="outbound", origin="api", sender=business_bi,
-            recipient=bi, status=status, event_time=parse_unix(ts),
-        )
-    extra = set(value) - {"messaging_product", "metadata", "contacts", "messages", "statuses"}
-    return modelled and not extra
-
-
-def _change_subjects(b: _Builder, value: dict[str, Any]) -> list[str]:
-    """Data key ids of every WhatsApp user a change mentions (the change is about all of them)."""
-    keys = []
-    people = [(c.get("wa_id"), c.get("user_id")) for c in value.get("contacts") or [] if isinstance(c, dict)]
-    people += [(m.get("from"), m.get("from_user_id")) for m in value.get("messages") or [] if isinstance(m, dict)]
-    people += [(s.get("recipient_id"), s.get("recipient_user_id")) for s in value.get("statuses") or [] if isinstance(s, dict)]
-    for phone, user_id in people:
-        _, key_id = b.person(phone, user_id)
-        if key_id:
-            keys.append(key_id)
-    return keys
 
 
 def unparsed(keyring: KeyRing, body: bytes, inbox_id: int | None, received_at: datetime) -> list[dict[str, Any]]:
@@ -199,20 +129,22 @@ def build_events(keyring: KeyRing, body: bytes, inbox_id: int | None, received_a
         stream = stream_for(value, tenant)
         change_key = hashlib.sha256(raw).hexdigest()
         typed_from = len(b.rows)
+        handler = HANDLERS.get(field) if isinstance(field, str) else None
         try:
-            modelled = _typed_messages(b, stream, tenant, value, change_key) if field == "messages" else False
+            change_ctx = Change(stream, tenant, str(field), value, change_key, parse_unix(entry.get("time")))
+            modelled = handler(b, change_ctx) if handler else False
         except (AttributeError, TypeError, ValueError):
             # A shape we do not understand: drop the partial typing, keep the exact change.
             del b.rows[typed_from:]
             modelled = False
         b.add(
-            stream, f"change:{change_key}", "change", raw, _change_subjects(b, value),
+            stream, f"change:{change_key}", "change", raw, subjects_of(b, value),
             tenant=tenant, field=str(field) if field is not None else None,
             event_time=parse_unix(entry.get("time")), modelled=modelled,
         )
         order.append({"stream": stream, "natural_key": f"change:{change_key}"})
 
-    skeleton = _canonical({"body_sha256": body_sha, "pieces": split_pieces(text, spans), "changes": order})
+    skeleton = canonical_json({"body_sha256": body_sha, "pieces": split_pieces(text, spans), "changes": order})
     for stream in sorted({c["stream"] for c in order}) or [UNROUTED]:
         b.add(stream, f"envelope:{body_sha}", "envelope", skeleton, [], modelled=bool(spans))
     return b.rows

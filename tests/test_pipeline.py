@@ -92,9 +92,12 @@ def test_signed_webhook_is_sealed_verified_queryable_and_never_plaintext(
     keys = [(r["stream"], r["natural_key"]) for r in recs]
     assert len(keys) == len(set(keys))
     kinds = {(r["field"], r["modelled"]) for r in recs if r["kind"] == "change"}
-    assert ("calls", False) in kinds and ("message_template_status_update", False) in kinds
+    assert ("calls", False) in kinds and ("message_template_status_update", True) in kinds
     image = [r for r in recs if r["wamid"] == "wamid.img1"]
-    assert image and image[0]["modelled"] is False and image[0]["type"] == "image"
+    assert image and image[0]["modelled"] is True and image[0]["type"] == "image"
+    template = [r for r in recs if r["kind"] == "template_event"]
+    assert [(t["template_name"], t["template_language"], t["status"]) for t in template] == [
+        ("abandoned_cart", "en", "APPROVED")]
 
     # the original body is re-created byte for byte from sealed records
     env = next(r for r in recs if r["kind"] == "envelope" and r["stream"] == "106540352242922")

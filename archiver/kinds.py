@@ -1,0 +1,282 @@
+"""Typed events for each webhook field (the second layer of normalisation).
+
+Every change is archived raw first (`archiver.normalize`); a handler registered here for the
+change's `field` adds typed events with queryable columns. A handler returns whether it
+understood everything in the change; anything it did not is flagged ``modelled = False`` and
+stays complete in the raw change. Field reference: ../shared/whatsapp-webhooks.md.
+
+| field | events |
+|---|---|
+| messages | ``message`` (inbound, origin api) per message; ``status`` per status |
+| smb_message_echoes | ``message`` (outbound, origin app) |
+| history | ``message`` (origin history, direction from the sender) per thread message; ``history_error`` |
+| smb_app_state_sync | ``contact_sync`` (add/remove) |
+| user_preferences | ``preference`` (marketing stop/resume) |
+| message_template_* / template_category_update | ``template_event`` |
+| account_update, phone_number_*, account_review_update, security | ``account_event`` |
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+import rfc8785
+
+_KEY_PART_MAX = 160
+
+# Message types whose shape we model; others are still typed by type and ids, but flagged.
+MODELLED_MESSAGE_TYPES = frozenset({
+    "text", "image", "video", "audio", "document", "sticker", "location", "contacts", "interactive",
+    "button", "reaction", "order", "system", "edit", "revoke", "media_placeholder",
+})
+
+
+class EventSink(Protocol):
+    def person(self, phone: Any, user_id: Any) -> tuple[str | None, str | None]: ...
+
+    def blind(self, phone: Any) -> str | None: ...
+
+    def add(self, stream: str, natural_key: str, kind: str, content: bytes, key_ids: list[str],
+            **cols: Any) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    stream: str
+    tenant: str | None
+    field: str
+    value: dict[str, Any]
+    key: str  # sha256 of the change's exact bytes
+    entry_time: datetime | None
+
+
+Handler = Callable[[EventSink, Change], bool]
+HANDLERS: dict[str, Handler] = {}
+
+
+def handles(*fields: str) -> Callable[[Handler], Handler]:
+    def register(fn: Handler) -> Handler:
+        for f in fields:
+            HANDLERS[f] = fn
+        return fn
+
+    return register
+
+
+def parse_unix(value: Any) -> datetime | None:
+    """WhatsApp timestamps: unix seconds as a string (messages) or an int (some fields)."""
+    try:
+        return datetime.fromtimestamp(int(value), UTC)
+    except (TypeError, ValueError, OverflowError, OSError):
+        return None
+
+
+def key_part(value: Any) -> str:
+    """A natural-key component: the value itself when it is a short string, else its hash."""
+    if isinstance(value, str) and 0 < len(value) <= _KEY_PART_MAX and value.isprintable():
+        return value
+    return "sha256:" + hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def canonical_json(doc: Any) -> bytes:
+    return rfc8785.dumps(doc)
+
+
+def _items(value: dict[str, Any], name: str) -> tuple[list[dict[str, Any]], bool]:
+    """The dict items of an array field, and whether every item was a dict."""
+    raw = value.get(name) or []
+    if not isinstance(raw, list):
+        return [], False
+    items = [i for i in raw if isinstance(i, dict)]
+    return items, len(items) == len(raw)
+
+
+def _only(value: dict[str, Any], *known: str) -> bool:
+    return not (set(value) - {"messaging_product", "metadata", "contacts", *known})
+
+
+def _business(value: dict[str, Any]) -> str | None:
+    metadata = value.get("metadata")
+    return str(metadata.get("display_phone_number")) if isinstance(metadata, dict) and \
+        metadata.get("display_phone_number") else None
+
+
+def _message(sink: EventSink, c: Change, msg: dict[str, Any], idx: int, *, origin: str, direction: str,
+             contact_phone: Any, contact_user_id: Any, contact: Any, key_prefix: str = "message",
+             status: Any = None) -> bool:
+    bi, key_id = sink.person(contact_phone, contact_user_id)
+    business_bi = sink.blind(_business(c.value))
+    mtype = msg.get("type")
+    wamid = msg.get("id")
+    modelled = mtype in MODELLED_MESSAGE_TYPES and not msg.get("errors")
+    sink.add(
+        c.stream, f"{key_prefix}:{key_part(wamid)}" if wamid else f"{key_prefix}:{c.key}:{idx}", "message",
+        canonical_json({"message": msg, "contact": contact}), [key_id] if key_id else [],
+        tenant=c.tenant, field=c.field, wamid=wamid, conversation=bi, direction=direction, origin=origin,
+        sender=bi if direction == "inbound" else business_bi,
+        recipient=business_bi if direction == "inbound" else bi,
+        type=mtype, status=status, event_time=parse_unix(msg.get("timestamp")), modelled=modelled,
+    )
+    return modelled
+
+
+def _contacts(value: dict[str, Any]) -> dict[str, Any]:
+    found: dict[str, Any] = {}
+    for contact in _items(value, "contacts")[0]:
+        for ident in (contact.get("wa_id"), contact.get("user_id")):
+            if ident:
+                found[str(ident)] = contact
+    return found
+
+
+@handles("messages")
+def messages(sink: EventSink, c: Change) -> bool:
+    contacts = _contacts(c.value)
+    msgs, ok_m = _items(c.value, "messages")
+    sts, ok_s = _items(c.value, "statuses")
+    modelled = ok_m and ok_s and _only(c.value, "messages", "statuses")
+    for idx, msg in enumerate(msgs):
+        who = msg.get("from") or msg.get("from_user_id")
+        modelled &= _message(sink, c, msg, idx, origin="api", direction="inbound", contact_phone=msg.get("from"),
+                             contact_user_id=msg.get("from_user_id"), contact=contacts.get(str(who)))
+    business_bi = sink.blind(_business(c.value))
+    for st in sts:
+        bi, key_id = sink.person(st.get("recipient_id"), st.get("recipient_user_id"))
+        wamid, status, ts = st.get("id"), st.get("status"), st.get("timestamp")
+        sink.add(
+            c.stream, f"status:{key_part(wamid)}:{key_part(status)}:{key_part(ts)}", "status",
+            canonical_json({"status": st}), [key_id] if key_id else [], tenant=c.tenant, field=c.field,
+            wamid=wamid, conversation=bi, direction="outbound", origin="api", sender=business_bi, recipient=bi,
+            status=status, event_time=parse_unix(ts),
+        )
+    return modelled
+
+
+@handles("smb_message_echoes")
+def echoes(sink: EventSink, c: Change) -> bool:
+    """Messages the business sent from the WhatsApp Business App (or a companion device)."""
+    contacts = _contacts(c.value)
+    msgs, ok = _items(c.value, "message_echoes")
+    modelled = ok and _only(c.value, "message_echoes")
+    for idx, msg in enumerate(msgs):
+        who = msg.get("to") or msg.get("to_user_id")
+        modelled &= _message(sink, c, msg, idx, origin="app", direction="outbound", contact_phone=msg.get("to"),
+                             contact_user_id=msg.get("to_user_id"), contact=contacts.get(str(who)))
+    return modelled
+
+
+@handles("history")
+def history(sink: EventSink, c: Change) -> bool:
+    """The one-time coexistence backfill: provenance `history`, never shown as live capture."""
+    business = _business(c.value)
+    chunks, ok = _items(c.value, "history")
+    modelled = ok and _only(c.value, "history", "messages")
+    for n, chunk in enumerate(chunks):
+        for err in chunk.get("errors") or []:
+            sink.add(c.stream, f"history_error:{c.key}:{n}:{key_part(err.get('code'))}", "history_error",
+                     canonical_json({"error": err, "metadata": chunk.get("metadata")}), [], tenant=c.tenant,
+                     field=c.field, type=str(err.get("code")), event_time=c.entry_time)
+        threads = chunk.get("threads") or []
+        for thread in threads if isinstance(threads, list) else []:
+            if not isinstance(thread, dict):
+                modelled = False
+                continue
+            for idx, msg in enumerate(thread.get("messages") or []):
+                if not isinstance(msg, dict):
+                    modelled = False
+                    continue
+                outbound = business is not None and str(msg.get("from")) == business
+                status = (msg.get("history_context") or {}).get("status") \
+                    if isinstance(msg.get("history_context"), dict) else None
+                modelled &= _message(sink, c, msg, idx, origin="history",
+                                     direction="outbound" if outbound else "inbound", contact_phone=thread.get("id"),
+                                     contact_user_id=None, contact=None, key_prefix="history", status=status)
+    # Media follow-ups for placeholders arrive on field `history` as `value.messages[]`.
+    msgs, ok_m = _items(c.value, "messages")
+    for idx, msg in enumerate(msgs):
+        outbound = business is not None and str(msg.get("from")) == business
+        modelled &= ok_m and _message(
+            sink, c, msg, idx, origin="history", direction="outbound" if outbound else "inbound",
+            contact_phone=msg.get("to") if outbound else msg.get("from"), contact_user_id=None, contact=None,
+            key_prefix="history_media")
+    return modelled
+
+
+@handles("smb_app_state_sync")
+def state_sync(sink: EventSink, c: Change) -> bool:
+    items, ok = _items(c.value, "state_sync")
+    modelled = ok and _only(c.value, "state_sync")
+    for item in items:
+        contact = item.get("contact") if isinstance(item.get("contact"), dict) else {}
+        phone = contact.get("phone_number")
+        bi, key_id = sink.person(phone, None)
+        ts = (item.get("metadata") or {}).get("timestamp") if isinstance(item.get("metadata"), dict) else None
+        action = item.get("action")
+        sink.add(c.stream, f"contact_sync:{key_part(bi)}:{key_part(action)}:{key_part(ts)}", "contact_sync",
+                 canonical_json({"state_sync": item}), [key_id] if key_id else [], tenant=c.tenant, field=c.field,
+                 conversation=bi, recipient=bi, origin="app", type=item.get("type"), status=action,
+                 event_time=parse_unix(ts), modelled=action in ("add", "remove"))
+        modelled &= action in ("add", "remove")
+    return modelled
+
+
+@handles("user_preferences")
+def preferences(sink: EventSink, c: Change) -> bool:
+    items, ok = _items(c.value, "user_preferences")
+    for item in items:
+        bi, key_id = sink.person(item.get("wa_id"), item.get("user_id"))
+        category, value, ts = item.get("category"), item.get("value"), item.get("timestamp")
+        sink.add(c.stream, f"preference:{key_part(bi)}:{key_part(category)}:{key_part(value)}:{key_part(ts)}",
+                 "preference", canonical_json({"preference": item}), [key_id] if key_id else [],
+                 tenant=c.tenant, field=c.field, conversation=bi, sender=bi, type=category, status=value,
+                 event_time=parse_unix(ts))
+    return ok and _only(c.value, "user_preferences")
+
+
+@handles("message_template_status_update", "message_template_quality_update", "template_category_update",
+         "message_template_components_update")
+def template_event(sink: EventSink, c: Change) -> bool:
+    v = c.value
+    status = v.get("event") or v.get("new_quality_score") or v.get("new_category")
+    name, lang = v.get("message_template_name"), v.get("message_template_language")
+    sink.add(c.stream, f"template_event:{c.key}", "template_event", canonical_json({"value": v}), [],
+             tenant=c.tenant, field=c.field, type=c.field, status=status if isinstance(status, str) else None,
+             template_name=name if isinstance(name, str) else None,
+             template_language=lang if isinstance(lang, str) else None, event_time=c.entry_time)
+    return isinstance(name, str)
+
+
+@handles("account_update", "phone_number_quality_update", "phone_number_name_update", "account_review_update",
+         "security")
+def account_event(sink: EventSink, c: Change) -> bool:
+    status = c.value.get("event") or c.value.get("decision")
+    sink.add(c.stream, f"account_event:{c.key}", "account_event", canonical_json({"value": c.value}), [],
+             tenant=c.tenant, field=c.field, type=c.field, status=status if isinstance(status, str) else None,
+             event_time=c.entry_time)
+    return isinstance(status, str)
+
+
+def subjects_of(sink: EventSink, value: dict[str, Any]) -> list[str]:
+    """Data key ids of every WhatsApp user a change mentions (its raw bytes are about all of them)."""
+    people: list[tuple[Any, Any]] = []
+    pairs = {"contacts": ("wa_id", "user_id"), "messages": ("from", "from_user_id"),
+             "statuses": ("recipient_id", "recipient_user_id"), "message_echoes": ("to", "to_user_id"),
+             "user_preferences": ("wa_id", "user_id")}
+    for name, (phone, user) in pairs.items():
+        people += [(i.get(phone), i.get(user)) for i in _items(value, name)[0]]
+    for chunk in _items(value, "history")[0]:
+        people += [(t.get("id"), None) for t in chunk.get("threads") or [] if isinstance(t, dict)]
+    for item in _items(value, "state_sync")[0]:
+        contact = item.get("contact")
+        people += [(contact.get("phone_number"), None)] if isinstance(contact, dict) else []
+    keys = []
+    for phone, user_id in people:
+        _, key_id = sink.person(phone, user_id)
+        if key_id:
+            keys.append(key_id)
+    return keys

@@ -1,0 +1,82 @@
+"""Every webhook field gets typed events with the right columns; nothing is only typed.
+
+Each case names a fixture in tests/fixtures/webhooks and the typed events it must produce
+(kind, origin, direction, type, status, modelled). Every case also keeps the raw change.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+import pytest
+
+from archiver.normalize import build_events
+from strongroom.runtime import Archive
+
+NOW = datetime(2026, 11, 25, tzinfo=UTC)
+T = tuple[str, str | None, str | None, str | None, str | None, bool]
+
+CASES: dict[str, list[T]] = {
+    "text_bsuid": [("message", "api", "inbound", "text", None, True)],
+    "statuses": [("status", "api", "outbound", None, "sent", True), ("status", "api", "outbound", None, "read", True)],
+    "echo_text": [("message", "app", "outbound", "text", None, True)],
+    "echo_edit": [("message", "app", "outbound", "edit", None, True)],
+    "echo_revoke": [("message", "app", "outbound", "revoke", None, True)],
+    "inbound_edit": [("message", "api", "inbound", "edit", None, True)],
+    "unsupported_131060": [("message", "api", "inbound", "unsupported", None, False)],
+    "history_chunk": [("message", "history", "outbound", "text", "READ", True),
+                      ("message", "history", "outbound", "media_placeholder", "PLAYED", True),
+                      ("message", "history", "inbound", "text", "READ", True)],
+    "history_media": [("message", "history", "inbound", "image", None, True)],
+    "history_declined": [("history_error", None, None, "2593109", None, True)],
+    "state_sync_add": [("contact_sync", "app", None, "contact", "add", True)],
+    "state_sync_remove": [("contact_sync", "app", None, "contact", "remove", True)],
+    "user_preferences_stop": [("preference", None, None, "marketing_messages", "stop", True)],
+    "template_rejected": [("template_event", None, None, "message_template_status_update", "REJECTED", True)],
+    "template_quality": [("template_event", None, None, "message_template_quality_update", "YELLOW", True)],
+    "template_category": [("template_event", None, None, "template_category_update", "MARKETING", True)],
+    "account_partner_removed": [("account_event", None, None, "account_update", "PARTNER_REMOVED", True)],
+    "phone_name_rejected": [("account_event", None, None, "phone_number_name_update", "REJECTED", True)],
+    "security_pin": [("account_event", None, None, "security", "PIN_RESET_REQUEST", True)],
+    "unknown_field": [],
+}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_typed_events(archive: Archive, webhook_body: Callable[[str], bytes], name: str) -> None:
+    rows = build_events(archive.keyring, webhook_body(name), None, NOW)
+    typed = [(r["kind"], r["origin"], r["direction"], r["type"], r["status"], r["modelled"])
+             for r in rows if r["kind"] not in ("change", "envelope")]
+    assert typed == CASES[name]
+    changes = [r for r in rows if r["kind"] == "change"]
+    assert len(changes) == 1
+    assert changes[0]["modelled"] == (bool(CASES[name]) and all(t[5] for t in CASES[name]))
+    assert len({r["natural_key"] for r in rows}) == len(rows)
+
+
+def test_history_is_never_live_capture_and_keys_apart_from_live_messages(
+    archive: Archive, webhook_body: Callable[[str], bytes]
+) -> None:
+    rows = build_events(archive.keyring, webhook_body("history_chunk"), None, NOW)
+    msgs = [r for r in rows if r["kind"] == "message"]
+    assert {r["origin"] for r in msgs} == {"history"}
+    assert all(r["natural_key"].startswith("history:") for r in msgs)
+
+
+def test_people_are_blind_indexed_and_keyed_by_subject(archive: Archive, webhook_body: Callable[[str], bytes]) -> None:
+    ks = archive.keyring
+    for name in ("echo_text", "state_sync_add", "user_preferences_stop", "history_chunk"):
+        rows = build_events(ks, webhook_body(name), None, NOW)
+        typed = [r for r in rows if r["kind"] not in ("change", "envelope")]
+        assert typed
+        for r in typed:
+            assert r["conversation"] == ks.blind_index("wa", "16505551234"), name
+            assert r["subject_key_id"] == ks.subject_key_id("wa", "16505551234"), name
+        assert b"16505551234" not in b"".join(str(v).encode() for r in rows for k, v in r.items() if k != "content")
+
+
+def test_business_level_events_use_the_business_key(archive: Archive, webhook_body: Callable[[str], bytes]) -> None:
+    rows = build_events(archive.keyring, webhook_body("template_rejected"), None, NOW)
+    assert {r["stream"] for r in rows} == {"waba-102290129340398"}
+    assert {r["subject_key_id"] for r in rows} == {"biz:waba-102290129340398"}

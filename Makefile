@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: run test bench install clean-venv
+.PHONY: run test lint bench install clean-venv
 
 $(BIN)/python:
 	$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "strongroom needs Python 3.11"'
@@ -28,6 +28,9 @@ run: $(VENV)/.installed-run
 
 test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest
+
+lint: $(VENV)/.installed-test
+	$(BIN)/ruff check archiver audit policies exporters strongroom tests bench
 
 bench: $(VENV)/.installed-test
 	$(BIN)/python bench/ingest.py

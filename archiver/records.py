@@ -124,7 +124,8 @@ def canonical_parts(columns: dict[str, list[Any]]) -> list[tuple[str, str]]:
         key = ("{" if i == 0 else ",") + '"' + name + '":'
         encoded.append([key + ("null" if v is None else enc(v)) for v in values])
     before, after = encoded[:_SPLIT], encoded[_SPLIT:]
-    return [("".join(h) + ',"prev_hash":', "".join(t) + "}") for h, t in zip(zip(*before), zip(*after), strict=True)]
+    rows_before, rows_after = zip(*before, strict=True), zip(*after, strict=True)
+    return [("".join(h) + ',"prev_hash":', "".join(t) + "}") for h, t in zip(rows_before, rows_after, strict=True)]
 
 
 def join_canonical(part: tuple[str, str], prev_hash: bytes | None) -> bytes:

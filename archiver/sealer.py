@@ -34,8 +34,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from archiver import failpoints
 from archiver.checkpoint import Checkpoint, SignedCheckpoint, key_id
 from archiver.db import events, inbox, merkle_tiles, segments, streams
-from archiver.leases import StreamLocks
 from archiver.errors import ConflictError, ObjectExistsError, ObjectNotFoundError, ObjectStoreError
+from archiver.leases import StreamLocks
 from archiver.merkle import CompactRange, hash_leaf
 from archiver.objectstore import ObjectStore
 from archiver.records import COLUMNS, GENESIS, canonical, canonical_parts, format_ts, join_canonical, link

@@ -151,7 +151,7 @@ def test_removed_middle_segment(archive: Archive, copy: Path) -> None:
     first = decode_segment(seg.read_bytes())[0][0]["seq"]
     seg.unlink()
     f = _verify(archive, copy).failures[0]
-    assert f.step == 2 and f.seq == first and f"found seq" in f.message
+    assert f.step == 2 and f.seq == first and "found seq" in f.message
 
 
 def test_removed_newest_segment_and_checkpoint(archive: Archive, copy: Path) -> None:

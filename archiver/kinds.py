@@ -9,6 +9,7 @@ stays complete in the raw change. Field reference: ../shared/whatsapp-webhooks.m
 |---|---|
 | messages | ``message`` (inbound, origin api) per message; ``status`` per status |
 | smb_message_echoes | ``message`` (outbound, origin app) |
+| standby | ``message`` while Meta's AI agent holds the chat: inbound (origin api), agent replies (origin agent) |
 | history | ``message`` (origin history, direction from the sender) per thread message; ``history_error`` |
 | smb_app_state_sync | ``contact_sync`` (add/remove) |
 | user_preferences | ``preference`` (marketing stop/resume) |
@@ -166,6 +167,25 @@ def echoes(sink: EventSink, c: Change) -> bool:
     for idx, msg in enumerate(msgs):
         who = msg.get("to") or msg.get("to_user_id")
         modelled &= _message(sink, c, msg, idx, origin="app", direction="outbound", contact_phone=msg.get("to"),
+                             contact_user_id=msg.get("to_user_id"), contact=contacts.get(str(who)))
+    return modelled
+
+
+@handles("standby")
+def standby(sink: EventSink, c: Change) -> bool:
+    """Meta Business Agent conversations: user messages and the agent's replies (as echoes)
+    arrive on `standby` instead of `messages`; without this they would be a capture gap."""
+    contacts = _contacts(c.value)
+    msgs, ok_m = _items(c.value, "messages")
+    replies, ok_r = _items(c.value, "message_echoes")
+    modelled = ok_m and ok_r and _only(c.value, "messages", "message_echoes")
+    for idx, msg in enumerate(msgs):
+        who = msg.get("from") or msg.get("from_user_id")
+        modelled &= _message(sink, c, msg, idx, origin="api", direction="inbound", contact_phone=msg.get("from"),
+                             contact_user_id=msg.get("from_user_id"), contact=contacts.get(str(who)))
+    for idx, msg in enumerate(replies):
+        who = msg.get("to") or msg.get("to_user_id")
+        modelled &= _message(sink, c, msg, idx, origin="agent", direction="outbound", contact_phone=msg.get("to"),
                              contact_user_id=msg.get("to_user_id"), contact=contacts.get(str(who)))
     return modelled
 

@@ -39,6 +39,8 @@ CASES: dict[str, list[T]] = {
     "account_partner_removed": [("account_event", None, None, "account_update", "PARTNER_REMOVED", True)],
     "phone_name_rejected": [("account_event", None, None, "phone_number_name_update", "REJECTED", True)],
     "security_pin": [("account_event", None, None, "security", "PIN_RESET_REQUEST", True)],
+    "standby_agent": [("message", "api", "inbound", "text", None, True),
+                      ("message", "agent", "outbound", "text", None, True)],
     "unknown_field": [],
 }
 

@@ -177,6 +177,10 @@ class S3ObjectStore(ObjectStore):
                 Key=key,
                 Body=data,
                 IfNoneMatch="*",
+                # AWS refuses an Object Lock upload without x-amz-sdk-checksum-algorithm (or
+                # Content-MD5); the algorithm header plus our own value satisfies it and lets the
+                # server check the bytes.
+                ChecksumAlgorithm="SHA256",
                 ChecksumSHA256=checksum,
                 ObjectLockMode="COMPLIANCE",
                 ObjectLockRetainUntilDate=retain_until,

@@ -1,8 +1,7 @@
-"""FastAPI app factory and the in-process ingest worker (normalise + seal, every N seconds)."""
+"""FastAPI app factory: the webhook receiver and health, behind security headers."""
 
 from __future__ import annotations
 
-import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -27,46 +26,15 @@ SECURITY_HEADERS = {
 }
 
 
-class Worker(threading.Thread):
-    """Normalises and seals in the background; errors are logged (without content) and retried."""
-
-    def __init__(self, archive: Archive, interval: float) -> None:
-        super().__init__(name="strongroom-worker", daemon=True)
-        self.archive = archive
-        self.interval = interval
-        self.stopping = threading.Event()
-
-    def run(self) -> None:
-        failures = 0
-        while not self.stopping.is_set():
-            try:
-                sealed = self.archive.process_pending()
-                if sealed:
-                    log.info("worker.sealed", records=sealed)
-                failures = 0
-            except Exception as e:  # keep going: every step is replayable from the inbox
-                failures += 1
-                log.error("worker.failed", error=type(e).__name__, detail=str(e)[:500], attempt=failures)
-            self.stopping.wait(min(self.interval * (2 ** min(failures, 6)), 60.0))
-
-    def stop(self) -> None:
-        self.stopping.set()
-        self.join(timeout=30)
-
-
-def create_app(archive: Archive, run_worker: bool = True) -> FastAPI:
+def create_app(archive: Archive) -> FastAPI:
+    """The HTTP surface. Normalising and sealing run elsewhere (`strongroom worker`)."""
     committer = GroupCommitter(archive.inbox)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        worker = Worker(archive, archive.settings.seal_interval_seconds) if run_worker else None
-        if worker:
-            worker.start()
         try:
             yield
         finally:
-            if worker:
-                worker.stop()
             committer.close()
 
     # No interactive docs or schema routes: the only unauthenticated routes are the webhook

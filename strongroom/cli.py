@@ -24,7 +24,7 @@ from archiver.objectstore import DirectoryObjectStore
 from audit import trail
 from audit.query import QueryError
 from audit.verify import Report, Verifier
-from strongroom.runtime import Archive, configure_logging, open_archive
+from strongroom.runtime import Archive, Worker, configure_logging, open_archive
 from strongroom.settings import Settings
 
 app = typer.Typer(help="strongroom: a WORM compliance archive for WhatsApp Business coexistence numbers.",
@@ -69,7 +69,7 @@ def serve() -> None:
     env = {**os.environ, "STRONGROOM_EMBEDDED_S3_PORT": str(archive.embedded.s3_port)} if archive.embedded else None
     worker = WorkerSupervisor([sys.executable, "-m", "strongroom", "worker"], env)
     try:
-        fastapi_app = create_app(archive, run_worker=False)
+        fastapi_app = create_app(archive)
         _banner(archive)
         uvicorn.run(fastapi_app, host=settings.host, port=settings.port, access_log=False, log_config=None)
     finally:
@@ -112,8 +112,6 @@ class WorkerSupervisor:
 @app.command()
 def worker() -> None:
     """Normalise and seal continuously (started by `serve`; run more for scale-out)."""
-    from strongroom.app import Worker
-
     archive = _open()
     loop = Worker(archive, archive.settings.seal_interval_seconds)
     signal.signal(signal.SIGTERM, lambda *_: loop.stopping.set())

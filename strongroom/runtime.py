@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import secrets
 import sys
+import threading
 from dataclasses import dataclass, field
 from typing import TextIO
 
@@ -147,3 +148,30 @@ def open_archive(settings: Settings, start_embedded: bool = True) -> Archive:
         signing_key=crypto.load_signing_key(settings.key_path("signing")),
         retention=RetentionPolicy(days=settings.retention_days), embedded=embedded,
     )
+
+
+class Worker:
+    """Normalise and seal every `interval` seconds until `stopping` is set.
+
+    Errors are logged (type and message, never content) and retried with backoff: every step
+    is replayable from the inbox, so a failed round loses nothing.
+    """
+
+    def __init__(self, archive: Archive, interval: float) -> None:
+        self.archive = archive
+        self.interval = interval
+        self.stopping = threading.Event()
+        self.log = structlog.get_logger("strongroom.worker")
+
+    def run(self) -> None:
+        failures = 0
+        while not self.stopping.is_set():
+            try:
+                sealed = self.archive.process_pending()
+                if sealed:
+                    self.log.info("worker.sealed", records=sealed)
+                failures = 0
+            except Exception as e:
+                failures += 1
+                self.log.error("worker.failed", error=type(e).__name__, detail=str(e)[:500], attempt=failures)
+            self.stopping.wait(min(self.interval * (2 ** min(failures, 6)), 60.0))

@@ -59,7 +59,7 @@ def test_signed_webhook_is_sealed_verified_queryable_and_never_plaintext(
     with log_file.open("w") as log_stream:
         configure_logging("DEBUG", log_stream)
         try:
-            client = TestClient(create_app(archive, run_worker=False))
+            client = TestClient(create_app(archive))
             _post(client, body)
             _post(client, body)  # Meta redelivers
             for name in ("statuses", "multi_entry", "unknown_field"):
@@ -149,7 +149,7 @@ def _database_bytes(archive: Archive) -> dict[str, bytes]:
 def test_served_proofs_verify_against_signed_checkpoints(
     archive: Archive, webhook_body: Callable[[str], bytes]
 ) -> None:
-    client = TestClient(create_app(archive, run_worker=False))
+    client = TestClient(create_app(archive))
     sizes = []
     for i in range(3):
         body = webhook_body("text_bsuid").replace(b"wamid.xyzxyz", f"wamid.p{i}".encode())
@@ -176,7 +176,7 @@ def test_served_proofs_verify_against_signed_checkpoints(
 
 @pytest.mark.parametrize("garbage", [b"not json at all", b'{"entry": 5}', b"\xff\xfe"])
 def test_signed_body_of_unknown_shape_is_kept_raw_and_flagged(archive: Archive, garbage: bytes) -> None:
-    client = TestClient(create_app(archive, run_worker=False))
+    client = TestClient(create_app(archive))
     _post(client, garbage)
     archive.process_pending()
     recs = _records(archive)
@@ -196,7 +196,7 @@ def test_odd_but_signed_shapes_never_wedge_the_pipeline(archive: Archive) -> Non
                                         "statuses": [{"id": {"nested": True}, "status": ["read"]}]}},
     ]}]}
     body = json.dumps(doc).encode()
-    _post(TestClient(create_app(archive, run_worker=False)), body)
+    _post(TestClient(create_app(archive)), body)
     assert archive.process_pending() > 0
     recs = _records(archive)
     assert archive.verifier().verify(expected_sizes=archive.expected_sizes()).ok

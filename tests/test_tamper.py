@@ -28,7 +28,7 @@ STREAM = "1122334455667"
 @pytest.fixture
 def copy(archive: Archive, webhook_body: Callable[[str], bytes], tmp_path: Path) -> Path:
     """Three sealing rounds (three segments, three checkpoints) downloaded to a directory."""
-    client = TestClient(create_app(archive, run_worker=False))
+    client = TestClient(create_app(archive))
     for i in range(3):
         body = webhook_body("multi_entry").replace(b"wamid.multi1", f"wamid.t{i}".encode())
         body = body.replace(b"wamid.out9", f"wamid.o{i}".encode()).replace(b"wamid.img1", f"wamid.i{i}".encode())

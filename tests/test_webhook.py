@@ -17,7 +17,7 @@ URL = "/webhooks/whatsapp"
 
 
 def _client(archive: Archive) -> TestClient:
-    return TestClient(create_app(archive, run_worker=False))
+    return TestClient(create_app(archive))
 
 
 def _count(archive: Archive, table: sa.Table) -> int:
@@ -88,7 +88,7 @@ def test_body_over_the_limit_gets_413_and_is_not_stored(make_settings, webhook_b
 
 
 def test_health_is_the_only_other_unauthenticated_route(archive: Archive) -> None:
-    app = create_app(archive, run_worker=False)
+    app = create_app(archive)
     paths = sorted(_paths(app.routes))
     assert paths == ["/healthz", URL]
     c = TestClient(app)

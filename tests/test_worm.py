@@ -25,7 +25,7 @@ pytestmark = pytest.mark.worm
 
 def _sealed(archive: Archive, webhook_body: Callable[[str], bytes]) -> tuple[str, str]:
     body = webhook_body("text_bsuid")
-    TestClient(create_app(archive, run_worker=False)).post(
+    TestClient(create_app(archive)).post(
         "/webhooks/whatsapp", content=body, headers={"X-Hub-Signature-256": sign(body)})
     archive.process_pending()
     key = next(iter(archive.store.list_keys("records/")))

@@ -231,7 +231,7 @@ class Verifier:
                     proof = consistency_proof(p.tree_size, size, hash_range)
                     verify_consistency(p.tree_size, size, proof, bytes.fromhex(p.root_hash),
                                        bytes.fromhex(cp.checkpoint.root_hash))
-                except VerificationError as e:
+                except (VerificationError, ValueError) as e:  # ValueError: a root that is not hex
                     fails.append(Failure(6, stream, key, f"not consistent with {pkey}: {e}"))
             previous = (key, cp)
         if checkpoints and checkpoints[-1][1].checkpoint.tree_size < tree.size:

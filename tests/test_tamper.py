@@ -187,3 +187,15 @@ def test_empty_archive_does_not_verify(archive: Archive, tmp_path: Path) -> None
     (tmp_path / "empty").mkdir()
     assert _verify(archive, tmp_path / "empty").ok is False
     shutil.rmtree(tmp_path / "empty")
+
+
+def test_validly_signed_but_malformed_checkpoint_is_reported_not_crashed(archive: Archive, copy: Path) -> None:
+    """A verifier facing a hostile source (R-16) reports; it does not raise."""
+    cp_path = sorted((copy / "checkpoints" / f"stream={STREAM}").glob("*.json"))[1]
+    cp = SignedCheckpoint.from_json(cp_path.read_bytes()).checkpoint
+    from dataclasses import replace
+
+    forged = replace(cp, root_hash="not-hex")
+    cp_path.write_bytes(SignedCheckpoint.sign(forged, archive.signing_key).to_json())
+    report = _verify(archive, copy)
+    assert not report.ok and any(f.item == str(cp_path.relative_to(copy)) for f in report.failures)

@@ -78,7 +78,12 @@ class KeyRing:
         new.clear()
 
     def subject_key_id(self, namespace: str, value: str) -> str:
-        return "subj:" + self.blind_index(namespace, value)
+        return self.key_id_for(self.blind_index(namespace, value))
+
+    @staticmethod
+    def key_id_for(blind_index: str) -> str:
+        """The data key id of the subject with this blind index."""
+        return "subj:" + blind_index
 
     def data_key(self, key_id: str, create: bool = True) -> bytes:
         """The unwrapped data key `key_id`, created on first use when `create` is set.

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-import rfc8785
+from archiver.records import canonical_json
 
 _KEY_PART_MAX = 160
 
@@ -84,10 +84,6 @@ def key_part(value: Any) -> str:
     return "sha256:" + hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def canonical_json(doc: Any) -> bytes:
-    return rfc8785.dumps(doc)
-
-
 def _items(value: dict[str, Any], name: str) -> tuple[list[dict[str, Any]], bool]:
     """The dict items of an array field, and whether every item was a dict."""
     raw = value.get(name) or []
@@ -135,16 +131,26 @@ def _contacts(value: dict[str, Any]) -> dict[str, Any]:
     return found
 
 
+def _live(sink: EventSink, c: Change, msgs: list[dict[str, Any]], contacts: dict[str, Any], *,
+          origin: str, direction: str) -> bool:
+    """Typed events for live messages; the contact is the sender (inbound) or recipient (outbound)."""
+    phone_field, user_field = ("from", "from_user_id") if direction == "inbound" else ("to", "to_user_id")
+    modelled = True
+    for idx, msg in enumerate(msgs):
+        who = msg.get(phone_field) or msg.get(user_field)
+        modelled &= _message(sink, c, msg, idx, origin=origin, direction=direction,
+                             contact_phone=msg.get(phone_field), contact_user_id=msg.get(user_field),
+                             contact=contacts.get(str(who)))
+    return modelled
+
+
 @handles("messages")
 def messages(sink: EventSink, c: Change) -> bool:
     contacts = _contacts(c.value)
     msgs, ok_m = _items(c.value, "messages")
     sts, ok_s = _items(c.value, "statuses")
     modelled = ok_m and ok_s and _only(c.value, "messages", "statuses")
-    for idx, msg in enumerate(msgs):
-        who = msg.get("from") or msg.get("from_user_id")
-        modelled &= _message(sink, c, msg, idx, origin="api", direction="inbound", contact_phone=msg.get("from"),
-                             contact_user_id=msg.get("from_user_id"), contact=contacts.get(str(who)))
+    modelled &= _live(sink, c, msgs, contacts, origin="api", direction="inbound")
     business_bi = sink.blind(_business(c.value))
     for st in sts:
         bi, key_id = sink.person(st.get("recipient_id"), st.get("recipient_user_id"))
@@ -164,11 +170,7 @@ def echoes(sink: EventSink, c: Change) -> bool:
     contacts = _contacts(c.value)
     msgs, ok = _items(c.value, "message_echoes")
     modelled = ok and _only(c.value, "message_echoes")
-    for idx, msg in enumerate(msgs):
-        who = msg.get("to") or msg.get("to_user_id")
-        modelled &= _message(sink, c, msg, idx, origin="app", direction="outbound", contact_phone=msg.get("to"),
-                             contact_user_id=msg.get("to_user_id"), contact=contacts.get(str(who)))
-    return modelled
+    return _live(sink, c, msgs, contacts, origin="app", direction="outbound") and modelled
 
 
 @handles("standby")
@@ -179,14 +181,8 @@ def standby(sink: EventSink, c: Change) -> bool:
     msgs, ok_m = _items(c.value, "messages")
     replies, ok_r = _items(c.value, "message_echoes")
     modelled = ok_m and ok_r and _only(c.value, "messages", "message_echoes")
-    for idx, msg in enumerate(msgs):
-        who = msg.get("from") or msg.get("from_user_id")
-        modelled &= _message(sink, c, msg, idx, origin="api", direction="inbound", contact_phone=msg.get("from"),
-                             contact_user_id=msg.get("from_user_id"), contact=contacts.get(str(who)))
-    for idx, msg in enumerate(replies):
-        who = msg.get("to") or msg.get("to_user_id")
-        modelled &= _message(sink, c, msg, idx, origin="agent", direction="outbound", contact_phone=msg.get("to"),
-                             contact_user_id=msg.get("to_user_id"), contact=contacts.get(str(who)))
+    modelled &= _live(sink, c, msgs, contacts, origin="api", direction="inbound")
+    modelled &= _live(sink, c, replies, contacts, origin="agent", direction="outbound")
     return modelled
 
 

@@ -34,8 +34,8 @@ from archiver.db import events, inbox
 from archiver.inbox import Inbox
 from archiver.jsonspans import SpanError, change_spans, split_pieces
 from archiver.keys import KeyRaceError, KeyRing
-from archiver.kinds import HANDLERS, Change, canonical_json, parse_unix, subjects_of
-from archiver.records import content_aad
+from archiver.kinds import HANDLERS, Change, parse_unix, subjects_of
+from archiver.records import canonical_json, content_aad
 from archiver.sqlutil import as_utc, insert_ignore, utcnow
 
 log = structlog.get_logger("strongroom.normalize")
@@ -68,10 +68,12 @@ class _Builder:
     def person(self, phone: Any, user_id: Any) -> tuple[str | None, str | None]:
         """(blind index, data key id) of a WhatsApp user known by phone and/or BSUID."""
         if phone:
-            return self.keyring.blind_index("wa", str(phone)), self.keyring.subject_key_id("wa", str(phone))
-        if user_id:
-            return self.keyring.blind_index("bsuid", str(user_id)), self.keyring.subject_key_id("bsuid", str(user_id))
-        return None, None
+            bi = self.keyring.blind_index("wa", str(phone))
+        elif user_id:
+            bi = self.keyring.blind_index("bsuid", str(user_id))
+        else:
+            return None, None
+        return bi, self.keyring.key_id_for(bi)
 
     def blind(self, phone: Any) -> str | None:
         return self.keyring.blind_index("wa", str(phone)) if phone else None

@@ -15,6 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from strongroom.embedded import free_port  # noqa: E402
 from strongroom.runtime import Archive, configure_logging, open_archive  # noqa: E402
 from strongroom.settings import Settings  # noqa: E402
 
@@ -46,18 +47,12 @@ def temp_archive(database_url: str | None = None, **overrides: object) -> Iterat
     with tempfile.TemporaryDirectory(prefix="strongroom-bench-") as tmp:
         configure_logging("WARNING")
         settings = Settings(data_dir=Path(tmp), database_url=database_url, app_secret=APP_SECRET,
-                            verify_token="bench", retention_days=1, embedded_s3_port=_free(), **overrides)
+                            verify_token="bench", retention_days=1, embedded_s3_port=free_port(), **overrides)
         archive = open_archive(settings)
         try:
             yield archive
         finally:
             archive.close()
-
-
-def _free() -> int:
-    from strongroom.embedded import free_port
-
-    return free_port()
 
 
 def peak_rss_mb() -> float:

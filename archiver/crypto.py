@@ -98,6 +98,8 @@ class BlindIndex:
         self._key = key
 
     def __call__(self, namespace: str, value: str) -> str:
+        if namespace == "wa":  # phone numbers: digits only, so "+1 650-555-1234" == "16505551234"
+            value = "".join(ch for ch in value if ch.isdigit()) or value
         mac = hmac.new(self._key, f"{namespace}:{value}".encode(), hashlib.sha256)
         return "bi_" + mac.hexdigest()[:40]
 

@@ -8,6 +8,8 @@ Tables:
 - `streams`          per-stream chain head, tree size and in-flight segment key
 - `segments`         sealed Parquet objects (key, version id, checksum, retain-until)
 - `merkle_tiles`     interior Merkle hashes, 256 per row per level, kept for the life of a stream
+- `identities`       time-bounded bindings of a blind-indexed phone number or BSUID to a data subject
+- `media`            attachment fetch jobs and, once stored, where the encrypted WORM copy lives
 """
 
 from __future__ import annotations
@@ -71,6 +73,7 @@ events = sa.Table(
     sa.Column("tenant", sa.String(64)),
     sa.Column("field", sa.String(64)),
     sa.Column("wamid", sa.String(256)),
+    sa.Column("ref_wamid", sa.String(256)),  # the message this event refers to (reply, reaction, edit, …)
     sa.Column("conversation", sa.String(64)),
     sa.Column("direction", sa.String(16)),
     sa.Column("origin", sa.String(16)),
@@ -92,6 +95,8 @@ events = sa.Table(
     sa.UniqueConstraint("stream", "natural_key", name="uq_events_stream_key"),
     sa.Index("ix_events_pending", "stream", "seq", "id"),
     sa.Index("ix_events_inbox", "inbox_id"),
+    sa.Index("ix_events_wamid", "stream", "wamid"),
+    sa.Index("ix_events_kind_time", "stream", "kind", "event_time"),
 )
 
 streams = sa.Table(
@@ -131,6 +136,50 @@ merkle_tiles = sa.Table(
     sa.Column("level", sa.Integer, primary_key=True),
     sa.Column("chunk", sa.BigInteger, primary_key=True),
     sa.Column("hashes", sa.LargeBinary, nullable=False),
+)
+
+# Bounds of an open-ended identity binding (unix microseconds).
+TIME_MIN = -(2**62)
+TIME_MAX = 2**62
+
+identities = sa.Table(
+    "identities",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("namespace", sa.String(8), nullable=False),  # "wa" (phone digits) or "bsuid"
+    sa.Column("blind_index", sa.String(64), nullable=False),
+    sa.Column("subject", sa.String(40), nullable=False),
+    sa.Column("valid_from", sa.BigInteger, nullable=False),  # unix µs, inclusive; TIME_MIN = always
+    sa.Column("valid_to", sa.BigInteger, nullable=False),  # unix µs, exclusive; TIME_MAX = still valid
+    sa.Column("evidence", sa.String(400), nullable=False),  # natural key of the event that bound it
+    sa.Column("created_at", Ts, nullable=False),
+    sa.UniqueConstraint("namespace", "blind_index", "valid_from", name="uq_identities_start"),
+    sa.Index("ix_identities_subject", "subject"),
+)
+
+media = sa.Table(
+    "media",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("stream", sa.String(128), nullable=False),
+    sa.Column("media_id", sa.String(128), nullable=False),
+    sa.Column("wamid", sa.String(256)),
+    sa.Column("message_key", sa.String(400), nullable=False),
+    sa.Column("subject_key_id", sa.String(400), nullable=False),
+    sa.Column("meta_sha256", sa.String(128)),  # as Meta sent it (base64 or hex)
+    sa.Column("url", sa.String(2048)),  # a direct URL from the webhook, when present
+    sa.Column("mime_type", sa.String(128)),
+    sa.Column("message_time", Ts),
+    sa.Column("state", sa.String(16), nullable=False, server_default="pending"),  # pending|stored|gap
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("next_attempt_at", Ts, nullable=False),
+    sa.Column("last_error", sa.String(200)),
+    sa.Column("object_key", sa.String(512)),
+    sa.Column("size", sa.BigInteger),
+    sa.Column("created_at", Ts, nullable=False),
+    sa.Column("updated_at", Ts, nullable=False),
+    sa.UniqueConstraint("stream", "media_id", name="uq_media_stream_id"),
+    sa.Index("ix_media_due", "state", "next_attempt_at"),
 )
 
 MIGRATIONS = Path(__file__).parent / "migrations"

@@ -12,6 +12,10 @@ class StrongroomError(Exception):
     """Root of every error raised on purpose by strongroom."""
 
 
+class RaceError(StrongroomError):
+    """Another process committed a conflicting change first; the caller rebuilds and retries."""
+
+
 class ConfigurationError(StrongroomError):
     """The service is configured in a way that would make it unsafe or unable to run."""
 

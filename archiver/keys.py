@@ -1,7 +1,8 @@
 """The key ring: per-subject data keys, stored wrapped by the KEK, cached unwrapped in memory.
 
 Key ids name what a key protects and never contain an identifier in the clear:
-``subj:<blind index>`` for a data subject (a customer's wa_id or BSUID), ``biz:<stream>`` for
+``subj:<subject id>`` for a data subject (a random id; see `archiver.identity` for which
+phone number or BSUID it was known by, and when), ``biz:<stream>`` for
 business-level records of one number, ``inbox:<YYYY-MM>`` for raw bodies waiting in the inbox,
 ``system:<name>`` for the archive's own records.
 """
@@ -17,12 +18,12 @@ import sqlalchemy as sa
 
 from archiver.crypto import KEY_SIZE, BlindIndex, Kek, decrypt, derive_content_key
 from archiver.db import data_keys
-from archiver.errors import KeyDestroyedError, StrongroomError
+from archiver.errors import KeyDestroyedError, RaceError
 from archiver.records import content_aad
 from archiver.sqlutil import insert_ignore, utcnow
 
 
-class KeyRaceError(StrongroomError):
+class KeyRaceError(RaceError):
     """Another process stored a different data key under the same id first."""
 
     def __init__(self, key_ids: list[str]) -> None:
@@ -76,14 +77,6 @@ class KeyRing:
         if lost:
             raise KeyRaceError(lost)
         new.clear()
-
-    def subject_key_id(self, namespace: str, value: str) -> str:
-        return self.key_id_for(self.blind_index(namespace, value))
-
-    @staticmethod
-    def key_id_for(blind_index: str) -> str:
-        """The data key id of the subject with this blind index."""
-        return "subj:" + blind_index
 
     def data_key(self, key_id: str, create: bool = True) -> bytes:
         """The unwrapped data key `key_id`, created on first use when `create` is set.

@@ -7,14 +7,21 @@ stays complete in the raw change. Field reference: ../shared/whatsapp-webhooks.m
 
 | field | events |
 |---|---|
-| messages | ``message`` (inbound, origin api) per message; ``status`` per status |
+| messages | ``message`` (inbound, origin api) per message; ``status`` per status; ``gap`` for 131060 |
 | smb_message_echoes | ``message`` (outbound, origin app) |
 | standby | ``message`` while Meta's AI agent holds the chat: inbound (origin api), agent replies (origin agent) |
-| history | ``message`` (origin history, direction from the sender) per thread message; ``history_error`` |
+| history | ``message`` (origin history, direction from the sender) per thread message; ``history_chunk``; ``gap`` for errors (2593109 = declined) |
 | smb_app_state_sync | ``contact_sync`` (add/remove) |
 | user_preferences | ``preference`` (marketing stop/resume) |
 | message_template_* / template_category_update | ``template_event`` |
 | account_update, phone_number_*, account_review_update, security | ``account_event`` |
+
+People are resolved through time-bounded identities (`archiver.identity`): ``conversation`` is
+the subject id, ``sender``/``recipient`` the blind-indexed number (or BSUID) used at the time.
+A system "changed number" message moves the subject to the new number from its timestamp on.
+Every media object on a message becomes a fetch job (`archiver.media`); every reference to
+another message (reply context, reaction, edit, revoke) is kept in ``ref_wamid`` so the
+reconciler can find referenced messages that were never archived.
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from archiver.records import canonical_json
 
@@ -37,13 +44,31 @@ MODELLED_MESSAGE_TYPES = frozenset({
 })
 
 
+MEDIA_TYPES = frozenset({"image", "video", "audio", "document", "sticker"})
+CHANGED_NUMBER = frozenset({"user_changed_number", "customer_changed_number"})
+# Coverage gaps WhatsApp itself reports: the content will never reach the API.
+CONTENT_WITHHELD = 131060
+HISTORY_DECLINED = 2593109
+
+
+class Person(NamedTuple):
+    bi: str | None  # blind index of the identifier used (phone, else BSUID)
+    subject: str | None
+    key_ids: list[str]
+
+
 class EventSink(Protocol):
-    def person(self, phone: Any, user_id: Any) -> tuple[str | None, str | None]: ...
+    def person(self, phone: Any, user_id: Any, at: datetime | None) -> Person: ...
+
+    def rebind(self, namespace: str, old: str, new: str, at: datetime | None, evidence: str) -> None: ...
 
     def blind(self, phone: Any) -> str | None: ...
 
     def add(self, stream: str, natural_key: str, kind: str, content: bytes, key_ids: list[str],
             **cols: Any) -> None: ...
+
+    def media(self, stream: str, media_id: str, wamid: Any, message_key: str, key_ids: list[str],
+              obj: dict[str, Any], message_time: datetime | None) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,24 +128,53 @@ def _business(value: dict[str, Any]) -> str | None:
         metadata.get("display_phone_number") else None
 
 
+def _ref(msg: dict[str, Any]) -> str | None:
+    """The wamid a message refers to: edited/revoked original, reacted-to message, or reply."""
+    for kind, name in (("edit", "original_message_id"), ("revoke", "original_message_id"),
+                       ("reaction", "message_id"), ("context", "id")):
+        obj = msg.get(kind)
+        if isinstance(obj, dict) and isinstance(obj.get(name), str):
+            return obj[name]  # type: ignore[no-any-return]
+    return None
+
+
+def _media_objects(msg: dict[str, Any]) -> list[dict[str, Any]]:
+    """Media objects of a message (or of the new version an edit carries)."""
+    found = []
+    for m in (msg, (msg.get("edit") or {}).get("message") if isinstance(msg.get("edit"), dict) else None):
+        if isinstance(m, dict) and m.get("type") in MEDIA_TYPES and isinstance(m.get(m["type"]), dict):
+            obj = m[m["type"]]
+            if isinstance(obj.get("id"), str | int) or isinstance(obj.get("url"), str):
+                found.append(obj)
+    return found
+
+
 def _message(sink: EventSink, c: Change, msg: dict[str, Any], idx: int, *, origin: str, direction: str,
              contact_phone: Any, contact_user_id: Any, contact: Any, key_prefix: str = "message",
              status: Any = None) -> bool:
-    bi, key_id = sink.person(contact_phone, contact_user_id)
+    at = parse_unix(msg.get("timestamp"))
+    p = sink.person(contact_phone, contact_user_id, at)
     business_bi = sink.blind(_business(c.value))
     mtype = msg.get("type")
     wamid = msg.get("id")
-    modelled = mtype in MODELLED_MESSAGE_TYPES and not msg.get("errors")
-    sink.add(
-        c.stream, f"{key_prefix}:{key_part(wamid)}" if wamid else f"{key_prefix}:{c.key}:{idx}", "message",
-        canonical_json({"message": msg, "contact": contact}), [key_id] if key_id else [],
-        tenant=c.tenant, field=c.field, wamid=wamid, conversation=bi, direction=direction, origin=origin,
-        sender=bi if direction == "inbound" else business_bi,
-        recipient=business_bi if direction == "inbound" else bi,
-        type=mtype, status=status, event_time=parse_unix(msg.get("timestamp")), modelled=modelled,
-    )
+    errors = msg.get("errors") if isinstance(msg.get("errors"), list) else []
+    modelled = mtype in MODELLED_MESSAGE_TYPES and not errors
+    natural_key = f"{key_prefix}:{key_part(wamid)}" if wamid else f"{key_prefix}:{c.key}:{idx}"
+    cols = dict(tenant=c.tenant, field=c.field, conversation=p.subject, direction=direction, origin=origin,
+                sender=p.bi if direction == "inbound" else business_bi,
+                recipient=business_bi if direction == "inbound" else p.bi, event_time=at)
+    sink.add(c.stream, natural_key, "message", canonical_json({"message": msg, "contact": contact}), p.key_ids,
+             wamid=wamid, ref_wamid=_ref(msg), type=mtype, status=status, modelled=modelled, **cols)
+    for obj in _media_objects(msg):
+        sink.media(c.stream, str(obj.get("id") or "url:" + key_part(obj.get("url"))), wamid, natural_key,
+                   p.key_ids, obj, at)
+    for err in errors:
+        if isinstance(err, dict) and err.get("code") == CONTENT_WITHHELD:
+            # Coexistence: WhatsApp kept this message's content in the Business App only.
+            sink.add(c.stream, f"gap:withheld:{key_part(wamid)}", "gap",
+                     canonical_json({"gap": "content_withheld", "error": err, "wamid": wamid}), p.key_ids,
+                     wamid=wamid, ref_wamid=wamid, type="content_withheld", status="permanent", **cols)
     return modelled
-
 
 def _contacts(value: dict[str, Any]) -> dict[str, Any]:
     found: dict[str, Any] = {}
@@ -138,10 +192,28 @@ def _live(sink: EventSink, c: Change, msgs: list[dict[str, Any]], contacts: dict
     modelled = True
     for idx, msg in enumerate(msgs):
         who = msg.get(phone_field) or msg.get(user_field)
+        phone, user = msg.get(phone_field), msg.get(user_field)
+        if msg.get("type") == "system" and direction == "inbound":
+            phone, user = _identity_change(sink, msg, phone, user)
         modelled &= _message(sink, c, msg, idx, origin=origin, direction=direction,
-                             contact_phone=msg.get(phone_field), contact_user_id=msg.get(user_field),
-                             contact=contacts.get(str(who)))
+                             contact_phone=phone, contact_user_id=user, contact=contacts.get(str(who)))
     return modelled
+
+
+def _identity_change(sink: EventSink, msg: dict[str, Any], phone: Any, user: Any) -> tuple[Any, Any]:
+    """Apply a system identity change; returns the identifiers the person has from now on."""
+    system = msg.get("system") if isinstance(msg.get("system"), dict) else {}
+    stype, at, evidence = system.get("type"), parse_unix(msg.get("timestamp")), f"message:{key_part(msg.get('id'))}"
+    new_phone = system.get("wa_id") or system.get("new_wa_id")
+    if stype in CHANGED_NUMBER and phone and new_phone:
+        sink.rebind("wa", str(phone), str(new_phone), at, evidence)
+        return new_phone, user
+    previous = system.get("previous_user_id")
+    new_user = user or system.get("user_id")
+    if stype == "user_changed_user_id" and previous and new_user:
+        sink.rebind("bsuid", str(previous), str(new_user), at, evidence)
+        return phone, new_user
+    return phone, user
 
 
 @handles("messages")
@@ -153,13 +225,13 @@ def messages(sink: EventSink, c: Change) -> bool:
     modelled &= _live(sink, c, msgs, contacts, origin="api", direction="inbound")
     business_bi = sink.blind(_business(c.value))
     for st in sts:
-        bi, key_id = sink.person(st.get("recipient_id"), st.get("recipient_user_id"))
         wamid, status, ts = st.get("id"), st.get("status"), st.get("timestamp")
+        p = sink.person(st.get("recipient_id"), st.get("recipient_user_id"), parse_unix(ts))
         sink.add(
             c.stream, f"status:{key_part(wamid)}:{key_part(status)}:{key_part(ts)}", "status",
-            canonical_json({"status": st}), [key_id] if key_id else [], tenant=c.tenant, field=c.field,
-            wamid=wamid, conversation=bi, direction="outbound", origin="api", sender=business_bi, recipient=bi,
-            status=status, event_time=parse_unix(ts),
+            canonical_json({"status": st}), p.key_ids, tenant=c.tenant, field=c.field,
+            wamid=wamid, conversation=p.subject, direction="outbound", origin="api", sender=business_bi,
+            recipient=p.bi, status=status, event_time=parse_unix(ts),
         )
     return modelled
 
@@ -193,10 +265,19 @@ def history(sink: EventSink, c: Change) -> bool:
     chunks, ok = _items(c.value, "history")
     modelled = ok and _only(c.value, "history", "messages")
     for n, chunk in enumerate(chunks):
+        meta = chunk.get("metadata") if isinstance(chunk.get("metadata"), dict) else {}
         for err in chunk.get("errors") or []:
-            sink.add(c.stream, f"history_error:{c.key}:{n}:{key_part(err.get('code'))}", "history_error",
-                     canonical_json({"error": err, "metadata": chunk.get("metadata")}), [], tenant=c.tenant,
-                     field=c.field, type=str(err.get("code")), event_time=c.entry_time)
+            code = err.get("code") if isinstance(err, dict) else None
+            gap = "history_declined" if code == HISTORY_DECLINED else f"history_error:{key_part(code)}"
+            # A declined share is the backfill's terminal state: no history will ever arrive.
+            sink.add(c.stream, f"gap:{gap}:{c.key}:{n}", "gap",
+                     canonical_json({"gap": gap, "error": err, "metadata": meta}), [], tenant=c.tenant,
+                     field=c.field, type=gap, status="permanent", event_time=c.entry_time)
+        if "chunk_order" in meta or "progress" in meta:
+            phase, order, progress = meta.get("phase"), meta.get("chunk_order"), meta.get("progress")
+            sink.add(c.stream, f"history_chunk:{key_part(phase)}:{key_part(order)}:{c.key}", "history_chunk",
+                     canonical_json({"metadata": meta}), [], tenant=c.tenant, field=c.field,
+                     type=f"phase:{phase}", status=f"chunk:{order}:progress:{progress}", event_time=c.entry_time)
         threads = chunk.get("threads") or []
         for thread in threads if isinstance(threads, list) else []:
             if not isinstance(thread, dict):
@@ -211,7 +292,7 @@ def history(sink: EventSink, c: Change) -> bool:
                     if isinstance(msg.get("history_context"), dict) else None
                 modelled &= _message(sink, c, msg, idx, origin="history",
                                      direction="outbound" if outbound else "inbound", contact_phone=thread.get("id"),
-                                     contact_user_id=None, contact=None, key_prefix="history", status=status)
+                                     contact_user_id=None, contact=None, status=status)
     # Media follow-ups for placeholders arrive on field `history` as `value.messages[]`.
     msgs, ok_m = _items(c.value, "messages")
     for idx, msg in enumerate(msgs):
@@ -229,13 +310,12 @@ def state_sync(sink: EventSink, c: Change) -> bool:
     modelled = ok and _only(c.value, "state_sync")
     for item in items:
         contact = item.get("contact") if isinstance(item.get("contact"), dict) else {}
-        phone = contact.get("phone_number")
-        bi, key_id = sink.person(phone, None)
         ts = (item.get("metadata") or {}).get("timestamp") if isinstance(item.get("metadata"), dict) else None
+        p = sink.person(contact.get("phone_number"), None, parse_unix(ts))
         action = item.get("action")
-        sink.add(c.stream, f"contact_sync:{key_part(bi)}:{key_part(action)}:{key_part(ts)}", "contact_sync",
-                 canonical_json({"state_sync": item}), [key_id] if key_id else [], tenant=c.tenant, field=c.field,
-                 conversation=bi, recipient=bi, origin="app", type=item.get("type"), status=action,
+        sink.add(c.stream, f"contact_sync:{key_part(p.bi)}:{key_part(action)}:{key_part(ts)}", "contact_sync",
+                 canonical_json({"state_sync": item}), p.key_ids, tenant=c.tenant, field=c.field,
+                 conversation=p.subject, recipient=p.bi, origin="app", type=item.get("type"), status=action,
                  event_time=parse_unix(ts), modelled=action in ("add", "remove"))
         modelled &= action in ("add", "remove")
     return modelled
@@ -245,11 +325,11 @@ def state_sync(sink: EventSink, c: Change) -> bool:
 def preferences(sink: EventSink, c: Change) -> bool:
     items, ok = _items(c.value, "user_preferences")
     for item in items:
-        bi, key_id = sink.person(item.get("wa_id"), item.get("user_id"))
         category, value, ts = item.get("category"), item.get("value"), item.get("timestamp")
-        sink.add(c.stream, f"preference:{key_part(bi)}:{key_part(category)}:{key_part(value)}:{key_part(ts)}",
-                 "preference", canonical_json({"preference": item}), [key_id] if key_id else [],
-                 tenant=c.tenant, field=c.field, conversation=bi, sender=bi, type=category, status=value,
+        p = sink.person(item.get("wa_id"), item.get("user_id"), parse_unix(ts))
+        sink.add(c.stream, f"preference:{key_part(p.bi)}:{key_part(category)}:{key_part(value)}:{key_part(ts)}",
+                 "preference", canonical_json({"preference": item}), p.key_ids,
+                 tenant=c.tenant, field=c.field, conversation=p.subject, sender=p.bi, type=category, status=value,
                  event_time=parse_unix(ts))
     return ok and _only(c.value, "user_preferences")
 
@@ -290,9 +370,4 @@ def subjects_of(sink: EventSink, value: dict[str, Any]) -> list[str]:
     for item in _items(value, "state_sync")[0]:
         contact = item.get("contact")
         people += [(contact.get("phone_number"), None)] if isinstance(contact, dict) else []
-    keys = []
-    for phone, user_id in people:
-        _, key_id = sink.person(phone, user_id)
-        if key_id:
-            keys.append(key_id)
-    return keys
+    return [k for phone, user_id in people for k in sink.person(phone, user_id, None).key_ids]

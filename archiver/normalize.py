@@ -30,11 +30,13 @@ import structlog
 
 from archiver import failpoints
 from archiver.crypto import encrypt
-from archiver.db import events, inbox
+from archiver.db import events, inbox, media
+from archiver.errors import RaceError
+from archiver.identity import IdentityBook, from_us, subject_key_id, to_us
 from archiver.inbox import Inbox
 from archiver.jsonspans import SpanError, change_spans, split_pieces
-from archiver.keys import KeyRaceError, KeyRing
-from archiver.kinds import HANDLERS, Change, parse_unix, subjects_of
+from archiver.keys import KeyRing
+from archiver.kinds import HANDLERS, Change, Person, parse_unix, subjects_of
 from archiver.records import canonical_json, content_aad
 from archiver.sqlutil import as_utc, insert_ignore, utcnow
 
@@ -55,25 +57,39 @@ def stream_for(change_value: dict[str, Any], entry_id: Any) -> str:
     return candidate if _STREAM_ID.fullmatch(candidate) else UNROUTED
 
 
-class _Builder:
-    """Collects the events of one body; encrypts content as each event is added."""
+class EventBuilder:
+    """Collects the events (and media jobs) of one body; encrypts content as each event is added.
 
-    def __init__(self, keyring: KeyRing, inbox_id: int | None, body_sha: str, received_at: datetime) -> None:
+    Also used outside normalisation (reconciliation, media, reports) to append system events.
+    """
+
+    def __init__(self, keyring: KeyRing, inbox_id: int | None, body_sha: str | None, received_at: datetime,
+                 identities: IdentityBook | None = None) -> None:
         self.keyring = keyring
+        self.identities = identities
         self.inbox_id = inbox_id
         self.body_sha = body_sha
         self.received_at = received_at
+        self.evidence = ""  # natural key of the change being typed (why an identity was bound)
         self.rows: list[dict[str, Any]] = []
+        self.media_jobs: list[dict[str, Any]] = []
 
-    def person(self, phone: Any, user_id: Any) -> tuple[str | None, str | None]:
-        """(blind index, data key id) of a WhatsApp user known by phone and/or BSUID."""
-        if phone:
-            bi = self.keyring.blind_index("wa", str(phone))
-        elif user_id:
-            bi = self.keyring.blind_index("bsuid", str(user_id))
-        else:
-            return None, None
-        return bi, self.keyring.key_id_for(bi)
+    def person(self, phone: Any, user_id: Any, at: datetime | None) -> Person:
+        """A WhatsApp user known by phone and/or BSUID at `at`: blind index, subject, key ids."""
+        ids = [(ns, self.keyring.blind_index(ns, str(v)), str(v))
+               for ns, v in (("wa", phone), ("bsuid", user_id)) if v]
+        if not ids:
+            return Person(None, None, [])
+        if self.identities is None:
+            raise RuntimeError("this builder resolves no people (no identity book)")
+        subjects = self.identities.subjects(ids, to_us(at or self.received_at), self.evidence)
+        return Person(ids[0][1], subjects[0], [subject_key_id(s) for s in subjects])
+
+    def rebind(self, namespace: str, old: str, new: str, at: datetime | None, evidence: str) -> None:
+        assert self.identities is not None
+        self.identities.rebind(namespace, (self.keyring.blind_index(namespace, old), old),
+                               (self.keyring.blind_index(namespace, new), new), to_us(at or self.received_at),
+                               evidence)
 
     def blind(self, phone: Any) -> str | None:
         return self.keyring.blind_index("wa", str(phone)) if phone else None
@@ -98,19 +114,51 @@ class _Builder:
         )
         self.rows.append(row)
 
+    def media(self, stream: str, media_id: str, wamid: Any, message_key: str, key_ids: list[str],
+              obj: dict[str, Any], message_time: datetime | None) -> None:
+        """Queue an attachment for the media fetcher (stored with this batch's events)."""
+        sha, url, mime = obj.get("sha256"), obj.get("url"), obj.get("mime_type")
+        self.media_jobs.append({
+            "stream": stream, "media_id": media_id[:128], "wamid": wamid if isinstance(wamid, str) else None,
+            "message_key": message_key, "subject_key_id": ",".join(sorted(set(key_ids)) or [f"biz:{stream}"]),
+            "meta_sha256": sha if isinstance(sha, str) and len(sha) <= 128 else None,
+            "url": url if isinstance(url, str) and len(url) <= 2048 else None,
+            "mime_type": mime if isinstance(mime, str) and len(mime) <= 128 else None,
+            "message_time": message_time, "state": "pending", "attempts": 0,
+            "next_attempt_at": self.received_at, "created_at": self.received_at, "updated_at": self.received_at,
+        })
 
-def unparsed(keyring: KeyRing, body: bytes, inbox_id: int | None, received_at: datetime) -> list[dict[str, Any]]:
+    def seal_identity_changes(self, stream: str) -> None:
+        """One sealed `identity` record per binding made or ended (the mapping's evidence)."""
+        if self.identities is None:
+            return
+        for ch in self.identities.drain():
+            b = ch.binding
+            start, end = from_us(b.valid_from), from_us(b.valid_to)
+            nk = f"identity:{b.namespace}:{b.blind_index}:{b.valid_from}:{ch.action}"
+            if ch.action == "ended":
+                nk += f":{b.valid_to}"
+            body = {"action": ch.action, "namespace": b.namespace, "identifier": ch.identifier,
+                    "subject": b.subject, "valid_from": start.isoformat() if start else None,
+                    "valid_to": end.isoformat() if end else None, "evidence": b.evidence}
+            self.add(stream, nk, "identity", canonical_json(body), [subject_key_id(b.subject)],
+                     conversation=b.subject, sender=b.blind_index, type=b.namespace, status=ch.action,
+                     event_time=(end if ch.action == "ended" else start) or self.received_at)
+
+
+def unparsed(keyring: KeyRing, body: bytes, inbox_id: int | None, received_at: datetime) -> EventBuilder:
     """The whole body as one flagged record on the `unrouted` stream."""
     body_sha = hashlib.sha256(body).hexdigest()
-    b = _Builder(keyring, inbox_id, body_sha, received_at)
+    b = EventBuilder(keyring, inbox_id, body_sha, received_at)
     b.add(UNROUTED, f"unparsed:{body_sha}", "unparsed", body, ["system:unrouted"], modelled=False)
-    return b.rows
+    return b
 
 
-def build_events(keyring: KeyRing, body: bytes, inbox_id: int | None, received_at: datetime) -> list[dict[str, Any]]:
-    """Every event of one raw body (content already encrypted)."""
+def build_events(keyring: KeyRing, identities: IdentityBook, body: bytes, inbox_id: int | None,
+                 received_at: datetime) -> EventBuilder:
+    """Every event (and media job) of one raw body, content already encrypted."""
     body_sha = hashlib.sha256(body).hexdigest()
-    b = _Builder(keyring, inbox_id, body_sha, received_at)
+    b = EventBuilder(keyring, inbox_id, body_sha, received_at, identities)
     try:
         text = body.decode("utf-8")
         doc = json.loads(text)
@@ -130,17 +178,24 @@ def build_events(keyring: KeyRing, body: bytes, inbox_id: int | None, received_a
         tenant = str(entry.get("id")) if entry.get("id") is not None else None
         stream = stream_for(value, tenant)
         change_key = hashlib.sha256(raw).hexdigest()
-        typed_from = len(b.rows)
+        typed_from, media_from = len(b.rows), len(b.media_jobs)
         handler = HANDLERS.get(field) if isinstance(field, str) else None
+        b.evidence = f"change:{change_key}"
         try:
             change_ctx = Change(stream, tenant, str(field), value, change_key, parse_unix(entry.get("time")))
             modelled = handler(b, change_ctx) if handler else False
+            typed = b.rows[typed_from:]
         except (AttributeError, TypeError, ValueError):
             # A shape we do not understand: drop the partial typing, keep the exact change.
-            del b.rows[typed_from:]
-            modelled = False
+            del b.rows[typed_from:], b.media_jobs[media_from:]
+            modelled, typed = False, []
+        # The raw change is about every person in it: the typed events' subjects (resolved at
+        # their own times), or everyone it mentions when nothing could be typed.
+        subjects = {k for r in typed for k in r["subject_key_id"].split(",") if k.startswith("subj:")}
+        subjects |= set() if typed else set(subjects_of(b, value))
+        b.seal_identity_changes(stream)
         b.add(
-            stream, f"change:{change_key}", "change", raw, subjects_of(b, value),
+            stream, f"change:{change_key}", "change", raw, sorted(subjects),
             tenant=tenant, field=str(field) if field is not None else None,
             event_time=parse_unix(entry.get("time")), modelled=modelled,
         )
@@ -149,7 +204,7 @@ def build_events(keyring: KeyRing, body: bytes, inbox_id: int | None, received_a
     skeleton = canonical_json({"body_sha256": body_sha, "pieces": split_pieces(text, spans), "changes": order})
     for stream in sorted({c["stream"] for c in order}) or [UNROUTED]:
         b.add(stream, f"envelope:{body_sha}", "envelope", skeleton, [], modelled=bool(spans))
-    return b.rows
+    return b
 
 
 class Normalizer:
@@ -159,6 +214,7 @@ class Normalizer:
         self.engine = engine
         self.keyring = keyring
         self.inbox_reader = inbox_reader
+        self.identities = IdentityBook(engine)
 
     def run_once(self, limit: int = 200) -> int:
         """Normalise up to `limit` pending bodies. Returns how many were processed.
@@ -181,30 +237,37 @@ class Normalizer:
             try:
                 self._normalize(rows)
                 break
-            except KeyRaceError:
+            except RaceError:
                 if attempt == 2:
                     raise
         return len(rows)
 
-    def _build_one(self, row: sa.Row) -> list[dict[str, Any]]:  # type: ignore[type-arg]
+    def _build_one(self, row: sa.Row) -> EventBuilder:  # type: ignore[type-arg]
         body = self.inbox_reader.read_body(row)
         received_at = as_utc(row.received_at)
         assert received_at is not None
         try:
-            return build_events(self.keyring, body, row.id, received_at)
+            return build_events(self.keyring, self.identities, body, row.id, received_at)
         except (AttributeError, TypeError, ValueError, KeyError, IndexError, RecursionError) as e:
             # Whatever went wrong, the signed body is archived whole and flagged, never dropped.
             log.error("normalize.unparseable", inbox_id=row.id, error=type(e).__name__)
             return unparsed(self.keyring, body, row.id, received_at)
 
     def _normalize(self, rows: list[sa.Row]) -> None:  # type: ignore[type-arg]
+        self.identities.begin()
         with self.keyring.deferred():
             built = [self._build_one(row) for row in rows]
             failpoints.hit("normalize.before_commit")
-            with self.engine.begin() as conn:
-                self.keyring.store_new(conn)  # new subjects' keys commit with their first events
-                insert_ignore(conn, events, [ev for evs in built for ev in evs])
-                conn.execute(
-                    sa.update(inbox).where(inbox.c.id.in_([r.id for r in rows]), inbox.c.state == "pending")
-                    .values(state="normalized", normalized_at=utcnow())
-                )
+            try:
+                with self.engine.begin() as conn:
+                    self.keyring.store_new(conn)  # new subjects' keys commit with their first events
+                    self.identities.store(conn)  # and so do their identity bindings
+                    insert_ignore(conn, events, [ev for b in built for ev in b.rows])
+                    insert_ignore(conn, media, [job for b in built for job in b.media_jobs])
+                    conn.execute(
+                        sa.update(inbox).where(inbox.c.id.in_([r.id for r in rows]), inbox.c.state == "pending")
+                        .values(state="normalized", normalized_at=utcnow())
+                    )
+            except BaseException:
+                self.identities.discard()
+                raise

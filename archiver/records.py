@@ -32,6 +32,7 @@ COLUMNS: dict[str, tuple[str, pa.DataType]] = {
     "tenant": ("str", pa.string()),
     "field": ("str", pa.string()),
     "wamid": ("str", pa.string()),
+    "ref_wamid": ("str", pa.string()),
     "conversation": ("str", pa.string()),
     "direction": ("str", pa.string()),
     "origin": ("str", pa.string()),

@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 
 import pytest
 
+from archiver.identity import IdentityBook
 from archiver.normalize import build_events
 from strongroom.runtime import Archive
 
@@ -24,12 +25,14 @@ CASES: dict[str, list[T]] = {
     "echo_edit": [("message", "app", "outbound", "edit", None, True)],
     "echo_revoke": [("message", "app", "outbound", "revoke", None, True)],
     "inbound_edit": [("message", "api", "inbound", "edit", None, True)],
-    "unsupported_131060": [("message", "api", "inbound", "unsupported", None, False)],
-    "history_chunk": [("message", "history", "outbound", "text", "READ", True),
+    "unsupported_131060": [("message", "api", "inbound", "unsupported", None, False),
+                           ("gap", "api", "inbound", "content_withheld", "permanent", True)],
+    "history_chunk": [("history_chunk", None, None, "phase:0", "chunk:1:progress:55", True),
+                      ("message", "history", "outbound", "text", "READ", True),
                       ("message", "history", "outbound", "media_placeholder", "PLAYED", True),
                       ("message", "history", "inbound", "text", "READ", True)],
     "history_media": [("message", "history", "inbound", "image", None, True)],
-    "history_declined": [("history_error", None, None, "2593109", None, True)],
+    "history_declined": [("gap", None, None, "history_declined", "permanent", True)],
     "state_sync_add": [("contact_sync", "app", None, "contact", "add", True)],
     "state_sync_remove": [("contact_sync", "app", None, "contact", "remove", True)],
     "user_preferences_stop": [("preference", None, None, "marketing_messages", "stop", True)],
@@ -45,11 +48,15 @@ CASES: dict[str, list[T]] = {
 }
 
 
+def _rows(archive: Archive, body: bytes) -> list[dict]:  # type: ignore[type-arg]
+    return build_events(archive.keyring, IdentityBook(archive.engine), body, None, NOW).rows
+
+
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_typed_events(archive: Archive, webhook_body: Callable[[str], bytes], name: str) -> None:
-    rows = build_events(archive.keyring, webhook_body(name), None, NOW)
+    rows = _rows(archive, webhook_body(name))
     typed = [(r["kind"], r["origin"], r["direction"], r["type"], r["status"], r["modelled"])
-             for r in rows if r["kind"] not in ("change", "envelope")]
+             for r in rows if r["kind"] not in ("change", "envelope", "identity")]
     assert typed == CASES[name]
     changes = [r for r in rows if r["kind"] == "change"]
     assert len(changes) == 1
@@ -57,28 +64,34 @@ def test_typed_events(archive: Archive, webhook_body: Callable[[str], bytes], na
     assert len({r["natural_key"] for r in rows}) == len(rows)
 
 
-def test_history_is_never_live_capture_and_keys_apart_from_live_messages(
+def test_history_is_never_live_capture_but_is_the_same_message(
     archive: Archive, webhook_body: Callable[[str], bytes]
 ) -> None:
-    rows = build_events(archive.keyring, webhook_body("history_chunk"), None, NOW)
+    rows = _rows(archive, webhook_body("history_chunk"))
     msgs = [r for r in rows if r["kind"] == "message"]
     assert {r["origin"] for r in msgs} == {"history"}
-    assert all(r["natural_key"].startswith("history:") for r in msgs)
+    # keyed like live messages: a message seen live (echo) and again in the import is one record
+    assert all(r["natural_key"] == f"message:{r['wamid']}" for r in msgs)
 
 
 def test_people_are_blind_indexed_and_keyed_by_subject(archive: Archive, webhook_body: Callable[[str], bytes]) -> None:
     ks = archive.keyring
+    person = ks.blind_index("wa", "16505551234")
     for name in ("echo_text", "state_sync_add", "user_preferences_stop", "history_chunk"):
-        rows = build_events(ks, webhook_body(name), None, NOW)
-        typed = [r for r in rows if r["kind"] not in ("change", "envelope")]
+        rows = _rows(archive, webhook_body(name))
+        typed = [r for r in rows if r["kind"] not in ("change", "envelope", "history_chunk")]
         assert typed
+        subjects = {r["conversation"] for r in typed}
+        assert len(subjects) == 1 and None not in subjects, name
         for r in typed:
-            assert r["conversation"] == ks.blind_index("wa", "16505551234"), name
-            assert r["subject_key_id"] == ks.subject_key_id("wa", "16505551234"), name
+            assert r["subject_key_id"] == "subj:" + r["conversation"], name
+            if r["kind"] != "identity":  # identity records name each identifier (phone and BSUID)
+                assert person in (r["sender"], r["recipient"]), name
+        assert ks.blind_index("wa", "+1 650-555-1234") == person  # phone formatting does not matter
         assert b"16505551234" not in b"".join(str(v).encode() for r in rows for k, v in r.items() if k != "content")
 
 
 def test_business_level_events_use_the_business_key(archive: Archive, webhook_body: Callable[[str], bytes]) -> None:
-    rows = build_events(archive.keyring, webhook_body("template_rejected"), None, NOW)
+    rows = _rows(archive, webhook_body("template_rejected"))
     assert {r["stream"] for r in rows} == {"waba-102290129340398"}
     assert {r["subject_key_id"] for r in rows} == {"biz:waba-102290129340398"}

@@ -12,6 +12,7 @@ import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
 from archiver.db import events, inbox
+from archiver.identity import IdentityBook
 from archiver.jsonspans import join_pieces
 from archiver.merkle import verify_consistency, verify_inclusion
 from archiver.proofs import ProofService
@@ -85,7 +86,8 @@ def test_signed_webhook_is_sealed_verified_queryable_and_never_plaintext(
     plain = archive.keyring.open_content(row["stream"], row["natural_key"], row["subject_key_id"],
                                          row["nonce"], row["content"])
     assert json.loads(plain)["message"]["text"]["body"] == CANARY
-    assert row["subject_key_id"] == archive.keyring.subject_key_id("wa", "16505550199")
+    subject = IdentityBook(archive.engine).at("wa", archive.keyring.blind_index("wa", "16505550199"))
+    assert row["subject_key_id"] == "subj:" + subject
 
     # one record per event despite the redelivery; unknown fields kept and flagged
     recs = _records(archive)

@@ -146,6 +146,12 @@ class EventBuilder:
                      event_time=(end if ch.action == "ended" else start) or self.received_at)
 
 
+def append_events(conn: sa.Connection, *builders: EventBuilder) -> None:
+    """Insert the events (and media jobs) of `builders` on `conn`'s transaction, idempotently."""
+    insert_ignore(conn, events, [ev for b in builders for ev in b.rows])
+    insert_ignore(conn, media, [job for b in builders for job in b.media_jobs])
+
+
 def unparsed(keyring: KeyRing, body: bytes, inbox_id: int | None, received_at: datetime) -> EventBuilder:
     """The whole body as one flagged record on the `unrouted` stream."""
     body_sha = hashlib.sha256(body).hexdigest()
@@ -262,8 +268,7 @@ class Normalizer:
                 with self.engine.begin() as conn:
                     self.keyring.store_new(conn)  # new subjects' keys commit with their first events
                     self.identities.store(conn)  # and so do their identity bindings
-                    insert_ignore(conn, events, [ev for b in built for ev in b.rows])
-                    insert_ignore(conn, media, [job for b in built for job in b.media_jobs])
+                    append_events(conn, *built)
                     conn.execute(
                         sa.update(inbox).where(inbox.c.id.in_([r.id for r in rows]), inbox.c.state == "pending")
                         .values(state="normalized", normalized_at=utcnow())

@@ -7,6 +7,7 @@ import secrets
 import sys
 import threading
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import TextIO
 
 import sqlalchemy as sa
@@ -17,6 +18,7 @@ from archiver import crypto
 from archiver.db import make_engine, migrate, streams
 from archiver.inbox import Inbox
 from archiver.keys import KeyRing
+from archiver.media import GraphClient, MediaFetcher, MediaPolicy
 from archiver.normalize import Normalizer
 from archiver.objectstore import S3ObjectStore
 from archiver.sealer import Sealer
@@ -87,6 +89,14 @@ class Archive:
     def normalizer(self) -> Normalizer:
         return Normalizer(self.engine, self.keyring, self.inbox)
 
+    def media_fetcher(self) -> MediaFetcher:
+        token = self.settings.graph_token_value()
+        graph = GraphClient(self.settings.graph_base_url, token) if token else None
+        policy = MediaPolicy(max_attempts=self.settings.media_max_attempts,
+                             retry_base=timedelta(seconds=self.settings.media_retry_base_seconds))
+        return MediaFetcher(self.engine, self.store, self.keyring, graph, self.retention.retain_until, policy,
+                            concurrency=self.settings.media_concurrency)
+
     def sealer(self) -> Sealer:
         return Sealer(self.engine, self.store, self.signing_key, self.retention.retain_until,
                       batch_max=self.settings.seal_batch_max)
@@ -103,10 +113,16 @@ class Archive:
         return QueryEngine(S3Location(self.store.bucket, self.store.endpoint_url, ak, sk, self.store.region))
 
     def process_pending(self) -> int:
-        """Normalise every pending inbox body, then seal everything. Returns records sealed."""
+        """Normalise every pending inbox body, fetch due media, then seal. Returns records sealed."""
         normalizer = self.normalizer()
         while normalizer.run_once():
             pass
+        fetcher = self.media_fetcher()
+        try:
+            while fetcher.run_once():
+                pass
+        finally:
+            fetcher.close()
         return self.sealer().seal_all()
 
     def close(self) -> None:

@@ -33,6 +33,18 @@ class Settings(BaseSettings):
     verify_token: SecretStr | None = None
     verify_token_file: Path | None = None
 
+    # Graph API for media downloads (the token is a system-user access token).
+    graph_base_url: str = "https://graph.facebook.com/v23.0"
+    graph_token: SecretStr | None = None
+    graph_token_file: Path | None = None
+    media_max_attempts: int = 8
+    media_retry_base_seconds: float = 30.0
+    media_concurrency: int = 4
+
+    # Completeness: reconciliation grace, and when app-side silence warns (the app unlinks at ~14 days).
+    reconcile_grace_seconds: float = 900.0
+    app_silence_warning_days: float = 12.0
+
     kek_file: Path | None = None
     signing_key_file: Path | None = None
     blind_index_key_file: Path | None = None
@@ -67,6 +79,14 @@ class Settings(BaseSettings):
         explicit = {"kek": self.kek_file, "signing": self.signing_key_file, "blind_index": self.blind_index_key_file}
         default = {"kek": "kek.key", "signing": "signing-ed25519.pem", "blind_index": "blind-index.key"}
         return explicit[name] or self.keys_dir / default[name]
+
+    def graph_token_value(self) -> str | None:
+        """The Graph API token from its variable or file; None when media fetching is not configured."""
+        if self.graph_token is not None and self.graph_token.get_secret_value():
+            return self.graph_token.get_secret_value()
+        if self.graph_token_file is not None:
+            return self.graph_token_file.read_text().strip()
+        return None
 
     def secret(self, name: Literal["app_secret", "verify_token"]) -> str:
         """A secret from its variable, else its *_FILE, else the embedded default file."""

@@ -35,7 +35,7 @@ from archiver.crypto import NONCE_SIZE, decrypt, encrypt
 from archiver.db import media
 from archiver.errors import ObjectExistsError, StrongroomError
 from archiver.keys import KeyRing
-from archiver.normalize import EventBuilder, append_events
+from archiver.normalize import append_events, system_builder
 from archiver.objectstore import ObjectStore
 from archiver.records import canonical_json
 from archiver.sqlutil import as_utc, utcnow
@@ -240,7 +240,7 @@ class MediaFetcher:
     def _finish(self, job: sa.Row, state: str, kind: str, natural_key: str, record: dict[str, Any],  # type: ignore[type-arg]
                 key_ids: list[str], **values: Any) -> None:
         now = utcnow()
-        b = EventBuilder(self.keyring, None, None, now)
+        b = system_builder(self.keyring, now)
         b.add(job.stream, natural_key, kind, canonical_json(record), key_ids, wamid=job.wamid, ref_wamid=job.wamid,
               type="media_unavailable" if kind == "gap" else job.mime_type,
               status="permanent" if kind == "gap" else "stored",

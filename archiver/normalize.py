@@ -42,6 +42,8 @@ from archiver.sqlutil import as_utc, insert_ignore, utcnow
 
 log = structlog.get_logger("strongroom.normalize")
 UNROUTED = "unrouted"
+AUDIT_STREAM = "audit"  # the archive's own records: access audit, completeness reports, certificates
+AUDIT_KEY = "system:audit"
 _STREAM_ID = re.compile(r"[A-Za-z0-9._-]{1,100}")
 EVENT_COLUMNS = [c.name for c in events.columns if c.name not in ("id", "seq", "segment_id")]
 # Typed columns filled from webhook values, with the longest value each may hold.
@@ -144,6 +146,11 @@ class EventBuilder:
             self.add(stream, nk, "identity", canonical_json(body), [subject_key_id(b.subject)],
                      conversation=b.subject, sender=b.blind_index, type=b.namespace, status=ch.action,
                      event_time=(end if ch.action == "ended" else start) or self.received_at)
+
+
+def system_builder(keyring: KeyRing, now: datetime | None = None) -> EventBuilder:
+    """A builder for events the archive writes itself (no inbox body behind them)."""
+    return EventBuilder(keyring, None, None, now or utcnow())
 
 
 def append_events(conn: sa.Connection, *builders: EventBuilder) -> None:

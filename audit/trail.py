@@ -9,29 +9,22 @@ from __future__ import annotations
 
 from typing import Any
 
-import rfc8785
 import sqlalchemy as sa
 from ulid import ULID
 
-from archiver.crypto import encrypt
-from archiver.db import events
 from archiver.keys import KeyRing
-from archiver.records import content_aad
-from archiver.sqlutil import utcnow
+from archiver.normalize import AUDIT_KEY, AUDIT_STREAM, append_events, system_builder
+from archiver.records import canonical_json
 
-AUDIT_STREAM = "audit"
-AUDIT_KEY = "system:audit"
+__all__ = ["AUDIT_KEY", "AUDIT_STREAM", "record"]
 
 
 def record(engine: sa.Engine, keyring: KeyRing, action: str, actor: str, details: dict[str, Any]) -> str:
     """Append one audit event; it is sealed with the next sealing run. Returns its natural key."""
     natural_key = f"audit:{ULID()}"
-    now = utcnow()
-    body = rfc8785.dumps({"action": action, "actor": actor, "at": now.isoformat(), "details": details})
-    nonce, ciphertext = encrypt(keyring.data_key(AUDIT_KEY), body, content_aad(AUDIT_STREAM, natural_key))
+    b = system_builder(keyring)
+    body = canonical_json({"action": action, "actor": actor, "at": b.received_at.isoformat(), "details": details})
+    b.add(AUDIT_STREAM, natural_key, "audit", body, [AUDIT_KEY], type=action, event_time=b.received_at)
     with engine.begin() as conn:
-        conn.execute(sa.insert(events).values(
-            stream=AUDIT_STREAM, natural_key=natural_key, kind="audit", type=action, received_at=now,
-            event_time=now, modelled=True, subject_key_id=AUDIT_KEY, nonce=nonce, content=ciphertext,
-        ))
+        append_events(conn, b)
     return natural_key

@@ -1,4 +1,4 @@
-"""`strongroom …` — serve, seal, verify, query, keys."""
+"""`strongroom …` — serve, seal, verify, query, completeness, keys."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ import signal
 import subprocess
 import sys
 import threading
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import structlog
 import typer
@@ -224,6 +225,56 @@ def query(
             table.add_row(*[str(_jsonable(v)) if isinstance(v, bytes) else str(v) for v in row])
         out.print(table)
         out.print(f"{len(result.rows)} rows")
+
+
+@app.command()
+def completeness(
+    day: Annotated[str | None, typer.Option(help="UTC day YYYY-MM-DD (default: yesterday).")] = None,
+    stream: Annotated[list[str] | None, typer.Option(help="Only these streams (phone number ids).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the reports as JSON.")] = False,
+) -> None:
+    """Reconcile one day: record gaps (unarchived references, missing history chunks, disconnects,
+    app silence), seal the completeness report on the audit stream, and print it.
+
+    Exit status 0 when every stream is complete for the day, 1 when any gap or warning is open.
+    """
+    try:
+        the_day = date.fromisoformat(day) if day else datetime.now(UTC).date() - timedelta(days=1)
+    except ValueError as e:
+        err.print(f"[red]error:[/red] --day must be YYYY-MM-DD, got {day!r}")
+        raise typer.Exit(2) from e
+    archive = _open()
+    try:
+        archive.process_pending()  # reconcile against everything already received
+        reports = [r.as_dict() for r in archive.reconciler().run(the_day, streams=stream)]
+        trail.record(archive.engine, archive.keyring, "completeness", _actor(),
+                     {"day": the_day.isoformat(), "streams": [r["stream"] for r in reports]})
+        archive.sealer().seal_all()
+    finally:
+        archive.close()
+    if as_json:
+        sys.stdout.write(json.dumps(reports, indent=2, default=str) + "\n")
+    else:
+        _print_completeness(the_day, reports)
+    raise typer.Exit(0 if all(r["complete"] for r in reports) else 1)
+
+
+def _print_completeness(day: date, reports: list[dict[str, Any]]) -> None:
+    table = Table("stream", "complete", "messages", "statuses", "media", "gaps (day)", "open gaps", "warnings",
+                  title=f"completeness {day.isoformat()}")
+    for r in reports:
+        table.add_row(r["stream"], "yes" if r["complete"] else "[red]no[/red]",
+                      " ".join(f"{k}={v}" for k, v in r["counts"].items()) or "-",
+                      str(sum(r["statuses"].values())), " ".join(f"{k}={v}" for k, v in r["media"].items()) or "-",
+                      str(len(r["gaps_in_day"])), str(r["open_gaps"]), str(len(r["warnings"])))
+    out.print(table)
+    for r in reports:
+        for g in r["gaps_opened"] + r["gaps_closed"]:
+            out.print(f"{r['stream']}: {g['gap']} {g['natural_key']}")
+        for w in r["warnings"]:
+            out.print(f"[yellow]{r['stream']}: warning {w['warning']} (last app activity {w['last_app_activity']})")
+    out.print("coverage limits of coexistence: " + ", ".join(sorted(reports[0]["coverage_limits"])) if reports
+              else "no activity that day")
 
 
 def _jsonable(v: object) -> object:

@@ -7,7 +7,7 @@ import secrets
 import sys
 import threading
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import TextIO
 
 import sqlalchemy as sa
@@ -24,6 +24,7 @@ from archiver.objectstore import S3ObjectStore
 from archiver.sealer import Sealer
 from audit.query import QueryEngine, S3Location
 from audit.verify import Verifier
+from policies.completeness import Reconciler
 from policies.retention import RetentionPolicy
 from strongroom.embedded import EmbeddedSeaweedFS
 from strongroom.settings import Settings
@@ -96,6 +97,10 @@ class Archive:
                              retry_base=timedelta(seconds=self.settings.media_retry_base_seconds))
         return MediaFetcher(self.engine, self.store, self.keyring, graph, self.retention.retain_until, policy,
                             concurrency=self.settings.media_concurrency)
+
+    def reconciler(self) -> Reconciler:
+        return Reconciler(self.engine, self.keyring, grace=timedelta(seconds=self.settings.reconcile_grace_seconds),
+                          silence_warning=timedelta(days=self.settings.app_silence_warning_days))
 
     def sealer(self) -> Sealer:
         return Sealer(self.engine, self.store, self.signing_key, self.retention.retain_until,
@@ -178,11 +183,25 @@ class Worker:
         self.interval = interval
         self.stopping = threading.Event()
         self.log = structlog.get_logger("strongroom.worker")
+        self._reconciled: tuple[date, datetime] | None = None
+
+    def reconcile_if_due(self) -> None:
+        """Reconcile yesterday once (after midnight UTC) and today every reconcile interval."""
+        now = datetime.now(UTC)
+        every = timedelta(seconds=self.archive.settings.reconcile_interval_seconds)
+        last_day, last_at = self._reconciled or (None, None)
+        if last_at is not None and now - last_at < every and last_day == now.date():
+            return
+        days = [now.date()] if last_day == now.date() else [now.date() - timedelta(days=1), now.date()]
+        for day in days:
+            self.archive.reconciler().run(day, now=now)
+        self._reconciled = (now.date(), now)
 
     def run(self) -> None:
         failures = 0
         while not self.stopping.is_set():
             try:
+                self.reconcile_if_due()
                 sealed = self.archive.process_pending()
                 if sealed:
                     self.log.info("worker.sealed", records=sealed)

@@ -43,6 +43,7 @@ class Settings(BaseSettings):
 
     # Completeness: reconciliation grace, and when app-side silence warns (the app unlinks at ~14 days).
     reconcile_grace_seconds: float = 900.0
+    reconcile_interval_seconds: float = 3600.0
     app_silence_warning_days: float = 12.0
 
     kek_file: Path | None = None

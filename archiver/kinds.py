@@ -7,7 +7,7 @@ stays complete in the raw change. Field reference: ../shared/whatsapp-webhooks.m
 
 | field | events |
 |---|---|
-| messages | ``message`` (inbound, origin api) per message; ``status`` per status; ``gap`` for 131060 |
+| messages | ``message`` (inbound, origin api) per message; ``status`` per status; ``gap`` for 131060; ``webhook_error`` per value-level error |
 | smb_message_echoes | ``message`` (outbound, origin app) |
 | standby | ``message`` while Meta's AI agent holds the chat: inbound (origin api), agent replies (origin agent) |
 | history | ``message`` (origin history, direction from the sender) per thread message; ``history_chunk``; ``gap`` for errors (2593109 = declined) |
@@ -221,8 +221,12 @@ def messages(sink: EventSink, c: Change) -> bool:
     contacts = _contacts(c.value)
     msgs, ok_m = _items(c.value, "messages")
     sts, ok_s = _items(c.value, "statuses")
-    modelled = ok_m and ok_s and _only(c.value, "messages", "statuses")
+    errs, ok_e = _items(c.value, "errors")
+    modelled = ok_m and ok_s and ok_e and _only(c.value, "messages", "statuses", "errors")
     modelled &= _live(sink, c, msgs, contacts, origin="api", direction="inbound")
+    for n, err in enumerate(errs):  # value-level errors: something WhatsApp could not deliver to us
+        sink.add(c.stream, f"webhook_error:{c.key}:{n}", "webhook_error", canonical_json({"error": err}), [],
+                 tenant=c.tenant, field=c.field, type=str(err.get("code")), event_time=c.entry_time)
     business_bi = sink.blind(_business(c.value))
     for st in sts:
         wamid, status, ts = st.get("id"), st.get("status"), st.get("timestamp")

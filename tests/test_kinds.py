@@ -6,6 +6,7 @@ Each case names a fixture in tests/fixtures/webhooks and the typed events it mus
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from datetime import UTC, datetime
 
@@ -44,7 +45,54 @@ CASES: dict[str, list[T]] = {
     "security_pin": [("account_event", None, None, "security", "PIN_RESET_REQUEST", True)],
     "standby_agent": [("message", "api", "inbound", "text", None, True),
                       ("message", "agent", "outbound", "text", None, True)],
+    "image_with_url": [("message", "api", "inbound", "image", None, True)],
+    "video_forwarded": [("message", "api", "inbound", "video", None, True)],
+    "document": [("message", "api", "inbound", "document", None, True)],
+    "audio_voice": [("message", "api", "inbound", "audio", None, True)],
+    "sticker_animated": [("message", "api", "inbound", "sticker", None, True)],
+    "location_pin": [("message", "api", "inbound", "location", None, True)],
+    "contacts_card": [("message", "api", "inbound", "contacts", None, True)],
+    "reaction": [("message", "api", "inbound", "reaction", None, True)],
+    "unreaction": [("message", "api", "inbound", "reaction", None, True)],
+    "interactive_button": [("message", "api", "inbound", "interactive", None, True)],
+    "interactive_list": [("message", "api", "inbound", "interactive", None, True)],
+    "interactive_flow": [("message", "api", "inbound", "interactive", None, True)],
+    "template_button": [("message", "api", "inbound", "button", None, True)],
+    "order": [("message", "api", "inbound", "order", None, True)],
+    "referral_ctwa": [("message", "api", "inbound", "text", None, True)],
+    "system_changed_number": [("message", "api", "inbound", "system", None, True)],
+    "system_identity_changed": [("message", "api", "inbound", "system", None, True)],
+    "system_user_id_changed": [("message", "api", "inbound", "system", None, True)],
+    "unsupported_131051": [("message", "api", "inbound", "unsupported", None, False)],
+    "value_errors": [("webhook_error", None, None, "131000", None, True)],
+    "inbound_revoke": [("message", "api", "inbound", "revoke", None, True)],
+    "status_failed_pmp": [("status", "api", "outbound", None, "failed", True),
+                          ("status", "api", "outbound", None, "delivered", True)],
+    "statuses_out_of_order": [("status", "api", "outbound", None, "read", True),
+                              ("status", "api", "outbound", None, "sent", True)],
+    "history_final_chunk": [("history_chunk", None, None, "phase:2", "chunk:3:progress:100", True),
+                            ("message", "history", "inbound", "text", "DELIVERED", True)],
+    "state_sync_edit": [("contact_sync", "app", None, "contact", "add", True)],
+    "account_offboarded": [("account_event", None, None, "account_update", "ACCOUNT_OFFBOARDED", True)],
+    "account_reconnected": [("account_event", None, None, "account_update", "ACCOUNT_RECONNECTED", True)],
+    "account_disabled": [("account_event", None, None, "account_update", "DISABLED_UPDATE", True)],
+    "template_approved": [("template_event", None, None, "message_template_status_update", "APPROVED", True)],
+    "template_pending_deletion": [("template_event", None, None, "message_template_status_update",
+                                   "PENDING_DELETION", True)],
+    "template_components": [("template_event", None, None, "message_template_components_update", None, True)],
+    "phone_quality_upgrade": [("account_event", None, None, "phone_number_quality_update", "THROUGHPUT_UPGRADE",
+                               True)],
+    "account_review": [("account_event", None, None, "account_review_update", "APPROVED", True)],
+    "user_preferences_resume": [("preference", None, None, "marketing_messages", "resume", True)],
+    "text_username_only": [("message", "api", "inbound", "text", None, True)],
+    "calls_unknown_field": [],
+    "echo_image": [("message", "app", "outbound", "image", None, True)],
     "unknown_field": [],
+    "unicode_escaped": [("message", "api", "inbound", "text", None, True)],
+    "multi_entry": [("message", "api", "inbound", "text", None, True),
+                    ("status", "api", "outbound", None, "delivered", True),
+                    ("template_event", None, None, "message_template_status_update", "APPROVED", True),
+                    ("message", "api", "inbound", "image", None, True)],
 }
 
 
@@ -59,9 +107,9 @@ def test_typed_events(archive: Archive, webhook_body: Callable[[str], bytes], na
              for r in rows if r["kind"] not in ("change", "envelope", "identity")]
     assert typed == CASES[name]
     changes = [r for r in rows if r["kind"] == "change"]
-    assert len(changes) == 1
-    assert changes[0]["modelled"] == (bool(CASES[name]) and all(t[5] for t in CASES[name]))
-    assert len({r["natural_key"] for r in rows}) == len(rows)
+    assert len(changes) == sum(len(e["changes"]) for e in json.loads(webhook_body(name))["entry"])
+    assert all(c["modelled"] for c in changes) == (bool(CASES[name]) and all(t[5] for t in CASES[name]))
+    assert len({(r["stream"], r["natural_key"]) for r in rows}) == len(rows)
 
 
 def test_history_is_never_live_capture_but_is_the_same_message(

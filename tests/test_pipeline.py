@@ -13,10 +13,10 @@ from fastapi.testclient import TestClient
 
 from archiver.db import events, inbox
 from archiver.identity import IdentityBook
-from archiver.jsonspans import join_pieces
 from archiver.merkle import verify_consistency, verify_inclusion
 from archiver.proofs import ProofService
 from archiver.segments import decode_segment
+from audit.recreate import recreate_body
 from strongroom.app import create_app
 from strongroom.runtime import Archive, configure_logging
 from tests.conftest import sign
@@ -45,6 +45,10 @@ def _records(archive: Archive) -> list[dict]:  # type: ignore[type-arg]
     for key in archive.store.list_keys("records/"):
         out += decode_segment(archive.store.get(key))[0]
     return out
+
+
+def _open(archive: Archive, r: dict) -> bytes:  # type: ignore[type-arg]
+    return archive.keyring.open_content(r["stream"], r["natural_key"], r["subject_key_id"], r["nonce"], r["content"])
 
 
 def _canary_variants() -> list[bytes]:
@@ -103,15 +107,8 @@ def test_signed_webhook_is_sealed_verified_queryable_and_never_plaintext(
 
     # the original body is re-created byte for byte from sealed records
     env = next(r for r in recs if r["kind"] == "envelope" and r["stream"] == "106540352242922")
-    skeleton = json.loads(archive.keyring.open_content(env["stream"], env["natural_key"], env["subject_key_id"],
-                                                       env["nonce"], env["content"]))
     by_key = {(r["stream"], r["natural_key"]): r for r in recs}
-    changes = []
-    for c in skeleton["changes"]:
-        r = by_key[(c["stream"], c["natural_key"])]
-        changes.append(archive.keyring.open_content(r["stream"], r["natural_key"], r["subject_key_id"],
-                                                    r["nonce"], r["content"]).decode())
-    assert join_pieces(skeleton["pieces"], changes).encode() == body
+    assert recreate_body(env, by_key, lambda r: _open(archive, r)) == body
 
     # the inbox copy is dropped once everything from it is sealed
     with archive.engine.connect() as conn:

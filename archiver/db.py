@@ -87,7 +87,7 @@ events = sa.Table(
     sa.Column("received_at", Ts, nullable=False),
     sa.Column("modelled", sa.Boolean, nullable=False),
     sa.Column("envelope_sha256", sa.String(64)),
-    sa.Column("subject_key_id", sa.String(400)),
+    sa.Column("subject_key_id", sa.Text),  # a history chunk is about hundreds of people
     sa.Column("nonce", sa.LargeBinary),
     sa.Column("content", sa.LargeBinary),
     sa.Column("seq", sa.BigInteger, nullable=True),
@@ -165,7 +165,7 @@ media = sa.Table(
     sa.Column("media_id", sa.String(128), nullable=False),
     sa.Column("wamid", sa.String(256)),
     sa.Column("message_key", sa.String(400), nullable=False),
-    sa.Column("subject_key_id", sa.String(400), nullable=False),
+    sa.Column("subject_key_id", sa.Text, nullable=False),
     sa.Column("meta_sha256", sa.String(128)),  # as Meta sent it (base64 or hex)
     sa.Column("url", sa.String(2048)),  # a direct URL from the webhook, when present
     sa.Column("mime_type", sa.String(128)),

@@ -99,7 +99,7 @@ class EventBuilder:
     def add(self, stream: str, natural_key: str, kind: str, content: bytes, key_ids: list[str], **cols: Any) -> None:
         for name, limit in _BOUNDED.items():
             value = cols.get(name)
-            if value is not None and (not isinstance(value, str) or len(value) > limit):
+            if value is not None and (not isinstance(value, str) or len(value) > limit or "\x00" in value):
                 # Never fail a batch over an odd value: the raw JSON keeps it; the column does not.
                 cols[name] = None
                 cols["modelled"] = False
@@ -229,8 +229,9 @@ class Normalizer:
         self.inbox_reader = inbox_reader
         self.identities = IdentityBook(engine)
 
-    def run_once(self, limit: int = 200) -> int:
-        """Normalise up to `limit` pending bodies. Returns how many were processed.
+    def run_once(self, limit: int = 200, max_bytes: int = 16 * 1024 * 1024) -> int:
+        """Normalise up to `limit` pending bodies (at most `max_bytes` of them, but at least one).
+        Returns how many were processed.
 
         Events are built before the write transaction and new data keys are created in memory,
         then stored in the same transaction as the events, so a single-writer database
@@ -239,26 +240,52 @@ class Normalizer:
         insert is ignored (and a lost race on a new key is retried with the stored key).
         """
         with self.engine.connect() as conn:
+            sizes = conn.execute(sa.select(inbox.c.id, inbox.c.size).where(inbox.c.state == "pending")
+                                 .order_by(inbox.c.id).limit(limit)).all()
+            total, ids = 0, []
+            for r in sizes:  # a history import is thousands of messages per body: bound the batch
+                if ids and total + r.size > max_bytes:
+                    break
+                total += r.size
+                ids.append(r.id)
+            if not ids:
+                return 0
             rows = conn.execute(
                 sa.select(inbox.c.id, inbox.c.body_sha256, inbox.c.key_id, inbox.c.nonce,
                           inbox.c.ciphertext, inbox.c.received_at)
-                .where(inbox.c.state == "pending").order_by(inbox.c.id).limit(limit)
+                .where(inbox.c.id.in_(ids), inbox.c.state == "pending").order_by(inbox.c.id)
             ).all()
         if not rows:
             return 0
+        try:
+            self._normalize_retrying(rows)
+        except (sa.exc.DataError, sa.exc.IntegrityError) as e:
+            # One body the database refuses must not wedge every body behind it: retry one by
+            # one, and keep a body that is still refused whole, as an `unparsed` record.
+            log.error("normalize.batch_refused", error=type(e).__name__, bodies=len(rows))
+            for row in rows:
+                try:
+                    self._normalize_retrying([row])
+                except (sa.exc.DataError, sa.exc.IntegrityError) as e1:
+                    log.error("normalize.body_kept_unparsed", inbox_id=row.id, error=type(e1).__name__)
+                    self._normalize_retrying([row], whole=True)
+        return len(rows)
+
+    def _normalize_retrying(self, rows: list[sa.Row], whole: bool = False) -> None:  # type: ignore[type-arg]
         for attempt in (1, 2):
             try:
-                self._normalize(rows)
-                break
+                self._normalize(rows, whole)
+                return
             except RaceError:
                 if attempt == 2:
                     raise
-        return len(rows)
 
-    def _build_one(self, row: sa.Row) -> EventBuilder:  # type: ignore[type-arg]
+    def _build_one(self, row: sa.Row, whole: bool = False) -> EventBuilder:  # type: ignore[type-arg]
         body = self.inbox_reader.read_body(row)
         received_at = as_utc(row.received_at)
         assert received_at is not None
+        if whole:
+            return unparsed(self.keyring, body, row.id, received_at)
         try:
             return build_events(self.keyring, self.identities, body, row.id, received_at)
         except (AttributeError, TypeError, ValueError, KeyError, IndexError, RecursionError) as e:
@@ -266,10 +293,10 @@ class Normalizer:
             log.error("normalize.unparseable", inbox_id=row.id, error=type(e).__name__)
             return unparsed(self.keyring, body, row.id, received_at)
 
-    def _normalize(self, rows: list[sa.Row]) -> None:  # type: ignore[type-arg]
+    def _normalize(self, rows: list[sa.Row], whole: bool = False) -> None:  # type: ignore[type-arg]
         self.identities.begin()
         with self.keyring.deferred():
-            built = [self._build_one(row) for row in rows]
+            built = [self._build_one(row, whole) for row in rows]
             failpoints.hit("normalize.before_commit")
             try:
                 with self.engine.begin() as conn:

@@ -30,9 +30,19 @@ from strongroom.embedded import EmbeddedSeaweedFS
 from strongroom.settings import Settings
 
 
+class _CurrentStderr:
+    """Whatever `sys.stderr` is when a line is written (test runners and daemons swap it)."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
 def configure_logging(level: str, stream: TextIO | None = None) -> None:
     """JSON lines on stderr. Nothing logged anywhere carries message content or secrets."""
-    stream = stream or sys.stderr
+    stream = stream or _CurrentStderr()  # type: ignore[assignment]
     logging.basicConfig(stream=stream, level=level.upper(), format="%(message)s", force=True)
     # Library debug logs can carry request headers (S3 signatures) and SQL parameters.
     for noisy in ("alembic", "botocore", "boto3", "urllib3", "s3transfer", "sqlalchemy", "httpx"):
@@ -118,17 +128,23 @@ class Archive:
         return QueryEngine(S3Location(self.store.bucket, self.store.endpoint_url, ak, sk, self.store.region))
 
     def process_pending(self) -> int:
-        """Normalise every pending inbox body, fetch due media, then seal. Returns records sealed."""
-        normalizer = self.normalizer()
-        while normalizer.run_once():
-            pass
-        fetcher = self.media_fetcher()
+        """Until the inbox is empty: normalise a bounded batch, fetch due media, seal.
+
+        Interleaved so a long history import is sealed as it goes rather than at the end.
+        Returns the number of records sealed.
+        """
+        normalizer, sealer, fetcher = self.normalizer(), self.sealer(), self.media_fetcher()
+        sealed = 0
         try:
-            while fetcher.run_once():
-                pass
+            while True:
+                normalized = normalizer.run_once()
+                while fetcher.run_once():
+                    pass
+                sealed += sealer.seal_all()
+                if not normalized:
+                    return sealed
         finally:
             fetcher.close()
-        return self.sealer().seal_all()
 
     def close(self) -> None:
         self.engine.dispose()

@@ -19,6 +19,7 @@ from archiver.segments import decode_segment
 from audit.recreate import recreate_body
 from strongroom.app import create_app
 from strongroom.runtime import Archive, configure_logging
+from tests import payloads
 from tests.conftest import sign
 
 CANARY = "CANARY-7f3a91-d\u00e9j\u00e0-vu-\U0001f512"
@@ -204,3 +205,36 @@ def test_odd_but_signed_shapes_never_wedge_the_pipeline(archive: Archive) -> Non
     assert all(len(r["natural_key"]) <= 400 for r in recs)
     changes = [r for r in recs if r["kind"] == "change"]
     assert len(changes) == 2 and not any(r["modelled"] for r in changes)
+
+
+@pytest.mark.parametrize("sql_url", ["postgresql"], indirect=True)
+def test_a_body_the_database_refuses_never_wedges_the_others(archive: Archive) -> None:
+    """A real refusal (a PostgreSQL trigger) on one body: the rest of its batch is archived and
+    the refused body is kept whole as an `unparsed` record instead of blocking the inbox."""
+    with archive.engine.begin() as conn:
+        conn.execute(sa.text(
+            "CREATE FUNCTION refuse_poison() RETURNS trigger AS $$ BEGIN "
+            "IF NEW.wamid = 'wamid.poison' THEN RAISE EXCEPTION 'refused' USING ERRCODE = '22001'; END IF; "
+            "RETURN NEW; END $$ LANGUAGE plpgsql"))
+        conn.execute(sa.text("CREATE TRIGGER refuse BEFORE INSERT ON events FOR EACH ROW EXECUTE FUNCTION refuse_poison()"))
+    for wamid in ("wamid.good1", "wamid.poison", "wamid.good2"):
+        body = payloads.inbound(payloads.text(wamid, "16505550123", 1_764_000_000, "hi"))
+        archive.inbox.receive(body, sign(body))
+    archive.process_pending()
+    with archive.engine.connect() as conn:
+        kinds = conn.execute(sa.select(events.c.kind, events.c.wamid).where(
+            events.c.kind.in_(["message", "unparsed"]))).all()
+        pending = conn.execute(sa.select(sa.func.count()).where(inbox.c.state == "pending")).scalar_one()
+    assert sorted(kinds, key=str) == sorted([("message", "wamid.good1"), ("message", "wamid.good2"),
+                                             ("unparsed", None)], key=str)
+    assert pending == 0
+
+
+def test_a_nul_character_in_a_typed_value_is_flagged_not_fatal(archive: Archive) -> None:
+    body = payloads.inbound({"from": "16505550123", "id": "wamid.nul", "timestamp": "1764000000",
+                             "type": "te\u0000xt", "text": {"body": "x"}})
+    archive.inbox.receive(body, sign(body))
+    archive.process_pending()
+    with archive.engine.connect() as conn:
+        row = conn.execute(sa.select(events.c.type, events.c.modelled).where(events.c.wamid == "wamid.nul")).one()
+    assert (row.type, row.modelled) == (None, False)

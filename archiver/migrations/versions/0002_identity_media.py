@@ -19,6 +19,9 @@ Ts = sa.DateTime(timezone=True)
 def upgrade() -> None:
     with op.batch_alter_table('events', schema=None) as batch_op:
         batch_op.add_column(sa.Column('ref_wamid', sa.String(length=256), nullable=True))
+        # a raw history chunk is about every person in it: hundreds of key ids
+        batch_op.alter_column('subject_key_id', type_=sa.Text(), existing_type=sa.String(length=400),
+                              existing_nullable=True)
         batch_op.create_index('ix_events_wamid', ['stream', 'wamid'], unique=False)
         batch_op.create_index('ix_events_kind_time', ['stream', 'kind', 'event_time'], unique=False)
     op.create_table('identities',
@@ -40,7 +43,7 @@ def upgrade() -> None:
     sa.Column('media_id', sa.String(length=128), nullable=False),
     sa.Column('wamid', sa.String(length=256), nullable=True),
     sa.Column('message_key', sa.String(length=400), nullable=False),
-    sa.Column('subject_key_id', sa.String(length=400), nullable=False),
+    sa.Column('subject_key_id', sa.Text(), nullable=False),
     sa.Column('meta_sha256', sa.String(length=128), nullable=True),
     sa.Column('url', sa.String(length=2048), nullable=True),
     sa.Column('mime_type', sa.String(length=128), nullable=True),
@@ -68,3 +71,5 @@ def downgrade() -> None:
         batch_op.drop_index('ix_events_kind_time')
         batch_op.drop_index('ix_events_wamid')
         batch_op.drop_column('ref_wamid')
+        batch_op.alter_column('subject_key_id', type_=sa.String(length=400), existing_type=sa.Text(),
+                              existing_nullable=True)

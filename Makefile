@@ -36,6 +36,8 @@ bench: $(VENV)/.installed-test
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/seal.py
 	$(BIN)/python bench/verify.py
+	$(BIN)/python bench/history_import.py
+	$(BIN)/python bench/media.py
 
 clean-venv:
 	rm -rf $(VENV)

@@ -229,7 +229,7 @@ class Normalizer:
         self.inbox_reader = inbox_reader
         self.identities = IdentityBook(engine)
 
-    def run_once(self, limit: int = 200, max_bytes: int = 16 * 1024 * 1024) -> int:
+    def run_once(self, limit: int = 200, max_bytes: int = 4 * 1024 * 1024) -> int:
         """Normalise up to `limit` pending bodies (at most `max_bytes` of them, but at least one).
         Returns how many were processed.
 

@@ -13,7 +13,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
 
 from strongroom.embedded import free_port  # noqa: E402
 from strongroom.runtime import Archive, configure_logging, open_archive  # noqa: E402
@@ -53,6 +54,20 @@ def temp_archive(database_url: str | None = None, **overrides: object) -> Iterat
             yield archive
         finally:
             archive.close()
+
+
+def child_env(archive: Archive) -> dict[str, str]:
+    """Environment for a child process working on the same archive (its store already running)."""
+    s = archive.settings
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STRONGROOM_")}
+    ak, sk = archive.store.credentials
+    env.update({"STRONGROOM_DATA_DIR": str(s.data_dir), "STRONGROOM_DATABASE_URL": s.sql_url(),
+                "STRONGROOM_S3_ENDPOINT": str(archive.store.endpoint_url), "STRONGROOM_S3_BUCKET": s.s3_bucket,
+                "STRONGROOM_S3_ACCESS_KEY": ak or "", "STRONGROOM_S3_SECRET_KEY": sk or "",
+                "STRONGROOM_APP_SECRET": APP_SECRET, "STRONGROOM_VERIFY_TOKEN": "bench",
+                "STRONGROOM_RETENTION_DAYS": str(s.retention_days), "STRONGROOM_LOG_LEVEL": "WARNING",
+                "PYTHONPATH": str(REPO)})
+    return env
 
 
 def peak_rss_mb() -> float:

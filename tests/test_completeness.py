@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from archiver.db import events
 from policies.completeness import COVERAGE_LIMITS, latest_reports
 from strongroom.cli import app
-from strongroom.runtime import Archive
+from strongroom.runtime import Archive, Worker
 from strongroom.settings import Settings
 from tests import payloads as p
 from tests.conftest import sign, subprocess_env
@@ -138,11 +138,16 @@ def test_app_silence_approaching_the_unlink_limit_raises_a_warning(archive: Arch
         assert conn.execute(sa.select(sa.func.count()).where(events.c.kind == "warning")).scalar_one() == 1
 
 
-def test_capture_gaps_are_counted_in_the_report(archive: Archive, webhook_body: Callable[[str], bytes]) -> None:
+def test_capture_gaps_and_unknown_kinds_are_counted_in_the_report(
+    archive: Archive, webhook_body: Callable[[str], bytes]
+) -> None:
     _ingest(archive, webhook_body("unsupported_131060"), webhook_body("history_declined"))
     day = datetime.fromtimestamp(1697044706, UTC).date()
     [rep] = archive.reconciler().run(day, streams=[p.PNID], now=LATER)
     assert {g["gap"] for g in rep.gaps_in_day} == {"content_withheld"}
+    # the unsupported message's raw change is kept and flagged, counted on the day it was received
+    [today] = archive.reconciler().run(datetime.now(UTC).date(), streams=[p.PNID], now=LATER)
+    assert today.counts["not_modelled"] == 1
     assert {r.type for r in _gaps(archive).values()} == {"content_withheld", "history_declined"}
 
 
@@ -157,3 +162,15 @@ def test_the_cli_reconciles_seals_and_prints_the_report(archive: Archive, make_s
     assert "completeness 2026-11-20" in table.stdout and "coverage limits" in table.stdout
     bad = CliRunner().invoke(app, ["completeness", "--day", "yesterday"], env=env)
     assert bad.exit_code == 2
+
+
+def test_the_worker_reconciles_on_its_own_schedule(archive: Archive) -> None:
+    _ingest(archive, p.inbound(p.text("wamid.w1", ALICE, int(datetime.now(UTC).timestamp()), "hi")))
+    worker = Worker(archive, interval=1.0)
+    worker.reconcile_if_due()
+    worker.reconcile_if_due()  # within the interval: nothing new
+    archive.sealer().seal_all()
+    today = datetime.now(UTC).date()
+    with archive.engine.connect() as conn:
+        reports = conn.execute(sa.select(sa.func.count()).where(events.c.kind == "completeness_report")).scalar_one()
+    assert reports == 1 and latest_reports(archive.engine, archive.keyring, today)[0]["stream"] == p.PNID

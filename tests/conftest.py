@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import os
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
 
+from archiver.segments import decode_segment
 from strongroom.embedded import EmbeddedSeaweedFS
 from strongroom.runtime import Archive, open_archive
 from strongroom.settings import Settings
@@ -105,3 +108,28 @@ def subprocess_env(settings: Settings) -> dict[str, str]:
         "STRONGROOM_RETENTION_DAYS": str(settings.retention_days),
     })
     return env
+
+
+def sealed_records(archive: Archive) -> list[dict[str, Any]]:
+    """Every record of every segment, read back from the object store."""
+    out: list[dict[str, Any]] = []
+    for key in archive.store.list_keys("records/"):
+        out += decode_segment(archive.store.get(key))[0]
+    return out
+
+
+def open_record(archive: Archive, r: Any) -> bytes:
+    """Decrypt a record's content; `r` is a sealed record dict or an `events` row."""
+    m = r._mapping if hasattr(r, "_mapping") else r
+    return archive.keyring.open_content(m["stream"], m["natural_key"], m["subject_key_id"], m["nonce"], m["content"])
+
+
+def record_json(archive: Archive, r: Any) -> Any:
+    return json.loads(open_record(archive, r))
+
+
+def ingest(archive: Archive, *bodies: bytes) -> None:
+    """Receive signed bodies (as the webhook would) and run the worker's round until idle."""
+    for b in bodies:
+        archive.inbox.receive(b, sign(b))
+    archive.process_pending()

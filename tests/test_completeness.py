@@ -16,7 +16,7 @@ from strongroom.cli import app
 from strongroom.runtime import Archive, Worker
 from strongroom.settings import Settings
 from tests import payloads as p
-from tests.conftest import sign, subprocess_env
+from tests.conftest import ingest, record_json, subprocess_env
 
 DAY = date(2026, 11, 20)
 T = int(datetime(2026, 11, 20, 9, 0, tzinfo=UTC).timestamp())
@@ -24,20 +24,10 @@ LATER = datetime.now(UTC) + timedelta(days=1)  # reconciliation runs after the g
 ALICE = "16505551234"
 
 
-def _ingest(archive: Archive, *bodies: bytes) -> None:
-    for b in bodies:
-        archive.inbox.receive(b, sign(b))
-    archive.process_pending()
-
-
 def _gaps(archive: Archive, stream: str = p.PNID) -> dict[str, sa.Row]:  # type: ignore[type-arg]
     with archive.engine.connect() as conn:
         return {r.natural_key: r for r in conn.execute(
             sa.select(events).where(events.c.kind == "gap", events.c.stream == stream))}
-
-
-def _content(archive: Archive, r: sa.Row) -> dict:  # type: ignore[type-arg]
-    return json.loads(archive.keyring.open_content(r.stream, r.natural_key, r.subject_key_id, r.nonce, r.content))
 
 
 def _scenario() -> dict[str, bytes]:
@@ -54,7 +44,7 @@ def _scenario() -> dict[str, bytes]:
 
 def test_a_dropped_webhook_becomes_a_gap_and_its_late_arrival_closes_it(archive: Archive) -> None:
     bodies = _scenario()
-    _ingest(archive, *(b for k, b in bodies.items() if k != "m3"))  # one webhook never arrives
+    ingest(archive, *(b for k, b in bodies.items() if k != "m3"))  # one webhook never arrives
 
     # within the grace period nothing is reported yet (statuses often precede their message)
     assert archive.reconciler().run(DAY, now=datetime.now(UTC))[0].gaps_opened == []
@@ -62,9 +52,9 @@ def test_a_dropped_webhook_becomes_a_gap_and_its_late_arrival_closes_it(archive:
     [rep] = archive.reconciler().run(DAY, streams=[p.PNID], now=LATER)
     gaps = _gaps(archive)
     assert set(gaps) == {"gap:unarchived:wamid.m3", "gap:unarchived:wamid.api1"}
-    m3 = _content(archive, gaps["gap:unarchived:wamid.m3"])
+    m3 = record_json(archive, gaps["gap:unarchived:wamid.m3"])
     assert (m3["kinds"], m3["status"]) == (["message"], "open")
-    assert _content(archive, gaps["gap:unarchived:wamid.api1"])["kinds"] == ["status"]
+    assert record_json(archive, gaps["gap:unarchived:wamid.api1"])["kinds"] == ["status"]
     assert not rep.complete and rep.open_gaps == 2
     assert rep.counts["message:api:inbound"] == 3 and rep.counts["message:app:outbound"] == 1
     assert rep.statuses == {"delivered": 1}
@@ -74,7 +64,7 @@ def test_a_dropped_webhook_becomes_a_gap_and_its_late_arrival_closes_it(archive:
     assert set(_gaps(archive)) == set(gaps)
 
     # Meta's retry finally delivers m3: the gap is closed by a new record, the old one stays
-    _ingest(archive, bodies["m3"])
+    ingest(archive, bodies["m3"])
     [rep] = archive.reconciler().run(DAY, streams=[p.PNID], now=LATER + timedelta(hours=1))
     gaps = _gaps(archive)
     assert gaps["gap_closed:unarchived:wamid.m3"].status == "closed"
@@ -89,7 +79,7 @@ def test_a_dropped_webhook_becomes_a_gap_and_its_late_arrival_closes_it(archive:
 
 
 def test_a_disconnect_is_a_gap_with_a_start_and_an_end(archive: Archive) -> None:
-    _ingest(archive,
+    ingest(archive,
             p.account_update("PARTNER_REMOVED", T + 100,
                              disconnection_info={"reason": "PRIMARY_INACTIVITY", "initiated_by": "SYSTEM"}),
             p.inbound(p.text("wamid.back", ALICE, T + 5000, "are you there?")),
@@ -97,7 +87,7 @@ def test_a_disconnect_is_a_gap_with_a_start_and_an_end(archive: Archive) -> None
             p.account_update("ACCOUNT_RECONNECTED", T + 9600))
     archive.reconciler().run(DAY, now=LATER)
     stream = f"waba-{p.WABA}"
-    gaps = {k: _content(archive, r) for k, r in _gaps(archive, stream).items()}
+    gaps = {k: record_json(archive, r) for k, r in _gaps(archive, stream).items()}
     start1 = datetime.fromtimestamp(T + 100, UTC).isoformat()
     start2 = datetime.fromtimestamp(T + 9000, UTC).isoformat()
     assert set(gaps) == {f"gap:disconnect:{start1}", f"gap_closed:disconnect:{start1}",
@@ -110,7 +100,7 @@ def test_a_disconnect_is_a_gap_with_a_start_and_an_end(archive: Archive) -> None
 
 
 def test_a_disconnect_without_resumption_stays_open(archive: Archive) -> None:
-    _ingest(archive, p.account_update("PARTNER_REMOVED", T + 100))
+    ingest(archive, p.account_update("PARTNER_REMOVED", T + 100))
     [rep] = archive.reconciler().run(DAY, streams=[f"waba-{p.WABA}"], now=LATER)
     assert list(_gaps(archive, f"waba-{p.WABA}")) == [f"gap:disconnect:{datetime.fromtimestamp(T + 100, UTC).isoformat()}"]
     assert rep.open_gaps == 1 and not rep.complete
@@ -119,17 +109,17 @@ def test_a_disconnect_without_resumption_stays_open(archive: Archive) -> None:
 def test_missing_history_chunks_are_gaps_until_they_arrive(archive: Archive) -> None:
     chunk = {o: p.history_chunk(1, o, 25 * o, {ALICE: [p.text(f"wamid.h{o}", ALICE, T - 86400 * o, "old")]})
              for o in (1, 2, 3, 4)}
-    _ingest(archive, chunk[4], chunk[1], chunk[2])  # out of order, chunk 3 missing, progress 100 seen
+    ingest(archive, chunk[4], chunk[1], chunk[2])  # out of order, chunk 3 missing, progress 100 seen
     [rep] = archive.reconciler().run(DAY, streams=[p.PNID], now=LATER)
     assert rep.history["missing_chunks"] == [3] and rep.history["progress"] == 100
     assert "gap:history_chunk:3" in _gaps(archive)
-    _ingest(archive, chunk[3])
+    ingest(archive, chunk[3])
     [rep] = archive.reconciler().run(DAY, streams=[p.PNID], now=LATER)
     assert "gap_closed:history_chunk:3" in _gaps(archive) and rep.history["complete"]
 
 
 def test_app_silence_approaching_the_unlink_limit_raises_a_warning(archive: Archive) -> None:
-    _ingest(archive, p.echo("wamid.e9", ALICE, T, "last time anyone opened the app"))
+    ingest(archive, p.echo("wamid.e9", ALICE, T, "last time anyone opened the app"))
     [quiet] = archive.reconciler().run(DAY, streams=[p.PNID], now=datetime.fromtimestamp(T, UTC) + timedelta(days=5))
     assert quiet.warnings == []
     [rep] = archive.reconciler().run(DAY, streams=[p.PNID], now=datetime.fromtimestamp(T, UTC) + timedelta(days=13))
@@ -141,7 +131,7 @@ def test_app_silence_approaching_the_unlink_limit_raises_a_warning(archive: Arch
 def test_capture_gaps_and_unknown_kinds_are_counted_in_the_report(
     archive: Archive, webhook_body: Callable[[str], bytes]
 ) -> None:
-    _ingest(archive, webhook_body("unsupported_131060"), webhook_body("history_declined"))
+    ingest(archive, webhook_body("unsupported_131060"), webhook_body("history_declined"))
     day = datetime.fromtimestamp(1697044706, UTC).date()
     [rep] = archive.reconciler().run(day, streams=[p.PNID], now=LATER)
     assert {g["gap"] for g in rep.gaps_in_day} == {"content_withheld"}
@@ -152,7 +142,7 @@ def test_capture_gaps_and_unknown_kinds_are_counted_in_the_report(
 
 
 def test_the_cli_reconciles_seals_and_prints_the_report(archive: Archive, make_settings: Callable[..., Settings]) -> None:
-    _ingest(archive, *(b for k, b in _scenario().items() if k != "m3"))
+    ingest(archive, *(b for k, b in _scenario().items() if k != "m3"))
     env = subprocess_env(make_settings()) | {"STRONGROOM_RECONCILE_GRACE_SECONDS": "0"}
     result = CliRunner().invoke(app, ["completeness", "--day", DAY.isoformat(), "--json"], env=env)
     assert result.exit_code == 1, result.output  # gaps open → non-zero, for cron and alerting
@@ -165,7 +155,7 @@ def test_the_cli_reconciles_seals_and_prints_the_report(archive: Archive, make_s
 
 
 def test_the_worker_reconciles_on_its_own_schedule(archive: Archive) -> None:
-    _ingest(archive, p.inbound(p.text("wamid.w1", ALICE, int(datetime.now(UTC).timestamp()), "hi")))
+    ingest(archive, p.inbound(p.text("wamid.w1", ALICE, int(datetime.now(UTC).timestamp()), "hi")))
     worker = Worker(archive, interval=1.0)
     worker.reconcile_if_due()
     worker.reconcile_if_due()  # within the interval: nothing new

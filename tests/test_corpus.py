@@ -16,27 +16,15 @@ import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
 from archiver.db import events, inbox_deliveries
-from archiver.segments import decode_segment
 from audit.recreate import recreate_body
 from strongroom.app import create_app
 from strongroom.runtime import Archive
 from tests import payloads as p
-from tests.conftest import FIXTURES, sign
+from tests.conftest import FIXTURES, open_record, sealed_records, sign
 from tests.test_kinds import CASES
 
 CORPUS = {f.stem: f.read_bytes() for f in sorted((FIXTURES / "webhooks").glob("*.json"))}
 UNTYPED = ("change", "envelope", "identity")
-
-
-def _sealed(archive: Archive) -> list[dict]:  # type: ignore[type-arg]
-    out = []
-    for key in archive.store.list_keys("records/"):
-        out += decode_segment(archive.store.get(key))[0]
-    return out
-
-
-def _open(archive: Archive, r: dict) -> bytes:  # type: ignore[type-arg]
-    return archive.keyring.open_content(r["stream"], r["natural_key"], r["subject_key_id"], r["nonce"], r["content"])
 
 
 def _post_all(archive: Archive, bodies: list[bytes]) -> None:
@@ -70,7 +58,7 @@ def test_the_corpus_replayed_end_to_end(archive: Archive) -> None:
     _post_all(archive, deliveries)
     archive.process_pending()
 
-    recs = _sealed(archive)
+    recs = sealed_records(archive)
     assert len({(r["stream"], r["natural_key"]) for r in recs}) == len(recs)  # one record per event
     by_key = {(r["stream"], r["natural_key"]): r for r in recs}
     by_body: dict[str, list[dict]] = {}  # type: ignore[type-arg]
@@ -86,7 +74,7 @@ def test_the_corpus_replayed_end_to_end(archive: Archive) -> None:
         envelopes = [r for r in mine if r["kind"] == "envelope"]
         assert envelopes, name
         for env in envelopes:  # one per stream the body touched; each re-creates the whole body
-            assert recreate_body(env, by_key, lambda r: _open(archive, r)) == body, name
+            assert recreate_body(env, by_key, lambda r: open_record(archive, r)) == body, name
 
     with archive.engine.connect() as conn:
         assert conn.execute(sa.select(sa.func.count()).select_from(inbox_deliveries)).scalar_one() == len(deliveries)

@@ -11,17 +11,10 @@ from archiver.db import events, identities
 from archiver.identity import IdentityBook
 from strongroom.runtime import Archive
 from tests import payloads as p
-from tests.conftest import sign
+from tests.conftest import ingest, record_json
 
 T0 = 1_760_000_000
 ALICE_OLD, ALICE_NEW = "16505550001", "16505550002"
-
-
-def _ingest(archive: Archive, *bodies: bytes) -> None:
-    for b in bodies:
-        archive.inbox.receive(b, sign(b))
-    while archive.normalizer().run_once():
-        pass
 
 
 def _subject_of(archive: Archive, wamid: str) -> str:
@@ -31,7 +24,7 @@ def _subject_of(archive: Archive, wamid: str) -> str:
 
 
 def test_changed_number_moves_the_person_and_frees_the_old_number(archive: Archive) -> None:
-    _ingest(archive,
+    ingest(archive,
             p.inbound(p.text("wamid.a1", ALICE_OLD, T0 + 100, "hello from alice")),
             p.system_changed_number("wamid.sys1", ALICE_OLD, ALICE_NEW, T0 + 200),
             p.inbound(p.text("wamid.a2", ALICE_NEW, T0 + 300, "alice again, new number")),
@@ -67,8 +60,7 @@ def test_changed_number_moves_the_person_and_frees_the_old_number(archive: Archi
         recs = conn.execute(sa.select(events).where(events.c.kind == "identity")).all()
         n_bindings = conn.execute(sa.select(sa.func.count()).select_from(identities)).scalar_one()
     assert {r.status for r in recs} == {"bound", "ended"}
-    ended = [json.loads(archive.keyring.open_content(r.stream, r.natural_key, r.subject_key_id, r.nonce, r.content))
-             for r in recs if r.status == "ended"]
+    ended = [record_json(archive, r) for r in recs if r.status == "ended"]
     assert {(e["identifier"], e["subject"], e["valid_to"]) for e in ended} >= {
         (ALICE_OLD, alice, at(T0 + 200).isoformat())}
     assert all(ALICE_OLD not in (r.natural_key + (r.sender or "")) for r in recs)
@@ -76,7 +68,7 @@ def test_changed_number_moves_the_person_and_frees_the_old_number(archive: Archi
     # the same system message redelivered inside another body changes nothing
     again = p.body(p.envelope(json.loads(p.system_changed_number("wamid.sys1", ALICE_OLD, ALICE_NEW, T0 + 200))
                               ["entry"][0]["changes"][0], p.change("messages", {"statuses": []})))
-    _ingest(archive, again)
+    ingest(archive, again)
     with archive.engine.connect() as conn:
         assert conn.execute(sa.select(sa.func.count()).select_from(identities)).scalar_one() == n_bindings
         assert conn.execute(sa.select(sa.func.count()).where(events.c.kind == "identity")).scalar_one() == len(recs)
@@ -90,7 +82,7 @@ def test_a_username_user_is_one_person_by_bsuid_and_later_by_phone(archive: Arch
     only_bsuid = {"from_user_id": bsuid, "id": "wamid.u1", "timestamp": str(T0), "type": "text",
                   "text": {"body": "hi, I have a username"}}
     both = p.text("wamid.u2", "16505550009", T0 + 60, "now with my number", from_user_id=bsuid)
-    _ingest(archive, p.body(p.envelope(p.change("messages", {"messages": [only_bsuid]}))), p.inbound(both))
+    ingest(archive, p.body(p.envelope(p.change("messages", {"messages": [only_bsuid]}))), p.inbound(both))
     assert _subject_of(archive, "wamid.u1") == _subject_of(archive, "wamid.u2")
     book = IdentityBook(archive.engine)
     assert book.at("wa", archive.keyring.blind_index("wa", "16505550009")) == _subject_of(archive, "wamid.u1")
@@ -102,5 +94,5 @@ def test_a_bsuid_change_keeps_the_person(archive: Archive) -> None:
     change = {"from_user_id": new, "id": "wamid.v2", "timestamp": str(T0 + 10), "type": "system",
               "system": {"body": "User changed user id", "type": "user_changed_user_id", "previous_user_id": old}}
     later = {"from_user_id": new, "id": "wamid.v3", "timestamp": str(T0 + 20), "type": "text", "text": {"body": "b"}}
-    _ingest(archive, *(p.body(p.envelope(p.change("messages", {"messages": [m]}))) for m in (first, change, later)))
+    ingest(archive, *(p.body(p.envelope(p.change("messages", {"messages": [m]}))) for m in (first, change, later)))
     assert _subject_of(archive, "wamid.v1") == _subject_of(archive, "wamid.v2") == _subject_of(archive, "wamid.v3")

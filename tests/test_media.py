@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -16,7 +15,7 @@ from archiver.media import open_media
 from strongroom.runtime import Archive, open_archive
 from strongroom.settings import Settings
 from tests import payloads as p
-from tests.conftest import sign
+from tests.conftest import ingest, record_json
 from tests.graph_standin import GraphStandIn
 
 NOW = int(time.time())
@@ -37,28 +36,18 @@ def media_archive(make_settings: Callable[..., Settings], graph: GraphStandIn) -
     a.close()
 
 
-def _ingest(archive: Archive, *bodies: bytes) -> None:
-    for b in bodies:
-        archive.inbox.receive(b, sign(b))
-    archive.process_pending()
-
-
 def _records(archive: Archive, kind: str) -> dict[str, sa.Row]:  # type: ignore[type-arg]
     with archive.engine.connect() as conn:
         return {r.wamid: r for r in conn.execute(sa.select(events).where(events.c.kind == kind))}
 
 
-def _content(archive: Archive, r: sa.Row) -> dict:  # type: ignore[type-arg]
-    return json.loads(archive.keyring.open_content(r.stream, r.natural_key, r.subject_key_id, r.nonce, r.content))
-
-
 def test_media_is_fetched_checked_encrypted_locked_and_linked(media_archive: Archive, graph: GraphStandIn) -> None:
     photo = b"\xff\xd8\xff JPEG CANARY-PHOTO " + os.urandom(4000)
     m = graph.add("media-1", photo)
-    _ingest(media_archive, p.inbound(p.image("wamid.img1", "16505551234", NOW, "media-1", m.sha256)))
+    ingest(media_archive, p.inbound(p.image("wamid.img1", "16505551234", NOW, "media-1", m.sha256)))
 
     rec = _records(media_archive, "media")["wamid.img1"]
-    link = _content(media_archive, rec)
+    link = record_json(media_archive, rec)
     assert (link["media_id"], link["size"], link["source"]) == ("media-1", len(photo), "graph")
     assert rec.segment_id is not None  # sealed like any record
     assert rec.event_time is not None and int(rec.event_time.timestamp()) == NOW  # filed by message time
@@ -81,19 +70,19 @@ def test_a_url_in_the_webhook_is_used_and_an_expired_one_falls_back_to_the_graph
     media_archive: Archive, graph: GraphStandIn
 ) -> None:
     fresh, stale = graph.add("m-url", b"fresh-bytes" * 100), graph.add("m-stale", b"stale-bytes" * 100)
-    _ingest(media_archive, p.inbound(
+    ingest(media_archive, p.inbound(
         p.image("wamid.u1", "16505551234", NOW, "m-url", fresh.sha256, url=graph.signed_url("m-url")),
         p.image("wamid.u2", "16505551234", NOW, "m-stale", stale.sha256, url=graph.signed_url("m-stale", ttl=-1))))
     recs = _records(media_archive, "media")
-    assert _content(media_archive, recs["wamid.u1"])["source"] == "webhook_url"
+    assert record_json(media_archive, recs["wamid.u1"])["source"] == "webhook_url"
     assert graph.calls["info:m-url"] == 0
-    assert _content(media_archive, recs["wamid.u2"])["source"] == "graph"
+    assert record_json(media_archive, recs["wamid.u2"])["source"] == "graph"
     assert graph.calls["info:m-stale"] == 1
 
 
 def test_transient_failures_are_retried(media_archive: Archive, graph: GraphStandIn) -> None:
     m = graph.add("m-flaky", b"flaky" * 50, fail_first=2)
-    _ingest(media_archive, p.inbound(p.image("wamid.f1", "16505551234", NOW, "m-flaky", m.sha256)))
+    ingest(media_archive, p.inbound(p.image("wamid.f1", "16505551234", NOW, "m-flaky", m.sha256)))
     assert "wamid.f1" in _records(media_archive, "media")
     assert graph.calls["download:m-flaky"] == 3
     assert "wamid.f1" not in _records(media_archive, "gap")
@@ -104,10 +93,10 @@ def test_media_that_cannot_be_fetched_is_a_gap_record(media_archive: Archive, gr
     m = graph.add("m-bad", b"bad-bytes" * 30, always_fail=mode == "always_fail", corrupt=mode == "corrupt")
     if mode == "unknown_id":
         del graph.media["m-bad"]  # Meta forgot the id (media ids expire after 7 days)
-    _ingest(media_archive, p.inbound(p.image("wamid.b1", "16505551234", NOW, "m-bad", m.sha256)))
+    ingest(media_archive, p.inbound(p.image("wamid.b1", "16505551234", NOW, "m-bad", m.sha256)))
     gaps = _records(media_archive, "gap")
     assert "wamid.b1" not in _records(media_archive, "media")
-    gap = _content(media_archive, gaps["wamid.b1"])
+    gap = record_json(media_archive, gaps["wamid.b1"])
     assert (gap["gap"], gap["media_id"], gap["attempts"]) == ("media_unavailable", "m-bad", 3)
     assert gaps["wamid.b1"].type == "media_unavailable" and gaps["wamid.b1"].segment_id is not None
     with media_archive.engine.connect() as conn:
@@ -120,16 +109,16 @@ def test_history_media_is_filed_by_message_time(media_archive: Archive, graph: G
     old = NOW - 5 * 86400
     follow_up = p.body(p.envelope(p.change("history", {"messages": [
         p.image("wamid.hm1", "16505551234", old, "24230790383178626", m.sha256, caption="Black Prince")]})))
-    _ingest(media_archive, follow_up)
+    ingest(media_archive, follow_up)
     rec = _records(media_archive, "media")["wamid.hm1"]
     assert int(rec.event_time.timestamp()) == old
 
 
 def test_without_a_token_media_waits_and_expired_ids_become_gaps(archive: Archive) -> None:
     expired = NOW - 8 * 86400
-    _ingest(archive, p.inbound(p.image("wamid.n1", "16505551234", NOW, "m-wait", "x"),
+    ingest(archive, p.inbound(p.image("wamid.n1", "16505551234", NOW, "m-wait", "x"),
                                p.image("wamid.n2", "16505551234", expired, "m-old", "y")))
     with archive.engine.connect() as conn:
         states = dict(conn.execute(sa.select(media.c.media_id, media.c.state)).all())
     assert states == {"m-wait": "pending", "m-old": "gap"}
-    assert "no Graph API token" in _content(archive, _records(archive, "gap")["wamid.n2"])["last_error"]
+    assert "no Graph API token" in record_json(archive, _records(archive, "gap")["wamid.n2"])["last_error"]

@@ -15,12 +15,11 @@ from archiver.db import events, inbox
 from archiver.identity import IdentityBook
 from archiver.merkle import verify_consistency, verify_inclusion
 from archiver.proofs import ProofService
-from archiver.segments import decode_segment
 from audit.recreate import recreate_body
 from strongroom.app import create_app
 from strongroom.runtime import Archive, configure_logging
 from tests import payloads
-from tests.conftest import sign
+from tests.conftest import open_record, sealed_records, sign
 
 CANARY = "CANARY-7f3a91-d\u00e9j\u00e0-vu-\U0001f512"
 
@@ -39,17 +38,6 @@ def _canary_body() -> bytes:
         "messages": [{"from": "16505550199", "id": "wamid.CANARY1", "timestamp": "1739230955", "type": "text",
                       "text": {"body": CANARY}}]}, "field": "messages"}]}]}
     return json.dumps(doc, separators=(",", ":")).encode()
-
-
-def _records(archive: Archive) -> list[dict]:  # type: ignore[type-arg]
-    out = []
-    for key in archive.store.list_keys("records/"):
-        out += decode_segment(archive.store.get(key))[0]
-    return out
-
-
-def _open(archive: Archive, r: dict) -> bytes:  # type: ignore[type-arg]
-    return archive.keyring.open_content(r["stream"], r["natural_key"], r["subject_key_id"], r["nonce"], r["content"])
 
 
 def _canary_variants() -> list[bytes]:
@@ -95,7 +83,7 @@ def test_signed_webhook_is_sealed_verified_queryable_and_never_plaintext(
     assert row["subject_key_id"] == "subj:" + subject
 
     # one record per event despite the redelivery; unknown fields kept and flagged
-    recs = _records(archive)
+    recs = sealed_records(archive)
     keys = [(r["stream"], r["natural_key"]) for r in recs]
     assert len(keys) == len(set(keys))
     kinds = {(r["field"], r["modelled"]) for r in recs if r["kind"] == "change"}
@@ -109,7 +97,7 @@ def test_signed_webhook_is_sealed_verified_queryable_and_never_plaintext(
     # the original body is re-created byte for byte from sealed records
     env = next(r for r in recs if r["kind"] == "envelope" and r["stream"] == "106540352242922")
     by_key = {(r["stream"], r["natural_key"]): r for r in recs}
-    assert recreate_body(env, by_key, lambda r: _open(archive, r)) == body
+    assert recreate_body(env, by_key, lambda r: open_record(archive, r)) == body
 
     # the inbox copy is dropped once everything from it is sealed
     with archive.engine.connect() as conn:
@@ -179,7 +167,7 @@ def test_signed_body_of_unknown_shape_is_kept_raw_and_flagged(archive: Archive, 
     client = TestClient(create_app(archive))
     _post(client, garbage)
     archive.process_pending()
-    recs = _records(archive)
+    recs = sealed_records(archive)
     assert [(r["stream"], r["kind"], r["modelled"]) for r in recs] == [("unrouted", "unparsed", False)]
     r = recs[0]
     assert archive.keyring.open_content(r["stream"], r["natural_key"], r["subject_key_id"], r["nonce"],
@@ -198,7 +186,7 @@ def test_odd_but_signed_shapes_never_wedge_the_pipeline(archive: Archive) -> Non
     body = json.dumps(doc).encode()
     _post(TestClient(create_app(archive)), body)
     assert archive.process_pending() > 0
-    recs = _records(archive)
+    recs = sealed_records(archive)
     assert archive.verifier().verify(expected_sizes=archive.expected_sizes()).ok
     long_msg = [r for r in recs if r["kind"] == "message" and r["wamid"] is None]
     assert long_msg and long_msg[0]["modelled"] is False and long_msg[0]["type"] is None

@@ -33,7 +33,7 @@ import structlog
 
 from archiver.crypto import NONCE_SIZE, decrypt, encrypt
 from archiver.db import media
-from archiver.errors import ObjectExistsError, StrongroomError
+from archiver.errors import StrongroomError
 from archiver.keys import KeyRing
 from archiver.normalize import append_events, system_builder
 from archiver.objectstore import ObjectStore
@@ -189,9 +189,11 @@ class MediaFetcher:
             self._store(job, data, how)
         except (MediaError, httpx.HTTPError, ValueError) as e:
             self._failed(job, f"{type(e).__name__}: {e}"[:200])
-        except Exception as e:  # the object store or database: retried like a fetch failure
-            log.error("media.failed", media_row=job.id, error=type(e).__name__)
-            self._failed(job, type(e).__name__)
+        except Exception as e:
+            # Our own storage or database failed, not Meta: retry later without spending an
+            # attempt, so an outage on our side never turns attachments into gaps early.
+            log.error("media.store_failed", media_row=job.id, error=type(e).__name__)
+            self._failed(job, type(e).__name__, ours=True)
 
     def _store(self, job: sa.Row, data: bytes, how: dict[str, Any]) -> None:  # type: ignore[type-arg]
         key_ids = job.subject_key_id.split(",")
@@ -200,11 +202,7 @@ class MediaFetcher:
         obj_sha = hashlib.sha256(obj).hexdigest()
         key = media_key(job.stream, obj_sha)
         now = utcnow()
-        try:
-            put = self.store.put_locked(key, obj, self.retain_until(now))
-            version_id = put.version_id
-        except ObjectExistsError:  # the same ciphertext bytes: only a retry of this very PUT
-            version_id = None
+        version_id = self.store.put_locked(key, obj, self.retain_until(now)).version_id
         record = {
             "media_id": job.media_id, "wamid": job.wamid, "message": job.message_key, "object_key": key,
             "object_version": version_id, "object_sha256": obj_sha, "sha256": hashlib.sha256(data).hexdigest(),
@@ -215,12 +213,12 @@ class MediaFetcher:
                      object_key=key, size=len(data), last_error=None)
         log.info("media.stored", media_row=job.id, size=len(data))
 
-    def _failed(self, job: sa.Row, error: str) -> None:  # type: ignore[type-arg]
+    def _failed(self, job: sa.Row, error: str, ours: bool = False) -> None:  # type: ignore[type-arg]
         now = utcnow()
         message_time = as_utc(job.message_time) or as_utc(job.created_at)
         expired = message_time is not None and now - message_time > MEDIA_ID_LIFETIME
         # Without a token nothing was tried: wait (until the id expires) instead of spending attempts.
-        attempts = job.attempts + (0 if self.graph is None else 1)
+        attempts = job.attempts + (0 if self.graph is None or ours else 1)
         log.warning("media.attempt_failed", media_row=job.id, attempt=attempts, error=error[:80])
         if attempts >= self.policy.max_attempts or expired:
             attempts = max(attempts, 1)
@@ -233,6 +231,8 @@ class MediaFetcher:
         delay = min(self.policy.retry_base * (2 ** max(attempts - 1, 0)), self.policy.retry_cap)
         if self.graph is None:
             delay = self.policy.retry_cap
+        elif ours:
+            delay = max(delay, timedelta(minutes=1))
         with self.engine.begin() as conn:
             conn.execute(sa.update(media).where(media.c.id == job.id).values(
                 attempts=attempts, last_error=error, next_attempt_at=now + delay, updated_at=now))

@@ -247,39 +247,47 @@ class Reconciler:
         rep.warnings.append({"natural_key": nk, **entry})
 
     def _disconnects(self, conn: sa.Connection, b: EventBuilder, rep: StreamDay, stream: str, now: datetime) -> None:
+        """One outage per disconnect until capture resumes; repeated disconnect events inside an
+        outage (offboarded, then partner removed) are part of it, not new gaps."""
         tenant = stream[len("waba-"):]
         rows = conn.execute(sa.select(events).where(events.c.stream == stream, events.c.kind == "account_event",
                                                     events.c.status.in_(DISCONNECT_EVENTS | RECONNECT_EVENTS))
                             .order_by(events.c.event_time, events.c.id)).all()
         existing = self._existing(conn, stream, "gap:disconnect:") | self._existing(conn, stream, "gap_closed:disconnect:")
-        for i, r in enumerate(rows):
+        i = 0
+        while i < len(rows):
+            r = rows[i]
             if r.status not in DISCONNECT_EVENTS:
+                i += 1
                 continue
             start = as_utc(r.event_time) or as_utc(r.received_at)
-            nk = f"gap:disconnect:{start.isoformat()}"  # type: ignore[union-attr]
+            assert start is not None
+            end, why = self._resumed(conn, tenant, start, rows[i + 1:])
+            j = i + 1
+            while j < len(rows) and (end is None or (as_utc(rows[j].event_time) or start) < end):
+                j += 1
             value = json.loads(self.keyring.open_content(r.stream, r.natural_key, r.subject_key_id, r.nonce,
                                                          r.content)).get("value", {})
             info = value.get("disconnection_info") if isinstance(value.get("disconnection_info"), dict) else {}
-            body = {"event": r.status, "start": start.isoformat(), "reason": info.get("reason"),  # type: ignore[union-attr]
-                    "initiated_by": info.get("initiated_by"), "evidence": r.natural_key}
+            nk = f"gap:disconnect:{start.isoformat()}"
+            body = {"event": r.status, "start": start.isoformat(), "reason": info.get("reason"),
+                    "initiated_by": info.get("initiated_by"), "evidence": r.natural_key,
+                    "also": [x.natural_key for x in rows[i + 1:j] if x.status in DISCONNECT_EVENTS]}
             if nk not in existing:
                 self._gap(b, rep, stream, nk, "disconnect", "open", body, start)
-            end, why = self._resumed(conn, tenant, start, rows[i + 1:])  # type: ignore[arg-type]
             done_nk = "gap_closed:" + nk[len("gap:"):]
             if end is not None and done_nk not in existing:
                 self._gap(b, rep, stream, done_nk, "disconnect", "closed",
                           {**body, "end": end.isoformat(), "closes": nk, "resolution": why}, end)
+            i = j
 
     def _resumed(self, conn: sa.Connection, tenant: str, start: datetime,
                  later: list[sa.Row]) -> tuple[datetime | None, str]:  # type: ignore[type-arg]
+        """When capture resumed after `start`: a reconnect event or the first live capture."""
         reconnect = next((as_utc(r.event_time) for r in later if r.status in RECONNECT_EVENTS), None)
         capture = as_utc(conn.execute(sa.select(sa.func.min(events.c.event_time)).where(
             events.c.tenant == tenant, events.c.kind.in_(["message", "status"]),
             events.c.origin.in_(["api", "app", "agent"]), events.c.event_time > start)).scalar())
-        if later and later[0].status in DISCONNECT_EVENTS:  # disconnected again before resuming
-            nxt = as_utc(later[0].event_time)
-            capture = capture if capture is not None and nxt is not None and capture < nxt else None
-            reconnect = reconnect if reconnect is not None and nxt is not None and reconnect < nxt else None
         options = [(t, w) for t, w in ((reconnect, "reconnected"), (capture, "capture resumed")) if t is not None]
         return min(options) if options else (None, "")
 
@@ -322,11 +330,11 @@ class Reconciler:
 
 def latest_reports(engine: sa.Engine, keyring: KeyRing, day: date, stream: str | None = None) -> list[dict[str, Any]]:
     """The newest sealed report per stream for `day` (decrypted from the audit stream)."""
-    prefix = f"completeness:{stream or ''}"
+    pattern = f"completeness:{stream or '%'}:{day.isoformat()}:%"
     with engine.connect() as conn:
         rows = conn.execute(sa.select(events).where(
             events.c.stream == AUDIT_STREAM, events.c.kind == "completeness_report",
-            events.c.natural_key.like(prefix + "%")).order_by(events.c.id)).all()
+            events.c.natural_key.like(pattern)).order_by(events.c.id)).all()
     newest: dict[str, dict[str, Any]] = {}
     for r in rows:
         rep = json.loads(keyring.open_content(r.stream, r.natural_key, r.subject_key_id, r.nonce, r.content))

@@ -164,3 +164,14 @@ def test_the_worker_reconciles_on_its_own_schedule(archive: Archive) -> None:
     with archive.engine.connect() as conn:
         reports = conn.execute(sa.select(sa.func.count()).where(events.c.kind == "completeness_report")).scalar_one()
     assert reports == 1 and latest_reports(archive.engine, archive.keyring, today)[0]["stream"] == p.PNID
+
+
+def test_repeated_disconnect_events_are_one_outage(archive: Archive) -> None:
+    ingest(archive, p.account_update("ACCOUNT_OFFBOARDED", T + 100), p.account_update("PARTNER_REMOVED", T + 200),
+           p.account_update("ACCOUNT_RECONNECTED", T + 900))
+    archive.reconciler().run(DAY, streams=[f"waba-{p.WABA}"], now=LATER)
+    gaps = {k: record_json(archive, r) for k, r in _gaps(archive, f"waba-{p.WABA}").items()}
+    start = datetime.fromtimestamp(T + 100, UTC).isoformat()
+    assert set(gaps) == {f"gap:disconnect:{start}", f"gap_closed:disconnect:{start}"}
+    closed = gaps[f"gap_closed:disconnect:{start}"]
+    assert closed["end"] == datetime.fromtimestamp(T + 900, UTC).isoformat() and len(closed["also"]) == 1

@@ -5,17 +5,18 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import sqlalchemy as sa
 
 from archiver.db import events, media
-from archiver.media import open_media
+from archiver.media import GraphClient, MediaFetcher, MediaPolicy, open_media
+from archiver.objectstore import S3ObjectStore
 from strongroom.runtime import Archive, open_archive
 from strongroom.settings import Settings
 from tests import payloads as p
-from tests.conftest import ingest, record_json
+from tests.conftest import ingest, record_json, sign
 from tests.graph_standin import GraphStandIn
 
 NOW = int(time.time())
@@ -122,3 +123,24 @@ def test_without_a_token_media_waits_and_expired_ids_become_gaps(archive: Archiv
         states = dict(conn.execute(sa.select(media.c.media_id, media.c.state)).all())
     assert states == {"m-wait": "pending", "m-old": "gap"}
     assert "no Graph API token" in record_json(archive, _records(archive, "gap")["wamid.n2"])["last_error"]
+
+
+def test_our_own_storage_failing_never_spends_attempts(media_archive: Archive, graph: GraphStandIn) -> None:
+    """A store outage (here: a bucket that does not exist on the real SeaweedFS) is our problem,
+    not Meta's: the job waits and retries, it does not count towards becoming a gap."""
+    m = graph.add("m-later", b"later" * 100)
+    normal = media_archive.store
+    broken = S3ObjectStore(f"missing-{normal.bucket}", normal.endpoint_url, *normal.credentials, normal.region)
+    body = p.inbound(p.image("wamid.s1", "16505551234", NOW, "m-later", m.sha256))
+    media_archive.inbox.receive(body, sign(body))
+    while media_archive.normalizer().run_once():
+        pass
+    fetcher = MediaFetcher(media_archive.engine, broken, media_archive.keyring,
+                           GraphClient(graph.base_url, graph.token), media_archive.retention.retain_until,
+                           MediaPolicy(max_attempts=1, retry_base=timedelta(0)))
+    assert fetcher.run_once() == 1 and fetcher.run_once() == 0  # rescheduled, not retried in a tight loop
+    fetcher.close()
+    with media_archive.engine.connect() as conn:
+        job = conn.execute(sa.select(media)).one()
+    assert (job.state, job.attempts) == ("pending", 0) and job.last_error
+    assert "wamid.s1" not in _records(media_archive, "gap")

@@ -139,6 +139,11 @@ def _banner(archive: Archive) -> None:
               f"{' (embedded SeaweedFS, Object Lock COMPLIANCE)' if archive.embedded else ''}")
     out.print(f"  database      : {s.sql_url().split('@')[-1]}")
     out.print(f"  signing key   : {s.key_path('signing')} (public: strongroom keys public)")
+    media = (f"{s.graph_base_url}, token from "
+             + ("STRONGROOM_GRAPH_TOKEN" if s.graph_token is not None else str(s.graph_token_file))
+             if s.graph_token is not None or s.graph_token_file is not None
+             else "[yellow]no Graph token: attachments wait, and become gap records after 7 days[/yellow]")
+    out.print(f"  media         : {media}")
     out.print("  Ctrl-C stops the service and everything it started.")
 
 

@@ -151,7 +151,7 @@ def _media_objects(msg: dict[str, Any]) -> list[dict[str, Any]]:
 
 def _message(sink: EventSink, c: Change, msg: dict[str, Any], idx: int, *, origin: str, direction: str,
              contact_phone: Any, contact_user_id: Any, contact: Any, key_prefix: str = "message",
-             status: Any = None) -> bool:
+             status: Any = None, provenance: dict[str, Any] | None = None) -> bool:
     at = parse_unix(msg.get("timestamp"))
     p = sink.person(contact_phone, contact_user_id, at)
     business_bi = sink.blind(_business(c.value))
@@ -163,7 +163,10 @@ def _message(sink: EventSink, c: Change, msg: dict[str, Any], idx: int, *, origi
     cols = dict(tenant=c.tenant, field=c.field, conversation=p.subject, direction=direction, origin=origin,
                 sender=p.bi if direction == "inbound" else business_bi,
                 recipient=business_bi if direction == "inbound" else p.bi, event_time=at)
-    sink.add(c.stream, natural_key, "message", canonical_json({"message": msg, "contact": contact}), p.key_ids,
+    content = {"message": msg, "contact": contact}
+    if provenance is not None:
+        content["history"] = provenance  # phase, chunk order, progress of the import that carried it
+    sink.add(c.stream, natural_key, "message", canonical_json(content), p.key_ids,
              wamid=wamid, ref_wamid=_ref(msg), type=mtype, status=status, modelled=modelled, **cols)
     for obj in _media_objects(msg):
         sink.media(c.stream, str(obj.get("id") or "url:" + key_part(obj.get("url"))), wamid, natural_key,
@@ -296,7 +299,7 @@ def history(sink: EventSink, c: Change) -> bool:
                     if isinstance(msg.get("history_context"), dict) else None
                 modelled &= _message(sink, c, msg, idx, origin="history",
                                      direction="outbound" if outbound else "inbound", contact_phone=thread.get("id"),
-                                     contact_user_id=None, contact=None, status=status)
+                                     contact_user_id=None, contact=None, status=status, provenance=meta)
     # Media follow-ups for placeholders arrive on field `history` as `value.messages[]`.
     msgs, ok_m = _items(c.value, "messages")
     for idx, msg in enumerate(msgs):
@@ -304,7 +307,7 @@ def history(sink: EventSink, c: Change) -> bool:
         modelled &= ok_m and _message(
             sink, c, msg, idx, origin="history", direction="outbound" if outbound else "inbound",
             contact_phone=msg.get("to") if outbound else msg.get("from"), contact_user_id=None, contact=None,
-            key_prefix="history_media")
+            key_prefix="history_media", provenance={"media_follow_up": True})
     return modelled
 
 

@@ -126,6 +126,9 @@ segments = sa.Table(
     sa.Column("root_hash", sa.String(64), nullable=False),
     sa.Column("created_at", Ts, nullable=False),
     sa.Column("checkpoint_key", sa.String(512), nullable=True),
+    sa.Column("retention_rule", sa.String(64), nullable=True),  # schedule version and governing regime
+    sa.Column("disposed_at", Ts, nullable=True),  # deleted after retention, under a certificate
+    sa.Column("disposition_id", sa.String(26), nullable=True),
     sa.UniqueConstraint("stream", "first_seq", name="uq_segments_stream_first"),
 )
 
@@ -175,6 +178,10 @@ media = sa.Table(
     sa.Column("next_attempt_at", Ts, nullable=False),
     sa.Column("last_error", sa.String(200)),
     sa.Column("object_key", sa.String(512)),
+    sa.Column("version_id", sa.String(128)),
+    sa.Column("retain_until", Ts),
+    sa.Column("disposed_at", Ts),
+    sa.Column("disposition_id", sa.String(26)),
     sa.Column("size", sa.BigInteger),
     sa.Column("created_at", Ts, nullable=False),
     sa.Column("updated_at", Ts, nullable=False),

@@ -120,7 +120,7 @@ class MediaPolicy:
 
 class MediaFetcher:
     def __init__(self, engine: sa.Engine, store: ObjectStore, keyring: KeyRing, graph: GraphClient | None,
-                 retain_until: Callable[[datetime], datetime], policy: MediaPolicy | None = None,
+                 retain_until: Callable[[str, datetime], tuple[datetime, str]], policy: MediaPolicy | None = None,
                  concurrency: int = 4) -> None:
         self.engine = engine
         self.store = store
@@ -202,7 +202,8 @@ class MediaFetcher:
         obj_sha = hashlib.sha256(obj).hexdigest()
         key = media_key(job.stream, obj_sha)
         now = utcnow()
-        version_id = self.store.put_locked(key, obj, self.retain_until(now)).version_id
+        until, _rule = self.retain_until(job.stream, now)
+        version_id = self.store.put_locked(key, obj, until).version_id
         record = {
             "media_id": job.media_id, "wamid": job.wamid, "message": job.message_key, "object_key": key,
             "object_version": version_id, "object_sha256": obj_sha, "sha256": hashlib.sha256(data).hexdigest(),
@@ -210,7 +211,7 @@ class MediaFetcher:
             "fetched_at": now.isoformat(), **how,
         }
         self._finish(job, "stored", "media", f"media:{job.media_id}", record, key_ids,
-                     object_key=key, size=len(data), last_error=None)
+                     object_key=key, version_id=version_id, retain_until=until, size=len(data), last_error=None)
         log.info("media.stored", media_row=job.id, size=len(data))
 
     def _failed(self, job: sa.Row, error: str, ours: bool = False) -> None:  # type: ignore[type-arg]

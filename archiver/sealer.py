@@ -126,7 +126,7 @@ class Sealer:
         engine: sa.Engine,
         store: ObjectStore,
         signing_key: Ed25519PrivateKey,
-        retain_until: Callable[[datetime], datetime],
+        retain_until: Callable[[str, datetime], tuple[datetime, str]],
         batch_max: int = 50_000,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
@@ -182,8 +182,9 @@ class Sealer:
             return 0
         self._set_pending(stream, batch.key)  # (3)
         failpoints.hit("sealer.before_put")
+        until, rule = self.retain_until(stream, self.clock())  # from the schedule in force
         try:
-            put = self.store.put_locked(batch.key, batch.data, self.retain_until(self.clock()))
+            put = self.store.put_locked(batch.key, batch.data, until)
             version_id = put.version_id
         except ObjectExistsError:
             # Only possible if an earlier attempt's intent was lost; adopt what is stored.
@@ -192,7 +193,7 @@ class Sealer:
         failpoints.hit("sealer.after_put")
         self._read_back(batch.key, version_id, hashlib.sha256(batch.data).hexdigest())  # (4)
         failpoints.hit("sealer.after_readback")
-        seg_id = self._commit(batch, version_id)  # (5)
+        seg_id = self._commit(batch, version_id, until, rule)  # (5)
         failpoints.hit("sealer.after_commit")
         self._publish_checkpoint(seg_id)  # (6), (7)
         return batch.count
@@ -254,7 +255,9 @@ class Sealer:
         )
         batch = _Batch(stream, [by_key[k] for k in keys], len(records), records[0]["seq"], prev, tree.root(),
                        new_nodes, key, data)
-        seg_id = self._commit(batch, version_id)
+        lock = self.store.retention(key, version_id)  # the lock it was written with, not today's schedule
+        until, rule = (lock.retain_until, "as stored") if lock.retain_until else self.retain_until(stream, self.clock())
+        seg_id = self._commit(batch, version_id, until, rule)
         self._publish_checkpoint(seg_id)
 
     def _unpublished_checkpoints(self, stream: str) -> list[int]:
@@ -315,7 +318,7 @@ class Sealer:
         if got != sha256:
             raise ObjectStoreError(f"read-back of {key} has sha256 {got}, wrote {sha256}")
 
-    def _commit(self, b: _Batch, version_id: str | None) -> int:
+    def _commit(self, b: _Batch, version_id: str | None, retain_until: datetime, rule: str) -> int:
         last = b.first_seq + b.count - 1
         now = self.clock()
         with self.engine.begin() as conn:
@@ -323,8 +326,8 @@ class Sealer:
                 sa.insert(segments).values(
                     stream=b.stream, first_seq=b.first_seq, last_seq=last, object_key=b.key,
                     version_id=version_id, sha256=hashlib.sha256(b.data).hexdigest(), size=len(b.data),
-                    retain_until=self.retain_until(now), head_hash=b.head.hex(), root_hash=b.root.hex(),
-                    created_at=now,
+                    retain_until=retain_until, retention_rule=rule[:64], head_hash=b.head.hex(),
+                    root_hash=b.root.hex(), created_at=now,
                 ).returning(segments.c.id)
             ).scalar_one()
             for lo, hi, seq in _id_runs(b.event_ids, b.first_seq):
@@ -355,8 +358,9 @@ class Sealer:
         cp = Checkpoint(seg.stream, seg.last_seq + 1, seg.root_hash, seg.head_hash,
                         format_ts(self.clock()), self.key_id)
         try:
+            # a checkpoint is kept at least as long as the segment it signs (and is never disposed)
             self.store.put_locked(key, SignedCheckpoint.sign(cp, self.signing_key).to_json(),
-                                  self.retain_until(self.clock()))
+                                  max(as_utc(seg.retain_until), self.retain_until(seg.stream, self.clock())[0]))
         except ObjectExistsError:
             stored = SignedCheckpoint.from_json(self.store.get(key), key)
             stored.verify(self.signing_key.public_key(), key)

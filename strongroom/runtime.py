@@ -25,7 +25,7 @@ from archiver.sealer import Sealer
 from audit.query import QueryEngine, S3Location
 from audit.verify import Verifier
 from policies.completeness import Reconciler
-from policies.retention import RetentionPolicy
+from policies.retention import RetentionPolicy, Schedules
 from strongroom.embedded import EmbeddedSeaweedFS
 from strongroom.settings import Settings
 
@@ -88,6 +88,15 @@ class Archive:
     _inbox: Inbox | None = field(default=None, repr=False)
 
     @property
+    def schedules(self) -> Schedules:
+        return Schedules(self.engine, self.retention)
+
+    def retain_until(self, stream: str, at: datetime) -> tuple[datetime, str]:
+        """Retain-until for an object of `stream` sealed at `at`, from the schedule in force."""
+        decision = self.schedules.decide(stream, at)
+        return decision.retain_until, decision.label
+
+    @property
     def public_key(self) -> Ed25519PublicKey:
         return self.signing_key.public_key()
 
@@ -105,7 +114,7 @@ class Archive:
         graph = GraphClient(self.settings.graph_base_url, token) if token else None
         policy = MediaPolicy(max_attempts=self.settings.media_max_attempts,
                              retry_base=timedelta(seconds=self.settings.media_retry_base_seconds))
-        return MediaFetcher(self.engine, self.store, self.keyring, graph, self.retention.retain_until, policy,
+        return MediaFetcher(self.engine, self.store, self.keyring, graph, self.retain_until, policy,
                             concurrency=self.settings.media_concurrency)
 
     def reconciler(self) -> Reconciler:
@@ -113,7 +122,7 @@ class Archive:
                           silence_warning=timedelta(days=self.settings.app_silence_warning_days))
 
     def sealer(self) -> Sealer:
-        return Sealer(self.engine, self.store, self.signing_key, self.retention.retain_until,
+        return Sealer(self.engine, self.store, self.signing_key, self.retain_until,
                       batch_max=self.settings.seal_batch_max)
 
     def verifier(self) -> Verifier:

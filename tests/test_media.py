@@ -136,7 +136,7 @@ def test_our_own_storage_failing_never_spends_attempts(media_archive: Archive, g
     while media_archive.normalizer().run_once():
         pass
     fetcher = MediaFetcher(media_archive.engine, broken, media_archive.keyring,
-                           GraphClient(graph.base_url, graph.token), media_archive.retention.retain_until,
+                           GraphClient(graph.base_url, graph.token), media_archive.retain_until,
                            MediaPolicy(max_attempts=1, retry_base=timedelta(0)))
     assert fetcher.run_once() == 1 and fetcher.run_once() == 0  # rescheduled, not retried in a tight loop
     fetcher.close()

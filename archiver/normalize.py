@@ -27,6 +27,7 @@ from typing import Any
 
 import sqlalchemy as sa
 import structlog
+from ulid import ULID
 
 from archiver import failpoints
 from archiver.crypto import encrypt
@@ -151,6 +152,20 @@ class EventBuilder:
 def system_builder(keyring: KeyRing, now: datetime | None = None) -> EventBuilder:
     """A builder for events the archive writes itself (no inbox body behind them)."""
     return EventBuilder(keyring, None, None, now or utcnow())
+
+
+def append_audit(engine: sa.Engine, keyring: KeyRing, kind: str, action: str, actor: str, details: dict[str, Any],
+                 now: datetime | None = None) -> str:
+    """Append one event to the archive's own `audit` stream (sealed with the next sealing run).
+    Content is encrypted under the audit key: details can name a person. Returns its natural key."""
+    natural_key = f"{kind}:{ULID()}"
+    b = system_builder(keyring, now)
+    body = canonical_json({"kind": kind, "action": action, "actor": actor, "at": b.received_at.isoformat(),
+                           "details": details})
+    b.add(AUDIT_STREAM, natural_key, kind, body, [AUDIT_KEY], type=action, event_time=b.received_at)
+    with engine.begin() as conn:
+        append_events(conn, b)
+    return natural_key
 
 
 def append_events(conn: sa.Connection, *builders: EventBuilder) -> None:

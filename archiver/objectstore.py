@@ -88,6 +88,18 @@ class ObjectStore(ABC):
     def retention(self, key: str, version_id: str | None = None) -> Retention:
         """Object Lock mode, retain-until date and legal hold of a version."""
 
+    def extend_retention(self, key: str, version_id: str | None, retain_until: datetime) -> None:
+        """Move a COMPLIANCE retain-until later (the store refuses earlier: AccessDeniedError)."""
+        raise AccessDeniedError(f"{type(self).__name__} cannot change retention")
+
+    def set_legal_hold(self, key: str, version_id: str | None, on: bool) -> None:
+        """Place or lift the S3 legal hold of a version."""
+        raise AccessDeniedError(f"{type(self).__name__} cannot place legal holds")
+
+    def delete_version(self, key: str, version_id: str | None) -> None:
+        """Delete one version for good (refused while it is locked or held: AccessDeniedError)."""
+        raise AccessDeniedError(f"{type(self).__name__} cannot delete")
+
 
 def sha256_b64(data: bytes) -> str:
     return base64.b64encode(hashlib.sha256(data).digest()).decode()
@@ -241,6 +253,30 @@ class S3ObjectStore(ObjectStore):
             head.get("ObjectLockRetainUntilDate"),
             head.get("ObjectLockLegalHoldStatus") == "ON",
         )
+
+
+    def extend_retention(self, key: str, version_id: str | None, retain_until: datetime) -> None:
+        kwargs = {"VersionId": version_id} if version_id else {}
+        try:
+            self.s3.put_object_retention(Bucket=self.bucket, Key=key, ChecksumAlgorithm="SHA256",
+                                         Retention={"Mode": "COMPLIANCE", "RetainUntilDate": retain_until}, **kwargs)
+        except ClientError as e:
+            raise _translate(e, key) from e
+
+    def set_legal_hold(self, key: str, version_id: str | None, on: bool) -> None:
+        kwargs = {"VersionId": version_id} if version_id else {}
+        try:
+            self.s3.put_object_legal_hold(Bucket=self.bucket, Key=key, ChecksumAlgorithm="SHA256",
+                                          LegalHold={"Status": "ON" if on else "OFF"}, **kwargs)
+        except ClientError as e:
+            raise _translate(e, key) from e
+
+    def delete_version(self, key: str, version_id: str | None) -> None:
+        kwargs = {"VersionId": version_id} if version_id else {}
+        try:
+            self.s3.delete_object(Bucket=self.bucket, Key=key, **kwargs)
+        except ClientError as e:
+            raise _translate(e, key) from e
 
 
 class DirectoryObjectStore(ObjectStore):

@@ -15,6 +15,10 @@ bad seq:
   (6) consistency — checkpoints grow strictly and each is a prefix of the next (RFC 9162
       consistency proof between successive checkpoints verifies), and the newest checkpoint
       (and the SQL head, when given) covers every record.
+
+A segment deleted after its retention ended is accepted only where a disposition certificate
+signed with our key accounts for it: its leaf hashes stand in for the records (so every
+checkpoint's root is still recomputed) and its chain heads must link to the neighbours.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from archiver.merkle import CompactRange, consistency_proof, hash_leaf, perfect_
 from archiver.objectstore import ObjectStore
 from archiver.records import GENESIS, canonical_parts, join_canonical, link
 from archiver.segments import decode_columns
+from policies.disposition import load_certificates
 
 _SEG = re.compile(r"^records/stream=([^/]+)/date=[^/]+/seg-(\d+)-(\d+)\.parquet$")
 _CP = re.compile(r"^checkpoints/stream=([^/]+)/(\d+)\.json$")
@@ -56,6 +61,7 @@ class StreamResult:
     segments: int = 0
     records: int = 0
     checkpoints: int = 0
+    disposed: int = 0  # segments deleted after retention, accounted for by a signed certificate
     root: str = ""
 
 
@@ -97,12 +103,20 @@ class Verifier:
         for key in self.store.list_keys("checkpoints/"):
             if m := _CP.match(key):
                 cps[m[1]].append(key)
+        disposed: dict[str, dict[int, dict]] = defaultdict(dict)  # type: ignore[type-arg]
+        certs, bad = load_certificates(self.store, self.public_key)
+        for key in bad:
+            report.failures.append(Failure(4, "?", key, "disposition certificate does not verify"))
+        for cert in certs:
+            for obj in cert["objects"]:
+                if obj.get("kind") == "segment":
+                    disposed[obj["stream"]][obj["first_seq"]] = obj
         names = sorted(set(segs) | set(cps) | set(expected_sizes or {}))
         if only is not None:
             names = [n for n in names if n in set(only)]
         for name in names:
             result, failures = self._verify_stream(name, sorted(segs[name]), sorted(cps[name]),
-                                                   (expected_sizes or {}).get(name))
+                                                   (expected_sizes or {}).get(name), disposed[name])
             report.streams.append(result)
             report.failures.extend(failures)
         return report
@@ -110,7 +124,8 @@ class Verifier:
     # -- one stream -------------------------------------------------------------------------
 
     def _verify_stream(self, stream: str, segs: list[tuple[int, int, str]], cp_keys: list[str],
-                       expected_size: int | None) -> tuple[StreamResult, list[Failure]]:
+                       expected_size: int | None, disposed: dict[int, dict] | None = None,  # type: ignore[type-arg]
+                       ) -> tuple[StreamResult, list[Failure]]:
         res = StreamResult(stream, segments=len(segs), checkpoints=len(cp_keys))
         fails: list[Failure] = []
         checkpoints = self._load_checkpoints(stream, cp_keys, fails)  # (4)
@@ -122,9 +137,17 @@ class Verifier:
         prev = GENESIS
         by_size = {cp.checkpoint.tree_size: (key, cp) for key, cp in checkpoints}
         broken = False
-        for first, last, key in segs:
+        present = {first for first, _, _ in segs}
+        gone = [(first, d["last_seq"], d["key"]) for first, d in (disposed or {}).items() if first not in present]
+        for first, last, key in sorted(segs + gone):
             if broken:
                 break
+            if first not in present:
+                broken = not self._disposed(stream, key, (disposed or {})[first], tree, nodes, prev, by_size, fails)
+                if not broken:
+                    prev = bytes.fromhex((disposed or {})[first]["head_hash"])
+                    res.disposed += 1
+                continue
             if first != tree.size:
                 fails.append(Failure(2, stream, key, f"expected segment to start at seq {tree.size}, "
                                                      f"found seq {first}", tree.size))
@@ -170,6 +193,33 @@ class Verifier:
         if not broken:
             self._check_growth(stream, checkpoints, tree, nodes, expected_size, fails)  # (6)
         return res, fails
+
+    def _disposed(self, stream: str, key: str, entry: dict, tree: CompactRange,  # type: ignore[type-arg]
+                  nodes: dict[tuple[int, int], bytes], prev: bytes,
+                  by_size: dict[int, tuple[str, SignedCheckpoint]], fails: list[Failure]) -> bool:
+        """Stand a certificate's leaf hashes in for a disposed segment. Returns False when it fails."""
+        first, last, leaves = entry["first_seq"], entry["last_seq"], entry.get("leaf_hashes") or []
+        item = f"{key} (disposed)"
+        if first != tree.size or len(leaves) != last - first + 1:
+            fails.append(Failure(2, stream, item, f"certificate covers seq {first}-{last} with {len(leaves)} leaves; "
+                                                  f"the chain is at {tree.size}", tree.size))
+            return False
+        if entry["prev_hash"] != prev.hex():
+            fails.append(Failure(2, stream, item, "certificate's chain start does not link to the previous record", first))
+            return False
+        for leaf in leaves:
+            for lvl, idx, h in tree.append(bytes.fromhex(leaf)):
+                nodes[(lvl, idx)] = h
+            if tree.size in by_size and tree.size != last + 1:
+                cp_key, cp = by_size[tree.size]
+                if cp.checkpoint.root_hash != tree.root().hex():
+                    fails.append(Failure(3, stream, cp_key, "root mismatch inside a disposed segment", tree.size - 1))
+        if tree.root().hex() != entry["root_hash"]:
+            fails.append(Failure(3, stream, item, "certificate's leaf hashes do not give its root", last))
+            return False
+        if tree.size in by_size:
+            self._check_root(stream, tree, bytes.fromhex(entry["head_hash"]), *by_size[tree.size], fails)
+        return True
 
     def _load_checkpoints(self, stream: str, keys: list[str], fails: list[Failure]) -> list[tuple[str, SignedCheckpoint]]:
         out = []

@@ -25,6 +25,9 @@ from archiver.sealer import Sealer
 from audit.query import QueryEngine, S3Location
 from audit.verify import Verifier
 from policies.completeness import Reconciler
+from policies.disposition import RetentionRun
+from policies.erasure import Erasure
+from policies.holds import Holds
 from policies.retention import RetentionPolicy, Schedules
 from strongroom.embedded import EmbeddedSeaweedFS
 from strongroom.settings import Settings
@@ -120,6 +123,25 @@ class Archive:
     def reconciler(self) -> Reconciler:
         return Reconciler(self.engine, self.keyring, grace=timedelta(seconds=self.settings.reconcile_grace_seconds),
                           silence_warning=timedelta(days=self.settings.app_silence_warning_days))
+
+    def holds(self) -> Holds:
+        def matching(where: str) -> list[tuple[str, int]]:
+            return [(r[0], int(r[1])) for r in self.query_engine().query(
+                f"SELECT stream, seq FROM records WHERE {where}").rows]
+
+        return Holds(self.engine, self.store, self.keyring, matching)
+
+    def certificate_retention(self) -> datetime:
+        """Certificates and decisions are kept as long as the archive's own audit records."""
+        return self.retain_until("audit", datetime.now(UTC))[0]
+
+    def retention_run(self) -> RetentionRun:
+        return RetentionRun(self.engine, self.store, self.keyring, self.signing_key, self.holds(),
+                            self.certificate_retention())
+
+    def erasure(self) -> Erasure:
+        return Erasure(self.engine, self.store, self.keyring, self.signing_key, self.holds(),
+                       self.certificate_retention())
 
     def sealer(self) -> Sealer:
         return Sealer(self.engine, self.store, self.signing_key, self.retain_until,

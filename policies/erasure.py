@@ -1,0 +1,180 @@
+"""GDPR erasure (Art 17) by crypto-shredding, with a decision record for every request (R-33, R-34).
+
+A request names a person by phone number, BSUID or subject id. Identity over time decides who
+that is: a phone number means whoever holds it *now*, so a reassigned number's new owner can
+never erase the previous owner's records (or the other way round).
+
+The decision is sealed on the audit stream either way:
+
+- **refused** under Art 17(3)(e) when an active legal hold covers any of the subject's records
+  (hold ids listed), or under Art 17(3)(b) when a statutory retention period still runs on an
+  object holding their records (the governing rule and the latest retention end are listed).
+  The subject is then *restricted*: `process_restricted` (run by every retention run) shreds
+  them automatically once nothing blocks any more.
+- **granted**: the subject's data key is destroyed (the wrapped copy is overwritten with NULL;
+  the KEK never saw a plaintext backup), and a key-destruction certificate signed with the
+  archive's key is stored WORM at ``certificates/erasure/<id>.json`` and sealed. Every record
+  and attachment about the subject — alone or with others — becomes unreadable; the hash chain
+  and Merkle proofs still verify because they cover ciphertext.
+
+Regimes marked ``default`` or ``GDPR-max`` are not statutory obligations and never block.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from ulid import ULID
+
+from archiver.db import data_keys, events, identities, media, metadata, segments
+from archiver.identity import IdentityBook, subject_key_id
+from archiver.keys import KeyRing
+from archiver.normalize import append_audit
+from archiver.objectstore import ObjectStore
+from archiver.sqlutil import as_utc, utcnow
+from policies.disposition import sign_document
+from policies.holds import Holds
+
+Ts = sa.DateTime(timezone=True)
+NOT_STATUTORY = ("default", "GDPR-max")  # an adopted orphan ("as stored") counts as statutory
+
+erasures = sa.Table(
+    "erasures",
+    metadata,
+    sa.Column("id", sa.String(26), primary_key=True),
+    sa.Column("subject", sa.String(40), nullable=False),
+    sa.Column("requested_by", sa.String(200), nullable=False),
+    sa.Column("requested_at", Ts, nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),  # shredded | restricted | nothing_held
+    sa.Column("decision", sa.Text, nullable=False),
+    sa.Column("retention_end", Ts),
+    sa.Column("shredded_at", Ts),
+)
+
+
+class ErasureError(ValueError):
+    """A request that names nobody we hold."""
+
+
+@dataclass(frozen=True)
+class Decision:
+    request_id: str
+    subject: str
+    outcome: str  # granted | refused | nothing_held
+    basis: list[dict[str, Any]]
+    retention_end: datetime | None
+    certificate_key: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"request_id": self.request_id, "subject": self.subject, "outcome": self.outcome,
+                "basis": self.basis, "retention_end": self.retention_end.isoformat() if self.retention_end else None,
+                "certificate": self.certificate_key}
+
+
+class Erasure:
+    def __init__(self, engine: sa.Engine, store: ObjectStore, keyring: KeyRing, signing_key: Ed25519PrivateKey,
+                 holds: Holds, retain_certificate_until: datetime) -> None:
+        self.engine = engine
+        self.store = store
+        self.keyring = keyring
+        self.signing_key = signing_key
+        self.holds = holds
+        self.retain_certificate_until = retain_certificate_until
+
+    def subject_for(self, phone: str | None = None, bsuid: str | None = None, subject: str | None = None,
+                    at: datetime | None = None) -> str:
+        if subject:
+            return subject
+        book = IdentityBook(self.engine)
+        for ns, value in (("wa", phone), ("bsuid", bsuid)):
+            if value:
+                found = book.at(ns, self.keyring.blind_index(ns, value), at)
+                if found:
+                    return found
+        raise ErasureError("no data subject holds that identifier now; nothing is archived about them")
+
+    def blockers(self, subject: str, now: datetime) -> tuple[list[dict[str, Any]], datetime | None]:
+        """Why `subject` cannot be erased now (empty: nothing blocks) and when retention ends."""
+        basis: list[dict[str, Any]] = []
+        held = self.holds.holds_on_subject(subject)
+        if held:
+            basis.append({"article": "17(3)(e)", "reason": "legal hold (establishment, exercise or defence of "
+                                                             "legal claims)", "holds": held})
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(segments.c.retention_rule, sa.func.max(segments.c.retain_until))
+                                .where(segments.c.id.in_(sa.select(events.c.segment_id).where(
+                                    events.c.subject_key_id.like(f"%{subject_key_id(subject)}%"))),
+                                    segments.c.disposed_at.is_(None), segments.c.retain_until > now)
+                                .group_by(segments.c.retention_rule)).all()
+        statutory = [(r[0], as_utc(r[1])) for r in rows
+                     if r[0] and not any(r[0].endswith(":" + n) or r[0] == n for n in NOT_STATUTORY)]
+        end = max((t for _, t in statutory if t is not None), default=None)
+        if statutory:
+            basis.append({"article": "17(3)(b)", "reason": "a legal obligation to retain (statutory retention)",
+                          "rules": sorted({r for r, _ in statutory}), "retention_end": end.isoformat() if end else None})
+        return basis, end
+
+    def request(self, actor: str, phone: str | None = None, bsuid: str | None = None, subject: str | None = None,
+                now: datetime | None = None) -> Decision:
+        now = now or utcnow()
+        who = self.subject_for(phone, bsuid, subject, now)
+        request_id = str(ULID())
+        basis, end = self.blockers(who, now)
+        if basis:
+            decision = Decision(request_id, who, "refused", basis, end)
+            state = "restricted"
+        else:
+            decision = Decision(request_id, who, "granted", [], None)
+            state = "granted"
+        with self.engine.begin() as conn:
+            conn.execute(sa.insert(erasures).values(id=request_id, subject=who, requested_by=actor, requested_at=now,
+                                                    state=state, decision=json.dumps(decision.as_dict()),
+                                                    retention_end=end))
+        append_audit(self.engine, self.keyring, "erasure_decision", decision.outcome, actor, decision.as_dict(), now)
+        if state == "granted":
+            decision = self._shred(request_id, who, actor, now, decision)
+        return decision
+
+    def _shred(self, request_id: str, subject: str, actor: str, now: datetime, decision: Decision) -> Decision:
+        key_id = subject_key_id(subject)
+        with self.engine.begin() as conn:
+            conn.execute(sa.update(data_keys).where(data_keys.c.key_id == key_id, data_keys.c.wrapped.is_not(None))
+                         .values(wrapped=None, destroyed_at=now))
+            n_records = conn.execute(sa.select(sa.func.count()).where(
+                events.c.subject_key_id.like(f"%{key_id}%"))).scalar_one()
+            n_media = conn.execute(sa.select(sa.func.count()).where(media.c.subject_key_id.like(f"%{key_id}%"))) \
+                .scalar_one()
+            bindings = conn.execute(sa.select(sa.func.count()).where(identities.c.subject == subject)).scalar_one()
+        self.keyring.forget(key_id)
+        body = {"format": "strongroom.key-destruction/1", "request_id": request_id, "subject": subject,
+                "key_ids": [key_id], "destroyed_at": now.isoformat(), "actor": actor,
+                "records_made_unreadable": n_records, "media_made_unreadable": n_media,
+                "identity_bindings": bindings, "decision": decision.outcome}
+        key = f"certificates/erasure/{request_id}.json"
+        self.store.put_locked(key, sign_document(body, self.signing_key), self.retain_certificate_until)
+        append_audit(self.engine, self.keyring, "key_destruction_certificate", "shred", actor, body, now)
+        with self.engine.begin() as conn:
+            conn.execute(sa.update(erasures).where(erasures.c.id == request_id).values(state="shredded",
+                                                                                         shredded_at=now))
+        return Decision(decision.request_id, subject, decision.outcome, decision.basis, decision.retention_end, key)
+
+    def process_restricted(self, actor: str = "system:retention", now: datetime | None = None) -> list[Decision]:
+        """Shred every restricted subject whose blocking reasons have ended (R-34)."""
+        now = now or utcnow()
+        with self.engine.connect() as conn:
+            pending = conn.execute(sa.select(erasures).where(erasures.c.state == "restricted")).all()
+        done = []
+        for r in pending:
+            basis, _ = self.blockers(r.subject, now)
+            if basis:
+                continue
+            decision = Decision(r.id, r.subject, "granted", [{"reason": "blocking reasons ended", "was":
+                                                              json.loads(r.decision)["basis"]}], None)
+            append_audit(self.engine, self.keyring, "erasure_decision", "granted", actor, decision.as_dict(), now)
+            done.append(self._shred(r.id, r.subject, actor, now, decision))
+        return done

@@ -23,8 +23,10 @@ Regimes marked ``default`` or ``GDPR-max`` are not statutory obligations and nev
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
@@ -32,8 +34,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from ulid import ULID
 
 from archiver.db import data_keys, events, identities, media, metadata, segments
+from archiver.errors import KeyDestroyedError
 from archiver.identity import IdentityBook, subject_key_id
 from archiver.keys import KeyRing
+from archiver.media import open_media
 from archiver.normalize import append_audit
 from archiver.objectstore import ObjectStore
 from archiver.sqlutil import as_utc, utcnow
@@ -178,3 +182,46 @@ class Erasure:
             append_audit(self.engine, self.keyring, "erasure_decision", "granted", actor, decision.as_dict(), now)
             done.append(self._shred(r.id, r.subject, actor, now, decision))
         return done
+
+    def access_export(self, subject: str, out_dir: Path, actor: str, now: datetime | None = None) -> dict[str, Any]:
+        """Art 15: every record and attachment about `subject`, decrypted, as `records.jsonl` and
+        `media/<media id>` in a new directory (0700, files 0600). The export is an audit event."""
+        now = now or utcnow()
+        out_dir.mkdir(mode=0o700, parents=True, exist_ok=False)
+        key_like = f"%{subject_key_id(subject)}%"
+        counts = {"records": 0, "unreadable": 0, "disposed": 0, "media": 0}
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(events).where(events.c.subject_key_id.like(key_like))
+                                .order_by(events.c.stream, events.c.id)).all()
+            meds = conn.execute(sa.select(media).where(media.c.subject_key_id.like(key_like),
+                                                       media.c.state == "stored",
+                                                       media.c.disposed_at.is_(None))).all()
+        fd = os.open(out_dir / "records.jsonl", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            for r in rows:
+                entry: dict[str, Any] = {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in
+                                         r._mapping.items() if k not in ("content", "nonce", "subject_key_id")}
+                if r.content is None:
+                    entry["content"], counts["disposed"] = None, counts["disposed"] + 1
+                else:
+                    try:
+                        plain = self.keyring.open_content(r.stream, r.natural_key, r.subject_key_id, r.nonce,
+                                                          r.content)
+                        entry["content"] = plain.decode("utf-8", "replace")
+                        counts["records"] += 1
+                    except KeyDestroyedError:
+                        entry["content"], counts["unreadable"] = "(erased)", counts["unreadable"] + 1
+                f.write(json.dumps(entry, ensure_ascii=False, sort_keys=True) + "\n")
+        (out_dir / "media").mkdir(mode=0o700)
+        for m in meds:
+            try:
+                data = open_media(self.keyring, m.stream, m.media_id, m.subject_key_id, self.store.get(m.object_key))
+            except KeyDestroyedError:
+                continue
+            fd = os.open(out_dir / "media" / m.media_id.replace("/", "_"), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            counts["media"] += 1
+        summary = {"subject": subject, "exported_at": now.isoformat(), **counts}
+        append_audit(self.engine, self.keyring, "access_export", "art15", actor, summary, now)
+        return summary

@@ -21,6 +21,7 @@ from rich.table import Table
 
 from archiver import crypto
 from archiver.errors import ConfigurationError, StrongroomError
+from archiver.normalize import append_audit
 from archiver.objectstore import DirectoryObjectStore
 from audit import trail
 from audit.query import QueryError
@@ -32,6 +33,12 @@ app = typer.Typer(help="strongroom: a WORM compliance archive for WhatsApp Busin
                   no_args_is_help=True, pretty_exceptions_enable=False)
 keys_app = typer.Typer(help="Key material.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
+retention_app = typer.Typer(help="Retention schedules and scheduled disposition.", no_args_is_help=True)
+app.add_typer(retention_app, name="retention")
+hold_app = typer.Typer(help="Legal holds.", no_args_is_help=True)
+app.add_typer(hold_app, name="hold")
+erasure_app = typer.Typer(help="GDPR erasure (Art 17) and access (Art 15).", no_args_is_help=True)
+app.add_typer(erasure_app, name="erasure")
 out = Console(soft_wrap=True)  # paths and URLs stay on one line, copyable
 err = Console(stderr=True, soft_wrap=True)
 
@@ -280,6 +287,161 @@ def _print_completeness(day: date, reports: list[dict[str, Any]]) -> None:
             out.print(f"[yellow]{r['stream']}: warning {w['warning']} (last app activity {w['last_app_activity']})")
     out.print("coverage limits of coexistence: " + ", ".join(sorted(reports[0]["coverage_limits"])) if reports
               else "no activity that day")
+
+
+def _emit(doc: Any) -> None:
+    sys.stdout.write(json.dumps(doc, indent=2, default=str) + "\n")
+
+
+@retention_app.command("show")
+def retention_show() -> None:
+    """Print the retention schedule in force (version, tags per tenant/number/class, GDPR maximum)."""
+    archive = _open()
+    try:
+        schedule = archive.schedules.current()
+    finally:
+        archive.close()
+    _emit(json.loads(schedule.to_json()))
+
+
+@retention_app.command("set")
+def retention_set(path: Annotated[Path, typer.Argument(help="JSON schedule document.")]) -> None:
+    """Store a new schedule version. It applies to objects sealed from now on; existing COMPLIANCE
+    locks stay as they are (the store refuses to shorten them)."""
+    archive = _open()
+    try:
+        try:
+            schedule = archive.schedules.store(json.loads(path.read_text()), _actor(), datetime.now(UTC))
+        except (ValueError, OSError) as e:
+            err.print(f"[red]error:[/red] {e}")
+            raise typer.Exit(2) from e
+        append_audit(archive.engine, archive.keyring, "retention_schedule", "set", _actor(),
+                     json.loads(schedule.to_json()))
+        archive.sealer().seal_all()
+    finally:
+        archive.close()
+    out.print(f"retention schedule v{schedule.version} in force for objects sealed from now on; "
+              "existing objects keep their locks (COMPLIANCE locks can only be extended, never shortened)")
+
+
+@retention_app.command("run")
+def retention_run() -> None:
+    """Delete objects past retain-until with no hold (signed certificate per batch), shred restricted
+    subjects whose blocking reason ended, and print the overdue report (expected: 0). Exit 1 if overdue."""
+    archive = _open()
+    try:
+        result = archive.retention_run().run(actor=_actor())
+        shredded = archive.erasure().process_restricted(actor=_actor())
+        archive.sealer().seal_all()
+    finally:
+        archive.close()
+    _emit({"certificates": result.certificates, "deleted": len(result.deleted), "held": len(result.held),
+           "not_yet": len(result.not_yet), "shredded_subjects": [d.subject for d in shredded],
+           "overdue": result.overdue, "busy": result.skipped_busy})
+    raise typer.Exit(1 if result.overdue else 0)
+
+
+@hold_app.command("place")
+def hold_place(
+    matter: Annotated[str, typer.Option(help="Matter name or number.")],
+    stream: Annotated[list[str] | None, typer.Option(help="Phone number id(s).")] = None,
+    phone: Annotated[list[str] | None, typer.Option(help="Contact phone number(s).")] = None,
+    conversation: Annotated[list[str] | None, typer.Option(help="Conversation (subject) id(s).")] = None,
+    start: Annotated[str | None, typer.Option("--from", help="ISO-8601 start (inclusive).")] = None,
+    end: Annotated[str | None, typer.Option("--to", help="ISO-8601 end (exclusive).")] = None,
+    query: Annotated[str | None, typer.Option(help="Saved query: a DuckDB WHERE clause over records.")] = None,
+) -> None:
+    """Place a legal hold: S3 legal hold on every object with an in-scope record."""
+    from policies.holds import HoldError, Scope
+
+    archive = _open()
+    try:
+        try:
+            hold = archive.holds().place(matter, Scope(streams=stream or [], phones=phone or [],
+                                                       subjects=conversation or [], start=start, end=end,
+                                                       query=query), _actor())
+        except (HoldError, ValueError) as e:
+            err.print(f"[red]error:[/red] {e}")
+            raise typer.Exit(2) from e
+        archive.sealer().seal_all()
+    finally:
+        archive.close()
+    _emit({"hold": hold.id, "matter": hold.matter, "objects": hold.objects})
+
+
+@hold_app.command("release")
+def hold_release(hold_id: str, reason: Annotated[str, typer.Option(help="Why (recorded).")]) -> None:
+    """Release a hold (objects stay held while another active hold covers them)."""
+    from policies.holds import HoldError
+
+    archive = _open()
+    try:
+        try:
+            lifted = archive.holds().release(hold_id, _actor(), reason)
+        except HoldError as e:
+            err.print(f"[red]error:[/red] {e}")
+            raise typer.Exit(2) from e
+        archive.sealer().seal_all()
+    finally:
+        archive.close()
+    _emit({"hold": hold_id, "lifted": lifted})
+
+
+@hold_app.command("list")
+def hold_list() -> None:
+    """Every hold with its scope (contacts as blind indexes) and objects."""
+    archive = _open()
+    try:
+        holds = archive.holds().list()
+    finally:
+        archive.close()
+    _emit([h.__dict__ for h in holds])
+
+
+@erasure_app.command("request")
+def erasure_request(
+    phone: Annotated[str | None, typer.Option(help="The person's current phone number.")] = None,
+    bsuid: Annotated[str | None, typer.Option(help="Their business-scoped user id.")] = None,
+    subject: Annotated[str | None, typer.Option(help="A subject id.")] = None,
+) -> None:
+    """Decide an erasure request: shred now, or refuse under Art 17(3)(b)/(e) and restrict."""
+    from policies.erasure import ErasureError
+
+    archive = _open()
+    try:
+        try:
+            decision = archive.erasure().request(_actor(), phone=phone, bsuid=bsuid, subject=subject)
+        except ErasureError as e:
+            err.print(f"[red]error:[/red] {e}")
+            raise typer.Exit(2) from e
+        archive.sealer().seal_all()
+    finally:
+        archive.close()
+    _emit(decision.as_dict())
+
+
+@erasure_app.command("access")
+def erasure_access(
+    out_dir: Annotated[Path, typer.Option("--out", help="Directory to write the export to (created, must be new).")],
+    phone: Annotated[str | None, typer.Option(help="The person's current phone number.")] = None,
+    bsuid: Annotated[str | None, typer.Option(help="Their business-scoped user id.")] = None,
+    subject: Annotated[str | None, typer.Option(help="A subject id.")] = None,
+) -> None:
+    """Art 15 access: everything held about one person (records decrypted, attachments) into a directory."""
+    from policies.erasure import ErasureError
+
+    archive = _open()
+    try:
+        try:
+            er = archive.erasure()
+            summary = er.access_export(er.subject_for(phone, bsuid, subject), out_dir, _actor())
+        except (ErasureError, FileExistsError) as e:
+            err.print(f"[red]error:[/red] {e}")
+            raise typer.Exit(2) from e
+        archive.sealer().seal_all()
+    finally:
+        archive.close()
+    _emit(summary)
 
 
 def _jsonable(v: object) -> object:

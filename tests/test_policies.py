@@ -5,19 +5,25 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from typer.testing import CliRunner
 
 from archiver.db import events, segments
 from archiver.errors import AccessDeniedError, KeyDestroyedError
 from policies.disposition import load_certificates, open_document
 from policies.holds import HoldError, Scope
 from policies.retention import RetentionSchedule, add_years
+from strongroom.cli import app
 from strongroom.runtime import Archive, open_archive
+from strongroom.settings import Settings
 from tests import payloads as p
-from tests.conftest import ingest, open_record
+from tests.conftest import ingest, open_record, subprocess_env
 
 ALICE, BOB = "16505550101", "16505550202"
 T = 1_764_000_000
@@ -201,3 +207,41 @@ def test_statutory_retention_refuses_erasure_with_its_end_date(archive: Archive)
     assert basis["article"] == "17(3)(b)" and basis["rules"] == ["v1:FINRA"]
     assert decision.retention_end is not None and decision.retention_end.year == datetime.now(UTC).year + 6
     assert archive.erasure().process_restricted() == []  # still blocked
+
+
+def test_the_cli_drives_schedules_holds_retention_and_erasure(
+    archive: Archive, make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    ingest(archive, p.inbound(p.text("wamid.cli1", ALICE, T, "CANARY-cli-text")))
+    env = subprocess_env(make_settings())
+    cli = CliRunner()
+
+    def run(*args: str, code: int = 0) -> Any:
+        result = cli.invoke(app, list(args), env=env)
+        assert result.exit_code == code, result.output
+        return json.loads(result.stdout) if result.stdout.lstrip().startswith(("{", "[")) else result.stdout
+
+    schedule = tmp_path / "schedule.json"
+    schedule.write_text(json.dumps({"numbers": {p.PNID: ["HIPAA"]}, "gdpr_max_days": 365}))
+    assert "never shortened" in run("retention", "set", str(schedule))
+    assert run("retention", "show")["numbers"] == {p.PNID: ["HIPAA"]}
+    schedule.write_text(json.dumps({"numbers": {p.PNID: ["SOX"]}}))
+    run("retention", "set", str(schedule), code=2)
+
+    placed = run("hold", "place", "--matter", "M-1", "--phone", ALICE)
+    assert len(placed["objects"]) == 1
+    [listed] = run("hold", "list")
+    assert listed["matter"] == "M-1" and listed["released_at"] is None
+    run("hold", "place", "--matter", "M-2", code=2)  # no scope
+    refused = run("erasure", "request", "--phone", ALICE)
+    assert refused["outcome"] == "refused"
+    run("erasure", "request", "--phone", "19999999999", code=2)  # nobody holds that number
+    exported = run("erasure", "access", "--phone", ALICE, "--out", str(tmp_path / "art15"))
+    assert exported["records"] >= 2  # the message and its raw change (and the identity record)
+    lines = (tmp_path / "art15" / "records.jsonl").read_text().splitlines()
+    assert any("CANARY-cli-text" in line for line in lines)
+    assert oct((tmp_path / "art15" / "records.jsonl").stat().st_mode & 0o777) == "0o600"
+
+    assert run("hold", "release", placed["hold"], "--reason", "closed")["lifted"] == placed["objects"]
+    ran = run("retention", "run")  # the restricted subject is no longer blocked: shredded now
+    assert ran["overdue"] == [] and ran["shredded_subjects"] == [refused["subject"]]

@@ -444,6 +444,59 @@ def erasure_access(
     _emit(summary)
 
 
+@app.command()
+def violations(
+    stream: Annotated[str | None, typer.Option(help="Only this number (phone number id).")] = None,
+    kind: Annotated[str | None, typer.Option("--type", help="Only this violation type.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
+) -> None:
+    """Run the compliance checks on every outbound message and list violations with their evidence.
+
+    Exit status 1 when there are violations (for cron and alerting), 0 when there are none."""
+    archive = _open()
+    try:
+        archive.process_pending()
+        checks = archive.compliance()
+        checks.run()
+        found = checks.list(stream, kind)
+        append_audit(archive.engine, archive.keyring, "audit", "violations", _actor(),
+                     {"stream": stream, "type": kind, "count": len(found)})
+        archive.sealer().seal_all()
+    finally:
+        archive.close()
+    if as_json:
+        _emit(found)
+    else:
+        table = Table("sent at", "stream", "violation", "wamid", "evidence", title="violations")
+        for v in found:
+            table.add_row(v["sent_at"], v["stream"], v["violation"], v["wamid"] or "-",
+                          json.dumps(v["evidence"], default=str)[:120])
+        out.print(table)
+        out.print(f"{len(found)} violations")
+    raise typer.Exit(1 if found else 0)
+
+
+@app.command("outbound")
+def outbound_record(
+    path: Annotated[Path, typer.Argument(help="JSON lines: {phone_number_id, request, response, sent_at}.")],
+) -> None:
+    """Archive messages sent through the Cloud API (Meta sends no webhook with their content)."""
+    from archiver.outbound import SendError
+
+    items = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    archive = _open()
+    try:
+        try:
+            added = archive.send_log().record(items)
+        except SendError as e:
+            err.print(f"[red]error:[/red] {e} (nothing was recorded)")
+            raise typer.Exit(2) from e
+        archive.sealer().seal_all()
+    finally:
+        archive.close()
+    out.print(f"{added} new of {len(items)} sends archived")
+
+
 def _jsonable(v: object) -> object:
     if isinstance(v, bytes):
         return v.hex()

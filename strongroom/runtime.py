@@ -21,14 +21,18 @@ from archiver.keys import KeyRing
 from archiver.media import GraphClient, MediaFetcher, MediaPolicy
 from archiver.normalize import Normalizer
 from archiver.objectstore import S3ObjectStore
+from archiver.outbound import SendLog
 from archiver.sealer import Sealer
 from audit.query import QueryEngine, S3Location
 from audit.verify import Verifier
+from policies.checks import ComplianceChecks
 from policies.completeness import Reconciler
+from policies.consent import DEFAULT_OPT_OUT_KEYWORDS, ConsentLedger
 from policies.disposition import RetentionRun
 from policies.erasure import Erasure
 from policies.holds import Holds
 from policies.retention import RetentionPolicy, Schedules
+from policies.templates import TemplateLedger
 from strongroom.embedded import EmbeddedSeaweedFS
 from strongroom.settings import Settings
 
@@ -143,6 +147,20 @@ class Archive:
         return Erasure(self.engine, self.store, self.keyring, self.signing_key, self.holds(),
                        self.certificate_retention())
 
+    def consent(self) -> ConsentLedger:
+        words = self.settings.opt_out_keywords
+        keywords = tuple(w for w in words.split(",") if w.strip()) if words else DEFAULT_OPT_OUT_KEYWORDS
+        return ConsentLedger(self.engine, self.keyring, keywords)
+
+    def templates(self) -> TemplateLedger:
+        return TemplateLedger(self.engine, self.keyring)
+
+    def compliance(self) -> ComplianceChecks:
+        return ComplianceChecks(self.engine, self.keyring, self.consent(), self.templates())
+
+    def send_log(self) -> SendLog:
+        return SendLog(self.engine, self.keyring)
+
     def sealer(self) -> Sealer:
         return Sealer(self.engine, self.store, self.signing_key, self.retain_until,
                       batch_max=self.settings.seal_batch_max)
@@ -231,6 +249,7 @@ class Worker:
         self.stopping = threading.Event()
         self.log = structlog.get_logger("strongroom.worker")
         self._reconciled: tuple[date, datetime] | None = None
+        self._retention_at: datetime | None = None
 
     def reconcile_if_due(self) -> None:
         """Reconcile yesterday once (after midnight UTC) and today every reconcile interval."""
@@ -242,14 +261,29 @@ class Worker:
         days = [now.date()] if last_day == now.date() else [now.date() - timedelta(days=1), now.date()]
         for day in days:
             self.archive.reconciler().run(day, now=now)
+        self.archive.compliance().run(recheck=timedelta(days=7), now=now)  # late webhooks can change verdicts
         self._reconciled = (now.date(), now)
+
+    def retention_if_due(self) -> None:
+        """Disposition and shredding of restricted subjects, once per retention interval."""
+        every = self.archive.settings.retention_run_interval_seconds
+        now = datetime.now(UTC)
+        if every <= 0 or (self._retention_at is not None and (now - self._retention_at).total_seconds() < every):
+            return
+        result = self.archive.retention_run().run(now=now)
+        self.archive.erasure().process_restricted(now=now)
+        if result.overdue:
+            self.log.error("retention.overdue", count=len(result.overdue))
+        self._retention_at = now
 
     def run(self) -> None:
         failures = 0
         while not self.stopping.is_set():
             try:
                 self.reconcile_if_due()
+                self.retention_if_due()
                 sealed = self.archive.process_pending()
+                self.archive.compliance().run()
                 if sealed:
                     self.log.info("worker.sealed", records=sealed)
                 failures = 0

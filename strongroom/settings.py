@@ -46,6 +46,11 @@ class Settings(BaseSettings):
     reconcile_interval_seconds: float = 3600.0
     app_silence_warning_days: float = 12.0
 
+    # Retention runs (disposition + shredding restricted subjects) in the worker; 0 = only by CLI/cron.
+    retention_run_interval_seconds: float = 86400.0
+    # Inbound texts that record an opt-out (comma-separated; case and punctuation ignored).
+    opt_out_keywords: str | None = None
+
     kek_file: Path | None = None
     signing_key_file: Path | None = None
     blind_index_key_file: Path | None = None

@@ -110,3 +110,44 @@ def busy_history(messages: int, per_chunk: int, contacts: int = 2000, start: int
             threads.setdefault(peer, []).append(m)
         bodies.append(history_chunk(phase, c + 1, (100 * (c + 1)) // n_chunks, threads))
     return bodies
+
+
+def preference(wa_id: str, value: str, ts: int) -> bytes:
+    item = {"wa_id": wa_id, "detail": f"User requested to {value} marketing messages",
+            "category": "marketing_messages", "value": value, "timestamp": ts}
+    return body(envelope(change("user_preferences", {"user_preferences": [item]})))
+
+
+def template_status(event: str, name: str, language: str, time: int, category: str = "MARKETING",
+                    reason: str | None = "NONE") -> bytes:
+    return body(envelope(change("message_template_status_update", {
+        "event": event, "message_template_id": 1689556908129835, "message_template_name": name,
+        "message_template_language": language, "reason": reason, "message_template_category": category}, pnid=None),
+        time=time))
+
+
+def template_category(name: str, language: str, time: int, previous: str, new: str) -> bytes:
+    return body(envelope(change("template_category_update", {
+        "message_template_id": 278077987957091, "message_template_name": name, "message_template_language": language,
+        "previous_category": previous, "new_category": new}, pnid=None), time=time))
+
+
+def template_components(name: str, language: str, time: int, element: str) -> bytes:
+    return body(envelope(change("message_template_components_update", {
+        "message_template_id": 12345678, "message_template_name": name, "message_template_language": language,
+        "message_template_element": element}, pnid=None), time=time))
+
+
+def send(wamid: str, to: str, ts: int, template: tuple[str, str] | None = None, words: str = "hi") -> dict[str, Any]:
+    """One entry of the sending system's log: the Cloud API request, Meta's response, the time."""
+    from datetime import UTC, datetime
+
+    request: dict[str, Any] = {"messaging_product": "whatsapp", "recipient_type": "individual", "to": to}
+    if template:
+        request.update(type="template", template={"name": template[0], "language": {"code": template[1]}})
+    else:
+        request.update(type="text", text={"body": words})
+    return {"phone_number_id": PNID, "tenant": WABA, "request": request,
+            "response": {"messaging_product": "whatsapp", "contacts": [{"input": to, "wa_id": to}],
+                         "messages": [{"id": wamid}]},
+            "sent_at": datetime.fromtimestamp(ts, UTC).isoformat()}

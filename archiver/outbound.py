@@ -1,0 +1,99 @@
+"""Capture of messages the business sends through the Cloud API.
+
+Meta sends no webhook with the content of an API send — only statuses — so without this the
+archive holds nothing but a gap for every API message. The sending system hands us each send
+as it happened: the request body it POSTed to ``/{phone-number-id}/messages``, Meta's response
+(which carries the wamid) and the send time. Each becomes a sealed outbound ``message`` record
+(origin ``api``) keyed ``message:<wamid>`` like every other message, so its statuses reconcile
+against it, and template sends carry the template name and language for the compliance checks.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from archiver.db import events
+from archiver.errors import RaceError
+from archiver.identity import IdentityBook
+from archiver.keys import KeyRing
+from archiver.kinds import key_part, parse_unix
+from archiver.normalize import EventBuilder, append_events, stream_for
+from archiver.records import canonical_json
+from archiver.sqlutil import utcnow
+
+
+class SendError(ValueError):
+    """A send-log entry that does not describe a send."""
+
+
+def _parse(item: dict[str, Any]) -> tuple[str, str, dict[str, Any], str, datetime]:
+    request = item.get("request")
+    response = item.get("response")
+    if not isinstance(request, dict) or not isinstance(response, dict):
+        raise SendError("a send needs the request body and Meta's response")
+    msgs = response.get("messages")
+    wamid = msgs[0].get("id") if isinstance(msgs, list) and msgs and isinstance(msgs[0], dict) else None
+    to = request.get("to") or request.get("recipient")
+    if not isinstance(wamid, str) or not wamid:
+        raise SendError("the response carries no message id (was the send accepted?)")
+    if not isinstance(to, str) or not to:
+        raise SendError("the request names no recipient")
+    sent = item.get("sent_at")
+    try:
+        at = datetime.fromisoformat(sent) if isinstance(sent, str) else parse_unix(sent)
+    except ValueError as e:
+        raise SendError(f"sent_at {sent!r} is not an ISO-8601 time") from e
+    if at is None or at.tzinfo is None:
+        raise SendError("sent_at must be a UTC-aware time")
+    stream = stream_for({"metadata": {"phone_number_id": item.get("phone_number_id")}}, None)
+    if stream == "unrouted":
+        raise SendError("phone_number_id is missing or not an id")
+    return stream, to, request, wamid, at
+
+
+class SendLog:
+    def __init__(self, engine: sa.Engine, keyring: KeyRing) -> None:
+        self.engine = engine
+        self.keyring = keyring
+        self.identities = IdentityBook(engine)
+
+    def record(self, items: list[dict[str, Any]], tenant: str | None = None) -> int:
+        """Archive a batch of sends (idempotent by wamid). Returns how many were new."""
+        parsed = [_parse(i) for i in items]  # all or nothing: a bad entry fails the batch
+        for attempt in (1, 2):
+            try:
+                return self._record(parsed, items, tenant)
+            except RaceError:
+                if attempt == 2:
+                    raise
+        return 0
+
+    def _record(self, parsed: list[tuple[str, str, dict[str, Any], str, datetime]], items: list[dict[str, Any]],
+                tenant: str | None) -> int:
+        now = utcnow()
+        self.identities.begin()
+        with self.keyring.deferred():
+            b = EventBuilder(self.keyring, None, None, now, self.identities)
+            for (stream, to, request, wamid, at), item in zip(parsed, items, strict=True):
+                b.evidence = f"message:{key_part(wamid)}"
+                person = b.person(to, None, at)
+                template = request.get("template") if isinstance(request.get("template"), dict) else {}
+                language = template.get("language")
+                lang = language.get("code") if isinstance(language, dict) else language
+                b.add(stream, f"message:{key_part(wamid)}", "message", canonical_json(item), person.key_ids,
+                      tenant=tenant or item.get("tenant"), field="send_log", wamid=wamid, conversation=person.subject,
+                      direction="outbound", origin="api", recipient=person.bi, type=request.get("type") or "text",
+                      template_name=template.get("name"), template_language=lang, event_time=at)
+                b.seal_identity_changes(stream)
+            keys = [(stream, f"message:{key_part(wamid)}") for stream, _, _, wamid, _ in parsed]
+            with self.engine.begin() as conn:
+                known = {(r.stream, r.natural_key) for r in conn.execute(sa.select(events.c.stream, events.c.natural_key)
+                                                                          .where(sa.tuple_(events.c.stream,
+                                                                                           events.c.natural_key).in_(keys)))}
+                self.keyring.store_new(conn)
+                self.identities.store(conn)
+                append_events(conn, b)
+        return len(set(keys) - known)

@@ -39,6 +39,10 @@ hold_app = typer.Typer(help="Legal holds.", no_args_is_help=True)
 app.add_typer(hold_app, name="hold")
 erasure_app = typer.Typer(help="GDPR erasure (Art 17) and access (Art 15).", no_args_is_help=True)
 app.add_typer(erasure_app, name="erasure")
+consent_app = typer.Typer(help="The consent ledger.", no_args_is_help=True)
+app.add_typer(consent_app, name="consent")
+templates_app = typer.Typer(help="The template ledger.", no_args_is_help=True)
+app.add_typer(templates_app, name="templates")
 out = Console(soft_wrap=True)  # paths and URLs stay on one line, copyable
 err = Console(stderr=True, soft_wrap=True)
 
@@ -495,6 +499,122 @@ def outbound_record(
     finally:
         archive.close()
     out.print(f"{added} new of {len(items)} sends archived")
+
+
+def _when(value: str | None) -> datetime:
+    try:
+        t = datetime.fromisoformat(value) if value else datetime.now(UTC)
+    except ValueError as e:
+        err.print(f"[red]error:[/red] {value!r} is not an ISO-8601 time")
+        raise typer.Exit(2) from e
+    if t.tzinfo is None:
+        err.print("[red]error:[/red] give the time with its UTC offset (e.g. 2026-11-26T09:00:00+00:00)")
+        raise typer.Exit(2)
+    return t
+
+
+@consent_app.command("record")
+def consent_record(
+    stream: Annotated[str, typer.Option(help="The business number (phone number id).")],
+    phone: Annotated[str, typer.Option(help="The contact's phone number.")],
+    category: Annotated[str, typer.Option(help="marketing, utility, authentication or service.")],
+    action: Annotated[str, typer.Option(help="opt_in or opt_out.")],
+    method: Annotated[str, typer.Option(help="How it was given: web_form, checkbox, paper, call, …")],
+    evidence: Annotated[Path | None, typer.Option(help="File whose SHA-256 is the evidence (form text, "
+                                                        "screenshot); only the hash is kept.")] = None,
+    evidence_ref: Annotated[str | None, typer.Option(help="A reference, e.g. the form version.")] = None,
+    at: Annotated[str | None, typer.Option(help="When it was given (ISO-8601 with offset; default now).")] = None,
+) -> None:
+    """Append an opt-in or opt-out given outside WhatsApp, with its evidence."""
+    import hashlib
+
+    from archiver.identity import IdentityBook
+
+    when = _when(at)
+    archive = _open()
+    try:
+        bi = archive.keyring.blind_index("wa", phone)
+        subject = IdentityBook(archive.engine).at("wa", bi, when)
+        if subject is None:
+            err.print("[red]error:[/red] no archived contact held that number then; record consent once they exist")
+            raise typer.Exit(2)
+        sha = hashlib.sha256(evidence.read_bytes()).hexdigest() if evidence else None
+        try:
+            archive.consent().record(stream, subject, category, action, method, _actor(), when, sha, evidence_ref)
+        except ValueError as e:
+            err.print(f"[red]error:[/red] {e}")
+            raise typer.Exit(2) from e
+        archive.sealer().seal_all()
+    finally:
+        archive.close()
+    out.print(f"recorded {action} for {category} (evidence sha256 {sha or '-'})")
+
+
+@consent_app.command("show")
+def consent_show(
+    stream: Annotated[str, typer.Option(help="The business number (phone number id).")],
+    phone: Annotated[str, typer.Option(help="The contact's phone number.")],
+    at: Annotated[str | None, typer.Option(help="As of this instant (default now).")] = None,
+) -> None:
+    """Consent per category as of an instant, with the entry that decided it, and the full history."""
+    from archiver.identity import IdentityBook
+    from policies.consent import CATEGORIES
+
+    when = _when(at)
+    archive = _open()
+    try:
+        ledger = archive.consent()
+        ledger.sync()
+        subject = IdentityBook(archive.engine).at("wa", archive.keyring.blind_index("wa", phone), when)
+        doc = {"as_of": when.isoformat(), "subject": subject, "state": {}, "history": []}
+        if subject:
+            doc["state"] = {c: ledger.state(stream, subject, c, when).__dict__ for c in CATEGORIES}
+            doc["history"] = ledger.history(stream, subject)
+        append_audit(archive.engine, archive.keyring, "audit", "consent_show", _actor(),
+                     {"stream": stream, "subject": subject, "as_of": when.isoformat()})
+        archive.sealer().seal_all()
+    finally:
+        archive.close()
+    _emit(doc)
+
+
+@templates_app.command("register")
+def templates_register(
+    tenant: Annotated[str, typer.Option(help="WABA id.")],
+    name: Annotated[str, typer.Option()],
+    language: Annotated[str, typer.Option()],
+    category: Annotated[str, typer.Option(help="MARKETING, UTILITY or AUTHENTICATION.")],
+    body: Annotated[Path, typer.Option(help="File with the template body as submitted (kept as a hash).")],
+    at: Annotated[str | None, typer.Option(help="Submission time (default now).")] = None,
+) -> None:
+    """Record a template version as submitted to Meta."""
+    archive = _open()
+    try:
+        new = archive.templates().register(tenant, name, language, category, body.read_text(), _actor(), _when(at),
+                                           status="PENDING")
+        archive.sealer().seal_all()
+    finally:
+        archive.close()
+    out.print("recorded" if new else "already recorded (same body)")
+
+
+@templates_app.command("show")
+def templates_show(
+    tenant: Annotated[str, typer.Option(help="WABA id.")],
+    name: Annotated[str, typer.Option()],
+    language: Annotated[str, typer.Option()],
+    at: Annotated[str | None, typer.Option(help="As of this instant (default now).")] = None,
+) -> None:
+    """A template's status, category and version as of an instant."""
+    when = _when(at)
+    archive = _open()
+    try:
+        ledger = archive.templates()
+        ledger.sync()
+        state = ledger.state(tenant, name, language, when)
+    finally:
+        archive.close()
+    _emit({"as_of": when.isoformat(), **state.__dict__})
 
 
 def _jsonable(v: object) -> object:

@@ -7,6 +7,7 @@ import hashlib
 import json
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -160,9 +161,7 @@ def test_a_send_log_entry_must_describe_a_send(archive: Archive) -> None:
         assert conn.execute(sa.select(sa.func.count()).where(events.c.wamid == "wamid.ok")).scalar_one() == 0
 
 
-def test_the_violations_cli_lists_them_with_evidence(
-    archive: Archive, make_settings: Callable[..., Settings], tmp_path: object
-) -> None:
+def test_the_violations_cli_lists_them_with_evidence(archive: Archive, make_settings: Callable[..., Settings]) -> None:
     _scenario(archive)
     env = subprocess_env(make_settings())
     result = CliRunner().invoke(app, ["violations", "--json"], env=env)
@@ -172,3 +171,29 @@ def test_the_violations_cli_lists_them_with_evidence(
                                                 "opted_out_contact", "outside_service_window"}
     only = CliRunner().invoke(app, ["violations", "--type", "outside_service_window"], env=env)
     assert "wamid.s.late" in only.stdout and "wamid.s.paused" not in only.stdout
+
+
+def test_the_ledger_cli(archive: Archive, make_settings: Callable[..., Settings], tmp_path: Path) -> None:
+    ingest(archive, p.inbound(p.text("wamid.c1", ALICE, T, "hi")))
+    env = subprocess_env(make_settings())
+    form = tmp_path / "form-v3.txt"
+    form.write_text("I agree to receive offers by WhatsApp")
+    cli = CliRunner()
+    when = at(T + 100).isoformat()
+    r = cli.invoke(app, ["consent", "record", "--stream", p.PNID, "--phone", ALICE, "--category", "marketing",
+                         "--action", "opt_in", "--method", "web_form", "--evidence", str(form), "--at", when], env=env)
+    assert r.exit_code == 0, r.output
+    shown = json.loads(cli.invoke(app, ["consent", "show", "--stream", p.PNID, "--phone", ALICE], env=env).stdout)
+    assert shown["state"]["marketing"]["status"] == "opted_in"
+    assert shown["state"]["marketing"]["entry"]["evidence_sha256"] == hashlib.sha256(form.read_bytes()).hexdigest()
+    naive = cli.invoke(app, ["consent", "show", "--stream", p.PNID, "--phone", ALICE, "--at", "2026-01-01T00:00"],
+                       env=env)
+    assert naive.exit_code == 2
+    body = tmp_path / "body.txt"
+    body.write_text("Your code is {{1}}")
+    r = cli.invoke(app, ["templates", "register", "--tenant", p.WABA, "--name", "otp", "--language", "en",
+                         "--category", "AUTHENTICATION", "--body", str(body), "--at", when], env=env)
+    assert r.exit_code == 0, r.output
+    state = json.loads(cli.invoke(app, ["templates", "show", "--tenant", p.WABA, "--name", "otp", "--language", "en"],
+                                  env=env).stdout)
+    assert (state["status"], state["category"], state["version"]) == ("PENDING", "AUTHENTICATION", 1)

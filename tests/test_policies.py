@@ -245,3 +245,22 @@ def test_the_cli_drives_schedules_holds_retention_and_erasure(
     assert run("hold", "release", placed["hold"], "--reason", "closed")["lifted"] == placed["objects"]
     ran = run("retention", "run")  # the restricted subject is no longer blocked: shredded now
     assert ran["overdue"] == [] and ran["shredded_subjects"] == [refused["subject"]]
+
+
+def test_a_saved_query_hold_and_concurrent_retention_runs(archive: Archive) -> None:
+    archive.schedules.store(SHORT, "test", datetime.now(UTC))
+    ingest(archive, p.inbound(p.text("wamid.q1", ALICE, T, "keep me")))
+    ingest(archive, p.inbound(p.text("wamid.q2", BOB, T + 1, "not me")))
+    keep, other = _segments(archive)
+    hold = archive.holds().place("Q-1", Scope(query="wamid = 'wamid.q1'"), "compliance:carol")
+    assert hold.objects == [keep.object_key]
+    _wait_past(archive)
+    # two replicas at once: one run does the work, the other backs off; each object goes once
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(lambda _: archive.retention_run().run(), range(2)))
+    deleted = [k for r in results for k in r.deleted]
+    assert deleted == [other.object_key]
+    assert len({c for r in results for c in r.certificates}) == 1
+    assert archive.store.retention(keep.object_key, keep.version_id).legal_hold

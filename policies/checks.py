@@ -36,7 +36,8 @@ from archiver.kinds import key_part
 from archiver.normalize import append_events, system_builder
 from archiver.records import canonical_json
 from archiver.sqlutil import as_utc, utcnow
-from policies.consent import ConsentLedger, read_cursor, write_cursor
+from policies.consent import ConsentLedger
+from policies.cursors import read_cursor, write_cursor
 from policies.templates import TemplateLedger
 
 WINDOW = timedelta(hours=24)

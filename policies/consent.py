@@ -34,6 +34,7 @@ from archiver.kinds import key_part
 from archiver.normalize import append_events, system_builder
 from archiver.records import canonical_json
 from archiver.sqlutil import as_utc, insert_ignore, utcnow
+from policies.cursors import follow
 
 Ts = sa.DateTime(timezone=True)
 CATEGORIES = ("marketing", "utility", "authentication", "service")
@@ -62,25 +63,8 @@ consent_events = sa.Table(
     sa.Index("ix_consent_lookup", "stream", "subject", "category", "at"),
 )
 
-ledger_cursors = sa.Table(
-    "ledger_cursors",
-    metadata,
-    sa.Column("name", sa.String(64), primary_key=True),
-    sa.Column("last_id", sa.BigInteger, nullable=False),
-)
-
-
 def normalize_keyword(text: str) -> str:
     return " ".join(text.casefold().strip().strip(string.punctuation + "¡¿!. ").split())
-
-
-def read_cursor(conn: sa.Connection, name: str) -> int:
-    return int(conn.execute(sa.select(ledger_cursors.c.last_id).where(ledger_cursors.c.name == name)).scalar() or 0)
-
-
-def write_cursor(conn: sa.Connection, name: str, last_id: int) -> None:
-    if conn.execute(sa.update(ledger_cursors).where(ledger_cursors.c.name == name).values(last_id=last_id)).rowcount == 0:
-        conn.execute(sa.insert(ledger_cursors).values(name=name, last_id=last_id))
 
 
 @dataclass(frozen=True)
@@ -129,21 +113,9 @@ class ConsentLedger:
 
     def sync(self, batch: int = 2000) -> int:
         """Derive entries from captured keywords, opt-out buttons and user_preferences. Returns entries added."""
-        added = 0
-        while True:
-            with self.engine.connect() as conn:
-                last = read_cursor(conn, "consent")
-                rows = conn.execute(sa.select(events).where(
-                    events.c.id > last,
-                    sa.or_(sa.and_(events.c.kind == "message", events.c.direction == "inbound",
-                                   events.c.type.in_(["text", "button", "interactive"])),
-                           events.c.kind == "preference")).order_by(events.c.id).limit(batch)).all()
-            if not rows:
-                return added
-            for r in rows:
-                added += self._derive(r)
-            with self.engine.begin() as conn:
-                write_cursor(conn, "consent", rows[-1].id)
+        inbound = sa.and_(events.c.kind == "message", events.c.direction == "inbound",
+                          events.c.type.in_(["text", "button", "interactive"]))
+        return follow(self.engine, "consent", sa.or_(inbound, events.c.kind == "preference"), self._derive, batch)
 
     def _derive(self, r: sa.Row) -> int:  # type: ignore[type-arg]
         if r.conversation is None or r.content is None:

@@ -72,6 +72,22 @@ def open_document(data: bytes, public_key: Ed25519PublicKey, what: str) -> dict[
     return doc["body"]  # type: ignore[no-any-return]
 
 
+@dataclass(frozen=True)
+class Certifier:
+    """Issues signed certificates: WORM in the store (readable with only the public key) and
+    sealed on the audit stream."""
+
+    engine: sa.Engine
+    store: ObjectStore
+    keyring: KeyRing
+    signing_key: Ed25519PrivateKey
+    retain_until: datetime  # certificates are kept as long as the archive's own audit records
+
+    def issue(self, key: str, kind: str, action: str, actor: str, body: dict[str, Any], now: datetime) -> None:
+        self.store.put_locked(key, sign_document(body, self.signing_key), self.retain_until)
+        append_audit(self.engine, self.keyring, kind, action, actor, body, now)
+
+
 @dataclass
 class RunResult:
     certificates: list[str] = field(default_factory=list)
@@ -83,14 +99,10 @@ class RunResult:
 
 
 class RetentionRun:
-    def __init__(self, engine: sa.Engine, store: ObjectStore, keyring: KeyRing, signing_key: Ed25519PrivateKey,
-                 holds: Holds, retain_certificate_until: datetime, batch: int = 200) -> None:
-        self.engine = engine
-        self.store = store
-        self.keyring = keyring
-        self.signing_key = signing_key
+    def __init__(self, certifier: Certifier, holds: Holds, batch: int = 200) -> None:
+        self.engine, self.store, self.keyring = certifier.engine, certifier.store, certifier.keyring
+        self.certifier = certifier
         self.holds = holds
-        self.retain_certificate_until = retain_certificate_until
         self.batch = batch
 
     def run(self, actor: str = "system:retention", now: datetime | None = None) -> RunResult:
@@ -170,9 +182,7 @@ class RetentionRun:
             for c in picked:
                 table = segments if c["kind"] == "segment" else media
                 conn.execute(sa.update(table).where(table.c.id == c["row"].id).values(disposition_id=cert_id))
-        self.store.put_locked(certificate_key(cert_id), sign_document(body, self.signing_key),
-                              self.retain_certificate_until)
-        append_audit(self.engine, self.keyring, "disposition_certificate", "dispose", actor, body, now)
+        self.certifier.issue(certificate_key(cert_id), "disposition_certificate", "dispose", actor, body, now)
         result.certificates.append(cert_id)
         self._delete(cert_id, result, now)
 

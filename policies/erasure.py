@@ -30,18 +30,15 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from ulid import ULID
 
 from archiver.db import data_keys, events, identities, media, metadata, segments
 from archiver.errors import KeyDestroyedError
 from archiver.identity import IdentityBook, subject_key_id
-from archiver.keys import KeyRing
 from archiver.media import open_media
 from archiver.normalize import append_audit
-from archiver.objectstore import ObjectStore
 from archiver.sqlutil import as_utc, utcnow
-from policies.disposition import sign_document
+from policies.disposition import Certifier
 from policies.holds import Holds
 
 Ts = sa.DateTime(timezone=True)
@@ -81,14 +78,10 @@ class Decision:
 
 
 class Erasure:
-    def __init__(self, engine: sa.Engine, store: ObjectStore, keyring: KeyRing, signing_key: Ed25519PrivateKey,
-                 holds: Holds, retain_certificate_until: datetime) -> None:
-        self.engine = engine
-        self.store = store
-        self.keyring = keyring
-        self.signing_key = signing_key
+    def __init__(self, certifier: Certifier, holds: Holds) -> None:
+        self.engine, self.store, self.keyring = certifier.engine, certifier.store, certifier.keyring
+        self.certifier = certifier
         self.holds = holds
-        self.retain_certificate_until = retain_certificate_until
 
     def subject_for(self, phone: str | None = None, bsuid: str | None = None, subject: str | None = None,
                     at: datetime | None = None) -> str:
@@ -160,8 +153,7 @@ class Erasure:
                 "records_made_unreadable": n_records, "media_made_unreadable": n_media,
                 "identity_bindings": bindings, "decision": decision.outcome}
         key = f"certificates/erasure/{request_id}.json"
-        self.store.put_locked(key, sign_document(body, self.signing_key), self.retain_certificate_until)
-        append_audit(self.engine, self.keyring, "key_destruction_certificate", "shred", actor, body, now)
+        self.certifier.issue(key, "key_destruction_certificate", "shred", actor, body, now)
         with self.engine.begin() as conn:
             conn.execute(sa.update(erasures).where(erasures.c.id == request_id).values(state="shredded",
                                                                                          shredded_at=now))

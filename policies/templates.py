@@ -23,7 +23,7 @@ from archiver.keys import KeyRing
 from archiver.normalize import AUDIT_KEY, append_events, system_builder
 from archiver.records import canonical_json
 from archiver.sqlutil import as_utc, insert_ignore, utcnow
-from policies.consent import read_cursor, write_cursor
+from policies.cursors import follow
 
 Ts = sa.DateTime(timezone=True)
 
@@ -87,18 +87,7 @@ class TemplateLedger:
 
     def sync(self, batch: int = 2000) -> int:
         """Fold captured template webhooks into the ledger. Returns entries added."""
-        added = 0
-        while True:
-            with self.engine.connect() as conn:
-                last = read_cursor(conn, "templates")
-                rows = conn.execute(sa.select(events).where(events.c.id > last, events.c.kind == "template_event")
-                                    .order_by(events.c.id).limit(batch)).all()
-            if not rows:
-                return added
-            for r in rows:
-                added += self._derive(r)
-            with self.engine.begin() as conn:
-                write_cursor(conn, "templates", rows[-1].id)
+        return follow(self.engine, "templates", events.c.kind == "template_event", self._derive, batch)
 
     def _derive(self, r: sa.Row) -> int:  # type: ignore[type-arg]
         v = json.loads(self.keyring.open_content(r.stream, r.natural_key, r.subject_key_id, r.nonce,

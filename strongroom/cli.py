@@ -10,6 +10,8 @@ import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
@@ -62,6 +64,16 @@ def _open(settings: Settings | None = None) -> Archive:
     except StrongroomError as e:
         err.print(f"[red]error:[/red] {e}")
         raise typer.Exit(2) from e
+
+
+@contextmanager
+def _session() -> Iterator[Archive]:
+    """An open archive for one command, closed (and its embedded store stopped) afterwards."""
+    archive = _open()
+    try:
+        yield archive
+    finally:
+        archive.close()
 
 
 @app.command()
@@ -161,12 +173,9 @@ def _banner(archive: Archive) -> None:
 @app.command()
 def seal() -> None:
     """Normalise every pending webhook and seal every stream once, then exit."""
-    archive = _open()
-    try:
+    with _session() as archive:
         sealed = archive.process_pending()
         out.print(f"sealed {sealed} records")
-    finally:
-        archive.close()
 
 
 def _print_report(report: Report) -> None:
@@ -197,16 +206,13 @@ def verify(
                           check_locks=False).verify(only=stream)
         _print_report(report)
         raise typer.Exit(0 if report.ok else 1)
-    archive = _open()
-    try:
+    with _session() as archive:
         key = crypto.load_public_key(public_key.read_bytes()) if public_key else archive.public_key
         report = Verifier(archive.store, key).verify(expected_sizes=archive.expected_sizes(), only=stream)
         trail.record(archive.engine, archive.keyring, "verify", _actor(),
                      {"ok": report.ok, "records": report.records, "failures": [str(f) for f in report.failures]})
         archive.sealer().seal_stream(trail.AUDIT_STREAM)
         _print_report(report)
-    finally:
-        archive.close()
     raise typer.Exit(0 if report.ok else 1)
 
 
@@ -216,8 +222,7 @@ def query(
     fmt: Annotated[str, typer.Option("--format", help="table, json or csv")] = "table",
 ) -> None:
     """Run DuckDB SQL over the sealed Parquet in S3 (view `records`; content stays ciphertext)."""
-    archive = _open()
-    try:
+    with _session() as archive:
         try:
             result = archive.query_engine().query(sql)
         except QueryError as e:
@@ -226,8 +231,6 @@ def query(
         finally:
             trail.record(archive.engine, archive.keyring, "query", _actor(), {"sql": sql})
             archive.sealer().seal_stream(trail.AUDIT_STREAM)
-    finally:
-        archive.close()
     if fmt == "json":
         for row in result.rows:
             out.print_json(json.dumps(dict(zip(result.columns, row, strict=True)), default=_jsonable))
@@ -259,15 +262,12 @@ def completeness(
     except ValueError as e:
         err.print(f"[red]error:[/red] --day must be YYYY-MM-DD, got {day!r}")
         raise typer.Exit(2) from e
-    archive = _open()
-    try:
+    with _session() as archive:
         archive.process_pending()  # reconcile against everything already received
         reports = [r.as_dict() for r in archive.reconciler().run(the_day, streams=stream)]
         trail.record(archive.engine, archive.keyring, "completeness", _actor(),
                      {"day": the_day.isoformat(), "streams": [r["stream"] for r in reports]})
         archive.sealer().seal_all()
-    finally:
-        archive.close()
     if as_json:
         sys.stdout.write(json.dumps(reports, indent=2, default=str) + "\n")
     else:
@@ -300,11 +300,8 @@ def _emit(doc: Any) -> None:
 @retention_app.command("show")
 def retention_show() -> None:
     """Print the retention schedule in force (version, tags per tenant/number/class, GDPR maximum)."""
-    archive = _open()
-    try:
+    with _session() as archive:
         schedule = archive.schedules.current()
-    finally:
-        archive.close()
     _emit(json.loads(schedule.to_json()))
 
 
@@ -312,8 +309,7 @@ def retention_show() -> None:
 def retention_set(path: Annotated[Path, typer.Argument(help="JSON schedule document.")]) -> None:
     """Store a new schedule version. It applies to objects sealed from now on; existing COMPLIANCE
     locks stay as they are (the store refuses to shorten them)."""
-    archive = _open()
-    try:
+    with _session() as archive:
         try:
             schedule = archive.schedules.store(json.loads(path.read_text()), _actor(), datetime.now(UTC))
         except (ValueError, OSError) as e:
@@ -322,8 +318,6 @@ def retention_set(path: Annotated[Path, typer.Argument(help="JSON schedule docum
         append_audit(archive.engine, archive.keyring, "retention_schedule", "set", _actor(),
                      json.loads(schedule.to_json()))
         archive.sealer().seal_all()
-    finally:
-        archive.close()
     out.print(f"retention schedule v{schedule.version} in force for objects sealed from now on; "
               "existing objects keep their locks (COMPLIANCE locks can only be extended, never shortened)")
 
@@ -332,13 +326,10 @@ def retention_set(path: Annotated[Path, typer.Argument(help="JSON schedule docum
 def retention_run() -> None:
     """Delete objects past retain-until with no hold (signed certificate per batch), shred restricted
     subjects whose blocking reason ended, and print the overdue report (expected: 0). Exit 1 if overdue."""
-    archive = _open()
-    try:
+    with _session() as archive:
         result = archive.retention_run().run(actor=_actor())
         shredded = archive.erasure().process_restricted(actor=_actor())
         archive.sealer().seal_all()
-    finally:
-        archive.close()
     _emit({"certificates": result.certificates, "deleted": len(result.deleted), "held": len(result.held),
            "not_yet": len(result.not_yet), "shredded_subjects": [d.subject for d in shredded],
            "overdue": result.overdue, "busy": result.skipped_busy})
@@ -358,8 +349,7 @@ def hold_place(
     """Place a legal hold: S3 legal hold on every object with an in-scope record."""
     from policies.holds import HoldError, Scope
 
-    archive = _open()
-    try:
+    with _session() as archive:
         try:
             hold = archive.holds().place(matter, Scope(streams=stream or [], phones=phone or [],
                                                        subjects=conversation or [], start=start, end=end,
@@ -368,8 +358,6 @@ def hold_place(
             err.print(f"[red]error:[/red] {e}")
             raise typer.Exit(2) from e
         archive.sealer().seal_all()
-    finally:
-        archive.close()
     _emit({"hold": hold.id, "matter": hold.matter, "objects": hold.objects})
 
 
@@ -378,27 +366,21 @@ def hold_release(hold_id: str, reason: Annotated[str, typer.Option(help="Why (re
     """Release a hold (objects stay held while another active hold covers them)."""
     from policies.holds import HoldError
 
-    archive = _open()
-    try:
+    with _session() as archive:
         try:
             lifted = archive.holds().release(hold_id, _actor(), reason)
         except HoldError as e:
             err.print(f"[red]error:[/red] {e}")
             raise typer.Exit(2) from e
         archive.sealer().seal_all()
-    finally:
-        archive.close()
     _emit({"hold": hold_id, "lifted": lifted})
 
 
 @hold_app.command("list")
 def hold_list() -> None:
     """Every hold with its scope (contacts as blind indexes) and objects."""
-    archive = _open()
-    try:
+    with _session() as archive:
         holds = archive.holds().list()
-    finally:
-        archive.close()
     _emit([h.__dict__ for h in holds])
 
 
@@ -411,16 +393,13 @@ def erasure_request(
     """Decide an erasure request: shred now, or refuse under Art 17(3)(b)/(e) and restrict."""
     from policies.erasure import ErasureError
 
-    archive = _open()
-    try:
+    with _session() as archive:
         try:
             decision = archive.erasure().request(_actor(), phone=phone, bsuid=bsuid, subject=subject)
         except ErasureError as e:
             err.print(f"[red]error:[/red] {e}")
             raise typer.Exit(2) from e
         archive.sealer().seal_all()
-    finally:
-        archive.close()
     _emit(decision.as_dict())
 
 
@@ -434,8 +413,7 @@ def erasure_access(
     """Art 15 access: everything held about one person (records decrypted, attachments) into a directory."""
     from policies.erasure import ErasureError
 
-    archive = _open()
-    try:
+    with _session() as archive:
         try:
             er = archive.erasure()
             summary = er.access_export(er.subject_for(phone, bsuid, subject), out_dir, _actor())
@@ -443,8 +421,6 @@ def erasure_access(
             err.print(f"[red]error:[/red] {e}")
             raise typer.Exit(2) from e
         archive.sealer().seal_all()
-    finally:
-        archive.close()
     _emit(summary)
 
 
@@ -457,8 +433,7 @@ def violations(
     """Run the compliance checks on every outbound message and list violations with their evidence.
 
     Exit status 1 when there are violations (for cron and alerting), 0 when there are none."""
-    archive = _open()
-    try:
+    with _session() as archive:
         archive.process_pending()
         checks = archive.compliance()
         checks.run()
@@ -466,8 +441,6 @@ def violations(
         append_audit(archive.engine, archive.keyring, "audit", "violations", _actor(),
                      {"stream": stream, "type": kind, "count": len(found)})
         archive.sealer().seal_all()
-    finally:
-        archive.close()
     if as_json:
         _emit(found)
     else:
@@ -488,16 +461,13 @@ def outbound_record(
     from archiver.outbound import SendError
 
     items = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    archive = _open()
-    try:
+    with _session() as archive:
         try:
             added = archive.send_log().record(items)
         except SendError as e:
             err.print(f"[red]error:[/red] {e} (nothing was recorded)")
             raise typer.Exit(2) from e
         archive.sealer().seal_all()
-    finally:
-        archive.close()
     out.print(f"{added} new of {len(items)} sends archived")
 
 
@@ -531,8 +501,7 @@ def consent_record(
     from archiver.identity import IdentityBook
 
     when = _when(at)
-    archive = _open()
-    try:
+    with _session() as archive:
         bi = archive.keyring.blind_index("wa", phone)
         subject = IdentityBook(archive.engine).at("wa", bi, when)
         if subject is None:
@@ -545,8 +514,6 @@ def consent_record(
             err.print(f"[red]error:[/red] {e}")
             raise typer.Exit(2) from e
         archive.sealer().seal_all()
-    finally:
-        archive.close()
     out.print(f"recorded {action} for {category} (evidence sha256 {sha or '-'})")
 
 
@@ -561,8 +528,7 @@ def consent_show(
     from policies.consent import CATEGORIES
 
     when = _when(at)
-    archive = _open()
-    try:
+    with _session() as archive:
         ledger = archive.consent()
         ledger.sync()
         subject = IdentityBook(archive.engine).at("wa", archive.keyring.blind_index("wa", phone), when)
@@ -573,8 +539,6 @@ def consent_show(
         append_audit(archive.engine, archive.keyring, "audit", "consent_show", _actor(),
                      {"stream": stream, "subject": subject, "as_of": when.isoformat()})
         archive.sealer().seal_all()
-    finally:
-        archive.close()
     _emit(doc)
 
 
@@ -588,13 +552,10 @@ def templates_register(
     at: Annotated[str | None, typer.Option(help="Submission time (default now).")] = None,
 ) -> None:
     """Record a template version as submitted to Meta."""
-    archive = _open()
-    try:
+    with _session() as archive:
         new = archive.templates().register(tenant, name, language, category, body.read_text(), _actor(), _when(at),
                                            status="PENDING")
         archive.sealer().seal_all()
-    finally:
-        archive.close()
     out.print("recorded" if new else "already recorded (same body)")
 
 
@@ -607,13 +568,10 @@ def templates_show(
 ) -> None:
     """A template's status, category and version as of an instant."""
     when = _when(at)
-    archive = _open()
-    try:
+    with _session() as archive:
         ledger = archive.templates()
         ledger.sync()
         state = ledger.state(tenant, name, language, when)
-    finally:
-        archive.close()
     _emit({"as_of": when.isoformat(), **state.__dict__})
 
 

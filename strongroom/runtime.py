@@ -28,7 +28,7 @@ from audit.verify import Verifier
 from policies.checks import ComplianceChecks
 from policies.completeness import Reconciler
 from policies.consent import DEFAULT_OPT_OUT_KEYWORDS, ConsentLedger
-from policies.disposition import RetentionRun
+from policies.disposition import Certifier, RetentionRun
 from policies.erasure import Erasure
 from policies.holds import Holds
 from policies.retention import RetentionPolicy, Schedules
@@ -139,13 +139,14 @@ class Archive:
         """Certificates and decisions are kept as long as the archive's own audit records."""
         return self.retain_until("audit", datetime.now(UTC))[0]
 
+    def certifier(self) -> Certifier:
+        return Certifier(self.engine, self.store, self.keyring, self.signing_key, self.certificate_retention())
+
     def retention_run(self) -> RetentionRun:
-        return RetentionRun(self.engine, self.store, self.keyring, self.signing_key, self.holds(),
-                            self.certificate_retention())
+        return RetentionRun(self.certifier(), self.holds())
 
     def erasure(self) -> Erasure:
-        return Erasure(self.engine, self.store, self.keyring, self.signing_key, self.holds(),
-                       self.certificate_retention())
+        return Erasure(self.certifier(), self.holds())
 
     def consent(self) -> ConsentLedger:
         words = self.settings.opt_out_keywords

@@ -66,6 +66,14 @@ def _open(settings: Settings | None = None) -> Archive:
         raise typer.Exit(2) from e
 
 
+StreamOpt = Annotated[str, typer.Option(help="The business number (phone number id).")]
+PhoneOpt = Annotated[str, typer.Option(help="The contact's phone number.")]
+AtOpt = Annotated[str | None, typer.Option(help="The instant (ISO-8601 with UTC offset; default now).")]
+TenantOpt = Annotated[str, typer.Option(help="WABA id.")]
+NameOpt = Annotated[str, typer.Option(help="Template name.")]
+LanguageOpt = Annotated[str, typer.Option(help="Template language code.")]
+
+
 @contextmanager
 def _session() -> Iterator[Archive]:
     """An open archive for one command, closed (and its embedded store stopped) afterwards."""
@@ -485,15 +493,15 @@ def _when(value: str | None) -> datetime:
 
 @consent_app.command("record")
 def consent_record(
-    stream: Annotated[str, typer.Option(help="The business number (phone number id).")],
-    phone: Annotated[str, typer.Option(help="The contact's phone number.")],
+    stream: StreamOpt,
+    phone: PhoneOpt,
     category: Annotated[str, typer.Option(help="marketing, utility, authentication or service.")],
     action: Annotated[str, typer.Option(help="opt_in or opt_out.")],
     method: Annotated[str, typer.Option(help="How it was given: web_form, checkbox, paper, call, …")],
     evidence: Annotated[Path | None, typer.Option(help="File whose SHA-256 is the evidence (form text, "
                                                         "screenshot); only the hash is kept.")] = None,
     evidence_ref: Annotated[str | None, typer.Option(help="A reference, e.g. the form version.")] = None,
-    at: Annotated[str | None, typer.Option(help="When it was given (ISO-8601 with offset; default now).")] = None,
+    at: AtOpt = None,
 ) -> None:
     """Append an opt-in or opt-out given outside WhatsApp, with its evidence."""
     import hashlib
@@ -519,9 +527,9 @@ def consent_record(
 
 @consent_app.command("show")
 def consent_show(
-    stream: Annotated[str, typer.Option(help="The business number (phone number id).")],
-    phone: Annotated[str, typer.Option(help="The contact's phone number.")],
-    at: Annotated[str | None, typer.Option(help="As of this instant (default now).")] = None,
+    stream: StreamOpt,
+    phone: PhoneOpt,
+    at: AtOpt = None,
 ) -> None:
     """Consent per category as of an instant, with the entry that decided it, and the full history."""
     from archiver.identity import IdentityBook
@@ -544,12 +552,12 @@ def consent_show(
 
 @templates_app.command("register")
 def templates_register(
-    tenant: Annotated[str, typer.Option(help="WABA id.")],
-    name: Annotated[str, typer.Option()],
-    language: Annotated[str, typer.Option()],
+    tenant: TenantOpt,
+    name: NameOpt,
+    language: LanguageOpt,
     category: Annotated[str, typer.Option(help="MARKETING, UTILITY or AUTHENTICATION.")],
     body: Annotated[Path, typer.Option(help="File with the template body as submitted (kept as a hash).")],
-    at: Annotated[str | None, typer.Option(help="Submission time (default now).")] = None,
+    at: AtOpt = None,
 ) -> None:
     """Record a template version as submitted to Meta."""
     with _session() as archive:
@@ -561,10 +569,10 @@ def templates_register(
 
 @templates_app.command("show")
 def templates_show(
-    tenant: Annotated[str, typer.Option(help="WABA id.")],
-    name: Annotated[str, typer.Option()],
-    language: Annotated[str, typer.Option()],
-    at: Annotated[str | None, typer.Option(help="As of this instant (default now).")] = None,
+    tenant: TenantOpt,
+    name: NameOpt,
+    language: LanguageOpt,
+    at: AtOpt = None,
 ) -> None:
     """A template's status, category and version as of an instant."""
     when = _when(at)

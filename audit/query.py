@@ -68,6 +68,10 @@ class QueryEngine:
             f"CREATE TEMPORARY VIEW records AS SELECT * FROM read_parquet({glob}, hive_partitioning = true, "
             "hive_types = {'stream': VARCHAR, 'date': DATE})"
         )
+        # Queries (and saved-query holds) read the archive, nothing else: no local files, and no
+        # setting can be changed back by the query itself.
+        con.execute("SET disabled_filesystems = 'LocalFileSystem'")
+        con.execute("SET lock_configuration = true")
         return con
 
     def query(self, sql: str) -> Result:

@@ -15,6 +15,7 @@ from archiver.db import events, inbox
 from archiver.identity import IdentityBook
 from archiver.merkle import verify_consistency, verify_inclusion
 from archiver.proofs import ProofService
+from audit.query import QueryError
 from audit.recreate import recreate_body
 from strongroom.app import create_app
 from strongroom.runtime import Archive, configure_logging
@@ -226,3 +227,15 @@ def test_a_nul_character_in_a_typed_value_is_flagged_not_fatal(archive: Archive)
     with archive.engine.connect() as conn:
         row = conn.execute(sa.select(events.c.type, events.c.modelled).where(events.c.wamid == "wamid.nul")).one()
     assert (row.type, row.modelled) == (None, False)
+
+
+def test_queries_cannot_read_local_files_or_unlock_settings(archive: Archive, webhook_body: Callable[[str], bytes]) -> None:
+    body = webhook_body("text_bsuid")
+    archive.inbox.receive(body, sign(body))
+    archive.process_pending()
+    engine = archive.query_engine()
+    assert engine.query("SELECT count(*) FROM records").rows[0][0] > 0
+    for sql in ("SELECT * FROM read_csv('/etc/passwd')", "SET disabled_filesystems = ''",
+                "SELECT * FROM read_text('" + str(archive.settings.key_path("kek")) + "')"):
+        with pytest.raises(QueryError):
+            engine.query(sql)

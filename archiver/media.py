@@ -33,7 +33,7 @@ import structlog
 
 from archiver.crypto import NONCE_SIZE, decrypt, encrypt
 from archiver.db import media
-from archiver.errors import StrongroomError
+from archiver.errors import KeyDestroyedError, StrongroomError
 from archiver.keys import KeyRing
 from archiver.normalize import append_events, system_builder
 from archiver.objectstore import ObjectStore
@@ -189,6 +189,9 @@ class MediaFetcher:
             self._store(job, data, how)
         except (MediaError, httpx.HTTPError, ValueError) as e:
             self._failed(job, f"{type(e).__name__}: {e}"[:200])
+        except KeyDestroyedError:  # the person was erased before their attachment was fetched
+            with self.engine.begin() as conn:
+                conn.execute(sa.update(media).where(media.c.id == job.id).values(state="erased", updated_at=utcnow()))
         except Exception as e:
             # Our own storage or database failed, not Meta: retry later without spending an
             # attempt, so an outage on our side never turns attachments into gaps early.

@@ -32,7 +32,7 @@ from ulid import ULID
 from archiver import failpoints
 from archiver.crypto import encrypt
 from archiver.db import events, inbox, media
-from archiver.errors import RaceError
+from archiver.errors import KeyDestroyedError, RaceError
 from archiver.identity import IdentityBook, from_us, subject_key_id, to_us
 from archiver.inbox import Inbox
 from archiver.jsonspans import SpanError, change_spans, split_pieces
@@ -106,7 +106,13 @@ class EventBuilder:
                 cols["modelled"] = False
         key_ids = sorted(set(key_ids)) or [f"biz:{stream}"]
         aad = content_aad(stream, natural_key)
-        nonce, ciphertext = encrypt(self.keyring.content_key(key_ids), content, aad)
+        try:
+            nonce, ciphertext = encrypt(self.keyring.content_key(key_ids), content, aad)
+        except KeyDestroyedError:
+            # About someone who was erased (a late delivery from before their erasure): the
+            # event is recorded, its content is not kept — erasure is not undone by a retry.
+            nonce, ciphertext = None, None
+            cols["modelled"] = False
         row = dict.fromkeys(EVENT_COLUMNS)
         row.update(cols)
         row.update(

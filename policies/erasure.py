@@ -34,7 +34,7 @@ from ulid import ULID
 
 from archiver.db import data_keys, events, identities, media, metadata, segments
 from archiver.errors import KeyDestroyedError
-from archiver.identity import IdentityBook, subject_key_id
+from archiver.identity import IdentityBook, subject_key_id, to_us
 from archiver.media import open_media
 from archiver.normalize import append_audit
 from archiver.sqlutil import as_utc, utcnow
@@ -142,6 +142,10 @@ class Erasure:
         with self.engine.begin() as conn:
             conn.execute(sa.update(data_keys).where(data_keys.c.key_id == key_id, data_keys.c.wrapped.is_not(None))
                          .values(wrapped=None, destroyed_at=now))
+            # whatever this person sends from now on belongs to a new subject with a new key
+            conn.execute(sa.update(identities).where(identities.c.subject == subject,
+                                                     identities.c.valid_from <= to_us(now),
+                                                     identities.c.valid_to > to_us(now)).values(valid_to=to_us(now)))
             n_records = conn.execute(sa.select(sa.func.count()).where(
                 events.c.subject_key_id.like(f"%{key_id}%"))).scalar_one()
             n_media = conn.execute(sa.select(sa.func.count()).where(media.c.subject_key_id.like(f"%{key_id}%"))) \

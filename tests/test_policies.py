@@ -184,6 +184,13 @@ def test_erasure_is_refused_while_held_granted_otherwise_and_verify_still_passes
     finally:
         fresh.engine.dispose()
     assert json.loads(open_record(archive, _message(archive, "wamid.a1")))["message"]["text"]["body"] == "alice"
+    # after the erasure: a late delivery from before it keeps no content; a new message is a new subject
+    now = int(time.time())
+    ingest(archive, p.inbound(p.text("wamid.b0", BOB, T - 60, "late, from before the erasure")),
+           p.inbound(p.text("wamid.b2", BOB, now + 5, "hello again")))
+    assert _message(archive, "wamid.b0").content is None
+    assert _message(archive, "wamid.b2").conversation != granted.subject
+    assert json.loads(open_record(archive, _message(archive, "wamid.b2")))["message"]["text"]["body"] == "hello again"
     archive.sealer().seal_all()
     _verify(archive)
 

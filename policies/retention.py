@@ -21,6 +21,8 @@ from typing import Any
 import sqlalchemy as sa
 
 from archiver.db import events, metadata
+from archiver.keys import KeyRing
+from archiver.normalize import append_audit
 
 retention_schedules = sa.Table(
     "retention_schedules",
@@ -166,9 +168,10 @@ class RetentionPolicy:
 class Schedules:
     """The stored, versioned schedules; the newest one is in force."""
 
-    def __init__(self, engine: sa.Engine, fallback: RetentionPolicy) -> None:
+    def __init__(self, engine: sa.Engine, fallback: RetentionPolicy, keyring: KeyRing | None = None) -> None:
         self.engine = engine
         self.fallback = fallback
+        self.keyring = keyring  # to seal each new version on the audit stream
         self._tenants: dict[str, str | None] = {}
 
     def current(self) -> RetentionSchedule:
@@ -186,6 +189,9 @@ class Schedules:
             schedule = RetentionSchedule.from_dict(schedule_doc, version=newest + 1)
             conn.execute(sa.insert(retention_schedules).values(version=schedule.version, document=schedule.to_json(),
                                                                actor=actor, created_at=now))
+        if self.keyring is not None:
+            append_audit(self.engine, self.keyring, "retention_schedule", "set", actor, json.loads(schedule.to_json()),
+                         now)
         return schedule
 
     def tenant_of(self, stream: str) -> str | None:

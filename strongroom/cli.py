@@ -323,8 +323,6 @@ def retention_set(path: Annotated[Path, typer.Argument(help="JSON schedule docum
         except (ValueError, OSError) as e:
             err.print(f"[red]error:[/red] {e}")
             raise typer.Exit(2) from e
-        append_audit(archive.engine, archive.keyring, "retention_schedule", "set", _actor(),
-                     json.loads(schedule.to_json()))
         archive.sealer().seal_all()
     out.print(f"retention schedule v{schedule.version} in force for objects sealed from now on; "
               "existing objects keep their locks (COMPLIANCE locks can only be extended, never shortened)")

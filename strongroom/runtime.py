@@ -96,7 +96,7 @@ class Archive:
 
     @property
     def schedules(self) -> Schedules:
-        return Schedules(self.engine, self.retention)
+        return Schedules(self.engine, self.retention, self.keyring)
 
     def retain_until(self, stream: str, at: datetime) -> tuple[datetime, str]:
         """Retain-until for an object of `stream` sealed at `at`, from the schedule in force."""

@@ -70,6 +70,8 @@ def test_a_sec_bd_and_mifid_record_gets_five_years_and_a_change_keeps_existing_l
     assert lock.mode == "COMPLIANCE" and lock.retain_until.year == datetime.now(UTC).year + 5
 
     archive.schedules.store({"numbers": {p.PNID: ["SEC-BD"]}}, "test", datetime.now(UTC))  # shorter: 3 years
+    with archive.engine.connect() as conn:  # every version is itself a sealed record
+        assert conn.execute(sa.select(sa.func.count()).where(events.c.kind == "retention_schedule")).scalar_one() == 2
     ingest(archive, p.inbound(p.text("wamid.r2", ALICE, T + 1, "second")))
     first_again, second = _segments(archive)
     assert archive.store.retention(first.object_key, first.version_id).retain_until == lock.retain_until

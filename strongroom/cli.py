@@ -45,6 +45,8 @@ consent_app = typer.Typer(help="The consent ledger.", no_args_is_help=True)
 app.add_typer(consent_app, name="consent")
 templates_app = typer.Typer(help="The template ledger.", no_args_is_help=True)
 app.add_typer(templates_app, name="templates")
+index_app = typer.Typer(help="The encrypted search index.", no_args_is_help=True)
+app.add_typer(index_app, name="index")
 out = Console(soft_wrap=True)  # paths and URLs stay on one line, copyable
 err = Console(stderr=True, soft_wrap=True)
 
@@ -406,6 +408,7 @@ def erasure_request(
             err.print(f"[red]error:[/red] {e}")
             raise typer.Exit(2) from e
         archive.sealer().seal_all()
+        archive.search_index().update()  # a shredded subject leaves the search index too
     _emit(decision.as_dict())
 
 
@@ -579,6 +582,62 @@ def templates_show(
         ledger.sync()
         state = ledger.state(tenant, name, language, when)
     _emit({"as_of": when.isoformat(), **state.__dict__})
+
+
+@index_app.command("update")
+def index_update() -> None:
+    """Index newly sealed messages and purge shredded subjects."""
+    with _session() as archive:
+        archive.process_pending()
+        added = archive.search_index().update()
+    out.print(f"{added} messages indexed")
+
+
+@index_app.command("rebuild")
+def index_rebuild() -> None:
+    """Throw the search index away and rebuild it from the sealed archive."""
+    with _session() as archive:
+        added = archive.search_index().rebuild()
+        append_audit(archive.engine, archive.keyring, "audit", "index_rebuild", _actor(), {"documents": added})
+        archive.sealer().seal_all()
+    out.print(f"search index rebuilt: {added} messages")
+
+
+@app.command()
+def search(
+    query: Annotated[str, typer.Argument(help='Reviewer query, e.g. \'trade w/5 confirm AND origin:app\'.')],
+    limit: Annotated[int, typer.Option(min=1, max=1000)] = 50,
+    cursor: Annotated[str | None, typer.Option(help="Next-page cursor from a previous page.")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Search message text and metadata (exact counts, stable pages); itself an audit event."""
+    import hashlib
+
+    from audit.searchlang import QuerySyntaxError
+
+    with _session() as archive:
+        index = archive.search_index()
+        index.update()
+        try:
+            page = index.search(query, limit=limit, cursor=cursor)
+        except (QuerySyntaxError, ValueError) as e:
+            err.print(f"[red]query error:[/red] {e}")
+            raise typer.Exit(2) from e
+        digest = hashlib.sha256(json.dumps(page.items, sort_keys=True, default=str).encode()).hexdigest()
+        append_audit(archive.engine, archive.keyring, "audit", "search", _actor(),
+                     {"query": query, "parsed": page.query, "total": page.total, "returned": len(page.items),
+                      "result_sha256": digest})
+        archive.sealer().seal_all()
+    if as_json:
+        _emit({"total": page.total, "query": page.query, "next_cursor": page.next_cursor, "items": page.items})
+        return
+    table = Table("sent", "stream", "origin", "direction", "type", "wamid", "text", title=f"{page.total} matches")
+    for h in page.items:
+        table.add_row(str(h["event_time"]), h["stream"], h["origin"] or "", h["direction"] or "", h["type"] or "",
+                      h["wamid"] or "", (h["text"] or "")[:80])
+    out.print(table)
+    if page.next_cursor:
+        out.print(f"next page: --cursor {page.next_cursor}")
 
 
 def _jsonable(v: object) -> object:

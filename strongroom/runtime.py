@@ -23,6 +23,7 @@ from archiver.normalize import Normalizer
 from archiver.objectstore import S3ObjectStore
 from archiver.outbound import SendLog
 from archiver.sealer import Sealer
+from audit.index import SearchIndex
 from audit.query import QueryEngine, S3Location
 from audit.verify import Verifier
 from policies.checks import ComplianceChecks
@@ -162,6 +163,9 @@ class Archive:
     def send_log(self) -> SendLog:
         return SendLog(self.engine, self.keyring)
 
+    def search_index(self) -> SearchIndex:
+        return SearchIndex(self.settings.data_dir / "index" / "search.duckdb", self.engine, self.keyring)
+
     def sealer(self) -> Sealer:
         return Sealer(self.engine, self.store, self.signing_key, self.retain_until,
                       batch_max=self.settings.seal_batch_max)
@@ -272,7 +276,8 @@ class Worker:
         if every <= 0 or (self._retention_at is not None and (now - self._retention_at).total_seconds() < every):
             return
         result = self.archive.retention_run().run(now=now)
-        self.archive.erasure().process_restricted(now=now)
+        if self.archive.erasure().process_restricted(now=now):
+            self.archive.search_index().update()  # shredded subjects leave the index now
         if result.overdue:
             self.log.error("retention.overdue", count=len(result.overdue))
         self._retention_at = now
@@ -285,6 +290,8 @@ class Worker:
                 self.retention_if_due()
                 sealed = self.archive.process_pending()
                 self.archive.compliance().run()
+                if sealed:
+                    self.archive.search_index().update()
                 if sealed:
                     self.log.info("worker.sealed", records=sealed)
                 failures = 0

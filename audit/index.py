@@ -17,6 +17,7 @@ messages arrive.
 from __future__ import annotations
 
 import base64
+import itertools
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import pyarrow as pa
 import sqlalchemy as sa
 
 from archiver.db import data_keys, events
@@ -49,6 +51,8 @@ CREATE TABLE IF NOT EXISTS idx.state (name VARCHAR PRIMARY KEY, value BIGINT);
 DOC_COLUMNS = ("doc_id", "stream", "seq", "natural_key", "tenant", "wamid", "conversation", "direction", "origin",
                "sender", "recipient", "type", "status", "template_name", "template_language", "event_time",
                "received_at", "has_attachment", "subject_keys", "text")
+DOC_SCHEMA = pa.schema([(c, pa.int64() if c in ("doc_id", "seq") else pa.timestamp("us") if c.endswith(("_time", "_at"))
+                         else pa.bool_() if c == "has_attachment" else pa.string()) for c in DOC_COLUMNS])
 
 
 def message_text(doc: dict[str, Any]) -> str:
@@ -127,6 +131,7 @@ class SearchIndex:
         self.path = path
         self.engine = engine
         self.keyring = keyring
+        self.caught_up = False
 
     @contextmanager
     def connect(self) -> Iterator[duckdb.DuckDBPyConnection]:
@@ -146,18 +151,22 @@ class SearchIndex:
 
     # -- building -----------------------------------------------------------------------------
 
-    def update(self, batch: int = 5000) -> int:
-        """Index sealed message records not yet indexed; purge shredded subjects. Returns docs added."""
+    def update(self, batch: int = 5000, max_batches: int | None = None) -> int:
+        """Index sealed message records not yet indexed (at most `max_batches` batches, so a
+        worker round stays short; `caught_up` says whether more remain); purge shredded subjects.
+        Returns docs added."""
         added = 0
+        self.caught_up = False
         with self.connect() as con:
             self._purge_shredded(con)
-            while True:
+            for _ in itertools.count() if max_batches is None else range(max_batches):
                 last = con.execute("SELECT coalesce(max(value), 0) FROM idx.state WHERE name = 'cursor'").fetchone()[0]
                 with self.engine.connect() as conn:
                     rows = conn.execute(sa.select(events).where(
                         events.c.id > last, events.c.segment_id.is_not(None), events.c.kind == "message")
                         .order_by(events.c.id).limit(batch)).all()
                 if not rows:
+                    self.caught_up = True
                     return added
                 docs, terms = [], []
                 for r in rows:
@@ -166,14 +175,18 @@ class SearchIndex:
                         docs.append(doc)
                         terms += [(r.id, t) for t in sorted(set(tokens(doc[-1])))]
                 con.execute("BEGIN")
-                if docs:
-                    con.executemany(f"INSERT OR REPLACE INTO idx.docs VALUES ({', '.join('?' * len(DOC_COLUMNS))})",
-                                    docs)
+                if docs:  # columnar inserts through Arrow: row-by-row executemany is far slower
+                    con.register("new_docs", pa.table(list(zip(*docs, strict=True)), schema=DOC_SCHEMA))
+                    con.execute("INSERT OR REPLACE INTO idx.docs SELECT * FROM new_docs")
+                    con.unregister("new_docs")
                 if terms:
-                    con.executemany("INSERT INTO idx.terms VALUES (?, ?)", terms)
+                    con.register("new_terms", pa.table(list(zip(*terms, strict=True)), names=["doc_id", "term"]))
+                    con.execute("INSERT INTO idx.terms SELECT * FROM new_terms")
+                    con.unregister("new_terms")
                 con.execute("INSERT OR REPLACE INTO idx.state VALUES ('cursor', ?)", [rows[-1].id])
                 con.execute("COMMIT")
                 added += len(docs)
+        return added
 
     def _doc(self, r: sa.Row) -> tuple[Any, ...] | None:  # type: ignore[type-arg]
         if r.content is None:

@@ -100,13 +100,14 @@ class ComplianceChecks:
         self.templates = templates
         self.windows = Windows(engine, keyring)
 
-    def run(self, recheck: timedelta | None = None, now: datetime | None = None) -> int:
-        """Sync the ledgers, then check outbound messages not yet checked (and, with `recheck`,
-        every one sent within that period again: late webhooks can change a verdict).
-        Returns violations added."""
+    def run(self, recheck: timedelta | None = None, now: datetime | None = None,
+            ledger_batches: int | None = None) -> int:
+        """Sync the ledgers (at most `ledger_batches` each, for a bounded worker round), then check
+        outbound messages not yet checked (and, with `recheck`, every one sent within that period
+        again: late webhooks can change a verdict). Returns violations added."""
         now = now or utcnow()
-        self.consent.sync()
-        self.templates.sync()
+        self.consent.sync(max_batches=ledger_batches)
+        self.templates.sync(max_batches=ledger_batches)
         outbound = sa.and_(events.c.kind == "message", events.c.direction == "outbound",
                            events.c.origin.in_(["api", "app"]))
         with self.engine.connect() as conn:

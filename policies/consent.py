@@ -111,11 +111,12 @@ class ConsentLedger:
             append_events(conn, b)
         return True
 
-    def sync(self, batch: int = 2000) -> int:
+    def sync(self, batch: int = 2000, max_batches: int | None = None) -> int:
         """Derive entries from captured keywords, opt-out buttons and user_preferences. Returns entries added."""
         inbound = sa.and_(events.c.kind == "message", events.c.direction == "inbound",
                           events.c.type.in_(["text", "button", "interactive"]))
-        return follow(self.engine, "consent", sa.or_(inbound, events.c.kind == "preference"), self._derive, batch)
+        return follow(self.engine, "consent", sa.or_(inbound, events.c.kind == "preference"), self._derive, batch,
+                      max_batches)
 
     def _derive(self, r: sa.Row) -> int:  # type: ignore[type-arg]
         if r.conversation is None or r.content is None:

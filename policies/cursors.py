@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from typing import Any
 
@@ -27,11 +28,12 @@ def write_cursor(conn: sa.Connection, name: str, last_id: int) -> None:
 
 
 def follow(engine: sa.Engine, name: str, where: Any, handle: Callable[[sa.Row], int],  # type: ignore[type-arg]
-           batch: int = 2000) -> int:
+           batch: int = 2000, max_batches: int | None = None) -> int:
     """Feed every event matching `where` past cursor `name` to `handle`, in id order, moving the
-    cursor after each batch. Returns the sum of what `handle` returned."""
+    cursor after each batch (at most `max_batches`, so a caller's round stays short).
+    Returns the sum of what `handle` returned."""
     total = 0
-    while True:
+    for _ in itertools.count() if max_batches is None else range(max_batches):
         with engine.connect() as conn:
             last = read_cursor(conn, name)
             rows = conn.execute(sa.select(events).where(events.c.id > last, where).order_by(events.c.id)
@@ -42,3 +44,4 @@ def follow(engine: sa.Engine, name: str, where: Any, handle: Callable[[sa.Row], 
             total += handle(r)
         with engine.begin() as conn:
             write_cursor(conn, name, rows[-1].id)
+    return total

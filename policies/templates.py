@@ -85,9 +85,9 @@ class TemplateLedger:
                              "category": category.upper(), "body_sha256": sha, "reason": f"registered by {actor}"[:200],
                              "at": at, "recorded_at": utcnow(), "source": f"register:{tenant}:{name}:{language}:{sha}"})
 
-    def sync(self, batch: int = 2000) -> int:
+    def sync(self, batch: int = 2000, max_batches: int | None = None) -> int:
         """Fold captured template webhooks into the ledger. Returns entries added."""
-        return follow(self.engine, "templates", events.c.kind == "template_event", self._derive, batch)
+        return follow(self.engine, "templates", events.c.kind == "template_event", self._derive, batch, max_batches)
 
     def _derive(self, r: sa.Row) -> int:  # type: ignore[type-arg]
         v = json.loads(self.keyring.open_content(r.stream, r.natural_key, r.subject_key_id, r.nonce,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import secrets
 import sys
@@ -181,8 +182,9 @@ class Archive:
         ak, sk = self.store.credentials
         return QueryEngine(S3Location(self.store.bucket, self.store.endpoint_url, ak, sk, self.store.region))
 
-    def process_pending(self) -> int:
-        """Until the inbox is empty: normalise a bounded batch, fetch due media, seal.
+    def process_pending(self, rounds: int | None = None) -> int:
+        """Until the inbox is empty (or for `rounds` rounds): normalise a bounded batch, fetch due
+        media, seal.
 
         Interleaved so a long history import is sealed as it goes rather than at the end.
         Returns the number of records sealed.
@@ -190,15 +192,16 @@ class Archive:
         normalizer, sealer, fetcher = self.normalizer(), self.sealer(), self.media_fetcher()
         sealed = 0
         try:
-            while True:
+            for _ in itertools.count() if rounds is None else range(rounds):
                 normalized = normalizer.run_once()
                 while fetcher.run_once():
                     pass
                 sealed += sealer.seal_all()
                 if not normalized:
-                    return sealed
+                    break
         finally:
             fetcher.close()
+        return sealed
 
     def close(self) -> None:
         self.engine.dispose()
@@ -255,6 +258,7 @@ class Worker:
         self.log = structlog.get_logger("strongroom.worker")
         self._reconciled: tuple[date, datetime] | None = None
         self._retention_at: datetime | None = None
+        self._index = archive.search_index()
 
     def reconcile_if_due(self) -> None:
         """Reconcile yesterday once (after midnight UTC) and today every reconcile interval."""
@@ -285,17 +289,21 @@ class Worker:
     def run(self) -> None:
         failures = 0
         while not self.stopping.is_set():
+            busy = False
             try:
                 self.reconcile_if_due()
                 self.retention_if_due()
-                sealed = self.archive.process_pending()
-                self.archive.compliance().run()
-                if sealed:
-                    self.archive.search_index().update()
+                sealed = self.archive.process_pending(rounds=8)  # ~32 MB of bodies, then check for a stop
+                # bounded follow-up work, so a stop signal is honoured within a round
+                self.archive.compliance().run(ledger_batches=1)
+                if sealed or not self._index.caught_up:
+                    self._index.update(max_batches=1)
                 if sealed:
                     self.log.info("worker.sealed", records=sealed)
+                busy = bool(sealed) or not self._index.caught_up  # more may be waiting: no pause
                 failures = 0
             except Exception as e:
                 failures += 1
                 self.log.error("worker.failed", error=type(e).__name__, detail=str(e)[:500], attempt=failures)
-            self.stopping.wait(min(self.interval * (2 ** min(failures, 6)), 60.0))
+            if not busy:
+                self.stopping.wait(min(self.interval * (2 ** min(failures, 6)), 60.0))

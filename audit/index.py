@@ -139,6 +139,9 @@ class SearchIndex:
         con = duckdb.connect(config={"autoinstall_known_extensions": False, "autoload_known_extensions": False})
         try:
             con.execute(f"LOAD {_sql_str(str(extension_path()))}")  # OpenSSL crypto for encrypted files
+            # spills to disk (large sorts) are encrypted too, and stay inside the index directory
+            con.execute("SET temp_file_encryption = true")
+            con.execute(f"SET temp_directory = {_sql_str(str(self.path.parent / 'tmp'))}")
             key = self.keyring.data_key(INDEX_KEY).hex()
             con.execute(f"ATTACH {_sql_str(str(self.path))} AS idx (ENCRYPTION_KEY {_sql_str(key)})")
             con.execute(SCHEMA)

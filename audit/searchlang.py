@@ -242,7 +242,7 @@ class _Parser:
             return node
         if tok.kind == "quoted":
             self.i += 1
-            words = tuple(w.casefold() for w in _WORD.findall(tok.text))
+            words = _words(_WORD.findall(tok.text))
             if not words:
                 raise self.fail("empty phrase", tok)
             return Term(words)
@@ -250,12 +250,15 @@ class _Parser:
             return self.parse_field()
         if tok.kind != "word" or self.keyword(tok, "and", "or") or _NEAR.match(tok.text):
             raise self.fail(f"expected a term, found {tok.text!r}", tok)
-        words = []
+        raw = []
         while (t := self.peek()) is not None and t.kind == "word" and not self.keyword(t, "and", "or", "not") \
                 and not _NEAR.match(t.text) and not (self.peek(1) is not None and self.peek(1).kind == "colon"):  # type: ignore[union-attr]
-            words.append(t.text.casefold())
+            raw.append(t.text)
             self.i += 1
-        return Term(tuple(words))
+        words = _words(raw)
+        if not words:
+            raise self.fail(f"{tok.text!r} has no searchable word", tok)
+        return Term(words)
 
     def parse_field(self) -> Node:
         name_tok = self.peek()
@@ -289,6 +292,15 @@ class _Parser:
         elif until is not None:
             raise self.fail(f"field {name} takes no range", value)
         return Field(name, value.text, until)
+
+
+def _words(raw: list[str]) -> tuple[str, ...]:
+    """Query words split exactly as the index splits text (so "e-mail" is the phrase "e mail");
+    a word with a wildcard is kept whole and matched against single index words."""
+    out: list[str] = []
+    for piece in raw:
+        out += [piece.casefold()] if any(c in piece for c in "*?=") else tokens(piece)
+    return tuple(out)
 
 
 def _positional(node: Node) -> bool:

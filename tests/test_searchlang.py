@@ -54,6 +54,9 @@ def test_precedence_is_the_documented_one_and_echoed(query: str, tree: str) -> N
     ("3==", True),  # = is one digit
     ("4==", False),
     ("acme", True),  # case-insensitive
+    ("ACME's", False),
+    ("market-open", True),  # split like the text: the phrase "market open"
+    ("ＡＣＭＥ", True),  # full-width letters normalise (NFKC) like the index
     ("\u00e4cme", False),
 ])
 def test_text_predicates(query: str, hit: bool) -> None:

@@ -12,8 +12,8 @@ For every body:
 4. a signed body that is not an envelope at all is kept whole as an ``unparsed`` event on the
    ``unrouted`` stream — flagged, never dropped.
 
-Events are deduplicated on natural keys (``message:<wamid>``, ``history:<wamid>``,
-``status:<wamid>:<status>:<timestamp>``, ``change:<sha256 of its bytes>``,
+Events are deduplicated on natural keys (``message:<wamid>`` whatever the origin — live, echo,
+history or send log —, ``status:<wamid>:<status>:<timestamp>``, ``change:<sha256 of its bytes>``,
 ``envelope:<sha256 of the body>``, …), so redeliveries and re-batched retries add nothing.
 """
 
@@ -22,8 +22,10 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 import structlog
@@ -42,6 +44,7 @@ from archiver.records import canonical_json, content_aad
 from archiver.sqlutil import as_utc, insert_ignore, utcnow
 
 log = structlog.get_logger("strongroom.normalize")
+T = TypeVar("T")
 UNROUTED = "unrouted"
 AUDIT_STREAM = "audit"  # the archive's own records: access audit, completeness reports, certificates
 AUDIT_KEY = "system:audit"
@@ -155,6 +158,38 @@ class EventBuilder:
                      event_time=(end if ch.action == "ended" else start) or self.received_at)
 
 
+@contextmanager
+def new_people(keyring: KeyRing, identities: IdentityBook) -> Iterator[None]:
+    """Build a batch that may create data keys and identity bindings in memory only; the
+    caller stores them with `store_people` in the transaction that stores the batch's events."""
+    identities.begin()
+    try:
+        with keyring.deferred():
+            yield
+    except BaseException:
+        identities.discard()
+        raise
+
+
+def store_people(conn: sa.Connection, keyring: KeyRing, identities: IdentityBook) -> None:
+    """New subjects' keys and identity bindings, committed with their first events.
+
+    Raises:
+        RaceError: another process created the same key or binding first (see `retry_on_race`).
+    """
+    keyring.store_new(conn)
+    identities.store(conn)
+
+
+def retry_on_race(build_and_store: Callable[[], T]) -> T:
+    """Run a build-and-store once more when another process won a race on a new key or binding
+    (the second build reads what they stored)."""
+    try:
+        return build_and_store()
+    except RaceError:
+        return build_and_store()
+
+
 def system_builder(keyring: KeyRing, now: datetime | None = None) -> EventBuilder:
     """A builder for events the archive writes itself (no inbox body behind them)."""
     return EventBuilder(keyring, None, None, now or utcnow())
@@ -226,7 +261,8 @@ def build_events(keyring: KeyRing, identities: IdentityBook, body: bytes, inbox_
         # The raw change is about every person in it: the typed events' subjects (resolved at
         # their own times), or everyone it mentions when nothing could be typed.
         subjects = {k for r in typed for k in r["subject_key_id"].split(",") if k.startswith("subj:")}
-        subjects |= set() if typed else set(subjects_of(b, value))
+        if not typed:
+            subjects.update(subjects_of(b, value))
         b.seal_identity_changes(stream)
         b.add(
             stream, f"change:{change_key}", "change", raw, sorted(subjects),
@@ -293,13 +329,7 @@ class Normalizer:
         return len(rows)
 
     def _normalize_retrying(self, rows: list[sa.Row], whole: bool = False) -> None:  # type: ignore[type-arg]
-        for attempt in (1, 2):
-            try:
-                self._normalize(rows, whole)
-                return
-            except RaceError:
-                if attempt == 2:
-                    raise
+        retry_on_race(lambda: self._normalize(rows, whole))
 
     def _build_one(self, row: sa.Row, whole: bool = False) -> EventBuilder:  # type: ignore[type-arg]
         body = self.inbox_reader.read_body(row)
@@ -315,19 +345,13 @@ class Normalizer:
             return unparsed(self.keyring, body, row.id, received_at)
 
     def _normalize(self, rows: list[sa.Row], whole: bool = False) -> None:  # type: ignore[type-arg]
-        self.identities.begin()
-        with self.keyring.deferred():
+        with new_people(self.keyring, self.identities):
             built = [self._build_one(row, whole) for row in rows]
             failpoints.hit("normalize.before_commit")
-            try:
-                with self.engine.begin() as conn:
-                    self.keyring.store_new(conn)  # new subjects' keys commit with their first events
-                    self.identities.store(conn)  # and so do their identity bindings
-                    append_events(conn, *built)
-                    conn.execute(
-                        sa.update(inbox).where(inbox.c.id.in_([r.id for r in rows]), inbox.c.state == "pending")
-                        .values(state="normalized", normalized_at=utcnow())
-                    )
-            except BaseException:
-                self.identities.discard()
-                raise
+            with self.engine.begin() as conn:
+                store_people(conn, self.keyring, self.identities)
+                append_events(conn, *built)
+                conn.execute(
+                    sa.update(inbox).where(inbox.c.id.in_([r.id for r in rows]), inbox.c.state == "pending")
+                    .values(state="normalized", normalized_at=utcnow())
+                )

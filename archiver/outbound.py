@@ -16,11 +16,10 @@ from typing import Any
 import sqlalchemy as sa
 
 from archiver.db import events
-from archiver.errors import RaceError
 from archiver.identity import IdentityBook
 from archiver.keys import KeyRing
 from archiver.kinds import key_part, parse_unix
-from archiver.normalize import EventBuilder, append_events, stream_for
+from archiver.normalize import EventBuilder, append_events, new_people, retry_on_race, store_people, stream_for
 from archiver.records import canonical_json
 from archiver.sqlutil import utcnow
 
@@ -63,19 +62,12 @@ class SendLog:
     def record(self, items: list[dict[str, Any]], tenant: str | None = None) -> int:
         """Archive a batch of sends (idempotent by wamid). Returns how many were new."""
         parsed = [_parse(i) for i in items]  # all or nothing: a bad entry fails the batch
-        for attempt in (1, 2):
-            try:
-                return self._record(parsed, items, tenant)
-            except RaceError:
-                if attempt == 2:
-                    raise
-        return 0
+        return retry_on_race(lambda: self._record(parsed, items, tenant))
 
     def _record(self, parsed: list[tuple[str, str, dict[str, Any], str, datetime]], items: list[dict[str, Any]],
                 tenant: str | None) -> int:
         now = utcnow()
-        self.identities.begin()
-        with self.keyring.deferred():
+        with new_people(self.keyring, self.identities):
             b = EventBuilder(self.keyring, None, None, now, self.identities)
             for (stream, to, request, wamid, at), item in zip(parsed, items, strict=True):
                 b.evidence = f"message:{key_part(wamid)}"
@@ -93,7 +85,6 @@ class SendLog:
                 known = {(r.stream, r.natural_key) for r in conn.execute(sa.select(events.c.stream, events.c.natural_key)
                                                                           .where(sa.tuple_(events.c.stream,
                                                                                            events.c.natural_key).in_(keys)))}
-                self.keyring.store_new(conn)
-                self.identities.store(conn)
+                store_people(conn, self.keyring, self.identities)
                 append_events(conn, b)
         return len(set(keys) - known)

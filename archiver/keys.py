@@ -13,6 +13,7 @@ import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -140,6 +141,11 @@ class KeyRing:
         """
         key = self.content_key(subject_key_id.split(","), create=False)
         return decrypt(key, nonce, content, content_aad(stream, natural_key))
+
+    def open_record(self, record: Any) -> bytes:
+        """Decrypt the content of an `events` row or a sealed record dict (see `open_content`)."""
+        m = record._mapping if hasattr(record, "_mapping") else record
+        return self.open_content(m["stream"], m["natural_key"], m["subject_key_id"], m["nonce"], m["content"])
 
     def forget(self, key_id: str) -> None:
         """Drop a cached key and everything derived from it (after it was destroyed elsewhere)."""

@@ -36,7 +36,7 @@ from archiver.keys import KeyRing
 from archiver.kinds import MEDIA_TYPES
 from archiver.sqlutil import as_utc
 from audit.query import _sql_str, extension_path
-from audit.searchlang import Bool, Field, Node, Term, matches, parse, tokens
+from audit.searchlang import Bool, Node, Term, matches, parse, tokens
 
 INDEX_KEY = "system:search-index"
 SCHEMA = """
@@ -195,7 +195,7 @@ class SearchIndex:
         if r.content is None:
             return None  # disposed, or about someone erased
         try:
-            doc = json.loads(self.keyring.open_content(r.stream, r.natural_key, r.subject_key_id, r.nonce, r.content))
+            doc = json.loads(self.keyring.open_record(r))
         except KeyDestroyedError:
             return None
         return (r.id, r.stream, r.seq, r.natural_key, r.tenant, r.wamid, r.conversation, r.direction, r.origin,
@@ -270,5 +270,3 @@ class SearchIndex:
         more = start + limit < len(hits)
         return Page(len(hits), page, _cursor(page[-1]) if more and page else None, tree.describe())
 
-
-__all__ = ["Field", "Page", "SearchIndex", "message_text"]

@@ -79,8 +79,7 @@ class Windows:
                                                         events.c.wamid == wamid).order_by(events.c.event_time)).all()
         for r in rows:
             try:
-                st = json.loads(self.keyring.open_content(r.stream, r.natural_key, r.subject_key_id, r.nonce,
-                                                          r.content)).get("status", {})
+                st = json.loads(self.keyring.open_record(r)).get("status", {})
             except KeyDestroyedError:
                 continue
             if isinstance(st.get("pricing"), dict):
@@ -180,8 +179,7 @@ class ComplianceChecks:
         out = []
         for r in rows:
             try:
-                doc = json.loads(self.keyring.open_content(r.stream, r.natural_key, r.subject_key_id, r.nonce,
-                                                           r.content))
+                doc = json.loads(self.keyring.open_record(r))
             except KeyDestroyedError:
                 doc = {"violation": r.type, "wamid": r.wamid, "evidence": "(erased)"}
             out.append({"stream": r.stream, "natural_key": r.natural_key, **doc})

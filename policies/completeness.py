@@ -266,8 +266,7 @@ class Reconciler:
             j = i + 1
             while j < len(rows) and (end is None or (as_utc(rows[j].event_time) or start) < end):
                 j += 1
-            value = json.loads(self.keyring.open_content(r.stream, r.natural_key, r.subject_key_id, r.nonce,
-                                                         r.content)).get("value", {})
+            value = json.loads(self.keyring.open_record(r)).get("value", {})
             info = value.get("disconnection_info") if isinstance(value.get("disconnection_info"), dict) else {}
             nk = f"gap:disconnect:{start.isoformat()}"
             body = {"event": r.status, "start": start.isoformat(), "reason": info.get("reason"),
@@ -337,7 +336,7 @@ def latest_reports(engine: sa.Engine, keyring: KeyRing, day: date, stream: str |
             events.c.natural_key.like(pattern)).order_by(events.c.id)).all()
     newest: dict[str, dict[str, Any]] = {}
     for r in rows:
-        rep = json.loads(keyring.open_content(r.stream, r.natural_key, r.subject_key_id, r.nonce, r.content))
+        rep = json.loads(keyring.open_record(r))
         if rep["day"] == day.isoformat():
             newest[rep["stream"]] = rep
     return [newest[k] for k in sorted(newest)]

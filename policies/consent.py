@@ -122,7 +122,7 @@ class ConsentLedger:
         if r.conversation is None or r.content is None:
             return 0
         try:
-            doc = json.loads(self.keyring.open_content(r.stream, r.natural_key, r.subject_key_id, r.nonce, r.content))
+            doc = json.loads(self.keyring.open_record(r))
         except KeyDestroyedError:
             return 0
         at = as_utc(r.event_time) or as_utc(r.received_at)

@@ -40,7 +40,7 @@ from archiver.errors import AccessDeniedError, ObjectNotFoundError, Verification
 from archiver.keys import KeyRing
 from archiver.leases import StreamLocks
 from archiver.merkle import hash_leaf
-from archiver.normalize import AUDIT_STREAM, append_audit
+from archiver.normalize import append_audit
 from archiver.objectstore import ObjectStore
 from archiver.records import canonical
 from archiver.segments import decode_segment
@@ -259,6 +259,3 @@ def load_certificates(store: ObjectStore, public_key: Ed25519PublicKey) -> tuple
             bad.append(key)
     return good, bad
 
-
-__all__ = ["AUDIT_STREAM", "RetentionRun", "RunResult", "certificate_key", "load_certificates", "open_document",
-           "sign_document"]

@@ -201,8 +201,7 @@ class Erasure:
                     entry["content"], counts["disposed"] = None, counts["disposed"] + 1
                 else:
                     try:
-                        plain = self.keyring.open_content(r.stream, r.natural_key, r.subject_key_id, r.nonce,
-                                                          r.content)
+                        plain = self.keyring.open_record(r)
                         entry["content"] = plain.decode("utf-8", "replace")
                         counts["records"] += 1
                     except KeyDestroyedError:

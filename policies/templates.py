@@ -90,8 +90,7 @@ class TemplateLedger:
         return follow(self.engine, "templates", events.c.kind == "template_event", self._derive, batch, max_batches)
 
     def _derive(self, r: sa.Row) -> int:  # type: ignore[type-arg]
-        v = json.loads(self.keyring.open_content(r.stream, r.natural_key, r.subject_key_id, r.nonce,
-                                                 r.content)).get("value", {})
+        v = json.loads(self.keyring.open_record(r)).get("value", {})
         name, lang, tenant = v.get("message_template_name"), v.get("message_template_language"), r.tenant
         if not (isinstance(name, str) and isinstance(lang, str) and tenant):
             return 0

@@ -120,8 +120,7 @@ def sealed_records(archive: Archive) -> list[dict[str, Any]]:
 
 def open_record(archive: Archive, r: Any) -> bytes:
     """Decrypt a record's content; `r` is a sealed record dict or an `events` row."""
-    m = r._mapping if hasattr(r, "_mapping") else r
-    return archive.keyring.open_content(m["stream"], m["natural_key"], m["subject_key_id"], m["nonce"], m["content"])
+    return archive.keyring.open_record(r)
 
 
 def record_json(archive: Archive, r: Any) -> Any:

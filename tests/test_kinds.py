@@ -121,8 +121,7 @@ def test_history_is_never_live_capture_but_is_the_same_message(
     # keyed like live messages: a message seen live (echo) and again in the import is one record
     assert all(r["natural_key"] == f"message:{r['wamid']}" for r in msgs)
     # provenance: which phase and chunk of the import carried it; the import time is received_at
-    content = json.loads(archive.keyring.open_content(msgs[0]["stream"], msgs[0]["natural_key"],
-                                                      msgs[0]["subject_key_id"], msgs[0]["nonce"], msgs[0]["content"]))
+    content = json.loads(archive.keyring.open_record(msgs[0]))
     assert content["history"] == {"phase": 0, "chunk_order": 1, "progress": 55}
     assert all(r["received_at"] == NOW for r in msgs)
 

@@ -171,8 +171,7 @@ def test_signed_body_of_unknown_shape_is_kept_raw_and_flagged(archive: Archive, 
     recs = sealed_records(archive)
     assert [(r["stream"], r["kind"], r["modelled"]) for r in recs] == [("unrouted", "unparsed", False)]
     r = recs[0]
-    assert archive.keyring.open_content(r["stream"], r["natural_key"], r["subject_key_id"], r["nonce"],
-                                        r["content"]) == garbage
+    assert archive.keyring.open_record(r) == garbage
 
 
 def test_odd_but_signed_shapes_never_wedge_the_pipeline(archive: Archive) -> None:

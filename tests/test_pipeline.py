@@ -238,3 +238,21 @@ def test_queries_cannot_read_local_files_or_unlock_settings(archive: Archive, we
                 "SELECT * FROM read_text('" + str(archive.settings.key_path("kek")) + "')"):
         with pytest.raises(QueryError):
             engine.query(sql)
+
+
+def test_verify_of_a_live_archive_accepts_growth_since_the_snapshot(archive: Archive) -> None:
+    """Sizes are read from SQL before the store is listed; a worker sealing in between makes the
+    store ahead of the snapshot, which is normal operation, not a finding (a store *behind* the
+    database — a truncated copy — still is: tests/test_tamper.py)."""
+    first = payloads.inbound(payloads.text("wamid.live1", "16505550123", 1_764_000_000, "one"))
+    archive.inbox.receive(first, sign(first))
+    archive.process_pending()
+    snapshot = archive.expected_sizes()
+    second = payloads.inbound(payloads.text("wamid.live2", "16505550123", 1_764_000_001, "two"))
+    archive.inbox.receive(second, sign(second))
+    archive.process_pending()
+    assert archive.expected_sizes()[payloads.PNID] > snapshot[payloads.PNID]
+    report = archive.verifier().verify(expected_sizes=snapshot)
+    assert report.ok, [str(f) for f in report.failures]
+    behind = {**snapshot, payloads.PNID: archive.expected_sizes()[payloads.PNID] + 1}
+    assert not archive.verifier().verify(expected_sizes=behind).ok

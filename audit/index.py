@@ -225,9 +225,10 @@ class SearchIndex:
     # -- searching ----------------------------------------------------------------------------
 
     def search(self, query: str, tenants: set[str] | None = None, limit: int = 50, cursor: str | None = None,
-               filters: dict[str, Any] | None = None) -> Page:
-        """Exact matches of `query` (optionally within `tenants` and structured `filters` on
-        doc columns), oldest first, `limit` per page from `cursor`."""
+               filters: dict[str, Any] | None = None, start: datetime | None = None,
+               end: datetime | None = None) -> Page:
+        """Exact matches of `query` (optionally within `tenants`, structured `filters` on doc
+        columns and sent time in [start, end)), oldest first, `limit` per page from `cursor`."""
         tree = parse(query)
         where, params = ["TRUE"], []
         if tenants is not None:
@@ -240,6 +241,10 @@ class SearchIndex:
                 raise ValueError(f"unknown filter {name!r}")
             where.append(f"{name} = ?")
             params.append(value)
+        for op, t in ((">=", start), ("<", end)):
+            if t is not None:
+                where.append(f"event_time {op} ?")
+                params.append(_naive(t))
         for term in dict.fromkeys(_required_terms(tree)):
             where.append("doc_id IN (SELECT doc_id FROM idx.terms WHERE term = ?)")
             params.append(term)

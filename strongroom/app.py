@@ -11,6 +11,8 @@ from starlette.types import ASGIApp
 
 from archiver.inbox import GroupCommitter
 from archiver.webhook import webhook_router
+from audit.api import ANY_ROLE, api_router, install_error_handlers, rule
+from audit.auth import RateLimiter
 from strongroom import __version__
 from strongroom.runtime import Archive
 
@@ -37,20 +39,65 @@ def create_app(archive: Archive) -> FastAPI:
         finally:
             committer.close()
 
-    # No interactive docs or schema routes: the only unauthenticated routes are the webhook
-    # (HMAC-signed) and health.
+    # No interactive docs; the schema is served to authenticated callers only. The only routes
+    # without a bearer token are the webhook (HMAC-signed), health, and the sign-in exchange.
+    settings = archive.settings
     app = FastAPI(title="strongroom", version=__version__, docs_url=None, redoc_url=None,
-                  openapi_url=None, lifespan=lifespan)
-    app.include_router(webhook_router(committer, archive.settings.secret("verify_token"),
-                                      archive.settings.max_body_bytes))
+                  openapi_url=None, lifespan=lifespan,
+                  description="Auditor API of the strongroom WhatsApp archive. Every read is itself audited.")
+    app.include_router(webhook_router(committer, settings.secret("verify_token"), settings.max_body_bytes))
+    app.include_router(api_router(archive))
+    install_error_handlers(app, RateLimiter(settings.api_rate_per_minute), RateLimiter(settings.login_rate_per_minute),
+                           archive.accounts())
+
+    @app.get("/api/v1/openapi.json", tags=["meta"], include_in_schema=False, **rule(ANY_ROLE, audited=False))
+    def openapi() -> dict[str, object]:
+        """This API's OpenAPI document (also written to docs/openapi.json by `strongroom openapi`)."""
+        return app.openapi()
 
     @app.get("/healthz", tags=["health"])
     def health() -> dict[str, str]:
         """Liveness only: says nothing about the archive's contents or configuration."""
         return {"status": "ok"}
 
+    app.add_middleware(BodyLimit, limit=settings.api_max_body_bytes, prefix="/api/")
     app.add_middleware(SecurityHeaders)
     return app
+
+
+class BodyLimit:
+    """413 for API requests whose body exceeds `limit` bytes (declared or streamed)."""
+
+    def __init__(self, app: ASGIApp, limit: int, prefix: str) -> None:
+        self.app, self.limit, self.prefix = app, limit, prefix
+
+    async def __call__(self, scope, receive, send):  # type: ignore[no-untyped-def]
+        if scope["type"] != "http" or not scope["path"].startswith(self.prefix):
+            return await self.app(scope, receive, send)
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
+            return await _too_large(send)
+        messages, size = [], 0
+        while True:  # the API's bodies are small (<= limit): buffer, then replay
+            message = await receive()
+            messages.append(message)
+            size += len(message.get("body", b""))
+            if size > self.limit:
+                return await _too_large(send)
+            if message["type"] != "http.request" or not message.get("more_body"):
+                break
+
+        async def replay():  # type: ignore[no-untyped-def]
+            return messages.pop(0) if messages else await receive()
+
+        await self.app(scope, replay, send)
+
+
+async def _too_large(send) -> None:  # type: ignore[no-untyped-def]
+    body = b'{"detail":"request body too large"}'
+    await send({"type": "http.response.start", "status": 413,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
 
 
 class SecurityHeaders:

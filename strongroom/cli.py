@@ -47,6 +47,10 @@ templates_app = typer.Typer(help="The template ledger.", no_args_is_help=True)
 app.add_typer(templates_app, name="templates")
 index_app = typer.Typer(help="The encrypted search index.", no_args_is_help=True)
 app.add_typer(index_app, name="index")
+users_app = typer.Typer(help="Human accounts (password + TOTP) of the auditor API.", no_args_is_help=True)
+app.add_typer(users_app, name="users")
+apikey_app = typer.Typer(help="Service API keys (ingest, auditor) of the auditor API.", no_args_is_help=True)
+app.add_typer(apikey_app, name="apikey")
 out = Console(soft_wrap=True)  # paths and URLs stay on one line, copyable
 err = Console(stderr=True, soft_wrap=True)
 
@@ -656,6 +660,75 @@ def keys_public() -> None:
         err.print(f"[red]error:[/red] {e}")
         raise typer.Exit(2) from e
     sys.stdout.write(crypto.public_key_pem(key.public_key()).decode())
+
+
+RoleOpt = Annotated[str, typer.Option(help="ingest, auditor, compliance, admin or regulator.")]
+TenantsOpt = Annotated[list[str] | None, typer.Option("--tenant", help="WABA id(s) it may see (omit: all; "
+                                                                    "regulator and admin only).")]
+
+
+def _accounts_call(call: Any) -> Any:
+    from audit.auth import AccountError
+
+    with _session() as archive:
+        try:
+            result = call(archive.accounts())
+        except AccountError as e:
+            err.print(f"[red]error:[/red] {e}")
+            raise typer.Exit(2) from e
+        archive.sealer().seal_all()  # the account change is on the sealed audit stream now
+    return result
+
+
+@users_app.command("add")
+def users_add(name: str, role: RoleOpt, tenant: TenantsOpt = None) -> None:
+    """Create a person's account. Prints the password and TOTP secret once: hand them over securely.
+
+    The first admin is created here (on the server); later accounts via the API or here. A
+    `regulator` account is the break-glass path for the designated third party (R-26)."""
+    created = _accounts_call(lambda a: a.create_user(name, role, tenant, _actor()))
+    _emit(created)
+    err.print("[yellow]shown once:[/yellow] only a scrypt hash of the password and an encrypted TOTP secret are kept")
+
+
+@users_app.command("disable")
+def users_disable(principal_id: str) -> None:
+    """Disable an account and end its sessions."""
+    _accounts_call(lambda a: a.disable_user(principal_id, _actor()))
+    _emit({"disabled": principal_id})
+
+
+@users_app.command("list")
+def users_list() -> None:
+    """Accounts and API keys (never their secrets)."""
+    _emit(_accounts_call(lambda a: a.list()))
+
+
+@apikey_app.command("create")
+def apikey_create(name: str, role: RoleOpt, tenant: TenantsOpt = None) -> None:
+    """Create a service API key. Prints the token once; only its SHA-256 is kept."""
+    _emit(_accounts_call(lambda a: a.create_api_key(name, role, tenant, _actor())))
+
+
+@apikey_app.command("revoke")
+def apikey_revoke(key_id: str) -> None:
+    _accounts_call(lambda a: a.revoke_api_key(key_id, _actor()))
+    _emit({"revoked": key_id})
+
+
+@app.command()
+def openapi(out_file: Annotated[Path | None, typer.Option("--out", help="Write here instead of stdout.")] = None
+            ) -> None:
+    """Print (or write) the auditor API's OpenAPI document."""
+    from strongroom.app import create_app
+
+    with _session() as archive:
+        doc = create_app(archive).openapi()
+    text = json.dumps(doc, indent=2, sort_keys=True) + "\n"
+    if out_file:
+        out_file.write_text(text)
+    else:
+        sys.stdout.write(text)
 
 
 def main() -> None:

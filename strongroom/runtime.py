@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import secrets
 import sys
@@ -17,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from archiver import crypto
 from archiver.db import make_engine, migrate, streams
+from archiver.errors import ConfigurationError
 from archiver.inbox import Inbox
 from archiver.keys import KeyRing
 from archiver.media import GraphClient, MediaFetcher, MediaPolicy
@@ -24,6 +26,7 @@ from archiver.normalize import Normalizer
 from archiver.objectstore import S3ObjectStore
 from archiver.outbound import SendLog
 from archiver.sealer import Sealer
+from audit.auth import Accounts, OidcVerifier
 from audit.index import SearchIndex
 from audit.query import QueryEngine, S3Location
 from audit.verify import Verifier
@@ -163,6 +166,18 @@ class Archive:
 
     def send_log(self) -> SendLog:
         return SendLog(self.engine, self.keyring)
+
+    def accounts(self) -> Accounts:
+        s = self.settings
+        oidc = None
+        if s.oidc_issuer:
+            if not s.oidc_audience or not (s.oidc_jwks_file or s.oidc_jwks_url):
+                raise ConfigurationError("OIDC needs STRONGROOM_OIDC_AUDIENCE and a JWKS file or URL")
+            jwks = json.loads(s.oidc_jwks_file.read_text()) if s.oidc_jwks_file else None
+            oidc = OidcVerifier(s.oidc_issuer, s.oidc_audience, jwks=jwks,
+                                jwks_url=None if jwks is not None else s.oidc_jwks_url,
+                                role_claim=s.oidc_role_claim, tenants_claim=s.oidc_tenants_claim)
+        return Accounts(self.engine, self.keyring, oidc, timedelta(seconds=s.session_ttl_seconds))
 
     def search_index(self) -> SearchIndex:
         return SearchIndex(self.settings.data_dir / "index" / "search.duckdb", self.engine, self.keyring)

@@ -51,6 +51,19 @@ class Settings(BaseSettings):
     # Inbound texts that record an opt-out (comma-separated; case and punctuation ignored).
     opt_out_keywords: str | None = None
 
+    # Auditor API: OIDC (issuer + audience + a JWKS file or URL; role and tenants from claims),
+    # human sessions, rate and size limits.
+    oidc_issuer: str | None = None
+    oidc_audience: str | None = None
+    oidc_jwks_file: Path | None = None
+    oidc_jwks_url: str | None = None
+    oidc_role_claim: str = "strongroom_role"
+    oidc_tenants_claim: str = "strongroom_tenants"
+    session_ttl_seconds: float = 8 * 3600
+    api_rate_per_minute: int = 600
+    login_rate_per_minute: int = 10
+    api_max_body_bytes: int = 1024 * 1024
+
     kek_file: Path | None = None
     signing_key_file: Path | None = None
     blind_index_key_file: Path | None = None

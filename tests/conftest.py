@@ -13,6 +13,7 @@ import hmac
 import json
 import os
 import uuid
+from contextlib import contextmanager
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -41,11 +42,9 @@ def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedSeawee
     sw.stop()
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def sql_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'strongroom.db'}"
-        return
+@contextmanager
+def pg_database() -> Iterator[str]:
+    """A new, empty PostgreSQL database (dropped afterwards); yields its URL."""
     name = f"sr_test_{uuid.uuid4().hex[:12]}"
     admin = sa.create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
@@ -56,6 +55,15 @@ def sql_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         with admin.connect() as conn:
             conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def sql_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'strongroom.db'}"
+        return
+    with pg_database() as url:
+        yield url
 
 
 @pytest.fixture

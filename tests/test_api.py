@@ -1,0 +1,532 @@
+"""The auditor API on PostgreSQL + SeaweedFS: RBAC matrix generated from the routes, one access
+event per read route, tenant isolation, credentials (API keys, TOTP sessions, OIDC), views with
+inclusion proofs, hardening, and no plaintext anywhere after ingest, search and rebuild."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import jwt
+import pyotp
+import pytest
+import sqlalchemy as sa
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from fastapi.routing import APIRoute
+from fastapi.testclient import TestClient
+
+from archiver.checkpoint import SignedCheckpoint
+from archiver.db import events
+from archiver.merkle import hash_leaf, verify_inclusion
+from audit import api as api_module
+from audit.auth import api_keys, principals
+from strongroom.app import create_app
+from strongroom.embedded import EmbeddedSeaweedFS
+from strongroom.runtime import Archive, configure_logging, open_archive
+from strongroom.settings import Settings
+from tests import payloads as p
+from tests.conftest import APP_SECRET, VERIFY_TOKEN, ingest, pg_database
+
+T = 1_764_000_000
+ALICE, BOB = "16505550401", "16505550402"
+WABA_B, PNID_B, CAROL = "200000000000001", "200000000000002", "16505550499"
+CANARY = "CANARY-api-\u00e9t\u00e9-4d1e"
+ISSUER, AUDIENCE = "https://idp.example.test/", "strongroom-api"
+PUBLIC = {"/healthz", "/webhooks/whatsapp", "/api/v1/auth/session"}  # webhook: HMAC; session: the credential exchange
+
+
+def _b_body(*msgs: dict[str, Any]) -> bytes:
+    """Messages to tenant B's number."""
+    value = {"contacts": [{"profile": {"name": "Carol"}, "wa_id": CAROL}], "messages": list(msgs)}
+    return p.body(p.envelope(p.change("messages", value, pnid=PNID_B), waba=WABA_B))
+
+
+def _scenario(archive: Archive) -> None:
+    ingest(archive,
+           p.inbound(p.text("wamid.a1", ALICE, T, f"Please confirm the trade {CANARY}")),
+           p.echo("wamid.a2", ALICE, T + 60, "Trade confirmed from the app"),
+           p.statuses(("wamid.a2", ALICE, "delivered", T + 61), ("wamid.a2", ALICE, "read", T + 90)),
+           p.inbound({"from": ALICE, "id": "wamid.a3", "timestamp": str(T + 120), "type": "edit",
+                      "edit": {"original_message_id": "wamid.a1",
+                               "message": {"type": "text", "text": {"body": "Please confirm the trade now"}}}}),
+           p.inbound({"from": ALICE, "id": "wamid.a4", "timestamp": str(T + 130), "type": "reaction",
+                      "reaction": {"message_id": "wamid.a2", "emoji": "\U0001f44d"}}),
+           p.inbound(p.text("wamid.b1", BOB, T + 200, "statement for March please")),
+           p.inbound(p.image("wamid.b2", BOB, T + 210, "m-api", "x", caption="the trade ticket")),
+           _b_body(p.text("wamid.c1", CAROL, T + 300, "tenant B trade secret")),
+           p.template_status("APPROVED", "trade_confirm", "en", T - 3600))
+    archive.search_index().update()
+
+
+@dataclass
+class World:
+    archive: Archive
+    client: TestClient
+    tokens: dict[str, str]  # role -> bearer token (tenant A, or all for regulator/admin)
+    other: str  # an auditor key of tenant B
+    oidc_key: rsa.RSAPrivateKey
+    log_file: Path
+
+    def get(self, path: str, role: str = "auditor", **params: Any) -> Any:
+        return self.client.get(path, params=params, headers={"Authorization": f"Bearer {self.tokens[role]}"})
+
+    def subject(self, phone: str) -> str:
+        with self.archive.engine.connect() as conn:
+            return conn.execute(sa.select(events.c.conversation).where(
+                events.c.wamid.like("wamid.%"), events.c.kind == "message",
+                events.c.sender == self.archive.keyring.blind_index("wa", phone))).scalars().first()  # type: ignore[return-value]
+
+    def record_id(self, wamid: str) -> str:
+        with self.archive.engine.connect() as conn:
+            r = conn.execute(sa.select(events.c.stream, events.c.seq).where(
+                events.c.wamid == wamid, events.c.kind == "message")).one()
+        return f"{r.stream}/{r.seq}"
+
+    def access_events(self) -> list[dict[str, Any]]:
+        with self.archive.engine.connect() as conn:
+            rows = conn.execute(sa.select(events).where(events.c.natural_key.like("access:%"))
+                                .order_by(events.c.id)).all()
+        return [json.loads(self.archive.keyring.open_record(r)) for r in rows]
+
+
+def _jwks(*keys: Any) -> dict[str, Any]:
+    out = []
+    for kid, key in keys:
+        if isinstance(key, rsa.RSAPrivateKey):
+            jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(key.public_key()))
+        elif isinstance(key, ec.EllipticCurvePrivateKey):
+            jwk = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(key.public_key()))
+        else:
+            jwk = json.loads(jwt.algorithms.OKPAlgorithm.to_jwk(key.public_key()))
+        out.append({**jwk, "kid": kid, "use": "sig"})
+    return {"keys": out}
+
+
+def oidc_token(key: Any, kid: str = "rsa-1", alg: str = "RS256", **claims: Any) -> str:
+    now = int(time.time())
+    body = {"iss": ISSUER, "aud": AUDIENCE, "sub": "alice@firm", "iat": now, "exp": now + 300,
+            "strongroom_role": "auditor", "strongroom_tenants": [p.WABA], **claims}
+    return jwt.encode({k: v for k, v in body.items() if v is not None}, key, algorithm=alg, headers={"kid": kid})
+
+
+def login(client: TestClient, created: dict[str, str]) -> str:
+    r = client.post("/api/v1/auth/session", json={"name": created["name"], "password": created["password"],
+                                                  "otp": pyotp.TOTP(created["totp_secret"]).now()})
+    assert r.status_code == 200, r.text
+    return r.json()["token"]  # type: ignore[no-any-return]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory, seaweed: EmbeddedSeaweedFS) -> Iterator[World]:
+    tmp = tmp_path_factory.mktemp("api")
+    rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    ed_key = ed25519.Ed25519PrivateKey.generate()
+    jwks = tmp / "jwks.json"
+    jwks.write_text(json.dumps(_jwks(("rsa-1", rsa_key), ("ed-1", ed_key))))
+    log_file = tmp / "service.log"
+    with pg_database() as url, log_file.open("w") as log_stream:
+        settings = Settings(data_dir=tmp / "data", database_url=url, s3_endpoint=seaweed.endpoint,
+                            s3_bucket=f"api-{int(time.time() * 1000)}", s3_access_key=seaweed.access_key,
+                            s3_secret_key=seaweed.secret_key, app_secret=APP_SECRET, verify_token=VERIFY_TOKEN,
+                            retention_days=1, oidc_issuer=ISSUER, oidc_audience=AUDIENCE, oidc_jwks_file=jwks,
+                            api_rate_per_minute=100_000)  # type: ignore[call-arg]
+        archive = open_archive(settings)
+        configure_logging("DEBUG", log_stream)
+        try:
+            _scenario(archive)
+            client = TestClient(create_app(archive))
+            accounts = archive.accounts()
+            tokens = {role: accounts.create_api_key(f"svc-{role}", role, [p.WABA], "test")["token"]
+                      for role in ("ingest", "auditor")}
+            for role, tenants in (("compliance", [p.WABA]), ("admin", None), ("regulator", None)):
+                tokens[role] = login(client, accounts.create_user(f"{role}-1", role, tenants, "test"))
+            other = accounts.create_api_key("svc-b", "auditor", [WABA_B], "test")["token"]
+            yield World(archive, client, tokens, other, rsa_key, log_file)
+        finally:
+            configure_logging("INFO")
+            archive.close()
+
+
+# -- the route table -------------------------------------------------------------------------------
+
+
+def _routes(world: World) -> list[Any]:
+    """Every route the app serves, with included routers flattened (FastAPI wraps them)."""
+    def walk(routes: list[Any]) -> Iterator[Any]:
+        for r in routes:
+            inner = getattr(r, "original_router", None)
+            yield from walk(inner.routes) if inner is not None else [r]
+    return list(walk(world.client.app.routes))  # type: ignore[attr-defined]
+
+
+def _api_routes(world: World) -> list[APIRoute]:
+    return [r for r in _routes(world) if isinstance(r, APIRoute)]
+
+
+def _rule(route: APIRoute) -> tuple[list[str], bool]:
+    extra = route.openapi_extra or {}
+    return extra.get("x-strongroom-roles", []), extra.get("x-strongroom-audited", False)
+
+
+def _call(world: World, route: APIRoute, token: str | None, params: dict[str, Any] | None = None,
+          body: Any = None) -> Any:
+    path = route.path
+    for name in route.param_convertors:
+        path = path.replace("{" + name + "}", "1" if name == "seq" else "x")
+    method = sorted(route.methods)[0]
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    return world.client.request(method, path, params=params, json=body, headers=headers)
+
+
+def test_every_route_has_a_rule_and_only_health_webhook_and_sign_in_are_public(world: World) -> None:
+    routes = _routes(world)
+    assert {getattr(r, "path", "") for r in routes} >= PUBLIC | {"/api/v1/search"}
+    for route in routes:
+        path = getattr(route, "path", "")
+        if path in PUBLIC:
+            continue
+        assert isinstance(route, APIRoute), f"{path}: not an API route (static files, mounts, docs are not allowed)"
+        roles, _ = _rule(route)
+        assert roles, f"{sorted(route.methods)} {path} has no access rule: declare one with audit.api.rule()"
+        r = _call(world, route, None)
+        assert r.status_code == 401, f"{path} answered {r.status_code} without credentials"
+        assert r.headers["www-authenticate"] == "Bearer"
+    for probe in ("/docs", "/redoc", "/openapi.json", "/env", "/heapdump", "/actuator", "/debug", "/metrics",
+                  "/admin", "/.env", "/api/v1/debug"):
+        assert world.client.get(probe).status_code == 404, probe
+
+
+def test_rbac_matrix_over_every_route_and_role(world: World) -> None:
+    """Generated from the app's routes: a route without a rule, or a role reaching past its rule, fails."""
+    checked = 0
+    for route in _api_routes(world):
+        roles, _ = _rule(route)
+        if route.path in PUBLIC:
+            continue
+        for role, token in world.tokens.items():
+            r = _call(world, route, token)
+            refused_by_role = r.status_code == 403 and f"role {role} may not call" in r.text
+            if role in roles:  # it may still be refused for its tenants, never for its role
+                assert r.status_code != 401 and not refused_by_role, f"{role} refused on {route.path}: {r.text}"
+            else:
+                assert refused_by_role, f"{role} reached {sorted(route.methods)} {route.path}: {r.status_code}"
+            checked += 1
+    assert checked >= 5 * 18
+
+
+# -- access audit ----------------------------------------------------------------------------------
+
+
+def _read_requests(world: World) -> dict[str, tuple[str, dict[str, Any]]]:
+    """A valid request (role, params) for every audited route; a new audited route must be added here."""
+    stream, seq = world.record_id("wamid.a1").split("/")
+    return {
+        "/api/v1/search": ("auditor", {"q": "trade"}),
+        "/api/v1/records/{stream}/{seq}": ("auditor", {"_path": f"/api/v1/records/{stream}/{seq}"}),
+        "/api/v1/conversations/{conversation}": ("auditor",
+                                                 {"_path": f"/api/v1/conversations/{world.subject(ALICE)}"}),
+        "/api/v1/ledgers/consent": ("compliance", {"stream": p.PNID, "subject": world.subject(ALICE)}),
+        "/api/v1/ledgers/templates": ("regulator", {"tenant": p.WABA, "name": "trade_confirm", "language": "en"}),
+        "/api/v1/holds": ("compliance", {}),
+        "/api/v1/reports/completeness": ("auditor", {"day": datetime.fromtimestamp(T, UTC).date().isoformat()}),
+        "/api/v1/reports/retention": ("regulator", {}),
+        "/api/v1/violations": ("compliance", {}),
+        "/api/v1/audit-trail": ("regulator", {"limit": 5}),
+        "/api/v1/admin/principals": ("admin", {}),
+    }
+
+
+def test_every_read_route_writes_exactly_one_access_event_before_answering(world: World) -> None:
+    reads = _read_requests(world)
+    audited = [r for r in _api_routes(world) if _rule(r)[1]]
+    assert {r.path for r in audited} == set(reads), "every audited route needs a sample request here"
+    for route in audited:
+        role, params = reads[route.path]
+        params = dict(params)
+        path = params.pop("_path", route.path)
+        before = len(world.access_events())
+        r = world.get(path, role, **params)
+        assert r.status_code == 200, (path, r.text)
+        after = world.access_events()
+        assert len(after) == before + 1, f"{path} wrote {len(after) - before} access events"
+        ev = after[-1]
+        assert ev["kind"] == "access" and ev["actor"].endswith(("svc-auditor", "compliance-1", "regulator-1",
+                                                                 "admin-1"))
+        d = ev["details"]
+        assert d["role"] == role and d["result_sha256"] == hashlib.sha256(r.content).hexdigest()
+        assert isinstance(d["count"], int) and "query" in d and isinstance(d["ids"], list)
+        assert d["break_glass"] == (role == "regulator")
+    # refusals read nothing and so write no access event
+    before = len(world.access_events())
+    assert world.get("/api/v1/search", "ingest", q="trade").status_code == 403
+    assert len(world.access_events()) == before
+
+
+def test_a_read_fails_when_its_access_event_cannot_be_written(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(*_a: Any, **_k: Any) -> None:
+        raise RuntimeError("audit store down")
+
+    monkeypatch.setattr(api_module, "append_audit", broken)
+    r = world.get("/api/v1/search", q="trade")
+    assert r.status_code == 503 and b"wamid" not in r.content and b"trade" not in r.content
+    r = world.get(f"/api/v1/records/{world.record_id('wamid.b1')}")
+    assert r.status_code == 503 and b"statement" not in r.content
+
+
+# -- tenants ---------------------------------------------------------------------------------------
+
+
+def test_tenants_see_only_their_own_records_by_search_id_and_count(world: World) -> None:
+    a_hdr = {"Authorization": f"Bearer {world.tokens['auditor']}"}
+    b_hdr = {"Authorization": f"Bearer {world.other}"}
+    a = world.client.get("/api/v1/search", params={"q": "trade"}, headers=a_hdr).json()
+    b = world.client.get("/api/v1/search", params={"q": "trade"}, headers=b_hdr).json()
+    assert {h["wamid"] for h in a["items"]} == {"wamid.a1", "wamid.a2", "wamid.a3", "wamid.b2"} and a["total"] == 4
+    assert [h["wamid"] for h in b["items"]] == ["wamid.c1"] and b["total"] == 1
+    everyone = world.get("/api/v1/search", "regulator", q="trade").json()
+    assert everyone["total"] == 5  # the break-glass role spans tenants
+    # by id: another tenant's record is indistinguishable from one that does not exist
+    c1 = world.record_id("wamid.c1")
+    stream_b = c1.split("/")[0]
+    theirs = world.client.get(f"/api/v1/records/{c1}", headers=a_hdr)
+    missing = world.client.get(f"/api/v1/records/{stream_b}/999999", headers=a_hdr)
+    assert theirs.status_code == missing.status_code == 404 and theirs.json() == missing.json()
+    assert world.client.get(f"/api/v1/records/{c1}", headers=b_hdr).status_code == 200
+    assert world.client.get(f"/api/v1/records/{world.record_id('wamid.a1')}", headers=b_hdr).status_code == 404
+    # threads, ledgers and reports follow the same line
+    carol = world.subject(CAROL)
+    assert world.client.get(f"/api/v1/conversations/{carol}", headers=a_hdr).json()["total"] == 0
+    assert world.client.get(f"/api/v1/conversations/{carol}", headers=b_hdr).json()["total"] == 1
+    assert world.client.get("/api/v1/ledgers/templates", headers=b_hdr, params={
+        "tenant": p.WABA, "name": "trade_confirm", "language": "en"}).status_code == 404
+    assert world.client.get("/api/v1/ledgers/consent", headers=b_hdr, params={
+        "stream": p.PNID, "subject": world.subject(ALICE)}).status_code == 404
+    # and an unparseable query says where, without naming anyone's data
+    bad = world.client.get("/api/v1/search", params={"q": "trade AND (shares"}, headers=b_hdr)
+    assert bad.status_code == 400 and "position" in bad.json() and "wamid" not in bad.text
+
+
+# -- views ---------------------------------------------------------------------------------------
+
+
+def test_a_record_comes_with_an_inclusion_proof_a_third_party_can_check(world: World) -> None:
+    rec = world.get(f"/api/v1/records/{world.record_id('wamid.a1')}").json()
+    assert rec["content"]["message"]["text"]["body"].startswith("Please confirm the trade")
+    proof = rec["proof"]
+    # with nothing but the public key: the checkpoint signature, the leaf from the sealed bytes, the path
+    cp = SignedCheckpoint.from_json(json.dumps(proof["signed_checkpoint"]).encode())
+    cp.verify(world.archive.public_key)
+    sealed = base64.b64decode(proof["sealed_record"])
+    assert CANARY.encode() not in sealed  # sealed bytes are ciphertext
+    leaf = hash_leaf(sealed)
+    assert leaf.hex() == proof["leaf_hash"] and cp.checkpoint.tree_size == proof["tree_size"]
+    verify_inclusion(rec["seq"], proof["tree_size"], leaf, [bytes.fromhex(h) for h in proof["path"]],
+                     bytes.fromhex(cp.checkpoint.root_hash))
+
+
+def test_a_thread_shows_versions_statuses_reactions_and_provenance_in_order(world: World) -> None:
+    t = world.get(f"/api/v1/conversations/{world.subject(ALICE)}").json()
+    msgs = [it for it in t["items"] if "marker" not in it]
+    assert [m["record"]["wamid"] for m in msgs] == ["wamid.a1", "wamid.a2"]
+    first, second = msgs
+    assert [v["type"] for v in first["versions"]] == ["edit"] and not first["revoked"]
+    assert first["versions"][0]["content"]["message"]["edit"]["message"]["text"]["body"].endswith("now")
+    assert [s["status"] for s in second["statuses"]] == ["delivered", "read"]
+    assert second["provenance"]["origin"] == "app" and first["provenance"]["origin"] == "api"
+    assert [r["content"]["message"]["reaction"]["emoji"] for r in second["reactions"]] == ["\U0001f44d"]
+    page = world.get(f"/api/v1/conversations/{world.subject(ALICE)}", limit=1).json()
+    assert len(page["items"]) == 1 and page["next_after"] is not None
+    rest = world.get(f"/api/v1/conversations/{world.subject(ALICE)}", after=page["next_after"]).json()
+    assert [i["record"]["wamid"] for i in page["items"] + rest["items"]] == [m["record"]["wamid"] for m in t["items"]]
+
+
+def test_search_filters_pages_and_dates_through_the_api(world: World) -> None:
+    one = world.get("/api/v1/search", q="trade", limit=1).json()
+    assert one["total"] == 4 and len(one["items"]) == 1 and one["parsed"] == "trade"  # a3: the edited version
+    two = world.get("/api/v1/search", q="trade", limit=5, cursor=one["next_cursor"]).json()
+    assert [h["wamid"] for h in one["items"] + two["items"]] == ["wamid.a1", "wamid.a2", "wamid.a3", "wamid.b2"]
+    assert [h["wamid"] for h in world.get("/api/v1/search", q="trade", origin="app").json()["items"]] == ["wamid.a2"]
+    start = datetime.fromtimestamp(T + 100, UTC).isoformat()
+    assert [h["wamid"] for h in world.get("/api/v1/search", q="trade", **{"from": start}).json()["items"]] == [
+        "wamid.a3", "wamid.b2"]
+    assert world.get("/api/v1/search", q="trade", **{"from": "2025-11-24T00:00"}).status_code == 400  # no zone
+    assert world.get("/api/v1/search", q="trade", cursor="bm90LWEtY3Vyc29y").status_code == 400
+
+
+# -- credentials -----------------------------------------------------------------------------------
+
+
+def test_api_keys_are_shown_once_stored_hashed_and_revocable(world: World) -> None:
+    admin = {"Authorization": f"Bearer {world.tokens['admin']}"}
+    r = world.client.post("/api/v1/admin/api-keys", headers=admin,
+                          json={"name": "ci-reader", "role": "auditor", "tenants": [p.WABA]})
+    assert r.status_code == 201
+    key = r.json()
+    with world.archive.engine.connect() as conn:
+        stored = conn.execute(sa.select(api_keys).where(api_keys.c.id == key["id"])).one()
+    assert key["token"] not in json.dumps([str(v) for v in stored])
+    assert stored.secret_sha256 == hashlib.sha256(key["token"].encode()).hexdigest()
+    listed = world.client.get("/api/v1/admin/principals", headers=admin).text
+    assert key["token"] not in listed and "secret" not in listed and "password" not in listed
+    hdr = {"Authorization": f"Bearer {key['token']}"}
+    assert world.client.get("/api/v1/holds", headers=hdr).status_code == 200
+    assert world.client.delete(f"/api/v1/admin/api-keys/{key['id']}", headers=admin).status_code == 204
+    assert world.client.get("/api/v1/holds", headers=hdr).status_code == 401
+    # roles that change the archive or span tenants are people with MFA, never keys
+    r = world.client.post("/api/v1/admin/api-keys", headers=admin,
+                          json={"name": "x", "role": "compliance", "tenants": [p.WABA]})
+    assert r.status_code == 400 and "MFA" in r.json()["detail"]
+
+
+def test_people_sign_in_with_password_and_a_one_time_code(world: World) -> None:
+    admin = {"Authorization": f"Bearer {world.tokens['admin']}"}
+    created = world.client.post("/api/v1/admin/users", headers=admin,
+                                json={"name": "reviewer-7", "role": "auditor", "tenants": [p.WABA]}).json()
+    with world.archive.engine.connect() as conn:
+        row = conn.execute(sa.select(principals).where(principals.c.name == "reviewer-7")).one()
+    assert row.password_hash.startswith("scrypt$") and created["password"] not in row.password_hash
+    assert created["totp_secret"].encode() not in row.totp_secret
+    totp = pyotp.TOTP(created["totp_secret"])
+
+    def attempt(**over: str) -> Any:
+        body = {"name": "reviewer-7", "password": created["password"], "otp": totp.now(), **over}
+        return world.client.post("/api/v1/auth/session", json=body)
+
+    wrong_pw, wrong_code, nobody = attempt(password="guess"), attempt(otp="000000"), attempt(name="nobody")
+    assert wrong_pw.status_code == wrong_code.status_code == nobody.status_code == 401
+    assert wrong_pw.json() == wrong_code.json() == nobody.json()  # nothing says which part was wrong
+    ok = attempt()
+    assert ok.status_code == 200
+    assert attempt().status_code == 401  # the same code twice: replay refused
+    hdr = {"Authorization": f"Bearer {ok.json()['token']}"}
+    assert world.client.get("/api/v1/search", params={"q": "trade"}, headers=hdr).json()["total"] == 4
+    assert world.client.delete("/api/v1/auth/session", headers=hdr).status_code == 204
+    assert world.client.get("/api/v1/search", params={"q": "trade"}, headers=hdr).status_code == 401
+
+
+def test_oidc_tokens_are_checked_against_the_key_set_and_mfa_is_enforced(world: World) -> None:
+    def status(token: str, path: str = "/api/v1/holds") -> int:
+        return world.client.get(path, headers={"Authorization": f"Bearer {token}"}).status_code  # type: ignore[no-any-return]
+
+    key = world.oidc_key
+    assert status(oidc_token(key)) == 200
+    assert status(oidc_token(key, aud="someone-else")) == 401
+    assert status(oidc_token(key, iss="https://evil.example/")) == 401
+    assert status(oidc_token(key, exp=int(time.time()) - 3600)) == 401
+    assert status(oidc_token(rsa.generate_private_key(public_exponent=65537, key_size=2048))) == 401  # not in JWKS
+    assert status(oidc_token(key, kid="ed-1")) == 401  # right kid, wrong key
+    assert status(oidc_token(key, strongroom_role="superuser")) == 401
+    assert status(oidc_token(key, strongroom_tenants=None)) == 401
+    unsigned = jwt.encode({"iss": ISSUER, "aud": AUDIENCE, "sub": "x", "iat": 1, "exp": 2**31,
+                           "strongroom_role": "auditor", "strongroom_tenants": [p.WABA]}, None, algorithm="none")
+    assert status(unsigned) == 401
+    # compliance and admin need a second factor, asserted by the IdP in `amr`
+    assert status(oidc_token(key, strongroom_role="compliance")) == 403
+    assert status(oidc_token(key, strongroom_role="compliance", amr=["pwd", "otp"])) == 200
+    assert status(oidc_token(key, strongroom_role="admin", strongroom_tenants="*", amr=["pwd"]),
+                  "/api/v1/admin/principals") == 403
+    # an auditor of tenant A via OIDC sees tenant A only
+    hits = world.client.get("/api/v1/search", params={"q": "trade"},
+                            headers={"Authorization": f"Bearer {oidc_token(key)}"}).json()
+    assert hits["total"] == 4
+
+
+# -- hardening -------------------------------------------------------------------------------------
+
+
+def test_headers_limits_and_the_published_schema(world: World) -> None:
+    r = world.get("/api/v1/holds")
+    assert r.headers["x-content-type-options"] == "nosniff" and r.headers["cache-control"] == "no-store"
+    assert "max-age" in r.headers["strict-transport-security"]
+    big = world.client.post("/api/v1/send-log", content=b"{" + b" " * (2 * 1024 * 1024) + b"}",
+                            headers={"Authorization": f"Bearer {world.tokens['ingest']}",
+                                     "Content-Type": "application/json"})
+    assert big.status_code == 413
+    assert world.client.get("/api/v1/openapi.json").status_code == 401
+    spec = world.get("/api/v1/openapi.json").json()
+    search = spec["paths"]["/api/v1/search"]["get"]
+    assert search["x-strongroom-roles"] == ["auditor", "compliance", "regulator"] and search["x-strongroom-audited"]
+    assert "HTTPBearer" in json.dumps(spec["components"]["securitySchemes"])
+
+
+def test_rate_limits_answer_429(world: World) -> None:
+    limited = create_app(world.archive)
+    limited.state.rate_limiter.rate = 3
+    client = TestClient(limited)
+    hdr = {"Authorization": f"Bearer {world.tokens['auditor']}"}
+    codes = [client.get("/api/v1/holds", headers=hdr).status_code for _ in range(5)]
+    assert codes[:3] == [200, 200, 200] and codes[3] == 429
+    logins = [client.post("/api/v1/auth/session", json={"name": "nobody", "password": "x", "otp": "123456"})
+              .status_code for _ in range(12)]
+    assert logins.count(401) == 10 and logins[-1] == 429
+
+
+def test_send_log_ingest_is_scoped_to_the_keys_tenant(world: World) -> None:
+    hdr = {"Authorization": f"Bearer {world.tokens['ingest']}"}
+    r = world.client.post("/api/v1/send-log", headers=hdr, json={"items": [p.send("wamid.s1", ALICE, T + 500)]})
+    assert r.status_code == 200 and r.json() == {"accepted": 1, "new": 1}
+    r = world.client.post("/api/v1/send-log", headers=hdr, json={"items": [p.send("wamid.s1", ALICE, T + 500)]})
+    assert r.json()["new"] == 0
+    r = world.client.post("/api/v1/send-log", headers=hdr,
+                          json={"tenant": WABA_B, "items": [p.send("wamid.s2", ALICE, T + 500)]})
+    assert r.status_code == 403
+    assert world.client.post("/api/v1/send-log", headers=hdr, json={"items": [{"x": 1}]}).status_code == 400
+
+
+def test_holds_through_the_api(world: World) -> None:
+    hdr = {"Authorization": f"Bearer {world.tokens['compliance']}"}
+    r = world.client.post("/api/v1/holds", headers=hdr, json={"matter": "SEC-2026-17", "streams": [p.PNID]})
+    assert r.status_code == 201, r.text
+    hold = r.json()
+    assert hold["objects"] > 0
+    # a tenant-scoped officer cannot hold another tenant's number
+    assert world.client.post("/api/v1/holds", headers=hdr, json={"matter": "x", "streams": [PNID_B]}).status_code == 403
+    assert any(h["id"] == hold["id"] for h in world.get("/api/v1/holds", "regulator").json()["holds"])
+    r = world.client.post(f"/api/v1/holds/{hold['id']}/release", headers=hdr, json={"reason": "matter closed"})
+    assert r.status_code == 200 and r.json()["objects_released"] == hold["objects"]
+    assert world.client.post("/api/v1/holds/nope/release", headers=hdr, json={"reason": "x"}).status_code == 404
+
+
+def test_no_plaintext_in_any_persisted_byte_after_ingest_search_and_rebuild(world: World) -> None:
+    assert world.get("/api/v1/search", q="confirm").json()["total"] >= 1
+    assert CANARY in world.get(f"/api/v1/records/{world.record_id('wamid.a1')}").text  # authorised decrypt only
+    index = world.archive.search_index()
+    index.rebuild()
+    assert world.get("/api/v1/search", q='"Please confirm the trade"').json()["total"] == 2  # and its edit
+    world.archive.sealer().seal_all()  # the access events themselves are sealed too
+    persisted: dict[str, bytes] = {f"s3:{k}": world.archive.store.get(k) for k in world.archive.store.list_keys("")}
+    for path in Path(world.archive.settings.data_dir).rglob("*"):
+        if path.is_file() and "seaweed" not in path.parts:
+            persisted[str(path)] = path.read_bytes()
+    persisted["log"] = world.log_file.read_bytes()
+    with world.archive.engine.connect() as conn:
+        for table in sa.inspect(conn).get_table_names():
+            for row in conn.execute(sa.text(f'SELECT * FROM "{table}"')):
+                persisted[f"db:{table}:{row[0]}"] = repr(tuple(row)).encode()
+    assert any(k.endswith("search.duckdb") for k in persisted)
+    for name, data in persisted.items():
+        for needle in (CANARY.encode(), b"CANARY-api", json.dumps(CANARY).encode(), b"Please confirm the trade"):
+            assert needle not in data, f"plaintext in {name}"
+
+
+@pytest.mark.parametrize("sql_url", ["sqlite"], indirect=True)  # PostgreSQL: the module above
+def test_accounts_on_sqlite_too(make_settings: Any) -> None:
+    archive = open_archive(make_settings())
+    try:
+        accounts = archive.accounts()
+        created = accounts.create_user("officer", "compliance", ["w1"], "test")
+        token, _ = accounts.login("officer", created["password"], pyotp.TOTP(created["totp_secret"]).now())
+        who = accounts.authenticate(f"Bearer {token}")
+        assert (who.role, who.tenants, who.mfa) == ("compliance", frozenset({"w1"}), True)
+        later = datetime.now(UTC) + timedelta(hours=9)
+        with pytest.raises(Exception, match="invalid token"):
+            accounts.authenticate(f"Bearer {token}", now=later)  # sessions expire
+    finally:
+        archive.close()

@@ -19,10 +19,11 @@ from __future__ import annotations
 import base64
 import itertools
 import json
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -36,23 +37,31 @@ from archiver.keys import KeyRing
 from archiver.kinds import MEDIA_TYPES
 from archiver.sqlutil import as_utc
 from audit.query import _sql_str, extension_path
-from audit.searchlang import Bool, Node, Term, matches, parse, tokens
+from audit.searchlang import DATE_FIELDS, Bool, Field, Node, Not, Term, matches, parse, tokens
 
 INDEX_KEY = "system:search-index"
+SCHEMA_VERSION = 2  # an index file of another version is rebuilt from the archive
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS idx.docs (
     doc_id BIGINT PRIMARY KEY, stream VARCHAR, seq BIGINT, natural_key VARCHAR, tenant VARCHAR, wamid VARCHAR,
     conversation VARCHAR, direction VARCHAR, origin VARCHAR, sender VARCHAR, recipient VARCHAR, type VARCHAR,
     status VARCHAR, template_name VARCHAR, template_language VARCHAR, event_time TIMESTAMP,
-    received_at TIMESTAMP, has_attachment BOOLEAN, subject_keys VARCHAR, text VARCHAR);  -- times: UTC
+    received_at TIMESTAMP, has_attachment BOOLEAN, subject_keys VARCHAR, text VARCHAR,
+    norm VARCHAR);  -- times: UTC; norm: ' '-joined index words with a space at each end (phrases)
 CREATE TABLE IF NOT EXISTS idx.terms (doc_id BIGINT, term VARCHAR);
 CREATE TABLE IF NOT EXISTS idx.state (name VARCHAR PRIMARY KEY, value BIGINT);
 """
 DOC_COLUMNS = ("doc_id", "stream", "seq", "natural_key", "tenant", "wamid", "conversation", "direction", "origin",
                "sender", "recipient", "type", "status", "template_name", "template_language", "event_time",
-               "received_at", "has_attachment", "subject_keys", "text")
+               "received_at", "has_attachment", "subject_keys", "text", "norm")
 DOC_SCHEMA = pa.schema([(c, pa.int64() if c in ("doc_id", "seq") else pa.timestamp("us") if c.endswith(("_time", "_at"))
                          else pa.bool_() if c == "has_attachment" else pa.string()) for c in DOC_COLUMNS])
+
+
+def text_columns(text: str) -> tuple[str, str]:
+    """(text, norm): norm holds the index words, space-separated and space-padded, so a phrase
+    is a substring test in SQL that agrees word for word with `searchlang.matches`."""
+    return text, " " + " ".join(tokens(text)) + " "
 
 
 def message_text(doc: dict[str, Any]) -> str:
@@ -143,8 +152,20 @@ class SearchIndex:
             con.execute("SET temp_file_encryption = true")
             con.execute(f"SET temp_directory = {_sql_str(str(self.path.parent / 'tmp'))}")
             key = self.keyring.data_key(INDEX_KEY).hex()
-            con.execute(f"ATTACH {_sql_str(str(self.path))} AS idx (ENCRYPTION_KEY {_sql_str(key)})")
+            for attempt in itertools.count():  # another process (worker, API) may hold the file briefly
+                try:
+                    con.execute(f"ATTACH {_sql_str(str(self.path))} AS idx (ENCRYPTION_KEY {_sql_str(key)})")
+                    break
+                except duckdb.IOException as e:
+                    if "lock" not in str(e).lower() or attempt >= 200:
+                        raise
+                    time.sleep(0.05)
             con.execute(SCHEMA)
+            version = con.execute("SELECT value FROM idx.state WHERE name = 'schema'").fetchone()
+            if version is None or version[0] != SCHEMA_VERSION:  # older layout: start again from the archive
+                con.execute("DROP TABLE idx.docs; DROP TABLE idx.terms; DELETE FROM idx.state")
+                con.execute(SCHEMA)
+                con.execute("INSERT INTO idx.state VALUES ('schema', ?)", [SCHEMA_VERSION])
             con.execute("SET enable_external_access = false")  # nothing but the attached index from here on
             con.execute("SET lock_configuration = true")
             yield con
@@ -171,25 +192,46 @@ class SearchIndex:
                 if not rows:
                     self.caught_up = True
                     return added
-                docs, terms = [], []
-                for r in rows:
-                    doc = self._doc(r)
-                    if doc is not None:
-                        docs.append(doc)
-                        terms += [(r.id, t) for t in sorted(set(tokens(doc[-1])))]
+                docs = [d for d in (self._doc(r) for r in rows) if d is not None]
                 con.execute("BEGIN")
-                if docs:  # columnar inserts through Arrow: row-by-row executemany is far slower
-                    con.register("new_docs", pa.table(list(zip(*docs, strict=True)), schema=DOC_SCHEMA))
-                    con.execute("INSERT OR REPLACE INTO idx.docs SELECT * FROM new_docs")
-                    con.unregister("new_docs")
-                if terms:
-                    con.register("new_terms", pa.table(list(zip(*terms, strict=True)), names=["doc_id", "term"]))
-                    con.execute("INSERT INTO idx.terms SELECT * FROM new_terms")
-                    con.unregister("new_terms")
+                self.insert(con, docs)
                 con.execute("INSERT OR REPLACE INTO idx.state VALUES ('cursor', ?)", [rows[-1].id])
                 con.execute("COMMIT")
                 added += len(docs)
+            self.compact(con)
         return added
+
+    @staticmethod
+    def insert(con: duckdb.DuckDBPyConnection, docs: list[tuple[Any, ...]]) -> None:
+        """Add documents (tuples in DOC_COLUMNS order) and their distinct words."""
+        if not docs:
+            return
+        terms = [(d[0], t) for d in docs for t in sorted(set(d[-1].split()))]
+        # columnar inserts through Arrow: row-by-row executemany is far slower
+        con.register("new_docs", pa.table(list(zip(*docs, strict=True)), schema=DOC_SCHEMA))
+        con.execute("INSERT OR REPLACE INTO idx.docs SELECT * FROM new_docs")
+        con.unregister("new_docs")
+        if terms:
+            con.register("new_terms", pa.table(list(zip(*terms, strict=True)), names=["doc_id", "term"]))
+            con.execute("INSERT INTO idx.terms SELECT * FROM new_terms")
+            con.unregister("new_terms")
+
+    @staticmethod
+    def compact(con: duckdb.DuckDBPyConnection, force: bool = False) -> bool:
+        """Rewrite the words table sorted by word once its unsorted tail is large: DuckDB's per
+        row-group min/max then skips all but a few row groups for a word lookup."""
+        total = con.execute("SELECT count(*) FROM idx.terms").fetchone()[0]
+        row = con.execute("SELECT value FROM idx.state WHERE name = 'sorted_terms'").fetchone()
+        done = row[0] if row else 0
+        if not force and total - done < max(500_000, done // 4):
+            return False
+        con.execute("BEGIN")
+        con.execute("CREATE OR REPLACE TABLE idx.terms_sorted AS SELECT * FROM idx.terms ORDER BY term, doc_id")
+        con.execute("DROP TABLE idx.terms")
+        con.execute("ALTER TABLE idx.terms_sorted RENAME TO terms")
+        con.execute("INSERT OR REPLACE INTO idx.state VALUES ('sorted_terms', ?)", [total])
+        con.execute("COMMIT")
+        return True
 
     def _doc(self, r: sa.Row) -> tuple[Any, ...] | None:  # type: ignore[type-arg]
         if r.content is None:
@@ -200,7 +242,7 @@ class SearchIndex:
             return None
         return (r.id, r.stream, r.seq, r.natural_key, r.tenant, r.wamid, r.conversation, r.direction, r.origin,
                 r.sender, r.recipient, r.type, r.status, r.template_name, r.template_language, _naive(r.event_time),
-                _naive(r.received_at), r.type in MEDIA_TYPES, r.subject_key_id, message_text(doc))
+                _naive(r.received_at), r.type in MEDIA_TYPES, r.subject_key_id, *text_columns(message_text(doc)))
 
     def _purge_shredded(self, con: duckdb.DuckDBPyConnection) -> int:
         with self.engine.connect() as conn:
@@ -226,9 +268,12 @@ class SearchIndex:
 
     def search(self, query: str, tenants: set[str] | None = None, limit: int = 50, cursor: str | None = None,
                filters: dict[str, Any] | None = None, start: datetime | None = None,
-               end: datetime | None = None) -> Page:
+               end: datetime | None = None, exact_in_sql: bool = True) -> Page:
         """Exact matches of `query` (optionally within `tenants`, structured `filters` on doc
-        columns and sent time in [start, end)), oldest first, `limit` per page from `cursor`."""
+        columns and sent time in [start, end)), oldest first, `limit` per page from `cursor`.
+
+        A query without proximity runs wholly in SQL (count and page); one with proximity is
+        narrowed in SQL by its required words, then every candidate is checked word by word."""
         tree = parse(query)
         where, params = ["TRUE"], []
         if tenants is not None:
@@ -237,7 +282,7 @@ class SearchIndex:
             where.append(f"tenant IN ({', '.join('?' * len(tenants))})")
             params += sorted(tenants)
         for name, value in sorted((filters or {}).items()):
-            if name not in DOC_COLUMNS or name in ("text", "subject_keys"):
+            if name not in DOC_COLUMNS or name in ("text", "subject_keys", "norm"):
                 raise ValueError(f"unknown filter {name!r}")
             where.append(f"{name} = ?")
             params.append(value)
@@ -245,15 +290,19 @@ class SearchIndex:
             if t is not None:
                 where.append(f"event_time {op} ?")
                 params.append(_naive(t))
+        after = _uncursor(cursor) if cursor is not None else None
+        exact = _to_sql(tree) if exact_in_sql else None
+        if exact is not None:
+            return self._search_sql(tree, where + [exact[0]], params + exact[1], limit, after)
         for term in dict.fromkeys(_required_terms(tree)):
             where.append("doc_id IN (SELECT doc_id FROM idx.terms WHERE term = ?)")
             params.append(term)
         with self.connect() as con:
-            rows = con.execute(f"SELECT * FROM idx.docs WHERE {' AND '.join(where)} ORDER BY event_time, doc_id",
-                               params).fetchall()
+            rows = con.execute(f"SELECT {_OUT} FROM idx.docs WHERE {' AND '.join(where)} "
+                               "ORDER BY event_time NULLS FIRST, doc_id", params).fetchall()
         hits = []
         for row in rows:
-            d = dict(zip(DOC_COLUMNS, row, strict=True))
+            d = dict(zip(OUT_COLUMNS, row, strict=True))
             for col in ("event_time", "received_at"):
                 d[col] = d[col].replace(tzinfo=UTC) if isinstance(d[col], datetime) else None
             fields = {"participant": [d["sender"], d["recipient"], d["conversation"]], "number": d["stream"],
@@ -262,16 +311,95 @@ class SearchIndex:
                       "has": ["attachment"] if d["has_attachment"] else [], "sent": d["event_time"],
                       "archived": d["received_at"]}
             if matches(tree, d["text"] or "", fields):
-                hits.append(d)
-        for h in hits:
-            h.pop("subject_keys")
-            for col in ("event_time", "received_at"):
-                h[col] = h[col].astimezone(UTC).isoformat() if isinstance(h[col], datetime) else None
-        start = 0
-        if cursor is not None:
-            after = _uncursor(cursor)
-            start = next((i for i, h in enumerate(hits) if (h["event_time"] or "", h["doc_id"]) > after), len(hits))
-        page = hits[start:start + limit]
-        more = start + limit < len(hits)
+                hits.append(_out(d))
+        first = 0
+        if after is not None:
+            first = next((i for i, h in enumerate(hits) if (h["event_time"] or "", h["doc_id"]) > after), len(hits))
+        page = hits[first:first + limit]
+        more = first + limit < len(hits)
         return Page(len(hits), page, _cursor(page[-1]) if more and page else None, tree.describe())
 
+    def _search_sql(self, tree: Node, where: list[str], params: list[Any], limit: int,
+                    after: tuple[str, int] | None) -> Page:
+        cond = " AND ".join(where)
+        page_where, page_params = cond, list(params)
+        if after is not None:
+            t = datetime.fromisoformat(after[0]).astimezone(UTC).replace(tzinfo=None) if after[0] else _EPOCH
+            page_where += " AND (coalesce(event_time, ?), doc_id) > (?, ?)"
+            page_params += [_EPOCH, t, after[1]]
+        with self.connect() as con:
+            total = con.execute(f"SELECT count(*) FROM idx.docs WHERE {cond}", params).fetchone()[0]
+            rows = con.execute(f"SELECT {_OUT} FROM idx.docs WHERE {page_where} "
+                               "ORDER BY event_time NULLS FIRST, doc_id LIMIT ?", page_params + [limit + 1]).fetchall()
+        hits = [_out(dict(zip(OUT_COLUMNS, r, strict=True))) for r in rows[:limit]]
+        more = len(rows) > limit
+        return Page(total, hits, _cursor(hits[-1]) if more and hits else None, tree.describe())
+
+
+OUT_COLUMNS = tuple(c for c in DOC_COLUMNS if c not in ("subject_keys", "norm"))
+_OUT = ", ".join(OUT_COLUMNS)
+_EPOCH = datetime(1, 1, 1)
+_FIELD_COLUMNS = {"participant": ("sender", "recipient", "conversation"), "number": ("stream",),
+                  "conversation": ("conversation",), "direction": ("direction",), "origin": ("origin",),
+                  "type": ("type",), "template": ("template_name",), "status": ("status",)}
+
+
+def _out(d: dict[str, Any]) -> dict[str, Any]:
+    for col in ("event_time", "received_at"):
+        v = d[col]
+        d[col] = (v.replace(tzinfo=UTC) if v.tzinfo is None else v).astimezone(UTC).isoformat() \
+            if isinstance(v, datetime) else None
+    return d
+
+
+def _like(word: str) -> str | None:
+    """A `*`/`?` wildcard as a LIKE pattern (escape `\\`); None for `=` (a digit), kept in Python."""
+    if "=" in word:
+        return None
+    escaped = word.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return escaped.replace("*", "%").replace("?", "_")
+
+
+def _to_sql(node: Node) -> tuple[str, list[Any]] | None:
+    """The query tree as one SQL condition over idx.docs that selects exactly what `matches`
+    accepts, or None when it has proximity (or a digit wildcard) and needs the word-level check."""
+    if isinstance(node, Term):
+        if len(node.words) == 1:
+            word = node.words[0]
+            if not node.wildcard:
+                return "doc_id IN (SELECT doc_id FROM idx.terms WHERE term = ?)", [word]
+            pattern = _like(word)
+            if pattern is None:
+                return None
+            return "doc_id IN (SELECT doc_id FROM idx.terms WHERE term LIKE ? ESCAPE '\\')", [pattern]
+        if node.wildcard:
+            return None
+        words = list(dict.fromkeys(node.words))
+        sql = " AND ".join(["doc_id IN (SELECT doc_id FROM idx.terms WHERE term = ?)"] * len(words))
+        return f"({sql} AND contains(norm, ?))", [*words, " " + " ".join(node.words) + " "]
+    if isinstance(node, Field):
+        if node.name in DATE_FIELDS:
+            col = "event_time" if node.name == "sent" else "received_at"
+            lo = datetime.fromisoformat(node.value)
+            hi = datetime.fromisoformat(node.until or node.value) + timedelta(days=1)
+            return f"({col} >= ? AND {col} < ?)", [lo, hi]
+        if node.name == "has":
+            return ("has_attachment", []) if node.value.lower() == "attachment" else ("FALSE", [])
+        value = node.value.casefold()
+        if any(c in value for c in "*?="):
+            pattern = _like(value)
+            if pattern is None:
+                return None
+            cols = _FIELD_COLUMNS[node.name]
+            return "(" + " OR ".join(f"lower({c}) LIKE ? ESCAPE '\\'" for c in cols) + ")", [pattern] * len(cols)
+        cols = _FIELD_COLUMNS[node.name]
+        return "(" + " OR ".join(f"lower({c}) = ?" for c in cols) + ")", [value] * len(cols)
+    if isinstance(node, Not):
+        inner = _to_sql(node.node)
+        return None if inner is None else (f"NOT coalesce({inner[0]}, FALSE)", inner[1])
+    if isinstance(node, Bool):
+        parts = [_to_sql(n) for n in node.nodes]
+        if any(p is None for p in parts):
+            return None
+        return "(" + f" {node.op} ".join(p[0] for p in parts) + ")", [x for p in parts for x in p[1]]  # type: ignore[index]
+    return None  # Near: word positions

@@ -137,3 +137,34 @@ def test_the_search_cli_is_audited(archive: Archive, make_settings: Callable[...
     with archive.engine.connect() as conn:
         actions = conn.execute(sa.select(events.c.type).where(events.c.stream == "audit")).scalars().all()
     assert "search" in actions
+
+
+EQUIVALENCE_QUERIES = [
+    "trade", "TRADE", "shar*", "tr?de", "s*", '"market open"', '"the order for"', "trade OR shares", "trade AND shares",
+    "NOT trade", "NOT (trade OR shares)", "trade AND NOT origin:app", "origin:history", "participant:zzz",
+    "has:attachment", "has:image", "type:im*", "direction:inbound AND (cell OR statement)", "e-mail",
+    "sent:2025-11-24..2025-11-25", "archived:2000-01-01", "NOT has:attachment AND NOT direction:outbound",
+    "template:x* OR status:read", "confirm w/2 trade",
+]
+
+
+@pytest.mark.parametrize("sql_url", ["postgresql"], indirect=True)
+def test_queries_run_in_sql_select_exactly_what_the_word_level_check_selects(archive: Archive) -> None:
+    _corpus(archive)
+    index = archive.search_index()
+    index.update()
+    for q in EQUIVALENCE_QUERIES:
+        for limit in (2, 50):
+            pages = []
+            for exact_in_sql in (True, False):
+                got, cursor, total = [], None, None
+                while True:
+                    page = index.search(q, limit=limit, cursor=cursor, exact_in_sql=exact_in_sql)
+                    got += [h["wamid"] for h in page.items]
+                    total, cursor = page.total, page.next_cursor
+                    if cursor is None:
+                        break
+                pages.append((total, got))
+            assert pages[0] == pages[1], q
+            assert pages[0][0] == len(pages[0][1])
+    assert index.search("trade").total == 2 and index.search("NOT trade").total == 4

@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import itertools
 import json
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -120,6 +121,29 @@ def _uncursor(cursor: str) -> tuple[str, int]:
         raise ValueError("not a cursor this index issued") from e
 
 
+_INSTANCES: dict[Path, tuple[duckdb.DuckDBPyConnection, threading.Lock]] = {}
+_INSTANCES_LOCK = threading.Lock()
+
+
+def _instance(directory: Path) -> tuple[duckdb.DuckDBPyConnection, threading.Lock]:
+    """One in-memory DuckDB per index directory and process, with the OpenSSL crypto loaded once
+    (loading it costs ~50 ms) and file access confined to that directory."""
+    with _INSTANCES_LOCK:
+        if directory not in _INSTANCES:
+            directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+            (directory / "tmp").mkdir(exist_ok=True, mode=0o700)
+            con = duckdb.connect(config={"autoinstall_known_extensions": False, "autoload_known_extensions": False})
+            con.execute(f"LOAD {_sql_str(str(extension_path()))}")  # OpenSSL crypto for encrypted files
+            # spills to disk (large sorts) are encrypted too, and stay inside the index directory
+            con.execute("SET temp_file_encryption = true")
+            con.execute(f"SET temp_directory = {_sql_str(str(directory / 'tmp'))}")
+            con.execute(f"SET allowed_directories = [{_sql_str(str(directory))}]")
+            con.execute("SET enable_external_access = false")  # nothing outside the index directory
+            con.execute("SET lock_configuration = true")
+            _INSTANCES[directory] = (con, threading.Lock())
+        return _INSTANCES[directory]
+
+
 def _naive(t: datetime | None) -> datetime | None:
     """UTC without tzinfo, as the index stores times (no time-zone library involved)."""
     t = as_utc(t)
@@ -144,34 +168,33 @@ class SearchIndex:
 
     @contextmanager
     def connect(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        con = duckdb.connect(config={"autoinstall_known_extensions": False, "autoload_known_extensions": False})
-        try:
-            con.execute(f"LOAD {_sql_str(str(extension_path()))}")  # OpenSSL crypto for encrypted files
-            # spills to disk (large sorts) are encrypted too, and stay inside the index directory
-            con.execute("SET temp_file_encryption = true")
-            con.execute(f"SET temp_directory = {_sql_str(str(self.path.parent / 'tmp'))}")
-            key = self.keyring.data_key(INDEX_KEY).hex()
-            for attempt in itertools.count():  # another process (worker, API) may hold the file briefly
+        """The index attached on this process's locked-down DuckDB instance, detached afterwards
+        (so another process, worker or CLI, can take the file). One user at a time per process."""
+        inst, lock = _instance(self.path.parent)
+        key = self.keyring.data_key(INDEX_KEY).hex()
+        with lock:
+            con = inst.cursor()
+            try:
+                for attempt in itertools.count():  # another process may hold the file briefly
+                    try:
+                        con.execute(f"ATTACH {_sql_str(str(self.path))} AS idx (ENCRYPTION_KEY {_sql_str(key)})")
+                        break
+                    except duckdb.IOException as e:
+                        if "lock" not in str(e).lower() or attempt >= 400:
+                            raise
+                        time.sleep(0.05)
                 try:
-                    con.execute(f"ATTACH {_sql_str(str(self.path))} AS idx (ENCRYPTION_KEY {_sql_str(key)})")
-                    break
-                except duckdb.IOException as e:
-                    if "lock" not in str(e).lower() or attempt >= 200:
-                        raise
-                    time.sleep(0.05)
-            con.execute(SCHEMA)
-            version = con.execute("SELECT value FROM idx.state WHERE name = 'schema'").fetchone()
-            if version is None or version[0] != SCHEMA_VERSION:  # older layout: start again from the archive
-                con.execute("DROP TABLE idx.docs; DROP TABLE idx.terms; DELETE FROM idx.state")
-                con.execute(SCHEMA)
-                con.execute("INSERT INTO idx.state VALUES ('schema', ?)", [SCHEMA_VERSION])
-            con.execute("SET enable_external_access = false")  # nothing but the attached index from here on
-            con.execute("SET lock_configuration = true")
-            yield con
-            con.execute("CHECKPOINT idx")
-        finally:
-            con.close()
+                    con.execute(SCHEMA)
+                    version = con.execute("SELECT value FROM idx.state WHERE name = 'schema'").fetchone()
+                    if version is None or version[0] != SCHEMA_VERSION:  # older layout: rebuilt from the archive
+                        con.execute("DROP TABLE idx.docs; DROP TABLE idx.terms; DELETE FROM idx.state")
+                        con.execute(SCHEMA)
+                        con.execute("INSERT INTO idx.state VALUES ('schema', ?)", [SCHEMA_VERSION])
+                    yield con
+                finally:
+                    con.execute("DETACH idx")
+            finally:
+                con.close()
 
     # -- building -----------------------------------------------------------------------------
 
@@ -260,8 +283,9 @@ class SearchIndex:
 
     def rebuild(self) -> int:
         """Throw the index away and build it again from the archive."""
-        for p in (self.path, self.path.with_name(self.path.name + ".wal")):
-            p.unlink(missing_ok=True)
+        with _instance(self.path.parent)[1]:
+            for p in (self.path, self.path.with_name(self.path.name + ".wal")):
+                p.unlink(missing_ok=True)
         return self.update()
 
     # -- searching ----------------------------------------------------------------------------

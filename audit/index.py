@@ -41,28 +41,33 @@ from audit.query import _sql_str, extension_path
 from audit.searchlang import DATE_FIELDS, Bool, Field, Node, Not, Term, matches, parse, tokens
 
 INDEX_KEY = "system:search-index"
-SCHEMA_VERSION = 2  # an index file of another version is rebuilt from the archive
+SCHEMA_VERSION = 3  # an index file of another version is rebuilt from the archive
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS idx.docs (
     doc_id BIGINT PRIMARY KEY, stream VARCHAR, seq BIGINT, natural_key VARCHAR, tenant VARCHAR, wamid VARCHAR,
     conversation VARCHAR, direction VARCHAR, origin VARCHAR, sender VARCHAR, recipient VARCHAR, type VARCHAR,
     status VARCHAR, template_name VARCHAR, template_language VARCHAR, event_time TIMESTAMP,
-    received_at TIMESTAMP, has_attachment BOOLEAN, subject_keys VARCHAR, text VARCHAR,
-    norm VARCHAR);  -- times: UTC; norm: ' '-joined index words with a space at each end (phrases)
-CREATE TABLE IF NOT EXISTS idx.terms (doc_id BIGINT, term VARCHAR);
+    received_at TIMESTAMP, has_attachment BOOLEAN, subject_keys VARCHAR, text VARCHAR);  -- times: UTC
+-- every word with its position (phrases, proximity), and 'p:'/'c:'/'n:' keys (pos -1) for the
+-- participant, conversation and number fields; kept sorted by term, so a lookup reads few row groups
+CREATE TABLE IF NOT EXISTS idx.terms (doc_id BIGINT, term VARCHAR, pos INTEGER);
 CREATE TABLE IF NOT EXISTS idx.state (name VARCHAR PRIMARY KEY, value BIGINT);
 """
 DOC_COLUMNS = ("doc_id", "stream", "seq", "natural_key", "tenant", "wamid", "conversation", "direction", "origin",
                "sender", "recipient", "type", "status", "template_name", "template_language", "event_time",
-               "received_at", "has_attachment", "subject_keys", "text", "norm")
+               "received_at", "has_attachment", "subject_keys", "text")
 DOC_SCHEMA = pa.schema([(c, pa.int64() if c in ("doc_id", "seq") else pa.timestamp("us") if c.endswith(("_time", "_at"))
                          else pa.bool_() if c == "has_attachment" else pa.string()) for c in DOC_COLUMNS])
 
 
-def text_columns(text: str) -> tuple[str, str]:
-    """(text, norm): norm holds the index words, space-separated and space-padded, so a phrase
-    is a substring test in SQL that agrees word for word with `searchlang.matches`."""
-    return text, " " + " ".join(tokens(text)) + " "
+def doc_terms(doc: tuple[Any, ...]) -> list[tuple[int, str, int]]:
+    """(doc_id, term, position) rows of a document tuple (DOC_COLUMNS order): its words, and keys
+    for the fields that pick few documents out of many (casefolded like the query language)."""
+    doc_id = doc[0]
+    rows = [(doc_id, w, i) for i, w in enumerate(tokens(doc[-1] or ""))]
+    for prefix, values in (("p:", (doc[9], doc[10], doc[6])), ("c:", (doc[6],)), ("n:", (doc[1],))):
+        rows += [(doc_id, prefix + v, -1) for v in dict.fromkeys(str(x).casefold() for x in values if x is not None)]
+    return rows
 
 
 def message_text(doc: dict[str, Any]) -> str:
@@ -229,13 +234,13 @@ class SearchIndex:
         """Add documents (tuples in DOC_COLUMNS order) and their distinct words."""
         if not docs:
             return
-        terms = [(d[0], t) for d in docs for t in sorted(set(d[-1].split()))]
+        terms = [t for d in docs for t in doc_terms(d)]
         # columnar inserts through Arrow: row-by-row executemany is far slower
         con.register("new_docs", pa.table(list(zip(*docs, strict=True)), schema=DOC_SCHEMA))
         con.execute("INSERT OR REPLACE INTO idx.docs SELECT * FROM new_docs")
         con.unregister("new_docs")
         if terms:
-            con.register("new_terms", pa.table(list(zip(*terms, strict=True)), names=["doc_id", "term"]))
+            con.register("new_terms", pa.table(list(zip(*terms, strict=True)), names=["doc_id", "term", "pos"]))
             con.execute("INSERT INTO idx.terms SELECT * FROM new_terms")
             con.unregister("new_terms")
 
@@ -265,7 +270,7 @@ class SearchIndex:
             return None
         return (r.id, r.stream, r.seq, r.natural_key, r.tenant, r.wamid, r.conversation, r.direction, r.origin,
                 r.sender, r.recipient, r.type, r.status, r.template_name, r.template_language, _naive(r.event_time),
-                _naive(r.received_at), r.type in MEDIA_TYPES, r.subject_key_id, *text_columns(message_text(doc)))
+                _naive(r.received_at), r.type in MEDIA_TYPES, r.subject_key_id, message_text(doc))
 
     def _purge_shredded(self, con: duckdb.DuckDBPyConnection) -> int:
         with self.engine.connect() as conn:
@@ -306,7 +311,7 @@ class SearchIndex:
             where.append(f"tenant IN ({', '.join('?' * len(tenants))})")
             params += sorted(tenants)
         for name, value in sorted((filters or {}).items()):
-            if name not in DOC_COLUMNS or name in ("text", "subject_keys", "norm"):
+            if name not in DOC_COLUMNS or name in ("text", "subject_keys"):
                 raise ValueError(f"unknown filter {name!r}")
             where.append(f"{name} = ?")
             params.append(value)
@@ -345,27 +350,38 @@ class SearchIndex:
 
     def _search_sql(self, tree: Node, where: list[str], params: list[Any], limit: int,
                     after: tuple[str, int] | None) -> Page:
+        """Count and page in one pass over (doc_id, event_time) of the matches, then read the
+        page's rows only (reading every column of every match to sort them costs far more)."""
         cond = " AND ".join(where)
-        page_where, page_params = cond, list(params)
+        page_cond, page_params = "TRUE", []
         if after is not None:
             t = datetime.fromisoformat(after[0]).astimezone(UTC).replace(tzinfo=None) if after[0] else _EPOCH
-            page_where += " AND (coalesce(event_time, ?), doc_id) > (?, ?)"
-            page_params += [_EPOCH, t, after[1]]
+            page_cond = "(coalesce(event_time, ?), doc_id) > (?, ?)"
+            page_params = [_EPOCH, t, after[1]]
         with self.connect() as con:
-            total = con.execute(f"SELECT count(*) FROM idx.docs WHERE {cond}", params).fetchone()[0]
-            rows = con.execute(f"SELECT {_OUT} FROM idx.docs WHERE {page_where} "
-                               "ORDER BY event_time NULLS FIRST, doc_id LIMIT ?", page_params + [limit + 1]).fetchall()
-        hits = [_out(dict(zip(OUT_COLUMNS, r, strict=True))) for r in rows[:limit]]
-        more = len(rows) > limit
+            found = con.execute(
+                f"WITH m AS MATERIALIZED (SELECT doc_id, event_time FROM idx.docs WHERE {cond}) "
+                f"SELECT (SELECT count(*) FROM m), doc_id FROM (SELECT doc_id, event_time FROM m WHERE {page_cond} "
+                "ORDER BY event_time NULLS FIRST, doc_id LIMIT ?) ORDER BY event_time NULLS FIRST, doc_id",
+                params + page_params + [limit + 1]).fetchall()
+            total = found[0][0] if found else con.execute(
+                f"SELECT count(*) FROM idx.docs WHERE {cond}", params).fetchone()[0]
+            ids = [int(r[1]) for r in found[:limit]]
+            rows = con.execute(f"SELECT {_OUT} FROM idx.docs WHERE doc_id BETWEEN ? AND ? AND doc_id IN "
+                               f"({', '.join(map(str, ids))})", [min(ids), max(ids)]).fetchall() if ids else []
+        order = {doc_id: i for i, doc_id in enumerate(ids)}
+        hits = sorted((_out(dict(zip(OUT_COLUMNS, r, strict=True))) for r in rows), key=lambda h: order[h["doc_id"]])
+        more = len(found) > limit
         return Page(total, hits, _cursor(hits[-1]) if more and hits else None, tree.describe())
 
 
-OUT_COLUMNS = tuple(c for c in DOC_COLUMNS if c not in ("subject_keys", "norm"))
+OUT_COLUMNS = tuple(c for c in DOC_COLUMNS if c != "subject_keys")
 _OUT = ", ".join(OUT_COLUMNS)
 _EPOCH = datetime(1, 1, 1)
-_FIELD_COLUMNS = {"participant": ("sender", "recipient", "conversation"), "number": ("stream",),
-                  "conversation": ("conversation",), "direction": ("direction",), "origin": ("origin",),
-                  "type": ("type",), "template": ("template_name",), "status": ("status",)}
+_FIELD_COLUMNS = {"direction": "direction", "origin": "origin", "type": "type", "template": "template_name",
+                  "status": "status"}
+_FIELD_KEYS = {"participant": "p:", "conversation": "c:", "number": "n:"}
+_WORD_SQL = "doc_id IN (SELECT doc_id FROM idx.terms WHERE term = ?)"
 
 
 def _out(d: dict[str, Any]) -> dict[str, Any]:
@@ -376,10 +392,8 @@ def _out(d: dict[str, Any]) -> dict[str, Any]:
     return d
 
 
-def _like(word: str) -> str | None:
-    """A `*`/`?` wildcard as a LIKE pattern (escape `\\`); None for `=` (a digit), kept in Python."""
-    if "=" in word:
-        return None
+def _like(word: str) -> str:
+    """A `*`/`?` wildcard as a LIKE pattern (escape `\\`)."""
     escaped = word.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
     return escaped.replace("*", "%").replace("?", "_")
 
@@ -388,19 +402,23 @@ def _to_sql(node: Node) -> tuple[str, list[Any]] | None:
     """The query tree as one SQL condition over idx.docs that selects exactly what `matches`
     accepts, or None when it has proximity (or a digit wildcard) and needs the word-level check."""
     if isinstance(node, Term):
+        if any("=" in w for w in node.words):
+            return None
         if len(node.words) == 1:
             word = node.words[0]
             if not node.wildcard:
-                return "doc_id IN (SELECT doc_id FROM idx.terms WHERE term = ?)", [word]
-            pattern = _like(word)
-            if pattern is None:
-                return None
-            return "doc_id IN (SELECT doc_id FROM idx.terms WHERE term LIKE ? ESCAPE '\\')", [pattern]
-        if node.wildcard:
-            return None
-        words = list(dict.fromkeys(node.words))
-        sql = " AND ".join(["doc_id IN (SELECT doc_id FROM idx.terms WHERE term = ?)"] * len(words))
-        return f"({sql} AND contains(norm, ?))", [*words, " " + " ".join(node.words) + " "]
+                return _WORD_SQL, [word]
+            return ("doc_id IN (SELECT doc_id FROM idx.terms WHERE term LIKE ? ESCAPE '\\' AND pos >= 0)",
+                    [_like(word)])
+        # a phrase: word k at the position of word 0 plus k
+        joins, conds, params = ["idx.terms t0"], [], []
+        for k, word in enumerate(node.words):
+            if k:
+                joins.append(f"JOIN idx.terms t{k} ON t{k}.doc_id = t0.doc_id AND t{k}.pos = t0.pos + {k}")
+            wild = any(c in word for c in "*?")
+            conds.append(f"t{k}.term LIKE ? ESCAPE '\\' AND t{k}.pos >= 0" if wild else f"t{k}.term = ?")
+            params.append(_like(word) if wild else word)
+        return f"doc_id IN (SELECT t0.doc_id FROM {' '.join(joins)} WHERE {' AND '.join(conds)})", params
     if isinstance(node, Field):
         if node.name in DATE_FIELDS:
             col = "event_time" if node.name == "sent" else "received_at"
@@ -410,14 +428,17 @@ def _to_sql(node: Node) -> tuple[str, list[Any]] | None:
         if node.name == "has":
             return ("has_attachment", []) if node.value.lower() == "attachment" else ("FALSE", [])
         value = node.value.casefold()
-        if any(c in value for c in "*?="):
-            pattern = _like(value)
-            if pattern is None:
-                return None
-            cols = _FIELD_COLUMNS[node.name]
-            return "(" + " OR ".join(f"lower({c}) LIKE ? ESCAPE '\\'" for c in cols) + ")", [pattern] * len(cols)
-        cols = _FIELD_COLUMNS[node.name]
-        return "(" + " OR ".join(f"lower({c}) = ?" for c in cols) + ")", [value] * len(cols)
+        wild = any(c in value for c in "*?=")
+        if wild and "=" in value:
+            return None
+        if node.name in _FIELD_KEYS:
+            key = _FIELD_KEYS[node.name]
+            if wild:
+                return ("doc_id IN (SELECT doc_id FROM idx.terms WHERE term LIKE ? ESCAPE '\\' AND pos = -1)",
+                        [key + _like(value)])
+            return _WORD_SQL, [key + value]
+        col = _FIELD_COLUMNS[node.name]
+        return (f"lower({col}) LIKE ? ESCAPE '\\'", [_like(value)]) if wild else (f"lower({col}) = ?", [value])
     if isinstance(node, Not):
         inner = _to_sql(node.node)
         return None if inner is None else (f"NOT coalesce({inner[0]}, FALSE)", inner[1])

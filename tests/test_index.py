@@ -144,7 +144,8 @@ EQUIVALENCE_QUERIES = [
     "NOT trade", "NOT (trade OR shares)", "trade AND NOT origin:app", "origin:history", "participant:zzz",
     "has:attachment", "has:image", "type:im*", "direction:inbound AND (cell OR statement)", "e-mail",
     "sent:2025-11-24..2025-11-25", "archived:2000-01-01", "NOT has:attachment AND NOT direction:outbound",
-    "template:x* OR status:read", "confirm w/2 trade",
+    "template:x* OR status:read", "confirm w/2 trade", "participant:0*", "number:1*", "conversation:0* AND trade",
+    '"the tr*"', '"order for 300"', '"for 3=="', "30= OR cell", "NOT participant:0*", f"number:{p.PNID}",
 ]
 
 
@@ -168,3 +169,5 @@ def test_queries_run_in_sql_select_exactly_what_the_word_level_check_selects(arc
             assert pages[0] == pages[1], q
             assert pages[0][0] == len(pages[0][1])
     assert index.search("trade").total == 2 and index.search("NOT trade").total == 4
+    alice = index.search("trade").items[0]["conversation"]
+    assert index.search(f"participant:{alice.lower()}").total == 3  # fields ignore case, like words

@@ -6,6 +6,8 @@ old segments expire or subjects are shredded.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
+
 import sqlalchemy as sa
 
 from archiver.errors import ProofError
@@ -25,14 +27,24 @@ class ProofService:
         with self.engine.connect() as conn:
             return consistency_proof(size1, size2, self._range(conn, stream, size2))
 
+    def inclusions(self, stream: str, seqs: Iterable[int], tree_size: int) -> Iterator[tuple[int, bytes, list[bytes]]]:
+        """(seq, leaf hash, proof) for many records of one stream, reading each tile once."""
+        with self.engine.connect() as conn:
+            tiles = TileStore(conn, stream)
+            hash_range = self._range_of(tiles, tree_size)
+            for seq in seqs:
+                yield seq, tiles.node(0, seq), inclusion_proof(seq, tree_size, hash_range)
+
     def leaf_hash(self, stream: str, seq: int) -> bytes:
         with self.engine.connect() as conn:
             return TileStore(conn, stream).node(0, seq)
 
     @staticmethod
     def _range(conn: sa.Connection, stream: str, size: int):  # type: ignore[no-untyped-def]
-        tiles = TileStore(conn, stream)
+        return ProofService._range_of(TileStore(conn, stream), size)
 
+    @staticmethod
+    def _range_of(tiles: TileStore, size: int):  # type: ignore[no-untyped-def]
         def node(level: int, index: int) -> bytes:
             if (index + 1) << level > size:
                 raise ProofError(f"node level={level} index={index} lies beyond tree size {size}")

@@ -16,7 +16,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-from collections import defaultdict
 from datetime import UTC, date, datetime, timedelta
 from typing import Annotated, Any, Protocol
 
@@ -28,7 +27,6 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 
 from archiver.db import events, segments
-from archiver.errors import KeyDestroyedError
 from archiver.keys import KeyRing
 from archiver.merkle import hash_leaf, root_from_inclusion_proof
 from archiver.normalize import AUDIT_STREAM, append_audit
@@ -38,6 +36,7 @@ from archiver.proofs import ProofService
 from archiver.records import canonical
 from archiver.segments import decode_segment
 from archiver.sqlutil import as_utc
+from audit import views
 from audit.auth import AccountError, Accounts, AuthError, Principal, RateLimiter
 from audit.index import SearchIndex
 from audit.searchlang import QuerySyntaxError
@@ -207,26 +206,8 @@ def api_router(archive: Services) -> APIRouter:
             raise AuditUnavailable(action) from e
         return Response(body, media_type="application/json")
 
-    def open_content(r: sa.Row) -> Any:  # type: ignore[type-arg]
-        if r.content is None:
-            return {"disposed": True} if r.segment_id is not None else None
-        try:
-            data = keyring.open_record(r)
-        except KeyDestroyedError:
-            return {"erased": True}
-        try:
-            return json.loads(data)
-        except ValueError:
-            return {"raw_base64": base64.b64encode(data).decode()}
-
-    def record_view(r: sa.Row) -> dict[str, Any]:  # type: ignore[type-arg]
-        return {"id": f"{r.stream}/{r.seq}" if r.seq is not None else None, "stream": r.stream, "seq": r.seq,
-                "kind": r.kind, "natural_key": r.natural_key, "tenant": r.tenant, "field": r.field, "wamid": r.wamid,
-                "ref_wamid": r.ref_wamid, "conversation": r.conversation, "direction": r.direction,
-                "origin": r.origin, "sender": r.sender, "recipient": r.recipient, "type": r.type,
-                "status": r.status, "template_name": r.template_name, "template_language": r.template_language,
-                "event_time": r.event_time, "received_at": r.received_at, "modelled": r.modelled,
-                "sealed": r.seq is not None, "content": open_content(r)}
+    def record_view(r: Any) -> dict[str, Any]:
+        return views.record_view(keyring, r)
 
     # -- search -----------------------------------------------------------------------------------
 
@@ -301,81 +282,25 @@ def api_router(archive: Services) -> APIRouter:
     @router.get("/conversations/{conversation}", tags=["records"], **rule(READERS, audited=True))
     def thread(request: Request, conversation: str, stream: str | None = Query(None, max_length=128),
                start: str | None = Query(None, alias="from"), end: str | None = Query(None, alias="to"),
-               limit: int = Query(500, ge=1, le=5000), after: int | None = Query(None, ge=0,
-                                                                                description="cursor: last item's row")
-               ) -> Response:
+               limit: int = Query(500, ge=1, le=5000),
+               after: int | None = Query(None, ge=0, description="cursor: the last item's row")) -> Response:
         """The conversation as it happened: messages in time order, each with its statuses, edits and
         revokes (as versions), reactions, attachments and provenance; gap markers of its numbers."""
         p = principal(request)
-        t0, t1 = _parse_time(start, "from"), _parse_time(end, "to")
-        q = sa.select(events).where(events.c.conversation == conversation)
-        if stream:
-            q = q.where(events.c.stream == stream)
-        if t0:
-            q = q.where(events.c.event_time >= t0)
-        if t1:
-            q = q.where(events.c.event_time < t1)
         with engine.connect() as conn:
-            rows = [r for r in conn.execute(q.order_by(events.c.event_time, events.c.id)) if p.sees(r.tenant)]
-            numbers = sorted({r.stream for r in rows})
-            lo = min((as_utc(r.event_time) for r in rows if r.event_time), default=None)
-            hi = max((as_utc(r.event_time) for r in rows if r.event_time), default=None)
-            gaps = conn.execute(sa.select(events).where(
-                events.c.stream.in_(numbers), events.c.kind.in_(["gap", "gap_closed"]),
-                events.c.conversation.is_(None))).all() if numbers else []
-        items, by_wamid = _thread(rows, gaps, lo, hi)
-        start_at = 0
+            rows, gaps = views.thread_rows(conn, conversation, p.sees, stream, _parse_time(start, "from"),
+                                           _parse_time(end, "to"))
+        items = views.thread_items(keyring, rows, gaps)
+        first = 0
         if after is not None:
-            start_at = next((i + 1 for i, it in enumerate(items) if it["row"] == after), len(items))
-        page = items[start_at:start_at + limit]
-        more = start_at + limit < len(items)
-        result = {"conversation": conversation, "total": len(items), "numbers": numbers, "items": page,
-                  "next_after": page[-1]["row"] if more and page else None}
+            first = next((i + 1 for i, it in enumerate(items) if it["row"] == after), len(items))
+        page = items[first:first + limit]
+        more = first + limit < len(items)
+        result = {"conversation": conversation, "total": len(items), "numbers": sorted({r.stream for r in rows}),
+                  "items": page, "next_after": page[-1]["row"] if more and page else None}
         return respond(request, "thread", {"conversation": conversation, "stream": stream, "from": start, "to": end,
                                            "after": after}, result, len(items),
                        [it["record"]["id"] or it["record"]["natural_key"] for it in page])
-
-    def _thread(rows: list[Any], gaps: list[Any], lo: datetime | None, hi: datetime | None
-                ) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
-        items: list[dict[str, Any]] = []
-        by_wamid: dict[str, dict[str, Any]] = {}
-        attached: dict[str, list[dict[str, Any]]] = defaultdict(list)
-        for r in rows:
-            view = record_view(r)
-            if r.kind == "message" and r.type not in ("edit", "revoke", "reaction"):
-                item = {"row": r.id, "at": view["event_time"], "record": view, "provenance": {
-                    "origin": r.origin, "field": r.field, "received_at": view["received_at"],
-                    "envelope_sha256": r.envelope_sha256, "sealed": view["sealed"]},
-                    "statuses": [], "versions": [], "reactions": [], "attachments": [], "revoked": False}
-                items.append(item)
-                if r.wamid and r.wamid not in by_wamid:
-                    by_wamid[r.wamid] = item
-            elif r.kind in ("status", "media") or r.type in ("edit", "revoke", "reaction"):
-                attached[r.ref_wamid or r.wamid or ""].append(view)
-            else:
-                items.append({"row": r.id, "at": view["event_time"], "record": view, "marker": r.kind})
-        for wamid, views in attached.items():
-            target = by_wamid.get(wamid)
-            for v in views:
-                if target is None:  # refers to a message not (yet) archived: keep it visible on its own
-                    items.append({"row": 0, "at": v["event_time"], "record": v, "marker": "orphan"})
-                    continue
-                if v["kind"] == "status":
-                    target["statuses"].append(v)
-                elif v["kind"] == "media":
-                    target["attachments"].append(v)
-                elif v["type"] == "reaction":
-                    target["reactions"].append(v)
-                else:
-                    target["versions"].append(v)
-                    target["revoked"] = target["revoked"] or v["type"] == "revoke"
-        for g in gaps:
-            t = as_utc(g.event_time)
-            if lo is not None and hi is not None and t is not None and lo - timedelta(days=1) <= t <= hi + timedelta(days=1):
-                view = record_view(g)
-                items.append({"row": g.id, "at": view["event_time"], "record": view, "marker": g.kind})
-        items.sort(key=lambda it: (as_utc(it["at"]) or datetime.min.replace(tzinfo=UTC), it["row"]))
-        return items, by_wamid
 
     # -- ledgers ---------------------------------------------------------------------------------
 

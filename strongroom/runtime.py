@@ -30,6 +30,7 @@ from audit.auth import Accounts, OidcVerifier
 from audit.index import SearchIndex
 from audit.query import QueryEngine, S3Location
 from audit.verify import Verifier
+from exporters.bundle import Exporter
 from policies.checks import ComplianceChecks
 from policies.completeness import Reconciler
 from policies.consent import DEFAULT_OPT_OUT_KEYWORDS, ConsentLedger
@@ -178,6 +179,10 @@ class Archive:
                                 jwks_url=None if jwks is not None else s.oidc_jwks_url,
                                 role_claim=s.oidc_role_claim, tenants_claim=s.oidc_tenants_claim)
         return Accounts(self.engine, self.keyring, oidc, timedelta(seconds=s.session_ttl_seconds))
+
+    def exporter(self, bates_prefix: str = "SR", volume_documents: int | None = None) -> Exporter:
+        return Exporter(self.engine, self.keyring, self.store, self.signing_key, self.search_index(),
+                        bates_prefix, volume_documents)
 
     def search_index(self) -> SearchIndex:
         return SearchIndex(self.settings.data_dir / "index" / "search.duckdb", self.engine, self.keyring)

@@ -1,0 +1,254 @@
+"""Regulator export bundles on PostgreSQL + SeaweedFS: a scenario with every message kind exports,
+verifies offline with only the public key, and any tampering is named; RSMF validates against
+Relativity's schema; the DAT parses with an independent CSV parser; counts equal the query's."""
+
+from __future__ import annotations
+
+import csv
+import email
+import hashlib
+import io
+import json
+import os
+import shutil
+import time
+import zipfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+from typer.testing import CliRunner
+
+from archiver import crypto
+from exporters import verify_bundle as vb
+from exporters.bundle import Custody, ExportScope
+from exporters.loadfile import COLUMN, QUOTE
+from exporters.sinks import DirectorySink
+from strongroom.cli import app
+from strongroom.runtime import Archive, open_archive
+from strongroom.settings import Settings
+from tests import payloads as p
+from tests.conftest import SHARED, ingest, subprocess_env
+from tests.graph_standin import GraphStandIn
+
+NOW = int(time.time()) - 3600
+ALICE, BOB = "16505550601", "16505550602"
+CANARY = "CANARY-export-\u00e9t\u00e9-77aa"
+
+
+@pytest.fixture
+def graph() -> Iterator[GraphStandIn]:
+    g = GraphStandIn().start()
+    yield g
+    g.stop()
+
+
+@pytest.fixture
+def exp_archive(make_settings: Callable[..., Settings], graph: GraphStandIn) -> Iterator[Archive]:
+    a = open_archive(make_settings(graph_base_url=graph.base_url, graph_token=graph.token,
+                                   media_retry_base_seconds=0, media_max_attempts=1))
+    yield a
+    a.close()
+
+
+def scenario(archive: Archive, graph: GraphStandIn, webhook_body: Callable[[str], bytes]) -> None:
+    photo = b"\xff\xd8\xff JPEG " + os.urandom(3000)
+    m = graph.add("m-ok", photo)
+    graph.add("m-bad", b"x" * 10, always_fail=True)
+    ingest(archive,
+           p.inbound(p.text("wamid.e1", ALICE, NOW, f"Please confirm the trade {CANARY}")),
+           p.echo("wamid.e2", ALICE, NOW + 60, "Trade confirmed from the app"),
+           p.statuses(("wamid.e2", ALICE, "delivered", NOW + 61), ("wamid.e2", ALICE, "read", NOW + 90)),
+           p.inbound({"from": ALICE, "id": "wamid.e3", "timestamp": str(NOW + 120), "type": "edit",
+                      "edit": {"original_message_id": "wamid.e1",
+                               "message": {"type": "text", "text": {"body": "Please confirm the trade now"}}}}),
+           p.inbound({"from": ALICE, "id": "wamid.e4", "timestamp": str(NOW + 130), "type": "reaction",
+                      "reaction": {"message_id": "wamid.e2", "emoji": "\U0001f44d"}}),
+           p.inbound({"from": ALICE, "id": "wamid.e5", "timestamp": str(NOW + 140), "type": "revoke",
+                      "revoke": {"original_message_id": "wamid.e1"}}),
+           p.inbound(p.image("wamid.e6", ALICE, NOW + 150, "m-ok", m.sha256, caption="the ticket")),
+           p.inbound(p.image("wamid.e7", BOB, NOW + 200, "m-bad", "00")),
+           p.inbound(p.text("wamid.e8", BOB, NOW + 210, "statement for March please",
+                            context={"from": BOB, "id": "wamid.e7"})),
+           p.history_chunk(1, 1, 100, {BOB: [p.text("wamid.e9", BOB, NOW - 86400 * 3, "old trade chat")]}),
+           webhook_body("unsupported_131060"))
+    archive.send_log().record([p.send("wamid.e10", BOB, NOW + 300, template=("trade_confirmation", "en"))],
+                              tenant=p.WABA)
+    archive.process_pending()
+    archive.search_index().update()
+
+
+def produce(archive: Archive, out: Path, **scope: Any) -> Any:
+    return archive.exporter().run(ExportScope("SEC-2026-001", **scope), DirectorySink(out),
+                                  Custody("examiner@sec.example", "cco@firm.example", "SEC subpoena 26-17"),
+                                  "test:auditor")
+
+
+def public_key(archive: Archive) -> Any:
+    return vb.load_public_key(crypto.public_key_pem(archive.public_key))
+
+
+@pytest.mark.parametrize("sql_url", ["postgresql"], indirect=True)
+def test_a_bundle_of_every_kind_verifies_offline_and_names_any_tampering(
+        exp_archive: Archive, graph: GraphStandIn, webhook_body: Callable[[str], bytes], tmp_path: Path) -> None:
+    scenario(exp_archive, graph, webhook_body)
+    out = tmp_path / "bundle"
+    result = produce(exp_archive, out)
+    counts = result.manifest["counts"]
+    assert counts["messages"] == 11 and counts["attachments"] == 1 and counts["conversations"] == 3
+    key = public_key(exp_archive)
+    assert vb.verify(out, key) == []
+    records = [json.loads(x) for x in (out / "records/records.jsonl").read_text().splitlines()]
+    kinds = {(r["kind"], r["type"]) for r in records}
+    print(sorted(kinds, key=str))
+    assert {("message", "text"), ("message", "edit"), ("message", "revoke"), ("message", "reaction"),
+            ("message", "image"), ("media", "image/jpeg"), ("gap", "media_unavailable")} <= kinds
+    assert any(r["origin"] == "history" for r in records) and any(r["origin"] == "app" for r in records)
+    assert any(CANARY in json.dumps(r["content"], ensure_ascii=False) for r in records)  # the production is readable
+
+    # every file: flip one byte → verification fails naming that file
+    for f in sorted(x for x in out.rglob("*") if x.is_file()):
+        rel = f.relative_to(out).as_posix()
+        bad = tmp_path / "bad"
+        shutil.copytree(out, bad)
+        data = bytearray((bad / rel).read_bytes() or b"\n")  # an empty file gets a byte
+        data[len(data) // 2] ^= 0x01
+        (bad / rel).write_bytes(bytes(data))
+        failures = vb.verify(bad, key)
+        assert failures, f"flipping a byte of {rel} went unnoticed"
+        named = "manifest.json" if rel in ("manifest.json", "manifest.sig") else rel
+        assert any(named in x for x in failures), (rel, failures)
+        shutil.rmtree(bad)
+
+    def broken(change: Callable[[Path], None]) -> list[str]:
+        bad = tmp_path / "bad"
+        shutil.rmtree(bad, ignore_errors=True)
+        shutil.copytree(out, bad)
+        change(bad)
+        return vb.verify(bad, key)
+
+    native = next(out.glob("VOL001/NATIVES/*/*.jpg")).relative_to(out).as_posix()
+    assert any(native in x and "missing" in x for x in broken(lambda b: (b / native).unlink()))
+    lines = (out / "records/records.jsonl").read_text().splitlines(keepends=True)
+    fails = broken(lambda b: (b / "records/records.jsonl").write_text("".join(lines[:3] + lines[4:])))
+    assert any("records/records.jsonl" in x and "holds" in x for x in fails)
+    assert any("manifest.json: counts.records" in x for x in fails)
+
+    def edit_manifest(b: Path) -> None:
+        m = json.loads((b / "manifest.json").read_text())
+        m["counts"]["messages"] -= 1
+        (b / "manifest.json").write_text(json.dumps(m, indent=2, sort_keys=True) + "\n")
+
+    assert broken(edit_manifest)[0].startswith("manifest.json: signature")
+    assert any("not listed" in x for x in broken(lambda b: (b / "extra.txt").write_text("x")))
+    wrong_key = vb.load_public_key(crypto.public_key_pem(
+        __import__("cryptography.hazmat.primitives.asymmetric.ed25519", fromlist=["x"])
+        .Ed25519PrivateKey.generate().public_key()))
+    assert vb.verify(out, wrong_key)[0].startswith("manifest.json: signature")
+
+    # the same bundle zipped verifies too (the API's download)
+    zpath = tmp_path / "bundle.zip"
+    with zipfile.ZipFile(zpath, "w") as z:
+        for f in out.rglob("*"):
+            if f.is_file():
+                z.write(f, f.relative_to(out).as_posix())
+    assert vb.verify(zpath, key) == []
+
+
+@pytest.mark.parametrize("sql_url", ["postgresql"], indirect=True)
+def test_rsmf_load_files_and_counts_meet_what_review_platforms_check(
+        exp_archive: Archive, graph: GraphStandIn, webhook_body: Callable[[str], bytes], tmp_path: Path) -> None:
+    scenario(exp_archive, graph, webhook_body)
+    out = tmp_path / "bundle"
+    result = produce(exp_archive, out)
+    schema = json.loads((SHARED / "rsmf" / "rsmf_schema_2_0_0.json").read_text())
+    sample = email.message_from_bytes((SHARED / "rsmf" / "sample3.rsmf").read_bytes())
+    rsmfs = sorted(out.glob("VOL*/NATIVES/*/*.rsmf"))
+    assert len(rsmfs) == result.manifest["counts"]["rsmf_files"] >= 3  # per conversation per UTC day
+    events_total = 0
+    for path in rsmfs:
+        msg = email.message_from_bytes(path.read_bytes())
+        assert msg.get_content_type() == sample.get_content_type() == "multipart/mixed"
+        for header in ("From", "To", "X-RSMF-Version", "X-RSMF-EventCount", "MIME-Version"):
+            assert msg[header] and sample[header], header
+        assert msg["X-RSMF-Version"] == "2.0.0"
+        parts = [p_ for p_ in msg.walk() if p_.get_content_disposition() == "attachment"]
+        assert len(parts) == 1 and parts[0].get_filename() == "rsmf.zip"
+        assert parts[0]["Content-Transfer-Encoding"] == "base64"
+        z = zipfile.ZipFile(io.BytesIO(parts[0].get_payload(decode=True)))
+        manifest = json.loads(z.read("rsmf_manifest.json"))
+        jsonschema.Draft7Validator(schema, format_checker=jsonschema.FormatChecker()).validate(manifest)
+        assert int(msg["X-RSMF-EventCount"]) == len(manifest["events"])
+        events_total += len(manifest["events"])
+        referenced = {a["id"] for e in manifest["events"] for a in e.get("attachments", [])}
+        assert referenced <= set(z.namelist()) and set(z.namelist()) - {"rsmf_manifest.json"} == referenced
+        participants = {x["id"] for x in manifest["participants"]}
+        assert all(e.get("participant") in participants for e in manifest["events"] if e["type"] == "message")
+        body = next(p_ for p_ in msg.walk() if p_.get_content_type() == "text/plain").get_payload(decode=True)
+        assert body  # the extracted text, in time order
+        assert path.read_bytes().isascii()  # 7-bit transport
+    assert events_total == result.manifest["counts"]["rsmf_events"]
+    edited = [e for f in rsmfs for e in _events(f) if e.get("edits")]
+    assert edited and edited[0]["edits"][0]["new"].endswith("now")
+    assert any(e.get("deleted") for f in rsmfs for e in _events(f))
+    assert any(e.get("read_receipts") for f in rsmfs for e in _events(f))
+
+    # DAT through an independent CSV parser configured for ¶ (0x14) and þ
+    dat = next(out.glob("VOL001/DATA/*.dat")).read_bytes()
+    assert dat.startswith(b"\xef\xbb\xbf")
+    rows = list(csv.reader(io.StringIO(dat.decode("utf-8-sig"), newline=""), delimiter=COLUMN, quotechar=QUOTE))
+    header, docs = rows[0], rows[1:]
+    assert all(len(r) == len(header) for r in docs)
+    doc = [dict(zip(header, r, strict=True)) for r in docs]
+    numbers = [int(d["BEGDOC"][2:]) for d in doc]
+    assert numbers == list(range(1, len(doc) + 1))  # contiguous control numbers
+    for d in doc:
+        native = out / d["NATIVEPATH"].lstrip(".\\").replace("\\", "/")
+        assert native.is_file() and hashlib.sha256(native.read_bytes()).hexdigest() == d["SHA256HASH"]
+        assert native.stem == d["BEGDOC"]
+        assert (out / d["TEXTPATH"].lstrip(".\\").replace("\\", "/")).is_file()
+    children = [d for d in doc if d["PARENT_BATES"]]
+    assert children and all(d["BEGATTACH"] <= d["BEGDOC"] <= d["ENDATTACH"] for d in children)
+    opt = next(out.glob("VOL001/DATA/*.opt")).read_bytes().decode("ascii").splitlines()
+    assert len(opt) == len(doc) and all(len(x.split(",")) == 7 and x.split(",")[3] == "Y" for x in opt)
+    assert result.manifest["counts"]["documents"] == len(doc)
+    assert (out / "reports/completeness.json").is_file() and (out / "ledgers/templates.jsonl").is_file()
+    assert list((out / "transcripts").glob("*.html"))
+    html = next((out / "transcripts").glob("*.html")).read_text()
+    assert "<script" not in html and "http" not in html.split("</style>", 1)[1].split("href")[0]
+
+
+def _events(path: Path) -> list[dict[str, Any]]:
+    msg = email.message_from_bytes(path.read_bytes())
+    part = next(p_ for p_ in msg.walk() if p_.get_filename() == "rsmf.zip")
+    return json.loads(zipfile.ZipFile(io.BytesIO(part.get_payload(decode=True))).read("rsmf_manifest.json"))["events"]
+
+
+@pytest.mark.parametrize("sql_url", ["postgresql"], indirect=True)
+def test_counts_equal_the_querys_and_the_cli_exports_and_verifies(
+        exp_archive: Archive, graph: GraphStandIn, webhook_body: Callable[[str], bytes], tmp_path: Path,
+        make_settings: Callable[..., Settings]) -> None:
+    scenario(exp_archive, graph, webhook_body)
+    total = exp_archive.search_index().search("trade").total
+    result = produce(exp_archive, tmp_path / "q", query="trade")
+    assert result.manifest["counts"]["messages"] == total == 4
+    assert vb.verify(tmp_path / "q", public_key(exp_archive)) == []
+    # a message that arrives later is not in the snapshot of a re-run's query count, only in a new one
+    env = subprocess_env(make_settings())
+    pub = tmp_path / "strongroom.pub"
+    pub.write_bytes(crypto.public_key_pem(exp_archive.public_key))
+    r = CliRunner().invoke(app, ["export", "--out", str(tmp_path / "cli"), "--matter", "FINRA 8210",
+                                 "--requested-by", "finra@example", "--query", "trade OR statement",
+                                 "--volume-documents", "2"], env=env)
+    assert r.exit_code == 0, r.output
+    made = json.loads(r.stdout)
+    assert made["counts"]["messages"] == exp_archive.search_index().search("trade OR statement").total
+    assert made["counts"]["volumes"] >= 2
+    ok = CliRunner().invoke(app, ["verify-bundle", str(tmp_path / "cli"), "--public-key", str(pub)], env=env)
+    assert ok.exit_code == 0 and "bundle verifies" in ok.output
+    (tmp_path / "cli" / "README.txt").write_text("changed")
+    bad = CliRunner().invoke(app, ["verify-bundle", str(tmp_path / "cli"), "--public-key", str(pub)], env=env)
+    assert bad.exit_code == 1 and "README.txt" in bad.output
+    assert vb.main([str(tmp_path / "q"), str(pub)]) == 0  # the standalone module

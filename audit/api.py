@@ -23,6 +23,7 @@ import sqlalchemy as sa
 import structlog
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response, Security
+from fastapi import Path as FPath
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 
@@ -56,6 +57,7 @@ ADMIN = frozenset({"admin"})
 INGEST = frozenset({"ingest"})
 ANY_ROLE = frozenset({"ingest", "auditor", "compliance", "admin", "regulator"})
 ACCESS_KIND = "access"  # audit-stream kind of access events
+MAX_ID = 2**63 - 1  # ids and seqs are SQL BIGINTs
 
 
 class Services(Protocol):
@@ -108,11 +110,32 @@ def rule(roles: frozenset[str], audited: bool) -> dict[str, Any]:
             "openapi_extra": {"x-strongroom-roles": sorted(roles), "x-strongroom-audited": audited}}
 
 
+def access_event(request: Request, engine: sa.Engine, keyring: KeyRing, action: str, query: dict[str, Any],
+                 body_sha256: str, count: int, ids: list[str]) -> None:
+    """Write one access event for a read; AuditUnavailable (→ 503, nothing returned) if it fails."""
+    p = principal(request)
+    try:
+        append_audit(engine, keyring, ACCESS_KIND, action, p.actor, {
+            "role": p.role, "via": p.via, "tenants": sorted(p.tenants) if p.tenants is not None else "*",
+            "break_glass": p.role == "regulator", "query": query, "ids": ids[:1000], "ids_total": len(ids),
+            "count": count, "result_sha256": body_sha256})
+    except Exception as e:
+        log.error("access_audit.failed", action=action, error=type(e).__name__)
+        raise AuditUnavailable(action) from e
+
+
+def access_response(request: Request, engine: sa.Engine, keyring: KeyRing, action: str, query: dict[str, Any],
+                    body: bytes, count: int, ids: list[str]) -> Response:
+    """Write the access event, then (only then) send the result."""
+    access_event(request, engine, keyring, action, query, hashlib.sha256(body).hexdigest(), count, ids)
+    return Response(body, media_type="application/json")
+
+
 def principal(request: Request) -> Principal:
     return request.state.principal  # type: ignore[no-any-return]
 
 
-def _json(value: Any) -> bytes:
+def json_bytes(value: Any) -> bytes:
     def default(o: Any) -> Any:
         if isinstance(o, datetime):
             return as_utc(o).isoformat()  # type: ignore[union-attr]
@@ -124,7 +147,7 @@ def _json(value: Any) -> bytes:
     return json.dumps(value, default=default, ensure_ascii=False, separators=(",", ":")).encode()
 
 
-def _parse_time(value: str | None, name: str) -> datetime | None:
+def parse_time(value: str | None, name: str) -> datetime | None:
     if value is None:
         return None
     try:
@@ -193,18 +216,7 @@ def api_router(archive: Services) -> APIRouter:
 
     def respond(request: Request, action: str, query: dict[str, Any], result: Any, count: int,
                 ids: list[str]) -> Response:
-        """Write the access event, then (only then) send the result."""
-        body = _json(result)
-        p = principal(request)
-        try:
-            append_audit(engine, keyring, ACCESS_KIND, action, p.actor, {
-                "role": p.role, "via": p.via, "tenants": sorted(p.tenants) if p.tenants is not None else "*",
-                "break_glass": p.role == "regulator", "query": query, "ids": ids[:1000], "ids_total": len(ids),
-                "count": count, "result_sha256": hashlib.sha256(body).hexdigest()})
-        except Exception as e:
-            log.error("access_audit.failed", action=action, error=type(e).__name__)
-            raise AuditUnavailable(action) from e
-        return Response(body, media_type="application/json")
+        return access_response(request, engine, keyring, action, query, json_bytes(result), count, ids)
 
     def record_view(r: Any) -> dict[str, Any]:
         return views.record_view(keyring, r)
@@ -227,7 +239,7 @@ def api_router(archive: Services) -> APIRouter:
         filters = {k: v for k, v in {"stream": stream, "conversation": conversation, "direction": direction,
                                      "origin": origin, "type": type, "status": status,
                                      "template_name": template}.items() if v is not None}
-        t0, t1 = _parse_time(start, "from"), _parse_time(end, "to")
+        t0, t1 = parse_time(start, "from"), parse_time(end, "to")
         try:
             page = archive.search_index().search(q, tenants=set(p.tenants) if p.tenants is not None else None,
                                                  limit=limit, cursor=cursor, filters=filters, start=t0, end=t1)
@@ -242,7 +254,8 @@ def api_router(archive: Services) -> APIRouter:
     # -- records and threads ----------------------------------------------------------------------
 
     @router.get("/records/{stream}/{seq}", tags=["records"], **rule(READERS, audited=True))
-    def record(request: Request, stream: str, seq: int) -> Response:
+    def record(request: Request, stream: str = FPath(..., max_length=128),
+               seq: int = FPath(..., ge=0, le=MAX_ID)) -> Response:
         """One sealed record, decrypted, with its inclusion proof to the newest signed checkpoint."""
         p = principal(request)
         with engine.connect() as conn:
@@ -283,13 +296,14 @@ def api_router(archive: Services) -> APIRouter:
     def thread(request: Request, conversation: str, stream: str | None = Query(None, max_length=128),
                start: str | None = Query(None, alias="from"), end: str | None = Query(None, alias="to"),
                limit: int = Query(500, ge=1, le=5000),
-               after: int | None = Query(None, ge=0, description="cursor: the last item's row")) -> Response:
+               after: int | None = Query(None, ge=0, le=MAX_ID, description="cursor: the last item's row")
+               ) -> Response:
         """The conversation as it happened: messages in time order, each with its statuses, edits and
         revokes (as versions), reactions, attachments and provenance; gap markers of its numbers."""
         p = principal(request)
         with engine.connect() as conn:
-            rows, gaps = views.thread_rows(conn, conversation, p.sees, stream, _parse_time(start, "from"),
-                                           _parse_time(end, "to"))
+            rows, gaps = views.thread_rows(conn, conversation, p.sees, stream, parse_time(start, "from"),
+                                           parse_time(end, "to"))
         items = views.thread_items(keyring, rows, gaps)
         first = 0
         if after is not None:
@@ -311,7 +325,7 @@ def api_router(archive: Services) -> APIRouter:
         p = principal(request)
         if not visible_stream(p, stream):
             raise HTTPException(404, "no such number")
-        when = _parse_time(at, "at") or datetime.now(UTC)
+        when = parse_time(at, "at") or datetime.now(UTC)
         ledger = archive.consent()
         state = ledger.state(stream, subject, category, when)
         history = [h for h in ledger.history(stream, subject) if as_utc(datetime.fromisoformat(h["at"])) <= when]
@@ -327,7 +341,7 @@ def api_router(archive: Services) -> APIRouter:
         p = principal(request)
         if not p.sees(tenant):
             raise HTTPException(404, "no such tenant")
-        when = _parse_time(at, "at") or datetime.now(UTC)
+        when = parse_time(at, "at") or datetime.now(UTC)
         s = archive.templates().state(tenant, name, language, when)
         result = {"tenant": tenant, "name": name, "language": language, "at": when, "status": s.status,
                   "category": s.category, "body_versions": s.version, "body_sha256": s.body_sha256,
@@ -364,7 +378,7 @@ def api_router(archive: Services) -> APIRouter:
                                                          end=body.end), p.actor)
         except (HoldError, ValueError) as e:
             raise HTTPException(400, str(e)) from e
-        return Response(_json(hold_view(h)), status_code=201, media_type="application/json")
+        return Response(json_bytes(hold_view(h)), status_code=201, media_type="application/json")
 
     @router.post("/holds/{hold_id}/release", tags=["holds"], **rule(COMPLIANCE, audited=False))
     def hold_release(request: Request, hold_id: str, body: ReleaseRequest) -> Response:
@@ -380,7 +394,7 @@ def api_router(archive: Services) -> APIRouter:
             lifted = holds.release(hold_id, p.actor, body.reason)
         except HoldError as e:
             raise HTTPException(409, str(e)) from e
-        return Response(_json({"id": hold_id, "objects_released": len(lifted)}), media_type="application/json")
+        return Response(json_bytes({"id": hold_id, "objects_released": len(lifted)}), media_type="application/json")
 
     # -- reports ---------------------------------------------------------------------------------
 
@@ -418,15 +432,15 @@ def api_router(archive: Services) -> APIRouter:
     @router.get("/audit-trail", tags=["reports"], **rule(frozenset({"compliance", "regulator"}), audited=True))
     def audit_trail(request: Request, start: str | None = Query(None, alias="from"),
                     end: str | None = Query(None, alias="to"), limit: int = Query(1000, ge=1, le=10000),
-                    after: int = Query(0, ge=0)) -> Response:
+                    after: int = Query(0, ge=0, le=MAX_ID)) -> Response:
         """The archive's own audit stream (accesses, holds, keys, decisions), decrypted."""
         p = principal(request)
         if p.tenants is not None:
             raise HTTPException(403, "the audit trail spans all tenants: it needs an all-tenant principal")
         q = sa.select(events).where(events.c.stream == AUDIT_STREAM, events.c.id > after)
-        if (t0 := _parse_time(start, "from")) is not None:
+        if (t0 := parse_time(start, "from")) is not None:
             q = q.where(events.c.event_time >= t0)
-        if (t1 := _parse_time(end, "to")) is not None:
+        if (t1 := parse_time(end, "to")) is not None:
             q = q.where(events.c.event_time < t1)
         with engine.connect() as conn:
             rows = conn.execute(q.order_by(events.c.id).limit(limit)).all()
@@ -448,7 +462,7 @@ def api_router(archive: Services) -> APIRouter:
             new = archive.send_log().record(body.items, tenant=tenant)
         except SendError as e:
             raise HTTPException(400, str(e)) from e
-        return Response(_json({"accepted": len(body.items), "new": new}), media_type="application/json")
+        return Response(json_bytes({"accepted": len(body.items), "new": new}), media_type="application/json")
 
     # -- accounts --------------------------------------------------------------------------------
 
@@ -464,7 +478,7 @@ def api_router(archive: Services) -> APIRouter:
             token, expires = request.app.state.accounts.login(body.name, body.password, body.otp)
         except AuthError as e:
             raise HTTPException(401, "invalid credentials") from e
-        return Response(_json({"token": token, "expires_at": expires}), media_type="application/json")
+        return Response(json_bytes({"token": token, "expires_at": expires}), media_type="application/json")
 
     @router.delete("/auth/session", tags=["auth"], status_code=204, **rule(ANY_ROLE, audited=False))
     def logout(request: Request, creds: Credentials) -> Response:
@@ -484,7 +498,7 @@ def api_router(archive: Services) -> APIRouter:
             out = request.app.state.accounts.create_user(body.name, body.role, body.tenants, principal(request).actor)
         except AccountError as e:
             raise HTTPException(400, str(e)) from e
-        return Response(_json(out), status_code=201, media_type="application/json")
+        return Response(json_bytes(out), status_code=201, media_type="application/json")
 
     @router.post("/admin/api-keys", tags=["admin"], status_code=201, **rule(ADMIN, audited=False))
     def key_create(request: Request, body: KeyRequest) -> Response:
@@ -494,7 +508,7 @@ def api_router(archive: Services) -> APIRouter:
                                                             principal(request).actor)
         except AccountError as e:
             raise HTTPException(400, str(e)) from e
-        return Response(_json(out), status_code=201, media_type="application/json")
+        return Response(json_bytes(out), status_code=201, media_type="application/json")
 
     @router.delete("/admin/api-keys/{key_id}", tags=["admin"], status_code=204, **rule(ADMIN, audited=False))
     def key_revoke(request: Request, key_id: str) -> Response:

@@ -155,13 +155,14 @@ class EncryptedZipSink:
             self._zip.writestr(_info(name), bytes(buf.data))
             return
         self._n += 1
-        spool = self.path.with_name(f"{self.path.name}.spool{self._n}")
-        w = EncryptedWriter(spool.open("xb"), self.key, self.label + b"|spool%d" % self._n)
+        n = self._n  # several spools are open at once
+        spool = self.path.with_name(f"{self.path.name}.spool{n}")
+        w = EncryptedWriter(spool.open("xb"), self.key, self.label + b"|spool%d" % n)
         try:
             yield w  # type: ignore[misc]
         finally:
             w.close()
-        self._spools.append((name, spool, self._n))
+        self._spools.append((name, spool, n))
 
     def close(self) -> None:
         for name, spool, n in self._spools:

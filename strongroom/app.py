@@ -13,6 +13,8 @@ from archiver.inbox import GroupCommitter
 from archiver.webhook import webhook_router
 from audit.api import ANY_ROLE, api_router, install_error_handlers, rule
 from audit.auth import RateLimiter
+from exporters.api import export_router
+from exporters.jobs import ExportJobs
 from strongroom import __version__
 from strongroom.runtime import Archive
 
@@ -31,9 +33,11 @@ SECURITY_HEADERS = {
 def create_app(archive: Archive) -> FastAPI:
     """The HTTP surface. Normalising and sealing run elsewhere (`strongroom worker`)."""
     committer = GroupCommitter(archive.inbox)
+    jobs = ExportJobs(archive.engine, archive.keyring, archive.settings.data_dir / "exports", archive.exporter)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        jobs.recover()  # exports a previous process left unfinished
         try:
             yield
         finally:
@@ -47,6 +51,8 @@ def create_app(archive: Archive) -> FastAPI:
                   description="Auditor API of the strongroom WhatsApp archive. Every read is itself audited.")
     app.include_router(webhook_router(committer, settings.secret("verify_token"), settings.max_body_bytes))
     app.include_router(api_router(archive))
+    app.include_router(export_router(jobs, archive.engine, archive.keyring))
+    app.state.export_jobs = jobs
     install_error_handlers(app, RateLimiter(settings.api_rate_per_minute), RateLimiter(settings.login_rate_per_minute),
                            archive.accounts())
 
@@ -66,7 +72,8 @@ def create_app(archive: Archive) -> FastAPI:
 
 
 class BodyLimit:
-    """413 for API requests whose body exceeds `limit` bytes (declared or streamed)."""
+    """413 for API requests whose body exceeds `limit` bytes (declared or streamed); 400 for a NUL
+    character anywhere in the request (no text column of either database can hold one)."""
 
     def __init__(self, app: ASGIApp, limit: int, prefix: str) -> None:
         self.app, self.limit, self.prefix = app, limit, prefix
@@ -74,6 +81,8 @@ class BodyLimit:
     async def __call__(self, scope, receive, send):  # type: ignore[no-untyped-def]
         if scope["type"] != "http" or not scope["path"].startswith(self.prefix):
             return await self.app(scope, receive, send)
+        if "\x00" in scope["path"] or b"%00" in scope.get("query_string", b""):
+            return await _refuse(send, 400, b'{"detail":"NUL characters are not accepted"}')
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
             return await _too_large(send)
@@ -86,6 +95,8 @@ class BodyLimit:
                 return await _too_large(send)
             if message["type"] != "http.request" or not message.get("more_body"):
                 break
+        if b"\\u0000" in b"".join(m.get("body", b"") for m in messages):
+            return await _refuse(send, 400, b'{"detail":"NUL characters are not accepted"}')
 
         async def replay():  # type: ignore[no-untyped-def]
             return messages.pop(0) if messages else await receive()
@@ -94,8 +105,11 @@ class BodyLimit:
 
 
 async def _too_large(send) -> None:  # type: ignore[no-untyped-def]
-    body = b'{"detail":"request body too large"}'
-    await send({"type": "http.response.start", "status": 413,
+    await _refuse(send, 413, b'{"detail":"request body too large"}')
+
+
+async def _refuse(send, status: int, body: bytes) -> None:  # type: ignore[no-untyped-def]
+    await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
     await send({"type": "http.response.body", "body": body})
 

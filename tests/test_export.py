@@ -252,3 +252,23 @@ def test_counts_equal_the_querys_and_the_cli_exports_and_verifies(
     bad = CliRunner().invoke(app, ["verify-bundle", str(tmp_path / "cli"), "--public-key", str(pub)], env=env)
     assert bad.exit_code == 1 and "README.txt" in bad.output
     assert vb.main([str(tmp_path / "q"), str(pub)]) == 0  # the standalone module
+
+
+@pytest.mark.parametrize("sql_url", ["postgresql"], indirect=True)
+def test_an_encrypted_bundle_holds_no_plaintext_and_decrypts_to_a_verifying_zip(
+        exp_archive: Archive, graph: GraphStandIn, webhook_body: Callable[[str], bytes], tmp_path: Path) -> None:
+    from exporters.sinks import EncryptedZipSink, read_encrypted
+
+    scenario(exp_archive, graph, webhook_body)
+    key = os.urandom(32)
+    enc = tmp_path / "x.zip.enc"
+    exp_archive.exporter().run(ExportScope("M"), EncryptedZipSink(enc, key, b"job-1"), Custody("r"), "test")
+    assert CANARY.encode() not in enc.read_bytes() and not list(tmp_path.glob("*.spool*"))
+    zpath = tmp_path / "x.zip"
+    zpath.write_bytes(b"".join(read_encrypted(enc, key, b"job-1")))
+    assert vb.verify(zpath, public_key(exp_archive)) == []
+    with pytest.raises(Exception):  # noqa: B017  (any tampering fails authentication)
+        data = bytearray(enc.read_bytes())
+        data[100] ^= 1
+        enc.write_bytes(bytes(data))
+        b"".join(read_encrypted(enc, key, b"job-1"))

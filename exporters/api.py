@@ -1,0 +1,85 @@
+"""Export routes of the auditor API: request a bundle (a job), follow it, download it.
+
+Producing a bundle needs the ``auditor`` role (or the break-glass ``regulator``), and a tenant-scoped
+principal's bundle never reaches past its tenants. A job is visible only to whoever requested it.
+The download is an audited read: its access event carries the manifest's SHA-256, which pins
+every byte of the bundle.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from fastapi import APIRouter, HTTPException, Request, Response
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, Field
+
+from audit.api import access_event, access_response, json_bytes, parse_time, principal, rule
+from exporters.bundle import Custody, ExportScope
+from exporters.jobs import ExportJobs
+
+EXPORTERS = frozenset({"auditor", "regulator"})
+
+
+class ExportRequest(BaseModel):
+    matter: str = Field(min_length=1, max_length=200)
+    query: str | None = Field(None, max_length=2000, description="the reviewers' search language")
+    streams: list[str] = Field(default_factory=list, max_length=1000)
+    conversations: list[str] = Field(default_factory=list, max_length=10000)
+    tenants: list[str] | None = Field(None, max_length=100)
+    start: str | None = Field(None, alias="from", description="ISO-8601 with zone, inclusive")
+    end: str | None = Field(None, alias="to", description="ISO-8601 with zone, exclusive")
+    requested_by: str | None = Field(None, max_length=200, description="the requesting party, if not the caller")
+    request_ref: str | None = Field(None, max_length=200)
+    approved_by: str | None = Field(None, max_length=200)
+
+
+def export_router(jobs: ExportJobs, engine: Any, keyring: Any) -> APIRouter:
+    router = APIRouter(prefix="/api/v1")
+
+    def own(request: Request, job_id: str) -> dict[str, Any]:
+        job = jobs.get(job_id)
+        if job is None or job["principal_id"] != principal(request).id:
+            raise HTTPException(404, "no such export")
+        return job
+
+    @router.post("/exports", tags=["exports"], status_code=202, **rule(EXPORTERS, audited=False))
+    def create(request: Request, body: ExportRequest) -> Response:
+        """Start a bundle for a query or scope; returns the job id (poll it, then download)."""
+        p = principal(request)
+        tenants: list[str] | None = body.tenants
+        if p.tenants is not None:
+            tenants = sorted(set(body.tenants or p.tenants) & p.tenants)
+            if not tenants:
+                raise HTTPException(403, "the scope names none of your tenants")
+        if body.query is not None:
+            from audit.searchlang import parse
+
+            parse(body.query)  # a syntax error is a 400 now, not a failed job later
+        start: datetime | None = parse_time(body.start, "from")
+        scope = ExportScope(body.matter, body.query, tenants, body.streams, body.conversations, start,
+                            parse_time(body.end, "to"))
+        job_id = jobs.submit(scope, Custody(body.requested_by or p.actor, body.approved_by, body.request_ref),
+                             p.actor, p.id)
+        return Response(json_bytes({"id": job_id, "state": "queued"}), status_code=202, media_type="application/json")
+
+    @router.get("/exports/{job_id}", tags=["exports"], **rule(EXPORTERS, audited=True))
+    def status(request: Request, job_id: str) -> Response:
+        job = own(request, job_id)
+        return access_response(request, engine, keyring, "export.status", {"export_id": job_id}, json_bytes(job),
+                               (job["counts"] or {}).get("records", 0), [job_id])
+
+    @router.get("/exports/{job_id}/download", tags=["exports"], **rule(EXPORTERS, audited=True),
+                response_class=StreamingResponse)
+    def download(request: Request, job_id: str) -> StreamingResponse:
+        """The bundle as a zip (verify it with `strongroom verify-bundle FILE.zip --public-key …`)."""
+        job = own(request, job_id)
+        if job["state"] != "done":
+            raise HTTPException(409, f"export is {job['state']}")
+        access_event(request, engine, keyring, "export.download", {"export_id": job_id}, job["manifest_sha256"],
+                     (job["counts"] or {}).get("records", 0), [job_id])
+        return StreamingResponse(jobs.download(job_id), media_type="application/zip", headers={
+            "Content-Disposition": f'attachment; filename="strongroom-export-{job_id}.zip"'})
+
+    return router

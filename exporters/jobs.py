@@ -1,0 +1,112 @@
+"""Export jobs for the auditor API: run in the background, kept encrypted until downloaded.
+
+A job's bundle is one zip written through `EncryptedZipSink` under its own data key
+(``export:<id>``), so the server never holds a production in clear on disk; the download
+decrypts it on the fly. A job interrupted by a restart is marked failed (submit it again: the
+snapshot is taken when a job starts).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+import structlog
+from ulid import ULID
+
+from archiver.db import metadata
+from archiver.keys import KeyRing
+from archiver.normalize import append_audit
+from archiver.sqlutil import as_utc, utcnow
+from exporters.bundle import Custody, Exporter, ExportScope
+from exporters.sinks import EncryptedZipSink, read_encrypted
+
+log = structlog.get_logger("strongroom.exports")
+Ts = sa.DateTime(timezone=True)
+
+exports = sa.Table(
+    "exports", metadata,
+    sa.Column("id", sa.String(26), primary_key=True),
+    sa.Column("matter", sa.String(200), nullable=False),
+    sa.Column("requested_by", sa.String(200), nullable=False),
+    sa.Column("principal_id", sa.String(200), nullable=False),
+    sa.Column("scope", sa.Text, nullable=False),  # JSON (the query can name a person: never logged)
+    sa.Column("state", sa.String(16), nullable=False),  # queued | running | done | failed
+    sa.Column("created_at", Ts, nullable=False),
+    sa.Column("finished_at", Ts, nullable=True),
+    sa.Column("error", sa.String(400), nullable=True),
+    sa.Column("manifest_sha256", sa.String(64), nullable=True),
+    sa.Column("counts", sa.Text, nullable=True),
+    sa.Column("size", sa.BigInteger, nullable=True),
+)
+
+
+class ExportJobs:
+    def __init__(self, engine: sa.Engine, keyring: KeyRing, directory: Path,
+                 exporter: Callable[[], Exporter]) -> None:
+        self.engine, self.keyring, self.directory, self.exporter = engine, keyring, directory, exporter
+        self._threads: dict[str, threading.Thread] = {}
+
+    def recover(self) -> int:
+        """Jobs a restart interrupted are failed, not silently resumed from another snapshot."""
+        with self.engine.begin() as conn:
+            return conn.execute(exports.update().where(exports.c.state.in_(["queued", "running"]))
+                                .values(state="failed", error="interrupted by a restart: submit again",
+                                        finished_at=utcnow())).rowcount
+
+    def path(self, job_id: str) -> Path:
+        return self.directory / f"{job_id}.zip.enc"
+
+    def submit(self, scope: ExportScope, custody: Custody, actor: str, principal_id: str) -> str:
+        job_id = str(ULID())
+        with self.engine.begin() as conn:
+            conn.execute(exports.insert().values(id=job_id, matter=scope.matter, requested_by=custody.requested_by,
+                                                 principal_id=principal_id, scope=json.dumps(scope.as_dict()),
+                                                 state="queued", created_at=utcnow()))
+        append_audit(self.engine, self.keyring, "audit", "export.requested", actor,
+                     {"export_id": job_id, "scope": scope.as_dict(), "custody": asdict(custody)})
+        t = threading.Thread(target=self._run, args=(job_id, scope, custody, actor), name=f"export-{job_id}",
+                             daemon=True)
+        self._threads[job_id] = t
+        t.start()
+        return job_id
+
+    def wait(self, job_id: str, timeout: float | None = None) -> None:
+        t = self._threads.get(job_id)
+        if t is not None:
+            t.join(timeout)
+
+    def _run(self, job_id: str, scope: ExportScope, custody: Custody, actor: str) -> None:
+        self._set(job_id, state="running")
+        try:
+            sink = EncryptedZipSink(self.path(job_id), self.keyring.data_key(f"export:{job_id}"), job_id.encode())
+            result = self.exporter().run(scope, sink, custody, actor, export_id=job_id)
+            self._set(job_id, state="done", finished_at=utcnow(), manifest_sha256=result.manifest_sha256,
+                      counts=json.dumps(result.manifest["counts"]), size=self.path(job_id).stat().st_size)
+        except Exception as e:  # the type only: a message could carry query text
+            log.error("export.failed", export=job_id, error=type(e).__name__)
+            self._set(job_id, state="failed", finished_at=utcnow(), error=type(e).__name__)
+
+    def _set(self, job_id: str, **values: Any) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(exports.update().where(exports.c.id == job_id).values(**values))
+
+    def get(self, job_id: str) -> dict[str, Any] | None:
+        with self.engine.connect() as conn:
+            r = conn.execute(sa.select(exports).where(exports.c.id == job_id)).first()
+        if r is None:
+            return None
+        return {"id": r.id, "matter": r.matter, "requested_by": r.requested_by, "principal_id": r.principal_id,
+                "scope": json.loads(r.scope), "state": r.state, "created_at": as_utc(r.created_at),
+                "finished_at": as_utc(r.finished_at), "error": r.error, "manifest_sha256": r.manifest_sha256,
+                "counts": json.loads(r.counts) if r.counts else None, "size": r.size}
+
+    def download(self, job_id: str) -> Iterator[bytes]:
+        """The bundle zip, decrypted chunk by chunk."""
+        return read_encrypted(self.path(job_id), self.keyring.data_key(f"export:{job_id}", create=False),
+                              job_id.encode())

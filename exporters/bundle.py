@@ -26,6 +26,7 @@ Layout::
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import json
 from collections import defaultdict
@@ -64,6 +65,7 @@ RECORD_FIELDS = ("stream", "seq", "kind", "natural_key", "tenant", "wamid", "ref
                  "origin", "type", "status", "template_name", "template_language")
 
 
+@functools.cache
 def generator() -> str:
     try:
         return f"strongroom/{package_version('strongroom')}"
@@ -130,9 +132,13 @@ class _Bundle:
 
 class Exporter:
     def __init__(self, engine: sa.Engine, keyring: KeyRing, store: ObjectStore, signing_key: Ed25519PrivateKey,
-                 index: SearchIndex, bates_prefix: str = "SR", volume_documents: int | None = None) -> None:
+                 index: SearchIndex, bates_prefix: str = "SR", volume_documents: int | None = None,
+                 period: str = "day") -> None:
         if not bates_prefix.isalnum():
             raise ValueError("the Bates prefix must be letters and digits")
+        if period not in ("day", "month"):
+            raise ValueError("an RSMF period is a day or a month")
+        self.period = period
         self.engine, self.keyring, self.store, self.signing_key = engine, keyring, store, signing_key
         self.index, self.prefix, self.volume_documents = index, bates_prefix.upper(), volume_documents
 
@@ -454,7 +460,8 @@ class _RunState:
         contact = _contact(items) or conv
         by_day: dict[str, list[dict[str, Any]]] = defaultdict(list)
         for it in items:
-            by_day[it["at"].date().isoformat() if it["at"] else "undated"].append(it)
+            key = it["at"].date().isoformat() if it["at"] else "undated"
+            by_day[key[:7] if self.x.period == "month" and it["at"] else key].append(it)
         slices, natives = [], {}
         for day in sorted(by_day):
             chunks = [by_day[day][i:i + rsmf.MAX_EVENTS] for i in range(0, len(by_day[day]), rsmf.MAX_EVENTS)]
@@ -463,8 +470,7 @@ class _RunState:
                 natives.update(paths)
                 slices.append({"day": day + (f" part {part}/{len(chunks)}" if len(chunks) > 1 else ""),
                                "bates": bates, "items": chunk})
-            if day != "undated":
-                self.days.add(day)
+        self.days.update(it["at"].date().isoformat() for it in items if it["at"])
         html = transcript.render(conv, business, contact, slices, {k: "../" + v for k, v in natives.items()},
                                  self.export_id, generator())
         self.b.put(f"transcripts/{conv}.html", html)
@@ -494,8 +500,7 @@ class _RunState:
         self.b.put(native, doc.eml)
         self.b.put(f"{vol}/TEXT/{folder}/{parent}.txt", doc.text.encode())
         self.b.put(f"{vol}/IMAGES/{folder}/{parent}.tif",
-                   loadfile.slip_sheet(parent, [f"RSMF conversation slice {day} (UTC)", f"{doc.event_count} events",
-                                                f"native: {parent}.rsmf"]))
+                   loadfile.slip_sheet(parent))
         assert self._dat is not None and self._opt is not None
         times = [e["timestamp"] for e in doc.manifest["events"] if e.get("timestamp")]
         common = {"GROUPID": parent, "BEGATTACH": family[0], "ENDATTACH": family[-1], "CUSTODIAN": f"WhatsApp Business "
@@ -520,7 +525,7 @@ class _RunState:
             self.b.put(path, att.data)
             self.b.put(f"{cvol}/TEXT/{cfolder}/{child}.txt", att.display.encode())
             self.b.put(f"{cvol}/IMAGES/{cfolder}/{child}.tif",
-                       loadfile.slip_sheet(child, [f"attachment of {parent}", f"native: {child}.{ext}"]))
+                       loadfile.slip_sheet(child))
             self._dat.row({**common, "BEGDOC": child, "ENDDOC": child, "PARENT_BATES": parent,
                            "FILENAME": att.display, "FILEEXT": ext, "FILESIZE": len(att.data), "PGCOUNT": 1,
                            "SHA256HASH": hashlib.sha256(att.data).hexdigest(), "NATIVEPATH": _rel(path),

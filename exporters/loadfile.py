@@ -9,6 +9,7 @@ native is produced as it is (SEC Data Delivery Standards). Reference: ediscovery
 
 from __future__ import annotations
 
+import functools
 import io
 from typing import IO, Any
 
@@ -54,17 +55,25 @@ class OptWriter:
         self.rows += 1
 
 
-def slip_sheet(control_number: str, lines: list[str]) -> bytes:
-    """A one-page bilevel Group IV TIFF saying the document was produced natively."""
+@functools.cache
+def _blank_sheet() -> Any:
     from PIL import Image, ImageDraw
 
-    img = Image.new("1", (1275, 1650), 1)  # letter at 150 dpi
+    img = Image.new("1", (612, 792), 1)  # US letter at 72 dpi: a slip sheet carries a few lines of text
     draw = ImageDraw.Draw(img)
-    y = 120
-    for text in ["PRODUCED IN NATIVE FORMAT", "", *lines]:
-        draw.text((100, y), text.encode("ascii", "replace").decode(), fill=0)
-        y += 40
-    draw.text((1000, 1580), control_number, fill=0)  # Bates lower right
+    for i, text in enumerate(["PRODUCED IN NATIVE FORMAT", "",
+                              "The native file, its extracted text and its metadata are named",
+                              "by the control number below (see the DAT load file)."]):
+        draw.text((50, 60 + 20 * i), text, fill=0)
+    return img
+
+
+def slip_sheet(control_number: str) -> bytes:
+    """A one-page bilevel Group IV TIFF saying the document was produced natively."""
+    from PIL import ImageDraw
+
+    img = _blank_sheet().copy()
+    ImageDraw.Draw(img).text((480, 760), control_number, fill=0)  # Bates lower right
     buf = io.BytesIO()
-    img.save(buf, format="TIFF", compression="group4", dpi=(150, 150))
+    img.save(buf, format="TIFF", compression="group4", dpi=(72, 72))
     return buf.getvalue()

@@ -9,21 +9,23 @@ from the content), so re-exporting a slice gives the same bytes. Reference:
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import io
 import json
 import mimetypes
+import quopri
 import re
 import zipfile
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from email import policy
-from email.message import EmailMessage
+from email.header import Header
 from email.utils import format_datetime
 from typing import Any
 
 from audit.index import message_text
 
+CRLF = "\r\n"
 VERSION = "2.0.0"
 MAX_EVENTS = 10_000  # Relativity's guidance per file
 
@@ -157,32 +159,50 @@ def build(s: Slice) -> RsmfFile:
             z.writestr(zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0)), data, zipfile.ZIP_DEFLATED)
     times = [e["timestamp"] for e in events if e.get("timestamp")]
     body = "\n".join(text)
-    msg = EmailMessage(policy=policy.SMTP)
-    msg["From"] = f"WhatsApp Business {s.business} <{s.business}@wa.invalid>"
-    msg["To"] = f"\"{participants[1]['display']}\" <{_local(participants[1]['account_id'])}@wa.invalid>"
     part = f" part {s.part}/{s.parts}" if s.parts > 1 else ""
-    msg["Subject"] = f"WhatsApp: {participants[1]['display']} / {s.business} {s.day} (UTC){part}"
-    if times:
-        msg["Date"] = format_datetime(datetime.fromisoformat(times[-1].replace("Z", "+00:00")))
-    msg["Message-ID"] = f"<{collection}.{s.day}.{s.part}@strongroom.invalid>"
-    msg["X-RSMF-Version"] = VERSION
-    msg["X-RSMF-Generator"] = s.generator
-    msg["X-RSMF-Application"] = "WhatsApp"
-    msg["X-RSMF-Custodian"] = participants[0]["display"]
-    msg["X-RSMF-Participants"] = f"{participants[0]['display']}, {participants[1]['display']}"
-    if times:
-        msg["X-RSMF-BeginDate"], msg["X-RSMF-EndDate"] = times[0], times[-1]
-    msg["X-RSMF-EventCount"] = str(len(events))
-    msg["X-RSMF-AttachmentCount"] = str(len(used))
-    msg["X-RSMF-EventCollectionID"] = collection
-    msg["X-RSMF-Slice"] = f"{s.day} UTC"
-    msg["X-RSMF-Part"] = f"{s.part}/{s.parts}"
-    msg["X-RSMF-SourceSHA256"] = hashlib.sha256(manifest_bytes).hexdigest()
-    msg.set_content(body, charset="utf-8", cte="quoted-printable")
-    msg.add_attachment(zbuf.getvalue(), maintype="application", subtype="zip", filename="rsmf.zip")
-    msg.set_boundary("rsmf-" + hashlib.sha256(manifest_bytes).hexdigest()[:32])
-    return RsmfFile(msg.as_bytes(policy=policy.SMTP), manifest, body, len(events), used,
+    headers = [
+        ("From", f"WhatsApp Business {s.business} <{s.business}@wa.invalid>"),
+        ("To", f"{_phrase(participants[1]['display'])} <{_local(participants[1]['account_id'])}@wa.invalid>"),
+        ("Subject", f"WhatsApp: {participants[1]['display']} / {s.business} {s.day} (UTC){part}"),
+        ("Date", format_datetime(datetime.fromisoformat(times[-1].replace("Z", "+00:00"))) if times else None),
+        ("Message-ID", f"<{collection}.{s.day}.{s.part}@strongroom.invalid>"),
+        ("MIME-Version", "1.0"),
+        ("X-RSMF-Version", VERSION), ("X-RSMF-Generator", s.generator), ("X-RSMF-Application", "WhatsApp"),
+        ("X-RSMF-Custodian", participants[0]["display"]),
+        ("X-RSMF-Participants", f"{participants[0]['display']}, {participants[1]['display']}"),
+        ("X-RSMF-BeginDate", times[0] if times else None), ("X-RSMF-EndDate", times[-1] if times else None),
+        ("X-RSMF-EventCount", str(len(events))), ("X-RSMF-AttachmentCount", str(len(used))),
+        ("X-RSMF-EventCollectionID", collection), ("X-RSMF-Slice", f"{s.day} UTC"),
+        ("X-RSMF-Part", f"{s.part}/{s.parts}"),
+        ("X-RSMF-SourceSHA256", hashlib.sha256(manifest_bytes).hexdigest()),
+    ]
+    boundary = "rsmf-" + hashlib.sha256(manifest_bytes).hexdigest()[:32]
+    return RsmfFile(_mime(headers, boundary, body, zbuf.getvalue()), manifest, body, len(events), used,
                     [e["id"] for e in events])
+
+
+def _header(name: str, value: str) -> bytes:
+    """One header line, RFC 2047-encoded when not ASCII, folded by the email library."""
+    if value.isascii() and len(value) < 900:
+        return f"{name}: {value}\r\n".encode()
+    return f"{name}: {Header(value, 'utf-8', header_name=name).encode(linesep=CRLF)}\r\n".encode()
+
+
+def _mime(headers: list[tuple[str, str | None]], boundary: str, body: str, zip_bytes: bytes) -> bytes:
+    """multipart/mixed: the text (UTF-8, quoted-printable) and rsmf.zip (base64): 7-bit throughout."""
+    out = [_header(k, v) for k, v in headers if v is not None]
+    out.append(f'Content-Type: multipart/mixed; boundary="{boundary}"\r\n\r\n'.encode())
+    text = quopri.encodestring(body.encode(), quotetabs=False).replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+    out += [f"--{boundary}\r\n".encode(), b'Content-Type: text/plain; charset="utf-8"\r\n',
+            b"Content-Transfer-Encoding: quoted-printable\r\n\r\n", text, b"\r\n",
+            f"--{boundary}\r\n".encode(), b"Content-Type: application/zip; name=\"rsmf.zip\"\r\n",
+            b"Content-Transfer-Encoding: base64\r\n", b'Content-Disposition: attachment; filename="rsmf.zip"\r\n\r\n',
+            base64.encodebytes(zip_bytes).replace(b"\n", b"\r\n"), f"--{boundary}--\r\n".encode()]
+    return b"".join(out)
+
+
+def _phrase(display: str) -> str:
+    return '"' + display.replace("\\", "").replace('"', "") + '"'
 
 
 def _local(value: str) -> str:

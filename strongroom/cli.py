@@ -673,6 +673,7 @@ def export(
     request_ref: Annotated[str | None, typer.Option(help="Subpoena / 8210 request / audit letter reference.")] = None,
     bates_prefix: Annotated[str, typer.Option(help="Control number prefix.")] = "SR",
     volume_documents: Annotated[int | None, typer.Option(help="Documents per volume (default: one volume).")] = None,
+    period: Annotated[str, typer.Option(help="One RSMF per conversation per 'day' (UTC) or 'month'.")] = "day",
 ) -> None:
     """Produce a regulator bundle (RSMF, DAT/OPT, JSONL/Parquet, HTML, signed manifest); itself audited."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -692,7 +693,7 @@ def export(
         with Progress(TextColumn("conversations"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                       console=err) as bar:
             task = bar.add_task("export", total=None)
-            result = archive.exporter(bates_prefix, volume_documents).run(
+            result = archive.exporter(bates_prefix, volume_documents, period).run(
                 scope, sink, Custody(requested_by, approved_by, request_ref), _actor(),
                 progress=lambda done, total: bar.update(task, completed=done, total=total))
         archive.sealer().seal_all()
@@ -806,3 +807,7 @@ def openapi(out_file: Annotated[Path | None, typer.Option("--out", help="Write h
 
 def main() -> None:
     app()
+
+
+if __name__ == "__main__":
+    main()

@@ -180,9 +180,9 @@ class Archive:
                                 role_claim=s.oidc_role_claim, tenants_claim=s.oidc_tenants_claim)
         return Accounts(self.engine, self.keyring, oidc, timedelta(seconds=s.session_ttl_seconds))
 
-    def exporter(self, bates_prefix: str = "SR", volume_documents: int | None = None) -> Exporter:
+    def exporter(self, bates_prefix: str = "SR", volume_documents: int | None = None, period: str = "day") -> Exporter:
         return Exporter(self.engine, self.keyring, self.store, self.signing_key, self.search_index(),
-                        bates_prefix, volume_documents)
+                        bates_prefix, volume_documents, period)
 
     def search_index(self) -> SearchIndex:
         return SearchIndex(self.settings.data_dir / "index" / "search.duckdb", self.engine, self.keyring)

@@ -97,6 +97,8 @@ events = sa.Table(
     sa.Index("ix_events_inbox", "inbox_id"),
     sa.Index("ix_events_wamid", "stream", "wamid"),
     sa.Index("ix_events_kind_time", "stream", "kind", "event_time"),
+    sa.Index("ix_events_conversation", "conversation", "event_time"),
+    sa.Index("ix_events_ref_wamid", "stream", "ref_wamid"),
 )
 
 streams = sa.Table(

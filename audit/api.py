@@ -491,24 +491,23 @@ def api_router(archive: Services) -> APIRouter:
         found = request.app.state.accounts.list()
         return respond(request, "admin.principals", {}, {"principals": found}, len(found), [f["id"] for f in found])
 
+    def created(call: Any) -> Response:
+        try:
+            return Response(json_bytes(call()), status_code=201, media_type="application/json")
+        except AccountError as e:
+            raise HTTPException(400, str(e)) from e
+
     @router.post("/admin/users", tags=["admin"], status_code=201, **rule(ADMIN, audited=False))
     def user_create(request: Request, body: UserRequest) -> Response:
         """A human account; the password and TOTP secret are in this response only."""
-        try:
-            out = request.app.state.accounts.create_user(body.name, body.role, body.tenants, principal(request).actor)
-        except AccountError as e:
-            raise HTTPException(400, str(e)) from e
-        return Response(json_bytes(out), status_code=201, media_type="application/json")
+        return created(lambda: request.app.state.accounts.create_user(body.name, body.role, body.tenants,
+                                                                      principal(request).actor))
 
     @router.post("/admin/api-keys", tags=["admin"], status_code=201, **rule(ADMIN, audited=False))
     def key_create(request: Request, body: KeyRequest) -> Response:
         """A service API key (ingest or auditor); the token is in this response only."""
-        try:
-            out = request.app.state.accounts.create_api_key(body.name, body.role, body.tenants,
-                                                            principal(request).actor)
-        except AccountError as e:
-            raise HTTPException(400, str(e)) from e
-        return Response(json_bytes(out), status_code=201, media_type="application/json")
+        return created(lambda: request.app.state.accounts.create_api_key(body.name, body.role, body.tenants,
+                                                                         principal(request).actor))
 
     @router.delete("/admin/api-keys/{key_id}", tags=["admin"], status_code=204, **rule(ADMIN, audited=False))
     def key_revoke(request: Request, key_id: str) -> Response:

@@ -578,15 +578,17 @@ class _RunState:
         c = v["content"]
         if isinstance(c, dict) and (c.get("erased") or c.get("disposed")):
             self.withheld.append(rid)
-        line = {"id": rid, **{k: v[k] for k in RECORD_FIELDS}, "event_time": _iso(v["event_time"]),
-                "received_at": _iso(v["received_at"]), "role": role, "bates": bates, "native": native, "content": c}
-        self._jsonl.write(_line(line))
+        content_json = json.dumps(c, ensure_ascii=False, default=_default, separators=(",", ":"))
+        head = {"id": rid, **{k: v[k] for k in RECORD_FIELDS}, "event_time": _iso(v["event_time"]),
+                "received_at": _iso(v["received_at"]), "role": role, "bates": bates, "native": native}
+        # the content is encoded once, for the JSONL line and the Parquet column alike
+        self._jsonl.write(_line(head)[:-2] + b',"content":' + content_json.encode() + b"}\n")
         self.n_records += 1
         if v["kind"] == "message" and role == "message":
             self.n_messages += 1
         self._rows.append({**{k: v[k] for k in RECORD_FIELDS}, "id": rid, "event_time": v["event_time"],
                            "received_at": v["received_at"], "role": role, "bates": bates,
-                           "content_json": json.dumps(c, ensure_ascii=False, default=str)})
+                           "content_json": content_json})
         if len(self._rows) >= 5000:
             self._flush_parquet()
 

@@ -109,7 +109,9 @@ def serve() -> None:
     try:
         fastapi_app = create_app(archive)
         _banner(archive)
-        uvicorn.run(fastapi_app, host=settings.host, port=settings.port, access_log=False, log_config=None)
+        tls = {"ssl_certfile": str(settings.tls_certfile), "ssl_keyfile": str(settings.tls_keyfile)} \
+            if settings.tls_certfile and settings.tls_keyfile else {}
+        uvicorn.run(fastapi_app, host=settings.host, port=settings.port, access_log=False, log_config=None, **tls)
     finally:
         worker.stop()
         archive.close()

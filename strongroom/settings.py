@@ -73,6 +73,8 @@ class Settings(BaseSettings):
     seal_interval_seconds: float = 1.0
     seal_batch_max: int = 50_000
 
+    tls_certfile: Path | None = None  # serve HTTPS directly (else: behind a TLS-terminating proxy)
+    tls_keyfile: Path | None = None
     host: str = "127.0.0.1"
     port: int = 8000
     log_level: str = "INFO"

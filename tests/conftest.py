@@ -25,6 +25,7 @@ from archiver.segments import decode_segment
 from strongroom.embedded import EmbeddedSeaweedFS
 from strongroom.runtime import Archive, open_archive
 from strongroom.settings import Settings
+from tests.graph_standin import GraphStandIn
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("STRONGROOM_SHARED_DIR", REPO.parent / "shared"))
@@ -80,6 +81,14 @@ def make_settings(tmp_path: Path, seaweed: EmbeddedSeaweedFS, sql_url: str) -> C
         return Settings(**values)  # type: ignore[arg-type]
 
     return make
+
+
+@pytest.fixture
+def graph() -> Iterator[GraphStandIn]:
+    """A real HTTP stand-in for the Graph API's media endpoints (tests/graph_standin.py)."""
+    g = GraphStandIn().start()
+    yield g
+    g.stop()
 
 
 @pytest.fixture

@@ -39,13 +39,6 @@ CANARY = "CANARY-export-\u00e9t\u00e9-77aa"
 
 
 @pytest.fixture
-def graph() -> Iterator[GraphStandIn]:
-    g = GraphStandIn().start()
-    yield g
-    g.stop()
-
-
-@pytest.fixture
 def exp_archive(make_settings: Callable[..., Settings], graph: GraphStandIn) -> Iterator[Archive]:
     a = open_archive(make_settings(graph_base_url=graph.base_url, graph_token=graph.token,
                                    media_retry_base_seconds=0, media_max_attempts=1))

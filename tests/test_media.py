@@ -23,13 +23,6 @@ NOW = int(time.time())
 
 
 @pytest.fixture
-def graph() -> Iterator[GraphStandIn]:
-    g = GraphStandIn().start()
-    yield g
-    g.stop()
-
-
-@pytest.fixture
 def media_archive(make_settings: Callable[..., Settings], graph: GraphStandIn) -> Iterator[Archive]:
     a = open_archive(make_settings(graph_base_url=graph.base_url, graph_token=graph.token,
                                    media_retry_base_seconds=0, media_max_attempts=3, media_concurrency=2))

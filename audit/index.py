@@ -197,6 +197,10 @@ class SearchIndex:
                         con.execute("INSERT INTO idx.state VALUES ('schema', ?)", [SCHEMA_VERSION])
                     yield con
                 finally:
+                    try:  # a failed write must not leave its transaction (or the file) behind
+                        con.execute("ROLLBACK")
+                    except duckdb.Error:
+                        pass
                     con.execute("DETACH idx")
             finally:
                 con.close()
@@ -231,7 +235,7 @@ class SearchIndex:
 
     @staticmethod
     def insert(con: duckdb.DuckDBPyConnection, docs: list[tuple[Any, ...]]) -> None:
-        """Add documents (tuples in DOC_COLUMNS order) and their distinct words."""
+        """Add documents (tuples in DOC_COLUMNS order), their words with positions and field keys."""
         if not docs:
             return
         terms = [t for d in docs for t in doc_terms(d)]

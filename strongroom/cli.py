@@ -690,8 +690,7 @@ def export(
         err.print(f"[red]error:[/red] {e}")
         raise typer.Exit(2) from e
     with _session() as archive:
-        archive.process_pending()
-        archive.search_index().update()
+        archive.process_pending()  # the exporter brings the search index up to date when there is a query
         with Progress(TextColumn("conversations"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                       console=err) as bar:
             task = bar.add_task("export", total=None)

@@ -38,6 +38,8 @@ bench: $(VENV)/.installed-test
 	$(BIN)/python bench/verify.py
 	$(BIN)/python bench/history_import.py
 	$(BIN)/python bench/media.py
+	$(BIN)/python bench/search.py
+	$(BIN)/python bench/export.py
 
 clean-venv:
 	rm -rf $(VENV)

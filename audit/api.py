@@ -180,7 +180,7 @@ class SendLogRequest(BaseModel):
 class UserRequest(BaseModel):
     name: str = Field(min_length=1, max_length=200)
     role: str
-    tenants: list[str] | None = Field(None, description="WABA ids; omit for all (regulator, admin)")
+    tenants: list[str] | None = Field(None, description="WABA ids; omit for all (compliance, admin, regulator)")
 
 
 class KeyRequest(BaseModel):

@@ -46,6 +46,7 @@ from archiver.sqlutil import as_utc, utcnow
 ROLES = ("ingest", "auditor", "compliance", "admin", "regulator")
 MFA_ROLES = frozenset({"compliance", "admin", "regulator"})
 API_KEY_ROLES = frozenset({"ingest", "auditor"})
+ALL_TENANT_ROLES = frozenset({"compliance", "admin", "regulator"})  # a firm-wide officer, IT, the third party
 AUTH_KEY = "system:auth"
 MFA_AMR = frozenset({"mfa", "otp", "hwk", "swk", "sms", "fido", "pop"})  # RFC 8176 values meaning a second factor
 _SCRYPT = {"n": 2**15, "r": 8, "p": 1}  # ~32 MiB per hash
@@ -118,8 +119,9 @@ def _tenants_out(value: str | None) -> frozenset[str] | None:
 
 def _tenants_in(role: str, tenants: Iterable[str] | None) -> str | None:
     if tenants is None:
-        if role not in ("regulator", "admin"):
-            raise AccountError(f"a {role} must be given its tenants (WABA ids); only regulator and admin span all")
+        if role not in ALL_TENANT_ROLES:
+            raise AccountError(f"a {role} must be given its tenants (WABA ids); only "
+                               f"{', '.join(sorted(ALL_TENANT_ROLES))} may span all")
         return None
     listed = sorted({t.strip() for t in tenants if t and t.strip()})
     if not listed:
@@ -187,7 +189,7 @@ class OidcVerifier:
         if role not in ROLES:
             raise AuthError("token carries no strongroom role")
         raw = claims.get(self.tenants_claim)
-        if raw == "*" and role in ("regulator", "admin"):
+        if raw == "*" and role in ALL_TENANT_ROLES:
             tenants = None
         elif isinstance(raw, list) and raw and all(isinstance(t, str) for t in raw):
             tenants = frozenset(raw)

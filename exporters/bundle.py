@@ -267,38 +267,47 @@ class Exporter:
 
     def _proofs(self, b: _Bundle, st: _RunState) -> None:
         proofs = ProofService(self.engine)
-        for stream, seqs in sorted(st.by_stream.items()):
-            seqs = sorted(seqs)
+        for stream, wanted in sorted(st.by_stream.items()):
+            seqs = sorted(wanted)
             size, _ = st.snap[stream]
-            sealed = self._sealed(stream, seqs)
             path = f"proofs/{stream}.jsonl"
             n = 0
             with b.file(path, streaming=True) as w:
-                for seq, leaf, proof in proofs.inclusions(stream, seqs, size):
+                for (seq, leaf, proof), (seq2, sealed) in zip(proofs.inclusions(stream, seqs, size),
+                                                              self._sealed(stream, seqs), strict=True):
+                    assert seq == seq2
                     w.write(json.dumps({"stream": stream, "seq": seq, "tree_size": size, "leaf_hash": leaf.hex(),
-                                        "path": [h.hex() for h in proof], "sealed_record": sealed.get(seq)},
+                                        "path": [h.hex() for h in proof], "sealed_record": sealed},
                                        separators=(",", ":")).encode() + b"\n")
                     n += 1
             b.counts[path] = n
 
-    def _sealed(self, stream: str, seqs: list[int]) -> dict[int, str | None]:
-        """Canonical sealed bytes (base64) of these records, reading each segment once."""
-        wanted = set(seqs)
-        out: dict[int, str | None] = {}
+    def _sealed(self, stream: str, seqs: list[int]) -> Iterator[tuple[int, str | None]]:
+        """(seq, canonical sealed bytes as base64) for `seqs` (sorted), one segment in memory at a
+        time; None where the segment was disposed after retention (its leaf hash still proves it)."""
         with self.engine.connect() as conn:
             segs = conn.execute(sa.select(segments).where(
                 segments.c.stream == stream, segments.c.first_seq <= seqs[-1], segments.c.last_seq >= seqs[0])
                 .order_by(segments.c.first_seq)).all()
+        i = 0
         for seg in segs:
-            if not any(seg.first_seq <= q <= seg.last_seq for q in wanted):
+            mine = []
+            while i < len(seqs) and seqs[i] <= seg.last_seq:
+                if seqs[i] >= seg.first_seq:
+                    mine.append(seqs[i])
+                else:
+                    yield seqs[i], None  # in no segment (cannot happen for sealed records)
+                i += 1
+            if not mine:
                 continue
-            if seg.disposed_at is not None:
-                continue  # deleted after retention under a certificate: the leaf hash still proves it existed
-            rows, _ = decode_segment(self.store.get(seg.object_key))
-            for r in rows:
-                if r["seq"] in wanted:
-                    out[r["seq"]] = base64.b64encode(canonical(r)).decode()
-        return out
+            rows: dict[int, Any] = {}
+            if seg.disposed_at is None:
+                wanted = set(mine)
+                rows = {r["seq"]: r for r in decode_segment(self.store.get(seg.object_key))[0] if r["seq"] in wanted}
+            for q in mine:
+                yield q, base64.b64encode(canonical(rows[q])).decode() if q in rows else None
+        for q in seqs[i:]:
+            yield q, None
 
     def _reports(self, b: _Bundle, st: _RunState) -> None:
         from policies.completeness import COVERAGE_LIMITS, latest_reports

@@ -90,6 +90,8 @@ class ExportJobs:
                       counts=json.dumps(result.manifest["counts"]), size=self.path(job_id).stat().st_size)
         except Exception as e:  # the type only: a message could carry query text
             log.error("export.failed", export=job_id, error=type(e).__name__)
+            for leftover in self.directory.glob(f"{job_id}.zip.enc*"):  # a partial bundle is no bundle
+                leftover.unlink(missing_ok=True)
             self._set(job_id, state="failed", finished_at=utcnow(), error=type(e).__name__)
 
     def _set(self, job_id: str, **values: Any) -> None:

@@ -739,7 +739,7 @@ def keys_public() -> None:
 
 RoleOpt = Annotated[str, typer.Option(help="ingest, auditor, compliance, admin or regulator.")]
 TenantsOpt = Annotated[list[str] | None, typer.Option("--tenant", help="WABA id(s) it may see (omit: all; "
-                                                                    "regulator and admin only).")]
+                                                                    "compliance, admin and regulator only).")]
 
 
 def _accounts_call(call: Any) -> Any:

@@ -245,6 +245,9 @@ def test_counts_equal_the_querys_and_the_cli_exports_and_verifies(
     bad = CliRunner().invoke(app, ["verify-bundle", str(tmp_path / "cli"), "--public-key", str(pub)], env=env)
     assert bad.exit_code == 1 and "README.txt" in bad.output
     assert vb.main([str(tmp_path / "q"), str(pub)]) == 0  # the standalone module
+    empty = produce(exp_archive, tmp_path / "none", conversations=["no-such-subject"])
+    assert empty.manifest["counts"]["messages"] == 0 and vb.verify(tmp_path / "none", public_key(exp_archive)) == []
+    assert (tmp_path / "none" / "VOL001/DATA/SR.dat").read_bytes().count(b"\r\n") == 1  # the header row only
 
 
 @pytest.mark.parametrize("sql_url", ["postgresql"], indirect=True)

@@ -646,7 +646,7 @@ def search(
         out.print(f"next page: --cursor {page.next_cursor}")
 
 
-def _when(value: str | None, name: str) -> datetime | None:
+def _instant(value: str | None, name: str) -> datetime | None:
     if value is None:
         return None
     try:
@@ -683,7 +683,8 @@ def export(
     from exporters.bundle import Custody, ExportScope
     from exporters.sinks import DirectorySink
 
-    scope = ExportScope(matter, query, tenant, stream or [], conversation or [], _when(start, "from"), _when(end, "to"))
+    scope = ExportScope(matter, query, tenant, stream or [], conversation or [], _instant(start, "from"),
+                        _instant(end, "to"))
     try:
         sink = DirectorySink(out_dir)
     except FileExistsError as e:

@@ -509,21 +509,20 @@ def api_router(archive: Services) -> APIRouter:
         return created(lambda: request.app.state.accounts.create_api_key(body.name, body.role, body.tenants,
                                                                          principal(request).actor))
 
-    @router.delete("/admin/api-keys/{key_id}", tags=["admin"], status_code=204, **rule(ADMIN, audited=False))
-    def key_revoke(request: Request, key_id: str) -> Response:
+    def ended(call: Any) -> Response:
         try:
-            request.app.state.accounts.revoke_api_key(key_id, principal(request).actor)
+            call()
         except AccountError as e:
             raise HTTPException(404, str(e)) from e
         return Response(status_code=204)
 
+    @router.delete("/admin/api-keys/{key_id}", tags=["admin"], status_code=204, **rule(ADMIN, audited=False))
+    def key_revoke(request: Request, key_id: str) -> Response:
+        return ended(lambda: request.app.state.accounts.revoke_api_key(key_id, principal(request).actor))
+
     @router.post("/admin/users/{principal_id}/disable", tags=["admin"], status_code=204, **rule(ADMIN, audited=False))
     def user_disable(request: Request, principal_id: str) -> Response:
-        try:
-            request.app.state.accounts.disable_user(principal_id, principal(request).actor)
-        except AccountError as e:
-            raise HTTPException(404, str(e)) from e
-        return Response(status_code=204)
+        return ended(lambda: request.app.state.accounts.disable_user(principal_id, principal(request).actor))
 
     return router
 

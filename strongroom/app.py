@@ -58,7 +58,7 @@ def create_app(archive: Archive) -> FastAPI:
 
     @app.get("/api/v1/openapi.json", tags=["meta"], include_in_schema=False, **rule(ANY_ROLE, audited=False))
     def openapi() -> dict[str, object]:
-        """This API's OpenAPI document (also written to docs/openapi.json by `strongroom openapi`)."""
+        """This API's OpenAPI document (also printed by `strongroom openapi`)."""
         return app.openapi()
 
     @app.get("/healthz", tags=["health"])

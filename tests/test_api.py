@@ -475,6 +475,12 @@ def test_headers_limits_and_the_published_schema(world: World) -> None:
     assert "HTTPBearer" in json.dumps(spec["components"]["securitySchemes"])
 
 
+def test_the_published_openapi_document_is_current(world: World) -> None:
+    """docs/openapi.json is the app's schema: regenerate it with `strongroom openapi --out docs/openapi.json`."""
+    published = json.loads((Path(__file__).resolve().parents[1] / "docs" / "openapi.json").read_text())
+    assert published == json.loads(json.dumps(world.client.app.openapi()))  # type: ignore[attr-defined]
+
+
 def test_rate_limits_answer_429(world: World) -> None:
     limited = create_app(world.archive)
     limited.state.rate_limiter.rate = 3

@@ -68,6 +68,21 @@ def format_ts(value: datetime) -> str:
     return value.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 
 
+def parse_instant(value: str) -> datetime:
+    """An ISO-8601 instant given by a person (``Z`` or an offset required), as UTC.
+
+    Raises:
+        ValueError: not ISO-8601, or no time zone (a bare time would be read in someone's zone).
+    """
+    try:
+        t = datetime.fromisoformat(value)
+    except ValueError as e:
+        raise ValueError(f"not an ISO-8601 date or time: {value!r}") from e
+    if t.tzinfo is None:
+        raise ValueError(f"give a time zone (e.g. {value}Z or {value}+01:00)")
+    return t.astimezone(UTC)
+
+
 def _json_str(value: Any) -> str:
     if not isinstance(value, str):
         raise ValueError(f"{value!r} is not a string")

@@ -34,7 +34,7 @@ from archiver.normalize import AUDIT_STREAM, append_audit
 from archiver.objectstore import ObjectStore
 from archiver.outbound import SendError, SendLog
 from archiver.proofs import ProofService
-from archiver.records import canonical
+from archiver.records import canonical, parse_instant
 from archiver.segments import decode_segment
 from archiver.sqlutil import as_utc
 from audit import views
@@ -151,12 +151,9 @@ def parse_time(value: str | None, name: str) -> datetime | None:
     if value is None:
         return None
     try:
-        t = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        return parse_instant(value)
     except ValueError as e:
-        raise HTTPException(400, f"{name}: not an ISO-8601 date or time: {value!r}") from e
-    if t.tzinfo is None:
-        raise HTTPException(400, f"{name}: give a time zone (e.g. {value}Z or {value}+01:00)")
-    return t.astimezone(UTC)
+        raise HTTPException(400, f"{name}: {e}") from e
 
 
 class HoldRequest(BaseModel):

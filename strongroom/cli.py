@@ -25,6 +25,7 @@ from archiver import crypto
 from archiver.errors import ConfigurationError, StrongroomError
 from archiver.normalize import append_audit
 from archiver.objectstore import DirectoryObjectStore
+from archiver.records import parse_instant
 from audit import trail
 from audit.query import QueryError
 from audit.verify import Report, Verifier
@@ -487,15 +488,18 @@ def outbound_record(
 
 
 def _when(value: str | None) -> datetime:
+    """The instant `--at` names (default now)."""
+    return _instant(value, "at") if value else datetime.now(UTC)  # type: ignore[return-value]
+
+
+def _instant(value: str | None, name: str) -> datetime | None:
+    if value is None:
+        return None
     try:
-        t = datetime.fromisoformat(value) if value else datetime.now(UTC)
+        return parse_instant(value)
     except ValueError as e:
-        err.print(f"[red]error:[/red] {value!r} is not an ISO-8601 time")
+        err.print(f"[red]error:[/red] --{name}: {e}")
         raise typer.Exit(2) from e
-    if t.tzinfo is None:
-        err.print("[red]error:[/red] give the time with its UTC offset (e.g. 2026-11-26T09:00:00+00:00)")
-        raise typer.Exit(2)
-    return t
 
 
 @consent_app.command("record")
@@ -644,20 +648,6 @@ def search(
     out.print(table)
     if page.next_cursor:
         out.print(f"next page: --cursor {page.next_cursor}")
-
-
-def _instant(value: str | None, name: str) -> datetime | None:
-    if value is None:
-        return None
-    try:
-        t = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError as e:
-        err.print(f"[red]error:[/red] --{name}: not an ISO-8601 time: {value!r}")
-        raise typer.Exit(2) from e
-    if t.tzinfo is None:
-        err.print(f"[red]error:[/red] --{name}: give a time zone, e.g. {value}Z")
-        raise typer.Exit(2)
-    return t.astimezone(UTC)
 
 
 @app.command()

@@ -194,6 +194,12 @@ media = sa.Table(
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
+def stream_tenant(conn: sa.Connection, stream: str) -> str | None:
+    """The tenant (WABA id) a stream's events carry; None while none does."""
+    return conn.execute(sa.select(events.c.tenant).where(events.c.stream == stream, events.c.tenant.is_not(None))
+                        .limit(1)).scalar()
+
+
 def make_engine(url: str) -> sa.Engine:
     """Engine with the settings each backend needs for a durable, concurrent inbox."""
     # hide_parameters: error messages (which reach logs) never carry bound values.

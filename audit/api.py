@@ -27,7 +27,7 @@ from fastapi import Path as FPath
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 
-from archiver.db import events, segments
+from archiver.db import events, segments, stream_tenant
 from archiver.keys import KeyRing
 from archiver.merkle import hash_leaf, root_from_inclusion_proof
 from archiver.normalize import AUDIT_STREAM, append_audit
@@ -198,18 +198,17 @@ def api_router(archive: Services) -> APIRouter:
     proofs = ProofService(engine)
     tenant_of: dict[str, str | None] = {}
 
-    def stream_tenant(stream: str) -> str | None:
+    def tenant(stream: str) -> str | None:
         if stream not in tenant_of:
             with engine.connect() as conn:
-                t = conn.execute(sa.select(events.c.tenant).where(events.c.stream == stream,
-                                                                  events.c.tenant.is_not(None)).limit(1)).scalar()
+                t = stream_tenant(conn, stream)
             if t is None:
                 return None  # unknown yet: do not cache
             tenant_of[stream] = t
         return tenant_of[stream]
 
     def visible_stream(p: Principal, stream: str) -> bool:
-        return p.tenants is None or p.sees(stream_tenant(stream))
+        return p.tenants is None or p.sees(tenant(stream))
 
     def respond(request: Request, action: str, query: dict[str, Any], result: Any, count: int,
                 ids: list[str]) -> Response:

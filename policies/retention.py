@@ -20,7 +20,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from archiver.db import events, metadata
+from archiver.db import metadata, stream_tenant
 from archiver.keys import KeyRing
 from archiver.normalize import append_audit
 
@@ -197,8 +197,7 @@ class Schedules:
     def tenant_of(self, stream: str) -> str | None:
         if stream not in self._tenants:
             with self.engine.connect() as conn:
-                self._tenants[stream] = conn.execute(sa.select(events.c.tenant).where(
-                    events.c.stream == stream, events.c.tenant.is_not(None)).limit(1)).scalar()
+                self._tenants[stream] = stream_tenant(conn, stream)
         return self._tenants[stream]
 
     def decide(self, stream: str, sealed_at: datetime) -> Decision:

@@ -531,8 +531,8 @@ def _key_stream(object_key: str) -> str:
     return ""
 
 
-def install_error_handlers(app: Any, rate_limiter: RateLimiter, login_limiter: RateLimiter,
-                           accounts: Accounts) -> None:
+def configure_api(app: Any, rate_limiter: RateLimiter, login_limiter: RateLimiter, accounts: Accounts) -> None:
+    """What the routes read from `app.state` (accounts, limiters), and the API's error answers."""
     from fastapi.responses import JSONResponse
 
     app.state.accounts = accounts

@@ -16,6 +16,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
 from audit.api import access_event, access_response, json_bytes, parse_time, principal, rule
+from audit.searchlang import parse
 from exporters.bundle import Custody, ExportScope
 from exporters.jobs import ExportJobs
 
@@ -54,8 +55,6 @@ def export_router(jobs: ExportJobs, engine: Any, keyring: Any) -> APIRouter:
             if not tenants:
                 raise HTTPException(403, "the scope names none of your tenants")
         if body.query is not None:
-            from audit.searchlang import parse
-
             parse(body.query)  # a syntax error is a 400 now, not a failed job later
         start: datetime | None = parse_time(body.start, "from")
         scope = ExportScope(body.matter, body.query, tenants, body.streams, body.conversations, start,

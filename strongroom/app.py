@@ -11,7 +11,7 @@ from starlette.types import ASGIApp
 
 from archiver.inbox import GroupCommitter
 from archiver.webhook import webhook_router
-from audit.api import ANY_ROLE, api_router, install_error_handlers, rule
+from audit.api import ANY_ROLE, api_router, configure_api, rule
 from audit.auth import RateLimiter
 from exporters.api import export_router
 from exporters.jobs import ExportJobs
@@ -53,7 +53,7 @@ def create_app(archive: Archive) -> FastAPI:
     app.include_router(api_router(archive))
     app.include_router(export_router(jobs, archive.engine, archive.keyring))
     app.state.export_jobs = jobs
-    install_error_handlers(app, RateLimiter(settings.api_rate_per_minute), RateLimiter(settings.login_rate_per_minute),
+    configure_api(app, RateLimiter(settings.api_rate_per_minute), RateLimiter(settings.login_rate_per_minute),
                            archive.accounts())
 
     @app.get("/api/v1/openapi.json", tags=["meta"], include_in_schema=False, **rule(ANY_ROLE, audited=False))

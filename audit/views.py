@@ -66,21 +66,23 @@ def thread_rows(conn: sa.Connection, conversation: str, visible: Callable[[str |
     rows = [r for r in conn.execute(q.order_by(events.c.event_time, events.c.id)) if visible(r.tenant)]
     numbers = sorted({r.stream for r in rows})
     wamids = sorted({r.wamid for r in rows if r.kind == "message" and r.wamid})
+    # `seq IS NOT NULL` and `conversation IS NULL` are checked here, not in SQL: given them, SQLite's
+    # planner (no statistics) walks the (stream, seq) or conversation index instead of the narrow one
     attached: list[Any] = []
     for i in range(0, len(wamids), 500):
-        aq = sa.select(events).where(events.c.stream.in_(numbers), events.c.kind.in_(["media", "gap"]),
-                                     events.c.conversation.is_(None), events.c.ref_wamid.in_(wamids[i:i + 500]))
-        attached += conn.execute(aq.where(events.c.seq.is_not(None)) if sealed_only else aq).all()
+        attached += [r for r in conn.execute(sa.select(events).where(
+            events.c.stream.in_(numbers), events.c.kind.in_(["media", "gap"]),
+            events.c.ref_wamid.in_(wamids[i:i + 500])))
+            if r.conversation is None and (r.seq is not None or not sealed_only)]
     lo = min((as_utc(r.event_time) for r in rows if r.event_time), default=None)
     hi = max((as_utc(r.event_time) for r in rows if r.event_time), default=None)
     gaps: list[Any] = []
     if numbers and lo is not None and hi is not None:
-        gq = sa.select(events).where(events.c.stream.in_(numbers), events.c.kind.in_(GAP_KINDS),
-                                     events.c.conversation.is_(None),
-                                     sa.or_(events.c.type.is_(None), events.c.type != "media_unavailable"),
-                                     events.c.event_time >= lo - timedelta(days=1),
-                                     events.c.event_time <= hi + timedelta(days=1))
-        gaps = conn.execute(gq.where(events.c.seq.is_not(None)) if sealed_only else gq).all()
+        gaps = [r for r in conn.execute(sa.select(events).where(
+            events.c.stream.in_(numbers), events.c.kind.in_(GAP_KINDS),
+            sa.or_(events.c.type.is_(None), events.c.type != "media_unavailable"),
+            events.c.event_time >= lo - timedelta(days=1), events.c.event_time <= hi + timedelta(days=1)))
+            if r.conversation is None and (r.seq is not None or not sealed_only)]
     return sorted(rows + attached, key=lambda r: (as_utc(r.event_time) or _MIN, r.id)), gaps
 
 

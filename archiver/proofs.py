@@ -6,6 +6,7 @@ old segments expire or subjects are shredded.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Iterator
 
 import sqlalchemy as sa
@@ -27,11 +28,15 @@ class ProofService:
         with self.engine.connect() as conn:
             return consistency_proof(size1, size2, self._range(conn, stream, size2))
 
-    def inclusions(self, stream: str, seqs: Iterable[int], tree_size: int) -> Iterator[tuple[int, bytes, list[bytes]]]:
-        """(seq, leaf hash, proof) for many records of one stream, reading each tile once."""
+    def inclusions(self, stream: str, seqs: Iterable[int], tree_size: int,
+                   cache_chunks: int = 256) -> Iterator[tuple[int, bytes, list[bytes]]]:
+        """(seq, leaf hash, proof) for many records of one stream (ascending `seqs` read each tile
+        row once), holding at most `cache_chunks` tile rows in memory."""
         with self.engine.connect() as conn:
-            tiles = TileStore(conn, stream)
-            hash_range = self._range_of(tiles, tree_size)
+            tiles = TileStore(conn, stream, max_chunks=cache_chunks)
+            # proofs of nearby leaves share most siblings; the right edge's (imperfect) subtrees are
+            # hashed once instead of once per proof
+            hash_range = functools.lru_cache(maxsize=4096)(self._range_of(tiles, tree_size))
             for seq in seqs:
                 yield seq, tiles.node(0, seq), inclusion_proof(seq, tree_size, hash_range)
 

@@ -60,15 +60,21 @@ def _id_runs(ids: list[int], first_seq: int) -> list[tuple[int, int, int]]:
 class TileStore:
     """Perfect Merkle nodes of one stream, 256 per (level, chunk) row."""
 
-    def __init__(self, conn: sa.Connection, stream: str) -> None:
+    def __init__(self, conn: sa.Connection, stream: str, max_chunks: int | None = None) -> None:
+        """`max_chunks` bounds the rows kept in memory (the oldest clean rows are dropped first)."""
         self.conn = conn
         self.stream = stream
+        self.max_chunks = max_chunks
         self._chunks: dict[tuple[int, int], bytearray] = {}
         self._dirty: set[tuple[int, int]] = set()
 
     def _chunk(self, level: int, chunk: int) -> bytearray:
         key = (level, chunk)
         if key not in self._chunks:
+            if self.max_chunks is not None and len(self._chunks) >= self.max_chunks:
+                old = next((k for k in self._chunks if k not in self._dirty), None)
+                if old is not None:
+                    del self._chunks[old]
             blob = self.conn.execute(
                 sa.select(merkle_tiles.c.hashes).where(
                     merkle_tiles.c.stream == self.stream, merkle_tiles.c.level == level,

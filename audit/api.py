@@ -34,8 +34,8 @@ from archiver.normalize import AUDIT_STREAM, append_audit
 from archiver.objectstore import ObjectStore
 from archiver.outbound import SendError, SendLog
 from archiver.proofs import ProofService
-from archiver.records import canonical, parse_instant
-from archiver.segments import decode_segment
+from archiver.records import parse_instant
+from archiver.segments import sealed_records
 from archiver.sqlutil import as_utc
 from audit import views
 from audit.auth import AccountError, Accounts, AuthError, Principal, RateLimiter
@@ -280,10 +280,8 @@ def api_router(archive: Services) -> APIRouter:
             "checkpoint_key": top.checkpoint_key, "signed_checkpoint": checkpoint,
             "segment_key": seg.object_key if seg is not None else None, "sealed_record": None}
         if seg is not None and seg.disposed_at is None:
-            rows, _ = decode_segment(archive.store.get(seg.object_key))
-            sealed = next((x for x in rows if x["seq"] == seq), None)
-            if sealed is not None:  # the canonical sealed bytes: ciphertext only, so a third party can hash them
-                canon = canonical(sealed)
+            canon = dict(sealed_records(archive.store.get(seg.object_key), [seq])).get(seq)
+            if canon is not None:  # the canonical sealed bytes: ciphertext only, so a third party can hash them
                 out["sealed_record"] = base64.b64encode(canon).decode()
                 out["sealed_record_matches_leaf"] = hash_leaf(canon) == leaf
         return out

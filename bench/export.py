@@ -5,8 +5,9 @@ from the sealed Parquet in SeaweedFS to JSONL (no decryption, no proofs, no othe
     python bench/export.py [--messages 1000000]
 
 The messages arrive as a busy number's history import (2,000 contacts, six months), so the bundle
-has thousands of conversations and one RSMF per conversation per day. The export runs as its own
-process (`strongroom export`), measured with wait4; run it at two sizes to see memory stay flat.
+has thousands of conversations and one RSMF per conversation per month (or day). The export runs
+as its own process (`strongroom export`), measured with wait4 (its CPU time includes the slip-sheet
+helper process); run it at two sizes to see memory stay flat.
 """
 
 from __future__ import annotations
@@ -82,7 +83,8 @@ def main() -> None:
           f"bundle: {c['messages']:,} messages, "
           f"{c['records']:,} records, {c['rsmf_files']:,} RSMF files, {c['documents']:,} documents, {size / 1e6:.0f} MB")
     print(f"  strongroom export (all formats + proofs + signed manifest): {t_export:8.1f} s, "
-          f"{c['records'] / t_export:,.0f} records/s, peak RSS {usage.ru_maxrss / 1024:.0f} MB")
+          f"{c['records'] / t_export:,.0f} records/s, peak RSS {usage.ru_maxrss / 1024:.0f} MB, "
+          f"CPU {usage.ru_utime + usage.ru_stime:.0f} s")
     print(f"  verify-bundle (offline)                                  : {t_verify:8.1f} s")
     print(f"  peer: DuckDB COPY of the message rows to JSONL           : {t_peer:8.1f} s")
     print(f"  ratio (peer time / export time)                          : {t_peer / t_export:8.3f}x")

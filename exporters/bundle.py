@@ -51,13 +51,13 @@ from archiver.media import open_media
 from archiver.normalize import AUDIT_STREAM, append_audit
 from archiver.objectstore import ObjectStore
 from archiver.proofs import ProofService
-from archiver.records import canonical
-from archiver.segments import decode_segment
+from archiver.segments import sealed_records
 from archiver.sqlutil import as_utc
 from audit import views
 from audit.index import SearchIndex
 from exporters import loadfile, rsmf, transcript
 from exporters.sinks import Entry, HashingWriter
+from exporters.spool import Spool
 
 FORMAT = "strongroom.bundle/1"
 FOLDER_FILES = 1000
@@ -102,30 +102,41 @@ class Custody:
 @dataclass
 class Result:
     export_id: str
-    manifest: dict[str, Any]
+    manifest: dict[str, Any]  # manifest.json but its file list (in the bundle)
     manifest_sha256: str
 
 
 class _Bundle:
-    """Tracks every file written (path, size, SHA-256, record count)."""
+    """Tracks every file written (path, size, SHA-256 in the spool; record counts here)."""
 
-    def __init__(self, sink: Any) -> None:
-        self.sink = sink
-        self.entries: dict[str, Entry] = {}
+    def __init__(self, sink: Any, spool: Spool) -> None:
+        self.sink, self.spool = sink, spool
         self.counts: dict[str, int] = {}
 
     @contextmanager
     def file(self, path: str, streaming: bool = False) -> Iterator[HashingWriter]:
-        if path in self.entries:
+        if self.spool.has_file(path):
             raise ValueError(f"{path} written twice")
         with self.sink.open(path, streaming=streaming) as raw:
             w = HashingWriter(raw)
             yield w
-        self.entries[path] = Entry(path, w.size, w.hexdigest())
+        self.spool.add_file(Entry(path, w.size, w.hexdigest()))
+
+    def manifest(self, head: dict[str, Any]) -> bytes:
+        """manifest.json: `head` and every file written, streamed from the spool into the text."""
+        text = _pretty({**head, "files": "\0files\0"})
+        before, after = text.split(b'"\\u0000files\\u0000"')
+        out = bytearray(before + b"[")
+        for i, e in enumerate(self.spool.files()):
+            doc = {"path": e.path, "sha256": e.sha256, "size": e.size,
+                   **({"records": self.counts[e.path]} if e.path in self.counts else {})}
+            out += (b"\n" if i == 0 else b",\n") + b"    " + json.dumps(doc, ensure_ascii=False, sort_keys=True).encode()
+        out += b"\n  ]" + after
+        return bytes(out)
 
     def put(self, path: str, data: bytes, count: int | None = None) -> None:
-        with self.file(path) as w:
-            w.write(data)
+        self.spool.add_file(Entry(path, len(data), hashlib.sha256(data).hexdigest()))  # a repeat fails the run
+        self.sink.put(path, data)
         if count is not None:
             self.counts[path] = count
 
@@ -163,35 +174,31 @@ class Exporter:
         tenants = set(scope.tenants) if scope.tenants is not None else None
         return lambda t: tenants is None or (t is not None and t in tenants)
 
-    def _matched(self, scope: ExportScope, snap: dict[str, tuple[int, bytes]]) -> set[tuple[str, int]] | None:
-        """The query's hits under the snapshot, or None when the scope has no query."""
+    def _matched(self, scope: ExportScope, snap: dict[str, tuple[int, bytes]], spool: Spool) -> None:
+        """Spool the query's hits under the snapshot."""
         if scope.query is None:
-            return None
+            return
         self.index.update()
-        hits: set[tuple[str, int]] = set()
         cursor = None
         while True:
             page = self.index.search(scope.query, tenants=set(scope.tenants) if scope.tenants is not None else None,
                                      limit=500, cursor=cursor, start=scope.start, end=scope.end)
-            for h in page.items:
-                if (not scope.streams or h["stream"] in scope.streams) and \
-                        (not scope.conversations or h["conversation"] in scope.conversations) and \
-                        h["stream"] in snap and h["seq"] < snap[h["stream"]][0]:
-                    hits.add((h["stream"], h["seq"]))
+            spool.add_matched((h["stream"], h["seq"]) for h in page.items
+                              if (not scope.streams or h["stream"] in scope.streams)
+                              and (not scope.conversations or h["conversation"] in scope.conversations)
+                              and h["stream"] in snap and h["seq"] < snap[h["stream"]][0])
             cursor = page.next_cursor
             if cursor is None:
-                return hits
+                return
 
-    def _conversations(self, scope: ExportScope, snap: dict[str, tuple[int, bytes]],
-                       matched: set[tuple[str, int]] | None) -> list[str]:
-        if matched is not None:
+    def _conversations(self, scope: ExportScope, snap: dict[str, tuple[int, bytes]], spool: Spool) -> list[str]:
+        if scope.query is not None:
             with self.engine.connect() as conn:
                 found: set[str] = set()
-                for stream in {s for s, _ in matched}:
-                    seqs = sorted(q for s, q in matched if s == stream)
-                    for i in range(0, len(seqs), 1000):
+                for stream in spool.matched_streams():
+                    for seqs in spool.matched_seqs(stream):
                         found.update(c for c in conn.execute(sa.select(events.c.conversation).where(
-                            events.c.stream == stream, events.c.seq.in_(seqs[i:i + 1000]))).scalars() if c)
+                            events.c.stream == stream, events.c.seq.in_(seqs))).scalars() if c)
             return sorted(found)
         q = sa.select(events.c.conversation).distinct().where(
             events.c.kind == "message", events.c.seq.is_not(None), events.c.conversation.is_not(None),
@@ -214,16 +221,18 @@ class Exporter:
         export_id = export_id or str(ULID())
         started = datetime.now(UTC)
         snap = self.snapshot(scope)
-        matched = self._matched(scope, snap)
-        convs = self._conversations(scope, snap, matched)
-        b = _Bundle(sink)
-        state = _RunState(self, b, scope, snap, matched, export_id)
+        spool, sheets = Spool(), loadfile.SlipSheets(self.prefix)
         try:
+            self._matched(scope, snap, spool)
+            convs = self._conversations(scope, snap, spool)
+            b = _Bundle(sink, spool)
+            state = _RunState(self, b, scope, snap, spool, sheets, export_id)
             for i, conv in enumerate(convs, start=1):
                 state.conversation(conv)
                 if progress:
                     progress(i, len(convs))
             state.finish_streams()
+            sheets.close()
             self._proofs(b, state)
             self._reports(b, state)
             self._ledgers(b, state)
@@ -234,9 +243,6 @@ class Exporter:
             b.put("README.txt", _cover_letter(scope, export_id, counts, self.prefix, state).encode())
             for stream, (_size, cp) in sorted(snap.items()):
                 b.put(f"checkpoints/{stream}.json", cp)
-            files = [{"path": e.path, "size": e.size, "sha256": e.sha256,
-                      **({"records": b.counts[e.path]} if e.path in b.counts else {})}
-                     for e in sorted(b.entries.values(), key=lambda e: e.path)]
             manifest = {
                 "format": FORMAT, "export_id": export_id, "generator": generator(), "matter": scope.matter,
                 "query": scope.query, "scope": scope.as_dict(),
@@ -247,76 +253,82 @@ class Exporter:
                              for s, (size, _) in sorted(snap.items())},
                 "counts": counts, "bates": {"prefix": self.prefix, "first": state.first_bates(),
                                             "last": state.last_bates()},
-                "files": files,
             }
-            data = _pretty(manifest)
+            data = b.manifest(manifest)
             with sink.open("manifest.json") as f:
                 f.write(data)
             with sink.open("manifest.sig") as f:
                 f.write(base64.b64encode(self.signing_key.sign(data)) + b"\n")
+            ids_total, ids = spool.n_records, spool.record_ids(1000)
         finally:
-            sink.close()
+            try:
+                sink.close()
+            finally:
+                sheets.close()
+                spool.close()
         digest = hashlib.sha256(data).hexdigest()
         append_audit(self.engine, self.keyring, "audit", "export", actor, {
             "export_id": export_id, "matter": scope.matter, "scope": scope.as_dict(), "counts": counts,
-            "manifest_sha256": digest, "custody": asdict(custody),
-            "ids_total": len(state.record_ids), "ids": sorted(state.record_ids)[:1000]})
+            "manifest_sha256": digest, "custody": asdict(custody), "ids_total": ids_total, "ids": ids})
         return Result(export_id, manifest, digest)
 
     # -- after the conversations -----------------------------------------------------------------
 
     def _proofs(self, b: _Bundle, st: _RunState) -> None:
         proofs = ProofService(self.engine)
-        for stream, wanted in sorted(st.by_stream.items()):
-            seqs = sorted(wanted)
+        for stream in st.spool.streams():
             size, _ = st.snap[stream]
             path = f"proofs/{stream}.jsonl"
             n = 0
             with b.file(path, streaming=True) as w:
-                for (seq, leaf, proof), (seq2, sealed) in zip(proofs.inclusions(stream, seqs, size),
-                                                              self._sealed(stream, seqs), strict=True):
+                for (seq, leaf, proof), (seq2, sealed) in zip(proofs.inclusions(stream, st.spool.seqs(stream), size),
+                                                              self._sealed(stream, st.spool.seqs(stream)), strict=True):
                     assert seq == seq2
-                    w.write(json.dumps({"stream": stream, "seq": seq, "tree_size": size, "leaf_hash": leaf.hex(),
-                                        "path": [h.hex() for h in proof], "sealed_record": sealed},
-                                       separators=(",", ":")).encode() + b"\n")
+                    w.write(b'{"stream":%s,"seq":%d,"tree_size":%d,"leaf_hash":"%s","path":[%s],"sealed_record":%s}\n' % (
+                        json.dumps(stream).encode(), seq, size, leaf.hex().encode(),
+                        b",".join(b'"%s"' % h.hex().encode() for h in proof),
+                        b'"%s"' % base64.b64encode(sealed) if sealed is not None else b"null"))
                     n += 1
             b.counts[path] = n
 
-    def _sealed(self, stream: str, seqs: list[int]) -> Iterator[tuple[int, str | None]]:
-        """(seq, canonical sealed bytes as base64) for `seqs` (sorted), one segment in memory at a
-        time; None where the segment was disposed after retention (its leaf hash still proves it)."""
+    def _sealed(self, stream: str, seqs: Iterator[int]) -> Iterator[tuple[int, bytes | None]]:
+        """(seq, canonical sealed bytes) for `seqs` (ascending), one segment in memory at a time,
+        only the wanted rows decoded; None where the segment was disposed after retention (its leaf
+        hash still proves the record)."""
         with self.engine.connect() as conn:
-            segs = conn.execute(sa.select(segments).where(
-                segments.c.stream == stream, segments.c.first_seq <= seqs[-1], segments.c.last_seq >= seqs[0])
-                .order_by(segments.c.first_seq)).all()
-        i = 0
-        for seg in segs:
-            mine = []
-            while i < len(seqs) and seqs[i] <= seg.last_seq:
-                if seqs[i] >= seg.first_seq:
-                    mine.append(seqs[i])
-                else:
-                    yield seqs[i], None  # in no segment (cannot happen for sealed records)
-                i += 1
-            if not mine:
-                continue
-            rows: dict[int, Any] = {}
-            if seg.disposed_at is None:
-                wanted = set(mine)
-                rows = {r["seq"]: r for r in decode_segment(self.store.get(seg.object_key))[0] if r["seq"] in wanted}
-            for q in mine:
-                yield q, base64.b64encode(canonical(rows[q])).decode() if q in rows else None
-        for q in seqs[i:]:
-            yield q, None
+            segs = conn.execute(sa.select(segments.c.first_seq, segments.c.last_seq, segments.c.object_key,
+                                          segments.c.disposed_at).where(segments.c.stream == stream)
+                                .order_by(segments.c.first_seq)).all()
+        batch: list[int] = []
+        seg_i = 0
+
+        def flush() -> Iterator[tuple[int, bytes | None]]:
+            seg = segs[seg_i] if seg_i < len(segs) else None
+            found: Iterator[tuple[int, bytes]] = iter(())
+            if seg is not None and seg.disposed_at is None and batch:
+                found = sealed_records(self.store.get(seg.object_key), batch)  # ascending, like `batch`
+            at, sealed = next(found, (None, None))
+            for q in batch:
+                while at is not None and at < q:
+                    at, sealed = next(found, (None, None))
+                yield q, sealed if at == q else None
+            batch.clear()
+
+        for seq in seqs:
+            while seg_i < len(segs) and seq > segs[seg_i].last_seq:
+                yield from flush()
+                seg_i += 1
+            batch.append(seq)
+        yield from flush()
 
     def _reports(self, b: _Bundle, st: _RunState) -> None:
         from policies.completeness import COVERAGE_LIMITS, latest_reports
 
         reports = []
         for day in sorted(st.days):
-            for stream in sorted(st.by_stream):
+            for stream in sorted(st.streams):
                 reports += latest_reports(self.engine, self.keyring, datetime.fromisoformat(day).date(), stream)
-        missing = sorted({(d, s) for d in st.days for s in st.by_stream} -
+        missing = sorted({(d, s) for d in st.days for s in st.streams} -
                          {(r["day"], r["stream"]) for r in reports})
         b.put("reports/completeness.json", _pretty({
             "coverage_limits": COVERAGE_LIMITS, "reports": reports,
@@ -340,7 +352,7 @@ class Exporter:
 
     def _trail(self, b: _Bundle, st: _RunState) -> None:
         """Audit-stream entries that named a record, conversation or number of the scope."""
-        keys = st.record_ids | st.conversations | set(st.snap)
+        keys = st.conversations | set(st.snap)
         n = 0
         with b.file("audit/access_trail.jsonl", streaming=True) as w, self.engine.connect() as conn:
             for r in conn.execute(sa.select(events).where(events.c.stream == AUDIT_STREAM,
@@ -350,7 +362,7 @@ class Exporter:
                     doc = json.loads(self.keyring.open_record(r))
                 except KeyDestroyedError:
                     continue
-                if _touches(doc.get("details"), keys):
+                if _touches(doc.get("details"), lambda v: v in keys or st.spool.has_record(v)):
                     w.write(_line({"record": f"{r.stream}/{r.seq}" if r.seq is not None else None,
                                    "natural_key": r.natural_key, **doc}))
                     n += 1
@@ -372,7 +384,7 @@ class Exporter:
                           "(manifest.sig)", "signing_key_id": key_id(self.signing_key.public_key())},
             "transfers": [{"from": "strongroom", "to": custody.requested_by, "at": datetime.now(UTC).isoformat(),
                            "method": "bundle written by the producing system", "purpose": custody.purpose}],
-            "exceptions": {"erased_or_disposed_records": sorted(st.withheld)},
+            "exceptions": {"erased_or_disposed_records": st.spool.withheld()},
             "certification": ("I, ____, a qualified person, certify that the files listed in manifest.json were "
                               "copied from the archive by the process described here, and that each file's SHA-256 "
                               "and each record's inclusion proof were verified with `strongroom verify-bundle` "
@@ -388,14 +400,14 @@ class _RunState:
         ("role", pa.string()), ("bates", pa.string()), ("content_json", pa.string())])
 
     def __init__(self, exporter: Exporter, b: _Bundle, scope: ExportScope, snap: dict[str, tuple[int, bytes]],
-                 matched: set[tuple[str, int]] | None, export_id: str) -> None:
-        self.x, self.b, self.scope, self.snap, self.matched, self.export_id = exporter, b, scope, snap, matched, export_id
-        self.by_stream: dict[str, set[int]] = defaultdict(set)
-        self.record_ids: set[str] = set()
+                 spool: Spool, sheets: loadfile.SlipSheets, export_id: str) -> None:
+        self.x, self.b, self.scope, self.snap, self.export_id = exporter, b, scope, snap, export_id
+        self.spool, self.sheets = spool, sheets
+        # per conversation, number, tenant or day; what grows with the records lives in the spool
         self.conversations: set[str] = set()
+        self.streams: set[str] = set()
         self.tenants: set[str] = set()
         self.days: set[str] = set()
-        self.withheld: list[str] = []
         self.n_docs = 0
         self.n_messages = self.n_records = self.n_events = self.n_attachments = self.n_rsmf = 0
         self.volume = 0
@@ -457,9 +469,10 @@ class _RunState:
         rows = [r for r in rows if r.stream in self.snap and r.seq < self.snap[r.stream][0]
                 and (not self.scope.streams or r.stream in self.scope.streams)]
         gaps = [g for g in gaps if g.stream in self.snap and g.seq < self.snap[g.stream][0]]
-        if self.matched is not None:
-            keep = {r.wamid for r in rows if (r.stream, r.seq) in self.matched and r.wamid}
-            rows = [r for r in rows if (r.stream, r.seq) in self.matched
+        if self.scope.query is not None:
+            matched = self.spool.matched_among((r.stream, r.seq) for r in rows if r.kind == "message")
+            keep = {r.wamid for r in rows if (r.stream, r.seq) in matched and r.wamid}
+            rows = [r for r in rows if (r.stream, r.seq) in matched
                     or (r.kind != "message" and (r.ref_wamid in keep or (r.kind == "status" and r.wamid in keep)))]
         if not rows:
             return
@@ -496,7 +509,7 @@ class _RunState:
                     data = open_media(self.x.keyring, a["stream"], c["media_id"], self._subject_keys(a),
                                       self.x.store.get(c["object_key"]))
                 except KeyDestroyedError:
-                    self.withheld.append(a["id"] or a["natural_key"])
+                    self.spool.withhold(a["id"] or a["natural_key"])
                     continue
                 name = rsmf.attachment_name(a, len(attachments) + 1)
                 attachments[a["natural_key"]] = rsmf.Attachment(name, c.get("filename") or name, data,
@@ -509,7 +522,7 @@ class _RunState:
         self.b.put(native, doc.eml)
         self.b.put(f"{vol}/TEXT/{folder}/{parent}.txt", doc.text.encode())
         self.b.put(f"{vol}/IMAGES/{folder}/{parent}.tif",
-                   loadfile.slip_sheet(parent))
+                   self.sheets.get(parent))
         assert self._dat is not None and self._opt is not None
         times = [e["timestamp"] for e in doc.manifest["events"] if e.get("timestamp")]
         common = {"GROUPID": parent, "BEGATTACH": family[0], "ENDATTACH": family[-1], "CUSTODIAN": f"WhatsApp Business "
@@ -534,7 +547,7 @@ class _RunState:
             self.b.put(path, att.data)
             self.b.put(f"{cvol}/TEXT/{cfolder}/{child}.txt", att.display.encode())
             self.b.put(f"{cvol}/IMAGES/{cfolder}/{child}.tif",
-                       loadfile.slip_sheet(child))
+                       self.sheets.get(child))
             self._dat.row({**common, "BEGDOC": child, "ENDDOC": child, "PARENT_BATES": parent,
                            "FILENAME": att.display, "FILEEXT": ext, "FILESIZE": len(att.data), "PGCOUNT": 1,
                            "SHA256HASH": hashlib.sha256(att.data).hexdigest(), "NATIVEPATH": _rel(path),
@@ -578,15 +591,16 @@ class _RunState:
 
     def _record(self, v: dict[str, Any], role: str, bates: str, native: str | None) -> None:
         rid = v["id"]
-        if rid in self.record_ids:
+        if v["conversation"] is not None:  # the conversation's own record: reached only through it
+            self.spool.add_new_record(v["stream"], v["seq"])
+        elif not self.spool.add_record(v["stream"], v["seq"]):  # a gap or attachment may be reached twice
             return
-        self.record_ids.add(rid)
-        self.by_stream[v["stream"]].add(v["seq"])
+        self.streams.add(v["stream"])
         if v.get("tenant"):
             self.tenants.add(v["tenant"])
         c = v["content"]
         if isinstance(c, dict) and (c.get("erased") or c.get("disposed")):
-            self.withheld.append(rid)
+            self.spool.withhold(rid)
         content_json = json.dumps(c, ensure_ascii=False, default=_default, separators=(",", ":"))
         head = {"id": rid, **{k: v[k] for k in RECORD_FIELDS}, "event_time": _iso(v["event_time"]),
                 "received_at": _iso(v["received_at"]), "role": role, "bates": bates, "native": native}
@@ -620,7 +634,7 @@ class _RunState:
     def counts(self) -> dict[str, int]:
         return {"messages": self.n_messages, "records": self.n_records, "conversations": len(self.conversations),
                 "documents": self.n_docs, "rsmf_files": self.n_rsmf, "rsmf_events": self.n_events,
-                "attachments": self.n_attachments, "withheld": len(self.withheld), "volumes": self.volume}
+                "attachments": self.n_attachments, "withheld": self.spool.n_withheld(), "volumes": self.volume}
 
 
 class _Unseekable:
@@ -660,8 +674,8 @@ def _contact(items: list[dict[str, Any]]) -> str | None:
     return None
 
 
-def _touches(details: Any, keys: set[str]) -> bool:
-    """Does an audit entry's details name one of `keys` (record ids, conversations, numbers)?"""
+def _touches(details: Any, named: Callable[[str], bool]) -> bool:
+    """Does an audit entry's details name something of the scope (a record id, conversation, number)?"""
     stack = [details]
     while stack:
         d = stack.pop()
@@ -669,7 +683,7 @@ def _touches(details: Any, keys: set[str]) -> bool:
             stack += list(d.values())
         elif isinstance(d, list):
             stack += d
-        elif isinstance(d, str) and d in keys:
+        elif isinstance(d, str) and named(d):
             return True
     return False
 

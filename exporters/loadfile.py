@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import functools
 import io
+import multiprocessing
+import queue
 from typing import IO, Any
 
 COLUMN, QUOTE, NEWLINE = "\x14", "\u00fe", "\u00ae"
@@ -77,3 +79,52 @@ def slip_sheet(control_number: str) -> bytes:
     buf = io.BytesIO()
     img.save(buf, format="TIFF", compression="group4", dpi=(72, 72))
     return buf.getvalue()
+
+
+class SlipSheets:
+    """The slip sheets of control numbers 1, 2, 3 … in order, rendered ahead by a helper process.
+
+    Encoding a page image is pixel-bound and holds the GIL (about a millisecond each, a fifth of an
+    export's CPU); control numbers are consecutive whatever the documents turn out to be, so the
+    helper can render them before the exporter knows what they will be slip sheets for. It keeps at
+    most `ahead` sheets queued and is stopped by `close`. Sheets carry no content, only the number.
+    """
+
+    def __init__(self, prefix: str, ahead: int = 512) -> None:
+        self.prefix, self.ahead = prefix, ahead
+        self._n = 0
+        self._proc: Any = None
+        self._queue: Any = None
+
+    def get(self, control_number: str) -> bytes:
+        if self._proc is None:  # started on first use: an empty production needs none
+            ctx = multiprocessing.get_context("spawn")
+            self._queue = ctx.Queue(maxsize=self.ahead)
+            self._proc = ctx.Process(target=_render_ahead, args=(self.prefix, self._queue), daemon=True,
+                                     name="strongroom-slip-sheets")
+            self._proc.start()
+        self._n += 1
+        while True:
+            try:
+                n, data = self._queue.get(timeout=1)
+                break
+            except queue.Empty:
+                if not self._proc.is_alive():
+                    raise RuntimeError(f"the slip-sheet renderer stopped (exit code {self._proc.exitcode})") from None
+        if bates(self.prefix, n) != control_number or n != self._n:
+            raise RuntimeError(f"slip sheet {n} came for control number {control_number}")
+        return data
+
+    def close(self) -> None:
+        if self._proc is not None:
+            self._proc.terminate()
+            self._proc.join()
+            self._queue.close()
+            self._proc = None
+
+
+def _render_ahead(prefix: str, out: Any) -> None:
+    n = 0
+    while True:
+        n += 1
+        out.put((n, slip_sheet(bates(prefix, n))))

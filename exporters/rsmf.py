@@ -152,7 +152,8 @@ def build(s: Slice) -> RsmfFile:
                                    "platform": "whatsapp", "type": "direct", "participants": [biz, contact],
                                    "custodian": biz}],
                 "events": events}
-    manifest_bytes = json.dumps(manifest, ensure_ascii=False, indent=1, sort_keys=True).encode()
+    # compact: the C encoder (an indented manifest goes through the pure-Python one, 5x slower)
+    manifest_bytes = json.dumps(manifest, ensure_ascii=False, sort_keys=True, separators=(",", ":")).encode()
     zbuf = io.BytesIO()
     with zipfile.ZipFile(zbuf, "w", compression=zipfile.ZIP_DEFLATED) as z:
         for name, data in [("rsmf_manifest.json", manifest_bytes)] + sorted((a.name, a.data) for a in used):

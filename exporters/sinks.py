@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 import zipfile
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -64,11 +66,20 @@ def safe_path(path: str) -> str:
 
 
 class DirectorySink:
-    def __init__(self, root: Path) -> None:
+    """Files under a directory. Whole files (`put`) are written by a few threads: creating a file
+    is mostly waiting on the file system (half a millisecond here), and a production creates
+    several per document. At most `budget` bytes wait to be written; the first failure is raised
+    by the next `put` or by `close`."""
+
+    def __init__(self, root: Path, writers: int = 2, budget: int = 64 * 1024 * 1024) -> None:
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
         if any(root.iterdir()):
             raise FileExistsError(f"{root} is not empty: a bundle goes into a new directory")
+        self._pool = ThreadPoolExecutor(writers, thread_name_prefix="bundle-writer")
+        self._budget, self._pending = budget, 0
+        self._cond = threading.Condition()
+        self._failure: BaseException | None = None
 
     @contextmanager
     def open(self, path: str, streaming: bool = False) -> Iterator[IO[bytes]]:
@@ -77,8 +88,33 @@ class DirectorySink:
         with target.open("xb") as f:
             yield f
 
+    def put(self, path: str, data: bytes) -> None:
+        target = self.root / safe_path(path)
+        with self._cond:
+            self._cond.wait_for(lambda: self._failure is not None or self._pending == 0
+                                or self._pending + len(data) <= self._budget)
+            if self._failure is not None:
+                raise self._failure
+            self._pending += len(data)
+        self._pool.submit(self._write, target, data)
+
+    def _write(self, target: Path, data: bytes) -> None:
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with target.open("xb") as f:
+                f.write(data)
+        except BaseException as e:
+            with self._cond:
+                self._failure = self._failure or e
+        finally:
+            with self._cond:
+                self._pending -= len(data)
+                self._cond.notify_all()
+
     def close(self) -> None:
-        pass
+        self._pool.shutdown(wait=True)
+        if self._failure is not None:
+            raise self._failure
 
 
 class EncryptedWriter:
@@ -145,6 +181,9 @@ class EncryptedZipSink:
         self._zip = zipfile.ZipFile(self._out, "w", compression=zipfile.ZIP_DEFLATED, allowZip64=True)  # type: ignore[arg-type]
         self._spools: list[tuple[str, Path, int]] = []
         self._n = 0
+
+    def put(self, path: str, data: bytes) -> None:
+        self._zip.writestr(_info(safe_path(path)), data)
 
     @contextmanager
     def open(self, path: str, streaming: bool = False) -> Iterator[IO[bytes]]:

@@ -19,13 +19,20 @@ from typing import Any
 
 import jsonschema
 import pytest
+import sqlalchemy as sa
 from typer.testing import CliRunner
 
-from archiver import crypto
+from archiver import crypto, merkle
+from archiver.db import segments
+from archiver.proofs import ProofService
+from archiver.records import canonical
+from archiver.sealer import TILE_WIDTH
+from archiver.segments import decode_segment, sealed_records
 from exporters import verify_bundle as vb
 from exporters.bundle import Custody, ExportScope
-from exporters.loadfile import COLUMN, QUOTE
-from exporters.sinks import DirectorySink
+from exporters.loadfile import COLUMN, QUOTE, SlipSheets, slip_sheet
+from exporters.sinks import DirectorySink, Entry
+from exporters.spool import Spool
 from strongroom.cli import app
 from strongroom.runtime import Archive, open_archive
 from strongroom.settings import Settings
@@ -268,3 +275,95 @@ def test_an_encrypted_bundle_holds_no_plaintext_and_decrypts_to_a_verifying_zip(
         data[100] ^= 1
         enc.write_bytes(bytes(data))
         b"".join(read_encrypted(enc, key, b"job-1"))
+
+
+@pytest.mark.parametrize("sql_url", ["sqlite"], indirect=True)
+def test_proofs_and_sealed_bytes_stream_segment_by_segment(make_settings: Callable[..., Settings]) -> None:
+    """The bundle's proofs come from a bounded tile cache and from segments decoded a few rows at a
+    time; both must give exactly what the one-record paths give, across segment and tile-row edges."""
+    a = open_archive(make_settings(seal_batch_max=97))
+    try:
+        for b in range(7):
+            ingest(a, p.inbound(*[p.text(f"wamid.s{b}-{i}", ALICE, NOW + b * 100 + i, f"m {i}") for i in range(100)]))
+        with a.engine.connect() as conn:
+            segs = conn.execute(sa.select(segments).where(segments.c.stream == p.PNID)
+                                .order_by(segments.c.first_seq)).all()
+        assert len(segs) > 3
+        size = segs[-1].last_seq + 1
+        assert size > 2 * TILE_WIDTH
+        root = bytes.fromhex(json.loads(a.store.get(segs[-1].checkpoint_key))["checkpoint"]["root_hash"])
+        wanted = list(range(0, size, 3)) + [size - 1]
+        service = ProofService(a.engine)
+        streamed = list(service.inclusions(p.PNID, iter(wanted), size, cache_chunks=1))
+        assert [s for s, _, _ in streamed] == wanted
+        for seq, leaf, path in streamed:
+            assert leaf == service.leaf_hash(p.PNID, seq) and path == service.inclusion(p.PNID, seq, size)
+            assert merkle.root_from_inclusion_proof(seq, size, leaf, path) == root
+        sealed = list(a.exporter()._sealed(p.PNID, iter(wanted)))
+        assert [s for s, _ in sealed] == wanted
+        assert all(data is not None and merkle.hash_leaf(data) == leaf
+                   for (_, data), (_, leaf, _) in zip(sealed, streamed, strict=True))
+        data = a.store.get(segs[1].object_key)
+        rows = decode_segment(data)[0]
+        some = {r["seq"] for r in rows[::4]}
+        assert list(sealed_records(data, some, batch_rows=5)) == [(r["seq"], canonical(r)) for r in rows
+                                                                  if r["seq"] in some]
+    finally:
+        a.close()
+
+
+def test_the_spool_remembers_records_and_files_once_and_in_order() -> None:
+    spool = Spool()
+    try:
+        for seq in (5, 1, 3):
+            spool.add_new_record("S", seq)
+        assert spool.add_record("S", 9) and not spool.add_record("S", 9) and not spool.add_record("S", 3)
+        assert spool.n_records == 4 and list(spool.seqs("S")) == [1, 3, 5, 9] and spool.streams() == ["S"]
+        assert spool.has_record("S/5") and not spool.has_record("S/6") and not spool.has_record("nonsense")
+        assert spool.record_ids(2) == ["S/1", "S/3"]
+        spool.add_matched([("S", 1), ("T", 2)])
+        assert spool.matched_among([("S", 1), ("S", 2), ("T", 2)]) == {("S", 1), ("T", 2)}
+        spool.add_file(Entry("b", 1, "00"))
+        spool.add_file(Entry("a", 2, "11"))
+        assert [e.path for e in spool.files()] == ["a", "b"] and spool.has_file("a")
+        spool.add_file(Entry("a", 3, "22"))
+        with pytest.raises(ValueError, match="twice"):
+            spool.flush()
+        spool.withhold("S/3")
+        spool.withhold("S/3")
+        assert spool.withheld() == ["S/3"] and spool.n_withheld() == 1
+        where = Path(spool.db.execute("PRAGMA database_list").fetchone()[2])
+        assert where.exists()
+    finally:
+        spool.close()
+    assert not where.exists()
+
+
+def test_a_directory_sink_writes_in_the_background_and_reports_the_first_failure(tmp_path: Path) -> None:
+    sink = DirectorySink(tmp_path / "b", budget=10)
+    for i in range(50):
+        sink.put(f"d{i % 3}/f{i}", b"x" * 7)  # over the budget after one: waits for the writers
+    sink.close()
+    assert sorted(f.name for f in (tmp_path / "b").rglob("f*")) == sorted(f"f{i}" for i in range(50))
+    bad = DirectorySink(tmp_path / "c")
+    (tmp_path / "c" / "blocker").write_bytes(b"a file where a folder must go")
+    bad.put("blocker/inner", b"x")  # fails in a writer thread …
+    with pytest.raises(OSError):
+        for i in range(100):
+            bad.put(f"later{i}", b"x")  # … and the next write or the close says so
+            time.sleep(0.01)
+        bad.close()
+    with pytest.raises(OSError):
+        bad.close()  # closing again (the exporter's `finally`) still reports it
+
+
+def test_slip_sheets_come_in_control_number_order_from_the_helper() -> None:
+    sheets = SlipSheets("SR", ahead=4)
+    try:
+        assert sheets.get("SR0000001") == slip_sheet("SR0000001")
+        assert sheets.get("SR0000002").startswith(b"II*\x00")
+        with pytest.raises(RuntimeError, match="control number"):
+            sheets.get("SR0000009")  # the third sheet is SR0000003
+    finally:
+        sheets.close()
+    assert sheets._proc is None

@@ -55,6 +55,7 @@ erasures = sa.Table(
     sa.Column("decision", sa.Text, nullable=False),
     sa.Column("retention_end", Ts),
     sa.Column("shredded_at", Ts),
+    sa.Index("ix_erasures_state", "state"),
 )
 
 

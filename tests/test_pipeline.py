@@ -256,3 +256,29 @@ def test_verify_of_a_live_archive_accepts_growth_since_the_snapshot(archive: Arc
     assert report.ok, [str(f) for f in report.failures]
     behind = {**snapshot, payloads.PNID: archive.expected_sizes()[payloads.PNID] + 1}
     assert not archive.verifier().verify(expected_sizes=behind).ok
+
+
+def test_the_migrations_build_exactly_the_declared_schema() -> None:
+    """Alembic's revisions and the tables the code declares agree (PostgreSQL): a table, column or
+    index added on one side only is named here, before it surprises an upgrade."""
+    import importlib
+    import pkgutil
+
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    from archiver.db import metadata, migrate
+    from tests.conftest import pg_database
+
+    for pkg in ("archiver", "audit", "policies", "exporters", "strongroom"):  # every module that declares tables
+        for info in pkgutil.iter_modules(importlib.import_module(pkg).__path__):
+            if info.name not in ("__main__", "migrations"):
+                importlib.import_module(f"{pkg}.{info.name}")
+    with pg_database() as url:
+        engine = sa.create_engine(url)
+        try:
+            migrate(engine)
+            with engine.connect() as conn:
+                assert compare_metadata(MigrationContext.configure(conn), metadata) == []
+        finally:
+            engine.dispose()

@@ -3,7 +3,7 @@
 Producing a bundle needs the ``auditor`` role (or the break-glass ``regulator``), and a tenant-scoped
 principal's bundle never reaches past its tenants. A job is visible only to whoever requested it.
 The download is an audited read: its access event carries the manifest's SHA-256, which pins
-every byte of the bundle.
+every byte of the bundle, and it is recorded as a transfer in the job's chain of custody.
 """
 
 from __future__ import annotations
@@ -78,6 +78,7 @@ def export_router(jobs: ExportJobs, engine: Any, keyring: Any) -> APIRouter:
             raise HTTPException(409, f"export is {job['state']}")
         access_event(request, engine, keyring, "export.download", {"export_id": job_id}, job["manifest_sha256"],
                      (job["counts"] or {}).get("records", 0), [job_id])
+        jobs.record_transfer(job_id, principal(request).actor, "download through the auditor API")
         return StreamingResponse(jobs.download(job_id), media_type="application/zip", headers={
             "Content-Disposition": f'attachment; filename="strongroom-export-{job_id}.zip"'})
 

@@ -45,6 +45,19 @@ exports = sa.Table(
     sa.Column("size", sa.BigInteger, nullable=True),
 )
 
+# After production the bundle changes hands: each download is a transfer in its chain of custody
+# (custody.json inside the signed bundle records the production itself).
+export_transfers = sa.Table(
+    "export_transfers", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("export_id", sa.String(26), sa.ForeignKey("exports.id"), nullable=False),
+    sa.Column("at", Ts, nullable=False),
+    sa.Column("actor", sa.String(200), nullable=False),
+    sa.Column("method", sa.String(100), nullable=False),
+    sa.Column("manifest_sha256", sa.String(64), nullable=False),
+    sa.Index("ix_export_transfers_export", "export_id", "id"),
+)
+
 
 class ExportJobs:
     def __init__(self, engine: sa.Engine, keyring: KeyRing, directory: Path,
@@ -101,12 +114,23 @@ class ExportJobs:
     def get(self, job_id: str) -> dict[str, Any] | None:
         with self.engine.connect() as conn:
             r = conn.execute(sa.select(exports).where(exports.c.id == job_id)).first()
-        if r is None:
-            return None
+            if r is None:
+                return None
+            transfers = conn.execute(sa.select(export_transfers).where(export_transfers.c.export_id == job_id)
+                                     .order_by(export_transfers.c.id)).all()
         return {"id": r.id, "matter": r.matter, "requested_by": r.requested_by, "principal_id": r.principal_id,
                 "scope": json.loads(r.scope), "state": r.state, "created_at": as_utc(r.created_at),
                 "finished_at": as_utc(r.finished_at), "error": r.error, "manifest_sha256": r.manifest_sha256,
-                "counts": json.loads(r.counts) if r.counts else None, "size": r.size}
+                "counts": json.loads(r.counts) if r.counts else None, "size": r.size,
+                "transfers": [{"at": as_utc(t.at), "to": t.actor, "method": t.method,
+                               "manifest_sha256": t.manifest_sha256} for t in transfers]}
+
+    def record_transfer(self, job_id: str, actor: str, method: str) -> None:
+        """A hand-over of the finished bundle, before its bytes leave (no record, no download)."""
+        with self.engine.begin() as conn:
+            digest = conn.execute(sa.select(exports.c.manifest_sha256).where(exports.c.id == job_id)).scalar_one()
+            conn.execute(export_transfers.insert().values(export_id=job_id, at=utcnow(), actor=actor, method=method,
+                                                          manifest_sha256=digest))
 
     def download(self, job_id: str) -> Iterator[bytes]:
         """The bundle zip, decrypted chunk by chunk."""

@@ -530,6 +530,9 @@ def test_no_plaintext_in_any_persisted_byte_after_ingest_search_rebuild_and_expo
     assert job["state"] == "done" and job["counts"]["messages"] == 4
     zip_path = world.log_file.parent / "download.zip"
     zip_path.write_bytes(world.get(f"/api/v1/exports/{world.export_id}/download").content)
+    transfers = world.get(f"/api/v1/exports/{world.export_id}").json()["transfers"]
+    assert transfers and transfers[-1]["manifest_sha256"] == job["manifest_sha256"]  # the chain of custody grows
+    assert transfers[-1]["to"] and transfers[-1]["method"] == "download through the auditor API"
     assert vb.verify(zip_path, vb.load_public_key(crypto.public_key_pem(world.archive.public_key))) == []
     with zipfile.ZipFile(zip_path) as z:
         assert CANARY in z.read("records/records.jsonl").decode()

@@ -13,7 +13,7 @@ import sqlalchemy as sa
 
 from archiver.errors import ProofError
 from archiver.merkle import consistency_proof, inclusion_proof, perfect_range_hash
-from archiver.sealer import TileStore
+from archiver.sealer import TILE_WIDTH, TileStore
 
 
 class ProofService:
@@ -37,8 +37,18 @@ class ProofService:
             # proofs of nearby leaves share most siblings; the right edge's (imperfect) subtrees are
             # hashed once instead of once per proof
             hash_range = functools.lru_cache(maxsize=4096)(self._range_of(tiles, tree_size))
+            # Within a complete, aligned block of 2^k leaves the path's first k hashes are the
+            # block's own nodes (siblings at levels 0..k-1) and the rest is the block's path, the
+            # same for every leaf of the block: computed once per block.
+            k = TILE_WIDTH.bit_length() - 1
+            block, upper = -1, []
             for seq in seqs:
-                yield seq, tiles.node(0, seq), inclusion_proof(seq, tree_size, hash_range)
+                if ((seq >> k) + 1) << k > tree_size:  # the ragged right edge: the general path
+                    yield seq, tiles.node(0, seq), inclusion_proof(seq, tree_size, hash_range)
+                    continue
+                if seq >> k != block:
+                    block, upper = seq >> k, inclusion_proof(seq, tree_size, hash_range)[k:]
+                yield seq, tiles.node(0, seq), [tiles.node(level, (seq >> level) ^ 1) for level in range(k)] + upper
 
     def leaf_hash(self, stream: str, seq: int) -> bytes:
         with self.engine.connect() as conn:

@@ -12,6 +12,9 @@ It checks, and names whatever fails:
 4. every signed checkpoint of the snapshot (Ed25519, key id, origin);
 5. every record: an RFC 6962 inclusion proof from SHA-256(0x00 ‖ sealed record) to its number's
    checkpoint root, and the record's metadata in ``records.jsonl`` equal to the sealed record's.
+
+Files are hashed as streams and the proven records are kept in a temporary SQLite file (stdlib),
+so memory does not grow with the number of records.
 """
 
 from __future__ import annotations
@@ -19,7 +22,9 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import sqlite3
 import sys
+import tempfile
 import zipfile
 from collections.abc import Iterator
 from datetime import datetime
@@ -134,8 +139,55 @@ def _bound(rec: dict[str, Any]) -> bytes:
     return hashlib.sha256(json.dumps([rec.get(f) for f in BOUND_FIELDS] + [when]).encode()).digest()[:16]
 
 
+class _Proven:
+    """The records whose inclusion proof verified, with a digest of their sealed metadata: kept in a
+    throw-away SQLite file, so a bundle of any size verifies in the same memory."""
+
+    _ABSENT = b""  # disposed after retention: proven by its leaf hash, no sealed bytes to compare
+
+    def __init__(self) -> None:
+        self._dir = tempfile.TemporaryDirectory(prefix="verify-bundle-")
+        self.db = sqlite3.connect(str(Path(self._dir.name) / "proven.sqlite"), isolation_level=None)
+        self.db.executescript("PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF; BEGIN;"
+                              "CREATE TABLE proven (stream TEXT, seq INTEGER, bound BLOB, PRIMARY KEY (stream, seq))"
+                              " WITHOUT ROWID;")
+        self._pending: list[tuple[str, int, bytes]] = []
+
+    def add(self, stream: str, seq: int, bound: bytes | None) -> None:
+        self._pending.append((stream, seq, self._ABSENT if bound is None else bound))
+        if len(self._pending) >= 10_000:
+            self._flush()
+
+    def _flush(self) -> None:
+        self.db.executemany("INSERT OR REPLACE INTO proven VALUES (?, ?, ?)", self._pending)
+        self._pending.clear()
+
+    def get(self, stream: Any, seq: Any) -> tuple[bool, bytes | None]:
+        """(proven?, digest of the sealed metadata or None when disposed)."""
+        if self._pending:
+            self._flush()
+        if not isinstance(stream, str) or not isinstance(seq, int):
+            return False, None
+        row = self.db.execute("SELECT bound FROM proven WHERE stream = ? AND seq = ?", (stream, seq)).fetchone()
+        if row is None:
+            return False, None
+        return True, (None if row[0] == self._ABSENT else bytes(row[0]))
+
+    def close(self) -> None:
+        self.db.close()
+        self._dir.cleanup()
+
+
 def verify(bundle: Path, public_key: Ed25519PublicKey) -> list[str]:
     """Every failure found, each naming the file or record; empty when the bundle verifies."""
+    proven = _Proven()
+    try:
+        return _verify(bundle, public_key, proven)
+    finally:
+        proven.close()
+
+
+def _verify(bundle: Path, public_key: Ed25519PublicKey, proven: _Proven) -> list[str]:
     src = _Source(bundle)
     failures: list[str] = []
     if not src.exists("manifest.json") or not src.exists("manifest.sig"):
@@ -192,7 +244,6 @@ def verify(bundle: Path, public_key: Ed25519PublicKey) -> list[str]:
             failures.append(f"{name}: checkpoint does not verify ({type(e).__name__}: {e})")
 
     # 5. records and their proofs
-    sealed: dict[tuple[str, int], bytes | None] = {}  # digest of the bound fields (memory stays small)
     for path in sorted(p for p in listed if p.startswith("proofs/") and p.endswith(".jsonl")):
         if not src.exists(path):
             continue
@@ -216,7 +267,7 @@ def verify(bundle: Path, public_key: Ed25519PublicKey) -> list[str]:
                 if pr["tree_size"] != size or root_from_inclusion(seq, size, leaf, [bytes.fromhex(h) for h in
                                                                                     pr["path"]]) != root:
                     raise ValueError("inclusion proof does not lead to the signed checkpoint root")
-                sealed[(stream, seq)] = _bound(record) if record is not None else None
+                proven.add(stream, seq, _bound(record) if record is not None else None)
             except Exception as e:
                 failures.append(f"{where}: {type(e).__name__}: {e}")
     n_records = n_messages = 0
@@ -229,11 +280,10 @@ def verify(bundle: Path, public_key: Ed25519PublicKey) -> list[str]:
                 continue
             n_records += 1
             n_messages += rec.get("kind") == "message" and rec.get("role") == "message"
-            key = (rec.get("stream"), rec.get("seq"))
-            if key not in sealed:
+            found, s = proven.get(rec.get("stream"), rec.get("seq"))
+            if not found:
                 failures.append(f"records/records.jsonl: record {rec.get('id')} has no verified inclusion proof")
                 continue
-            s = sealed[key]
             if s is None:
                 continue  # disposed after retention: existence is proven, content is listed as withheld
             try:

@@ -7,6 +7,7 @@ import hmac
 import json
 import os
 import random
+import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -78,3 +79,29 @@ def peak_rss_mb() -> float:
 
 def env_database_url() -> str | None:
     return os.environ.get("BENCH_DATABASE_URL")
+
+
+# Work that makes this process large (generating a corpus) runs in a child: a process started from
+# a large one inherits its peak RSS in the kernel's accounting (exec records the old address space's
+# high-water mark), so a measured child's peak RSS is only its own if the launcher stays small.
+_COMMIT_HISTORY = """
+import sys
+from strongroom.runtime import open_archive
+from strongroom.settings import Settings
+from tests.payloads import busy_history
+from _common import signature
+a = open_archive(Settings())
+bodies = busy_history(int(sys.argv[1]), int(sys.argv[2]))
+for i in range(0, len(bodies), 25):
+    a.inbox.commit([a.inbox.prepare(b, signature(b)) for b in bodies[i:i + 25]])
+a.close()
+"""
+PROCESS_PENDING = "from strongroom.runtime import open_archive; from strongroom.settings import Settings; " \
+                  "a = open_archive(Settings()); print(a.process_pending()); a.close()"
+
+
+def commit_history(env: dict[str, str], messages: int, per_chunk: int) -> None:
+    """Receive `busy_history(messages, per_chunk)` into the archive's inbox, from a child process."""
+    env = {**env, "PYTHONPATH": env["PYTHONPATH"] + os.pathsep + str(REPO / "bench")}
+    subprocess.run([sys.executable, "-c", _COMMIT_HISTORY, str(messages), str(per_chunk)], env=env, cwd=REPO,
+                   check=True, stdout=subprocess.DEVNULL)

@@ -23,12 +23,8 @@ from pathlib import Path
 
 import duckdb
 
-from _common import REPO, child_env, env_database_url, signature, temp_archive
+from _common import PROCESS_PENDING, REPO, child_env, commit_history, env_database_url, peak_rss_mb, temp_archive
 from audit.query import _sql_str, extension_path
-from tests.payloads import busy_history
-
-IMPORT = "from strongroom.runtime import open_archive; from strongroom.settings import Settings; " \
-         "a = open_archive(Settings()); print(a.process_pending()); a.close()"
 
 
 def main() -> None:
@@ -39,13 +35,12 @@ def main() -> None:
     args = ap.parse_args()
     with temp_archive(env_database_url()) as archive, tempfile.TemporaryDirectory(prefix="sr-export-") as tmp:
         t0 = time.perf_counter()
-        bodies = busy_history(args.messages, 1000)
-        for i in range(0, len(bodies), 25):
-            archive.inbox.commit([archive.inbox.prepare(b, signature(b)) for b in bodies[i:i + 25]])
-        del bodies
         env = child_env(archive)
-        subprocess.run([sys.executable, "-c", IMPORT], env=env, cwd=REPO, check=True, stdout=subprocess.DEVNULL)
+        commit_history(env, args.messages, 1000)
+        subprocess.run([sys.executable, "-c", PROCESS_PENDING], env=env, cwd=REPO, check=True,
+                       stdout=subprocess.DEVNULL)
         t_ingest = time.perf_counter() - t0
+        launcher_mb = peak_rss_mb()
 
         out = Path(tmp) / "bundle"
         t0 = time.perf_counter()
@@ -84,7 +79,7 @@ def main() -> None:
           f"{c['records']:,} records, {c['rsmf_files']:,} RSMF files, {c['documents']:,} documents, {size / 1e6:.0f} MB")
     print(f"  strongroom export (all formats + proofs + signed manifest): {t_export:8.1f} s, "
           f"{c['records'] / t_export:,.0f} records/s, peak RSS {usage.ru_maxrss / 1024:.0f} MB, "
-          f"CPU {usage.ru_utime + usage.ru_stime:.0f} s")
+          f"CPU {usage.ru_utime + usage.ru_stime:.0f} s (this launcher's own peak: {launcher_mb:.0f} MB)")
     print(f"  verify-bundle (offline)                                  : {t_verify:8.1f} s")
     print(f"  peer: DuckDB COPY of the message rows to JSONL           : {t_peer:8.1f} s")
     print(f"  ratio (peer time / export time)                          : {t_peer / t_export:8.3f}x")

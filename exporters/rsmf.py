@@ -20,7 +20,7 @@ import zipfile
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.header import Header
-from email.utils import format_datetime
+from email.utils import format_datetime, formataddr
 from typing import Any
 
 from audit.index import message_text
@@ -163,7 +163,8 @@ def build(s: Slice) -> RsmfFile:
     part = f" part {s.part}/{s.parts}" if s.parts > 1 else ""
     headers = [
         ("From", f"WhatsApp Business {s.business} <{s.business}@wa.invalid>"),
-        ("To", f"{_phrase(participants[1]['display'])} <{_local(participants[1]['account_id'])}@wa.invalid>"),
+        # only the display name is RFC 2047-encoded when it is not ASCII, never the address
+        ("To", formataddr((participants[1]["display"], f"{_local(participants[1]['account_id'])}@wa.invalid"))),
         ("Subject", f"WhatsApp: {participants[1]['display']} / {s.business} {s.day} (UTC){part}"),
         ("Date", format_datetime(datetime.fromisoformat(times[-1].replace("Z", "+00:00"))) if times else None),
         ("Message-ID", f"<{collection}.{s.day}.{s.part}@strongroom.invalid>"),
@@ -200,10 +201,6 @@ def _mime(headers: list[tuple[str, str | None]], boundary: str, body: str, zip_b
             b"Content-Transfer-Encoding: base64\r\n", b'Content-Disposition: attachment; filename="rsmf.zip"\r\n\r\n',
             base64.encodebytes(zip_bytes).replace(b"\n", b"\r\n"), f"--{boundary}--\r\n".encode()]
     return b"".join(out)
-
-
-def _phrase(display: str) -> str:
-    return '"' + display.replace("\\", "").replace('"', "") + '"'
 
 
 def _local(value: str) -> str:

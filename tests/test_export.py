@@ -367,3 +367,15 @@ def test_slip_sheets_come_in_control_number_order_from_the_helper() -> None:
     finally:
         sheets.close()
     assert sheets._proc is None
+
+
+def test_an_rsmf_to_header_encodes_a_non_ascii_name_but_never_the_address() -> None:
+    from email import policy
+
+    from exporters import rsmf
+
+    doc = rsmf.build(rsmf.Slice("01SUBJECT", p.PNID, 'Zoë "Z" Müller', "2026-11", 1, 1, [], {}, "strongroom/test"))
+    to = email.message_from_bytes(doc.eml, policy=policy.default)["To"]
+    assert to.addresses[0].display_name == 'Zoë "Z" Müller'
+    assert to.addresses[0].addr_spec.endswith("@wa.invalid")
+    assert doc.eml.isascii()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import io
 import multiprocessing
+import os
 import queue
 from typing import IO, Any
 
@@ -124,7 +125,15 @@ class SlipSheets:
 
 
 def _render_ahead(prefix: str, out: Any) -> None:
+    parent = os.getppid()
     n = 0
     while True:
         n += 1
-        out.put((n, slip_sheet(bates(prefix, n))))
+        sheet = (n, slip_sheet(bates(prefix, n)))
+        while True:
+            try:
+                out.put(sheet, timeout=2)
+                break
+            except queue.Full:
+                if os.getppid() != parent:  # the exporter died without stopping us: stop too
+                    return

@@ -11,6 +11,8 @@ import io
 import json
 import os
 import shutil
+import subprocess
+import sys
 import time
 import zipfile
 from collections.abc import Callable, Iterator
@@ -37,7 +39,7 @@ from strongroom.cli import app
 from strongroom.runtime import Archive, open_archive
 from strongroom.settings import Settings
 from tests import payloads as p
-from tests.conftest import SHARED, ingest, subprocess_env
+from tests.conftest import REPO, SHARED, ingest, subprocess_env
 from tests.graph_standin import GraphStandIn
 
 NOW = int(time.time()) - 3600
@@ -379,3 +381,23 @@ def test_an_rsmf_to_header_encodes_a_non_ascii_name_but_never_the_address() -> N
     assert to.addresses[0].display_name == 'Zoë "Z" Müller'
     assert to.addresses[0].addr_spec.endswith("@wa.invalid")
     assert doc.eml.isascii()
+
+
+def test_the_slip_sheet_helper_stops_when_its_exporter_dies() -> None:
+    code = ("import time; from exporters.loadfile import SlipSheets; s = SlipSheets('SR', ahead=2); "
+            "s.get('SR0000001'); print(s._proc.pid, flush=True); time.sleep(120)")
+    exporter = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
+                                cwd=REPO)
+    helper = int(exporter.stdout.readline())  # type: ignore[union-attr]
+    exporter.kill()  # no chance to stop its helper
+    exporter.wait()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            state = Path(f"/proc/{helper}/status").read_text()
+        except OSError:
+            return  # gone
+        if "\nState:\tZ" in state:
+            return  # exited, waiting to be reaped by init
+        time.sleep(0.2)
+    pytest.fail("the slip-sheet helper outlived its exporter")

@@ -105,6 +105,17 @@ class IdentityBook:
     def lookup(self, ns: str, bi: str, t: int) -> Binding | None:
         return next((b for b in self._bindings(ns, bi) if b.covers(t)), None)
 
+    def holders(self, ns: str, bi: str, start: datetime | None = None, end: datetime | None = None) -> list[str]:
+        """Every subject the identifier meant at some time in [start, end) (all time when open),
+        first holder first: a reassigned number names its previous owners too."""
+        lo = to_us(start) if start else TIME_MIN
+        hi = to_us(end) if end else TIME_MAX
+        found: list[str] = []
+        for b in self._bindings(ns, bi):
+            if b.valid_from < hi and b.valid_to > lo and b.subject not in found:
+                found.append(b.subject)
+        return found
+
     def _bind(self, ns: str, bi: str, identifier: str, subject: str, t: int, evidence: str,
               start: int | None = None) -> Binding:
         """Bind over the free interval around t (from `start` when given)."""

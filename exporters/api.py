@@ -28,6 +28,8 @@ class ExportRequest(BaseModel):
     query: str | None = Field(None, max_length=2000, description="the reviewers' search language")
     streams: list[str] = Field(default_factory=list, max_length=1000)
     conversations: list[str] = Field(default_factory=list, max_length=10000)
+    participants: list[str] = Field(default_factory=list, max_length=1000,
+                                    description="phone numbers: the conversations of whoever held each in the range")
     tenants: list[str] | None = Field(None, max_length=100)
     start: str | None = Field(None, alias="from", description="ISO-8601 with zone, inclusive")
     end: str | None = Field(None, alias="to", description="ISO-8601 with zone, exclusive")
@@ -37,6 +39,8 @@ class ExportRequest(BaseModel):
 
 
 def export_router(jobs: ExportJobs, engine: Any, keyring: Any) -> APIRouter:
+    exporter = jobs.exporter
+
     router = APIRouter(prefix="/api/v1")
 
     def own(request: Request, job_id: str) -> dict[str, Any]:
@@ -57,8 +61,16 @@ def export_router(jobs: ExportJobs, engine: Any, keyring: Any) -> APIRouter:
         if body.query is not None:
             parse(body.query)  # a syntax error is a 400 now, not a failed job later
         start: datetime | None = parse_time(body.start, "from")
-        scope = ExportScope(body.matter, body.query, tenants, body.streams, body.conversations, start,
-                            parse_time(body.end, "to"))
+        end: datetime | None = parse_time(body.end, "to")
+        conversations = set(body.conversations)
+        if body.participants:  # resolved now: the job keeps subject ids, never a phone number in clear
+            held = exporter().participants(body.participants, start, end)
+            nobody = [i for i, p in enumerate(body.participants) if not held[p]]
+            if nobody:
+                raise HTTPException(400, f"participants {nobody} (by position) held no archived conversation "
+                                         "in the time range")
+            conversations |= {s for subjects in held.values() for s in subjects}
+        scope = ExportScope(body.matter, body.query, tenants, body.streams, sorted(conversations), start, end)
         job_id = jobs.submit(scope, Custody(body.requested_by or p.actor, body.approved_by, body.request_ref),
                              p.actor, p.id)
         return Response(json_bytes({"id": job_id, "state": "queued"}), status_code=202, media_type="application/json")

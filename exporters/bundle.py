@@ -46,6 +46,7 @@ from ulid import ULID
 from archiver.checkpoint import key_id
 from archiver.db import events, segments
 from archiver.errors import KeyDestroyedError
+from archiver.identity import IdentityBook
 from archiver.keys import KeyRing
 from archiver.media import open_media
 from archiver.normalize import AUDIT_STREAM, append_audit
@@ -168,6 +169,19 @@ class Exporter:
                 key = conn.execute(sa.select(segments.c.checkpoint_key).where(
                     segments.c.stream == stream, segments.c.last_seq == last)).scalar_one()
                 out[stream] = (last + 1, self.store.get(key))
+        return out
+
+    def participants(self, phones: list[str], start: datetime | None = None,
+                     end: datetime | None = None) -> dict[str, list[str]]:
+        """Per phone number: the data subjects (conversation ids) who held it in [start, end).
+
+        A scope names conversations by subject id, so a production never stores a phone number in
+        clear; a number reassigned in the range resolves to each of its holders."""
+        book = IdentityBook(self.engine)
+        out: dict[str, list[str]] = {}
+        for phone in phones:
+            digits = "".join(ch for ch in phone if ch.isdigit())
+            out[phone] = book.holders("wa", self.keyring.blind_index("wa", digits), start, end) if digits else []
         return out
 
     def _visible(self, scope: ExportScope) -> Callable[[str | None], bool]:

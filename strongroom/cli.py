@@ -658,6 +658,8 @@ def export(
     query: Annotated[str | None, typer.Option(help="Reviewer query (the search language); omit for everything.")] = None,
     stream: Annotated[list[str] | None, typer.Option(help="Only these numbers (phone number ids).")] = None,
     conversation: Annotated[list[str] | None, typer.Option(help="Only these conversations (subject ids).")] = None,
+    participant: Annotated[list[str] | None, typer.Option(
+        help="Only conversations with this phone number (whoever held it in the time range).")] = None,
     tenant: Annotated[list[str] | None, typer.Option(help="Only these tenants (WABA ids).")] = None,
     start: Annotated[str | None, typer.Option("--from", help="ISO-8601 with zone, inclusive (sent time).")] = None,
     end: Annotated[str | None, typer.Option("--to", help="ISO-8601 with zone, exclusive.")] = None,
@@ -682,6 +684,13 @@ def export(
         raise typer.Exit(2) from e
     with _session() as archive:
         archive.process_pending()  # the exporter brings the search index up to date when there is a query
+        if participant:
+            held = archive.exporter().participants(participant, scope.start, scope.end)
+            nobody = [p for p, subjects in held.items() if not subjects]
+            if nobody:
+                err.print(f"[red]error:[/red] no archived conversation with {', '.join(nobody)} in the time range")
+                raise typer.Exit(2)
+            scope.conversations = sorted(set(scope.conversations) | {s for subjects in held.values() for s in subjects})
         with Progress(TextColumn("conversations"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                       console=err) as bar:
             task = bar.add_task("export", total=None)

@@ -30,6 +30,7 @@ from archiver.merkle import hash_leaf, verify_inclusion
 from audit import api as api_module
 from audit.auth import api_keys, principals
 from exporters import verify_bundle as vb
+from exporters.jobs import exports
 from strongroom.app import create_app
 from strongroom.embedded import EmbeddedSeaweedFS
 from strongroom.runtime import Archive, configure_logging, open_archive
@@ -551,6 +552,24 @@ def test_no_plaintext_in_any_persisted_byte_after_ingest_search_rebuild_and_expo
     for name, data in persisted.items():
         for needle in (CANARY.encode(), b"CANARY-api", json.dumps(CANARY).encode(), b"Please confirm the trade"):
             assert needle not in data, f"plaintext in {name}"
+
+
+def test_an_export_by_participant_phone_keeps_only_subject_ids(world: World) -> None:
+    auth = {"Authorization": f"Bearer {world.tokens['auditor']}"}
+    nobody = world.client.post("/api/v1/exports", json={"matter": "M-2", "participants": ["+1 999 555 0000"]},
+                               headers=auth)
+    assert nobody.status_code == 400 and "[0]" in nobody.text
+    r = world.client.post("/api/v1/exports", json={"matter": "M-2", "participants": [f"+{ALICE[0]} {ALICE[1:]}"]},
+                          headers=auth)
+    assert r.status_code == 202, r.text
+    job_id = r.json()["id"]
+    world.client.app.state.export_jobs.wait(job_id, 120)  # type: ignore[attr-defined]
+    job = world.get(f"/api/v1/exports/{job_id}").json()
+    assert job["state"] == "done" and job["scope"]["conversations"] == [world.subject(ALICE)]
+    assert job["counts"]["conversations"] == 1 and job["counts"]["messages"] >= 1
+    with world.archive.engine.connect() as conn:
+        stored = conn.execute(sa.select(exports.c.scope).where(exports.c.id == job_id)).scalar_one()
+    assert ALICE not in stored and ALICE[1:] not in stored  # the job keeps subject ids, not the number
 
 
 @pytest.mark.parametrize("sql_url", ["sqlite"], indirect=True)  # PostgreSQL: the module above

@@ -254,6 +254,19 @@ def test_counts_equal_the_querys_and_the_cli_exports_and_verifies(
     bad = CliRunner().invoke(app, ["verify-bundle", str(tmp_path / "cli"), "--public-key", str(pub)], env=env)
     assert bad.exit_code == 1 and "README.txt" in bad.output
     assert vb.main([str(tmp_path / "q"), str(pub)]) == 0  # the standalone module
+    # by a participant's phone number, as people type it: only that person's conversation
+    alice = exp_archive.exporter().participants([ALICE])[ALICE]
+    assert len(alice) == 1
+    r = CliRunner().invoke(app, ["export", "--out", str(tmp_path / "alice"), "--matter", "M", "--requested-by", "r",
+                                 "--participant", f"+{ALICE[0]} ({ALICE[1:4]}) {ALICE[4:]}"], env=env)
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["counts"]["conversations"] == 1
+    lines = [json.loads(x) for x in (tmp_path / "alice" / "records/records.jsonl").read_text().splitlines()]
+    assert lines and {x["conversation"] for x in lines} <= {alice[0], None}
+    assert vb.verify(tmp_path / "alice", public_key(exp_archive)) == []
+    r = CliRunner().invoke(app, ["export", "--out", str(tmp_path / "nobody"), "--matter", "M", "--requested-by", "r",
+                                 "--participant", "+1 999 555 0000"], env=env)
+    assert r.exit_code == 2 and "no archived conversation" in r.output
     empty = produce(exp_archive, tmp_path / "none", conversations=["no-such-subject"])
     assert empty.manifest["counts"]["messages"] == 0 and vb.verify(tmp_path / "none", public_key(exp_archive)) == []
     assert (tmp_path / "none" / "VOL001/DATA/SR.dat").read_bytes().count(b"\r\n") == 1  # the header row only

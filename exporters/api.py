@@ -11,10 +11,12 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+import sqlalchemy as sa
 from fastapi import APIRouter, HTTPException, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
+from archiver.db import events
 from audit.api import access_event, access_response, json_bytes, parse_time, principal, rule
 from audit.searchlang import parse
 from exporters.bundle import Custody, ExportScope
@@ -65,6 +67,12 @@ def export_router(jobs: ExportJobs, engine: Any, keyring: Any) -> APIRouter:
         conversations = set(body.conversations)
         if body.participants:  # resolved now: the job keeps subject ids, never a phone number in clear
             held = exporter().participants(body.participants, start, end)
+            if p.tenants is not None:  # what other tenants hold is not the caller's to learn, even by a 400
+                with engine.connect() as conn:
+                    mine = set(conn.execute(sa.select(events.c.conversation).distinct().where(
+                        events.c.conversation.in_({s for subjects in held.values() for s in subjects}),
+                        events.c.tenant.in_(sorted(p.tenants)))).scalars())
+                held = {phone: [s for s in subjects if s in mine] for phone, subjects in held.items()}
             nobody = [i for i, p in enumerate(body.participants) if not held[p]]
             if nobody:
                 raise HTTPException(400, f"participants {nobody} (by position) held no archived conversation "

@@ -559,6 +559,9 @@ def test_an_export_by_participant_phone_keeps_only_subject_ids(world: World) -> 
     nobody = world.client.post("/api/v1/exports", json={"matter": "M-2", "participants": ["+1 999 555 0000"]},
                                headers=auth)
     assert nobody.status_code == 400 and "[0]" in nobody.text
+    elsewhere = world.client.post("/api/v1/exports", json={"matter": "M-2", "participants": [ALICE]},
+                                  headers={"Authorization": f"Bearer {world.other}"})
+    assert elsewhere.status_code == 400 and elsewhere.json() == nobody.json()  # another tenant's number: no oracle
     r = world.client.post("/api/v1/exports", json={"matter": "M-2", "participants": [f"+{ALICE[0]} {ALICE[1:]}"]},
                           headers=auth)
     assert r.status_code == 202, r.text

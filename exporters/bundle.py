@@ -30,7 +30,7 @@ import functools
 import hashlib
 import json
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -171,18 +171,23 @@ class Exporter:
                 out[stream] = (last + 1, self.store.get(key))
         return out
 
-    def participants(self, phones: list[str], start: datetime | None = None,
-                     end: datetime | None = None) -> dict[str, list[str]]:
-        """Per phone number: the data subjects (conversation ids) who held it in [start, end).
+    def participants(self, phones: list[str], start: datetime | None = None, end: datetime | None = None,
+                     tenants: Iterable[str] | None = None) -> tuple[list[str], list[int]]:
+        """The conversations (data subject ids) of whoever held each phone number in [start, end),
+        within `tenants` when given, and the positions of the numbers that name none.
 
         A scope names conversations by subject id, so a production never stores a phone number in
-        clear; a number reassigned in the range resolves to each of its holders."""
-        book = IdentityBook(self.engine)
-        out: dict[str, list[str]] = {}
-        for phone in phones:
-            digits = "".join(ch for ch in phone if ch.isdigit())
-            out[phone] = book.holders("wa", self.keyring.blind_index("wa", digits), start, end) if digits else []
-        return out
+        clear; a number reassigned in the range resolves to each of its holders. Within `tenants`,
+        another tenant's number cannot be told from an unknown one."""
+        book = IdentityBook(self.engine)  # the blind index reads a number as people type it (digits only)
+        held = [book.holders("wa", self.keyring.blind_index("wa", phone), start, end) for phone in phones]
+        if tenants is not None:
+            with self.engine.connect() as conn:
+                mine = set(conn.execute(sa.select(events.c.conversation).distinct().where(
+                    events.c.conversation.in_(sorted({s for h in held for s in h})),
+                    events.c.tenant.in_(sorted(tenants)))).scalars())
+            held = [[s for s in h if s in mine] for h in held]
+        return sorted({s for h in held for s in h}), [i for i, h in enumerate(held) if not h]
 
     def _visible(self, scope: ExportScope) -> Callable[[str | None], bool]:
         tenants = set(scope.tenants) if scope.tenants is not None else None

@@ -54,7 +54,7 @@ def create_app(archive: Archive) -> FastAPI:
     app.include_router(export_router(jobs, archive.engine, archive.keyring))
     app.state.export_jobs = jobs
     configure_api(app, RateLimiter(settings.api_rate_per_minute), RateLimiter(settings.login_rate_per_minute),
-                           archive.accounts())
+                  archive.accounts())
 
     @app.get("/api/v1/openapi.json", tags=["meta"], include_in_schema=False, **rule(ANY_ROLE, audited=False))
     def openapi() -> dict[str, object]:

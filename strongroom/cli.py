@@ -685,12 +685,12 @@ def export(
     with _session() as archive:
         archive.process_pending()  # the exporter brings the search index up to date when there is a query
         if participant:
-            held = archive.exporter().participants(participant, scope.start, scope.end)
-            nobody = [p for p, subjects in held.items() if not subjects]
+            found, nobody = archive.exporter().participants(participant, scope.start, scope.end)
             if nobody:
-                err.print(f"[red]error:[/red] no archived conversation with {', '.join(nobody)} in the time range")
+                err.print(f"[red]error:[/red] no archived conversation with "
+                          f"{', '.join(participant[i] for i in nobody)} in the time range")
                 raise typer.Exit(2)
-            scope.conversations = sorted(set(scope.conversations) | {s for subjects in held.values() for s in subjects})
+            scope.conversations = sorted(set(scope.conversations) | set(found))
         with Progress(TextColumn("conversations"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                       console=err) as bar:
             task = bar.add_task("export", total=None)

@@ -255,8 +255,8 @@ def test_counts_equal_the_querys_and_the_cli_exports_and_verifies(
     assert bad.exit_code == 1 and "README.txt" in bad.output
     assert vb.main([str(tmp_path / "q"), str(pub)]) == 0  # the standalone module
     # by a participant's phone number, as people type it: only that person's conversation
-    alice = exp_archive.exporter().participants([ALICE])[ALICE]
-    assert len(alice) == 1
+    alice, unresolved = exp_archive.exporter().participants([ALICE])
+    assert len(alice) == 1 and unresolved == []
     r = CliRunner().invoke(app, ["export", "--out", str(tmp_path / "alice"), "--matter", "M", "--requested-by", "r",
                                  "--participant", f"+{ALICE[0]} ({ALICE[1:4]}) {ALICE[4:]}"], env=env)
     assert r.exit_code == 0, r.output

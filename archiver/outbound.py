@@ -16,6 +16,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from archiver.db import events
+from archiver.errors import InvalidInput
 from archiver.identity import IdentityBook
 from archiver.keys import KeyRing
 from archiver.kinds import key_part, parse_unix
@@ -24,7 +25,7 @@ from archiver.records import canonical_json
 from archiver.sqlutil import utcnow
 
 
-class SendError(ValueError):
+class SendError(InvalidInput):
     """A send-log entry that does not describe a send."""
 
 

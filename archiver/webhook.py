@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import json
 
 import structlog
 from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from archiver.errors import WebhookRejected
 from archiver.inbox import GroupCommitter
@@ -25,15 +26,14 @@ def webhook_router(committer: GroupCommitter, verify_token: str, max_body_bytes:
         mode: str = Query("", alias="hub.mode"),
         token: str = Query("", alias="hub.verify_token"),
         challenge: str = Query("", alias="hub.challenge"),
-    ) -> PlainTextResponse:
+    ) -> Response:
         """Meta's subscription handshake: echo `hub.challenge` when the token matches."""
         if mode == "subscribe" and hmac.compare_digest(token.encode(), verify_token.encode()):
             return PlainTextResponse(challenge)
-        log.warning("webhook.verify_rejected", mode=mode)
-        return PlainTextResponse("verification failed", status_code=403)
+        return _reject(403, "verification failed")
 
     @router.post("/webhooks/whatsapp")
-    async def receive(request: Request) -> JSONResponse:
+    async def receive(request: Request) -> Response:
         """Store a signed delivery durably, then acknowledge it (200)."""
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > max_body_bytes:
@@ -61,6 +61,9 @@ def webhook_router(committer: GroupCommitter, verify_token: str, max_body_bytes:
     return router
 
 
-def _reject(status: int, reason: str) -> JSONResponse:
+def _reject(status: int, reason: str) -> Response:
+    """An RFC 9457 problem, like every other error of the service; Meta reads only the status."""
     log.warning("webhook.rejected", status=status, reason=reason)
-    return JSONResponse({"ok": False, "error": reason, "errors": [reason], "status": status}, status_code=status)
+    body = json.dumps({"type": "about:blank", "title": "Webhook rejected", "status": status,
+                       "code": "webhook_rejected", "detail": reason}).encode()
+    return Response(body, status_code=status, media_type="application/problem+json")

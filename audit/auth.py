@@ -39,6 +39,7 @@ from ulid import ULID
 
 from archiver import crypto
 from archiver.db import metadata
+from archiver.errors import InvalidInput, NotFound, Unauthenticated
 from archiver.keys import KeyRing
 from archiver.normalize import append_audit
 from archiver.sqlutil import as_utc, utcnow
@@ -88,12 +89,16 @@ sessions = sa.Table(
 )
 
 
-class AuthError(Exception):
+class AuthError(Unauthenticated):
     """No valid credential (HTTP 401). The message never says which part was wrong."""
 
 
-class AccountError(ValueError):
+class AccountError(InvalidInput):
     """An account or key request that cannot be carried out as asked."""
+
+
+class AccountNotFound(NotFound, AccountError):
+    """No active account or key with that id."""
 
 
 @dataclass(frozen=True)
@@ -239,7 +244,7 @@ class Accounts:
             conn.execute(sessions.update().where(sessions.c.principal_id == principal_id,
                                                  sessions.c.ended_at.is_(None)).values(ended_at=utcnow()))
         if not n:
-            raise AccountError(f"no active account {principal_id}")
+            raise AccountNotFound(f"no active account {principal_id}")
         self._audit("account.disable", actor, {"principal": principal_id})
 
     def create_api_key(self, name: str, role: str, tenants: Iterable[str] | None, actor: str) -> dict[str, str]:
@@ -261,7 +266,7 @@ class Accounts:
             n = conn.execute(api_keys.update().where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
                              .values(revoked_at=utcnow())).rowcount
         if not n:
-            raise AccountError(f"no active API key {key_id}")
+            raise AccountNotFound(f"no active API key {key_id}")
         self._audit("api_key.revoke", actor, {"key": key_id})
 
     def list(self) -> list[dict[str, Any]]:

@@ -33,7 +33,7 @@ import pyarrow as pa
 import sqlalchemy as sa
 
 from archiver.db import data_keys, events
-from archiver.errors import KeyDestroyedError
+from archiver.errors import InvalidInput, KeyDestroyedError
 from archiver.keys import KeyRing
 from archiver.kinds import MEDIA_TYPES
 from archiver.sqlutil import as_utc
@@ -123,7 +123,7 @@ def _uncursor(cursor: str) -> tuple[str, int]:
         t, doc_id = json.loads(base64.urlsafe_b64decode(cursor.encode()))
         return str(t), int(doc_id)
     except (ValueError, TypeError) as e:
-        raise ValueError("not a cursor this index issued") from e
+        raise InvalidInput("not a cursor this index issued") from e
 
 
 _INSTANCES: dict[Path, tuple[duckdb.DuckDBPyConnection, threading.Lock]] = {}
@@ -316,7 +316,7 @@ class SearchIndex:
             params += sorted(tenants)
         for name, value in sorted((filters or {}).items()):
             if name not in DOC_COLUMNS or name in ("text", "subject_keys"):
-                raise ValueError(f"unknown filter {name!r}")
+                raise InvalidInput(f"unknown filter {name!r}")
             where.append(f"{name} = ?")
             params.append(value)
         for op, t in ((">=", start), ("<", end)):

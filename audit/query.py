@@ -14,11 +14,13 @@ from urllib.parse import urlparse
 
 import duckdb
 
-from archiver.errors import StrongroomError
+from archiver.errors import InvalidInput
 
 
-class QueryError(StrongroomError):
+class QueryError(InvalidInput):
     """The query could not run (bad SQL, empty archive, store unreachable)."""
+
+    code = "query_failed"
 
 
 def extension_path(package: str = "duckdb_extension_httpfs") -> pathlib.Path:

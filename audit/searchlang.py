@@ -30,6 +30,8 @@ from dataclasses import dataclass
 from datetime import date
 from typing import Any
 
+from archiver.errors import InvalidInput
+
 FIELDS = frozenset({"participant", "number", "conversation", "direction", "origin", "type", "template", "status",
                     "has", "sent", "archived"})
 DATE_FIELDS = frozenset({"sent", "archived"})
@@ -38,11 +40,19 @@ _TOKEN_WORD = re.compile(r"\w+(?:['’][\w]+)*", re.UNICODE)
 _NEAR = re.compile(r"(w|pre)/(\d{1,3})$", re.IGNORECASE)
 
 
-class QuerySyntaxError(ValueError):
+class QuerySyntaxError(InvalidInput):
+    """A query that does not parse; `position` is where (0-based, in characters)."""
+
+    code = "query_syntax"
+
     def __init__(self, message: str, position: int, query: str) -> None:
         self.position = position
         self.query = query
+        self.reason = message
         super().__init__(f"{message} at position {position}: {query[:position]}\u2038{query[position:]}")
+
+    def extensions(self) -> dict[str, Any]:
+        return {"position": self.position, "query": self.query, "reason": self.reason}
 
 
 def tokens(text: str) -> list[str]:

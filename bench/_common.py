@@ -88,7 +88,7 @@ _COMMIT_HISTORY = """
 import sys
 from strongroom.runtime import open_archive
 from strongroom.settings import Settings
-from tests.payloads import busy_history
+from strongroom.payloads import busy_history
 from _common import signature
 a = open_archive(Settings())
 bodies = busy_history(int(sys.argv[1]), int(sys.argv[2]))

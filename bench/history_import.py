@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from _common import PROCESS_PENDING, REPO, child_env, commit_history, env_database_url, peak_rss_mb, temp_archive
-from tests.payloads import busy_history
+from strongroom.payloads import busy_history
 
 
 def peer(bodies: list[bytes], archive) -> float:  # type: ignore[no-untyped-def]

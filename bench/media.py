@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 
 from _common import signature, temp_archive
-from tests import payloads
+from strongroom import payloads
 from tests.graph_standin import GraphStandIn
 
 

@@ -11,11 +11,13 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from fastapi import APIRouter, HTTPException, Request, Response
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
-from audit.api import access_event, access_response, json_bytes, parse_time, principal, rule
+from archiver.errors import Forbidden, InvalidInput, NotFound, StateConflict
+from audit.access import Access, json_bytes
+from audit.http import json_response, parse_time, principal, rule
 from audit.searchlang import parse
 from exporters.bundle import Custody, ExportScope
 from exporters.jobs import ExportJobs
@@ -38,13 +40,13 @@ class ExportRequest(BaseModel):
     approved_by: str | None = Field(None, max_length=200)
 
 
-def export_router(jobs: ExportJobs, engine: Any, keyring: Any) -> APIRouter:
+def export_router(jobs: ExportJobs, access: Access) -> APIRouter:
     router = APIRouter(prefix="/api/v1")
 
     def own(request: Request, job_id: str) -> dict[str, Any]:
         job = jobs.get(job_id)
         if job is None or job["principal_id"] != principal(request).id:
-            raise HTTPException(404, "no such export")
+            raise NotFound("no such export")
         return job
 
     @router.post("/exports", tags=["exports"], status_code=202, **rule(EXPORTERS, audited=False))
@@ -55,7 +57,7 @@ def export_router(jobs: ExportJobs, engine: Any, keyring: Any) -> APIRouter:
         if p.tenants is not None:
             tenants = sorted(set(body.tenants or p.tenants) & p.tenants)
             if not tenants:
-                raise HTTPException(403, "the scope names none of your tenants")
+                raise Forbidden("the scope names none of your tenants")
         if body.query is not None:
             parse(body.query)  # a syntax error is a 400 now, not a failed job later
         start: datetime | None = parse_time(body.start, "from")
@@ -65,19 +67,19 @@ def export_router(jobs: ExportJobs, engine: Any, keyring: Any) -> APIRouter:
             # within the caller's tenants: what other tenants hold is not theirs to learn, even by a 400
             found, nobody = jobs.exporter().participants(body.participants, start, end, p.tenants)
             if nobody:
-                raise HTTPException(400, f"participants {nobody} (by position) held no archived conversation "
-                                         "in the time range")
+                raise InvalidInput(f"participants {nobody} (by position) held no archived conversation "
+                                   "in the time range")
             conversations.update(found)
         scope = ExportScope(body.matter, body.query, tenants, body.streams, sorted(conversations), start, end)
         job_id = jobs.submit(scope, Custody(body.requested_by or p.actor, body.approved_by, body.request_ref),
                              p.actor, p.id)
-        return Response(json_bytes({"id": job_id, "state": "queued"}), status_code=202, media_type="application/json")
+        return json_response(json_bytes({"id": job_id, "state": "queued"}), 202)
 
     @router.get("/exports/{job_id}", tags=["exports"], **rule(EXPORTERS, audited=True))
     def status(request: Request, job_id: str) -> Response:
         job = own(request, job_id)
-        return access_response(request, engine, keyring, "export.status", {"export_id": job_id}, json_bytes(job),
-                               (job["counts"] or {}).get("records", 0), [job_id])
+        return json_response(access.answer(principal(request), "export.status", {"export_id": job_id}, job,
+                                           (job["counts"] or {}).get("records", 0), [job_id]).body)
 
     @router.get("/exports/{job_id}/download", tags=["exports"], **rule(EXPORTERS, audited=True),
                 response_class=StreamingResponse)
@@ -85,8 +87,8 @@ def export_router(jobs: ExportJobs, engine: Any, keyring: Any) -> APIRouter:
         """The bundle as a zip (verify it with `strongroom verify-bundle FILE.zip --public-key …`)."""
         job = own(request, job_id)
         if job["state"] != "done":
-            raise HTTPException(409, f"export is {job['state']}")
-        access_event(request, engine, keyring, "export.download", {"export_id": job_id}, job["manifest_sha256"],
+            raise StateConflict(f"export is {job['state']}")
+        access.event(principal(request), "export.download", {"export_id": job_id}, job["manifest_sha256"],
                      (job["counts"] or {}).get("records", 0), [job_id])
         jobs.record_transfer(job_id, principal(request).actor, "download through the auditor API")
         return StreamingResponse(jobs.download(job_id), media_type="application/zip", headers={

@@ -33,7 +33,7 @@ import sqlalchemy as sa
 from ulid import ULID
 
 from archiver.db import data_keys, events, identities, media, metadata, segments
-from archiver.errors import KeyDestroyedError
+from archiver.errors import InvalidInput, KeyDestroyedError
 from archiver.identity import IdentityBook, subject_key_id, to_us
 from archiver.media import open_media
 from archiver.normalize import append_audit
@@ -59,7 +59,7 @@ erasures = sa.Table(
 )
 
 
-class ErasureError(ValueError):
+class ErasureError(InvalidInput):
     """A request that names nobody we hold."""
 
 

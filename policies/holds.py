@@ -26,6 +26,7 @@ import sqlalchemy as sa
 from ulid import ULID
 
 from archiver.db import TIME_MAX, TIME_MIN, events, identities, media, metadata, segments
+from archiver.errors import InvalidInput, NotFound, StateConflict
 from archiver.identity import to_us
 from archiver.keys import KeyRing
 from archiver.normalize import append_audit
@@ -57,8 +58,16 @@ hold_objects = sa.Table(
 )
 
 
-class HoldError(ValueError):
+class HoldError(InvalidInput):
     """A hold request that cannot be carried out as asked."""
+
+
+class HoldNotFound(NotFound, HoldError):
+    """No hold with that id."""
+
+
+class HoldReleased(StateConflict, HoldError):
+    """The hold was released already."""
 
 
 @dataclass(frozen=True)
@@ -73,9 +82,12 @@ class Scope:
     def __post_init__(self) -> None:
         if not (self.streams or self.phones or self.subjects or self.start or self.end or self.query):
             raise HoldError("a hold needs a scope: numbers, contacts, conversations, a date range or a query")
-        for t in (self.start, self.end):
+        for name, t in (("from", self.start), ("to", self.end)):
             if t is not None:
-                datetime.fromisoformat(t)
+                try:
+                    datetime.fromisoformat(t)
+                except ValueError as e:
+                    raise HoldError(f"{name}: not an ISO-8601 time: {t[:40]!r}") from e
 
     def window(self) -> tuple[datetime | None, datetime | None]:
         return (datetime.fromisoformat(self.start) if self.start else None,
@@ -200,7 +212,7 @@ class Holds:
         now = now or utcnow()
         hold = self.get(hold_id)
         if hold.released_at is not None:
-            raise HoldError(f"hold {hold_id} was already released at {hold.released_at}")
+            raise HoldReleased(f"hold {hold_id} was already released at {hold.released_at}")
         if not reason.strip():
             raise HoldError("releasing a hold needs a reason")
         with self.engine.begin() as conn:
@@ -226,7 +238,7 @@ class Holds:
         with self.engine.connect() as conn:
             row = conn.execute(sa.select(holds).where(holds.c.id == hold_id)).first()
             if row is None:
-                raise HoldError(f"no hold {hold_id}")
+                raise HoldNotFound(f"no hold {hold_id}")
             keys = conn.execute(sa.select(hold_objects.c.object_key).where(hold_objects.c.hold_id == hold_id)
                                 .order_by(hold_objects.c.object_key)).scalars().all()
         return Hold(row.id, row.matter, json.loads(row.scope), row.placed_by, as_utc(row.placed_at),  # type: ignore[arg-type]

@@ -28,7 +28,8 @@ from strongroom.settings import Settings
 from tests.graph_standin import GraphStandIn
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("STRONGROOM_SHARED_DIR", REPO.parent / "shared"))
+VECTORS = Path(__file__).parent / "vectors"  # RFC 6962 proof vectors (transparency-dev/merkle, Apache-2.0)
+RSMF = Path(__file__).parent / "rsmf"  # Relativity's RSMF 2.0 schema and samples (BSD-style, see LICENSE)
 FIXTURES = Path(__file__).parent / "fixtures"
 APP_SECRET = "test-app-secret-" + uuid.uuid4().hex
 VERIFY_TOKEN = "test-verify-token-" + uuid.uuid4().hex

@@ -27,15 +27,15 @@ from archiver import crypto
 from archiver.checkpoint import SignedCheckpoint
 from archiver.db import events
 from archiver.merkle import hash_leaf, verify_inclusion
-from audit import api as api_module
+from audit import access as access_module
 from audit.auth import api_keys, principals
 from exporters import verify_bundle as vb
 from exporters.jobs import exports
+from strongroom import payloads as p
 from strongroom.app import create_app
 from strongroom.embedded import EmbeddedSeaweedFS
 from strongroom.runtime import Archive, configure_logging, open_archive
 from strongroom.settings import Settings
-from tests import payloads as p
 from tests.conftest import APP_SECRET, VERIFY_TOKEN, ingest, pg_database
 
 T = 1_764_000_000
@@ -205,7 +205,7 @@ def test_every_route_has_a_rule_and_only_health_webhook_and_sign_in_are_public(w
             continue
         assert isinstance(route, APIRoute), f"{path}: not an API route (static files, mounts, docs are not allowed)"
         roles, _ = _rule(route)
-        assert roles, f"{sorted(route.methods)} {path} has no access rule: declare one with audit.api.rule()"
+        assert roles, f"{sorted(route.methods)} {path} has no access rule: declare one with audit.http.rule()"
         r = _call(world, route, None)
         assert r.status_code == 401, f"{path} answered {r.status_code} without credentials"
         assert r.headers["www-authenticate"] == "Bearer"
@@ -288,7 +288,7 @@ def test_a_read_fails_when_its_access_event_cannot_be_written(world: World, monk
     def broken(*_a: Any, **_k: Any) -> None:
         raise RuntimeError("audit store down")
 
-    monkeypatch.setattr(api_module, "append_audit", broken)
+    monkeypatch.setattr(access_module, "append_audit", broken)
     r = world.get("/api/v1/search", q="trade")
     assert r.status_code == 503 and b"wamid" not in r.content and b"trade" not in r.content
     r = world.get(f"/api/v1/records/{world.record_id('wamid.b1')}")

@@ -12,10 +12,10 @@ from typer.testing import CliRunner
 
 from archiver.db import events
 from policies.completeness import COVERAGE_LIMITS, latest_reports
+from strongroom import payloads as p
 from strongroom.cli import app
 from strongroom.runtime import Archive, Worker
 from strongroom.settings import Settings
-from tests import payloads as p
 from tests.conftest import ingest, record_json, subprocess_env
 
 DAY = date(2026, 11, 20)

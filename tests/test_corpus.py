@@ -17,9 +17,9 @@ from fastapi.testclient import TestClient
 
 from archiver.db import events, inbox_deliveries
 from audit.recreate import recreate_body
+from strongroom import payloads as p
 from strongroom.app import create_app
 from strongroom.runtime import Archive
-from tests import payloads as p
 from tests.conftest import FIXTURES, open_record, sealed_records, sign
 from tests.test_kinds import CASES
 

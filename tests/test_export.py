@@ -35,11 +35,11 @@ from exporters.bundle import Custody, ExportScope
 from exporters.loadfile import COLUMN, QUOTE, SlipSheets, slip_sheet
 from exporters.sinks import DirectorySink, Entry
 from exporters.spool import Spool
+from strongroom import payloads as p
 from strongroom.cli import app
 from strongroom.runtime import Archive, open_archive
 from strongroom.settings import Settings
-from tests import payloads as p
-from tests.conftest import REPO, SHARED, ingest, subprocess_env
+from tests.conftest import REPO, RSMF, ingest, subprocess_env
 from tests.graph_standin import GraphStandIn
 
 NOW = int(time.time()) - 3600
@@ -165,8 +165,8 @@ def test_rsmf_load_files_and_counts_meet_what_review_platforms_check(
     scenario(exp_archive, graph, webhook_body)
     out = tmp_path / "bundle"
     result = produce(exp_archive, out)
-    schema = json.loads((SHARED / "rsmf" / "rsmf_schema_2_0_0.json").read_text())
-    sample = email.message_from_bytes((SHARED / "rsmf" / "sample3.rsmf").read_bytes())
+    schema = json.loads((RSMF / "rsmf_schema_2_0_0.json").read_text())
+    sample = email.message_from_bytes((RSMF / "sample3.rsmf").read_bytes())
     rsmfs = sorted(out.glob("VOL*/NATIVES/*/*.rsmf"))
     assert len(rsmfs) == result.manifest["counts"]["rsmf_files"] >= 3  # per conversation per UTC day
     events_total = 0

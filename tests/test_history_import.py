@@ -13,8 +13,8 @@ import pytest
 import sqlalchemy as sa
 
 from archiver.db import events, inbox, segments
+from strongroom import payloads
 from strongroom.runtime import Archive
-from tests import payloads
 from tests.conftest import sign, subprocess_env
 
 pytestmark = pytest.mark.slow

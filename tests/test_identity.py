@@ -9,8 +9,8 @@ import sqlalchemy as sa
 
 from archiver.db import events, identities
 from archiver.identity import IdentityBook
+from strongroom import payloads as p
 from strongroom.runtime import Archive
-from tests import payloads as p
 from tests.conftest import ingest, record_json
 
 T0 = 1_760_000_000

@@ -11,10 +11,10 @@ import pytest
 from typer.testing import CliRunner
 
 from audit.searchlang import QuerySyntaxError
+from strongroom import payloads as p
 from strongroom.cli import app
 from strongroom.runtime import Archive
 from strongroom.settings import Settings
-from tests import payloads as p
 from tests.conftest import ingest, subprocess_env
 
 T = 1_764_000_000

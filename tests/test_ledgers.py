@@ -16,10 +16,10 @@ from typer.testing import CliRunner
 from archiver.db import events
 from archiver.identity import IdentityBook
 from archiver.outbound import SendError
+from strongroom import payloads as p
 from strongroom.cli import app
 from strongroom.runtime import Archive
 from strongroom.settings import Settings
-from tests import payloads as p
 from tests.conftest import ingest, subprocess_env
 
 T = 1_764_000_000

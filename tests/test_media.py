@@ -13,9 +13,9 @@ import sqlalchemy as sa
 from archiver.db import events, media
 from archiver.media import GraphClient, MediaFetcher, MediaPolicy, open_media
 from archiver.objectstore import S3ObjectStore
+from strongroom import payloads as p
 from strongroom.runtime import Archive, open_archive
 from strongroom.settings import Settings
-from tests import payloads as p
 from tests.conftest import ingest, record_json, sign
 from tests.graph_standin import GraphStandIn
 

@@ -1,4 +1,4 @@
-"""RFC 6962 hashing and RFC 9162 proofs: shared vectors, plus our own proofs round-tripping."""
+"""RFC 6962 hashing and RFC 9162 proofs: the vectors in tests/vectors, plus our own proofs round-tripping."""
 
 from __future__ import annotations
 
@@ -11,14 +11,14 @@ import pytest
 
 from archiver import merkle
 from archiver.errors import ProofError, RootMismatchError, VerificationError
-from tests.conftest import SHARED
+from tests.conftest import VECTORS
 
-VECTORS = SHARED / "vectors" / "rfc6962"
+RFC6962 = VECTORS / "rfc6962"
 
 
 def _cases(kind: str) -> list[Path]:
-    found = sorted((VECTORS / kind).rglob("*.json"))
-    assert found, f"no {kind} vectors under {VECTORS}"  # an empty walk must not pass
+    found = sorted((RFC6962 / kind).rglob("*.json"))
+    assert found, f"no {kind} vectors under {RFC6962}"  # an empty walk must not pass
     return found
 
 

@@ -17,9 +17,9 @@ from archiver.merkle import verify_consistency, verify_inclusion
 from archiver.proofs import ProofService
 from audit.query import QueryError
 from audit.recreate import recreate_body
+from strongroom import payloads
 from strongroom.app import create_app
 from strongroom.runtime import Archive, configure_logging
-from tests import payloads
 from tests.conftest import open_record, sealed_records, sign
 
 CANARY = "CANARY-7f3a91-d\u00e9j\u00e0-vu-\U0001f512"

@@ -19,10 +19,10 @@ from archiver.errors import AccessDeniedError, KeyDestroyedError
 from policies.disposition import load_certificates, open_document
 from policies.holds import HoldError, Scope
 from policies.retention import RetentionSchedule, add_years
+from strongroom import payloads as p
 from strongroom.cli import app
 from strongroom.runtime import Archive, open_archive
 from strongroom.settings import Settings
-from tests import payloads as p
 from tests.conftest import ingest, open_record, subprocess_env
 
 ALICE, BOB = "16505550101", "16505550202"

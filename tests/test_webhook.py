@@ -43,7 +43,8 @@ def test_unsigned_and_wrongly_signed_bodies_are_rejected_and_never_stored(
     assert c.post(URL, content=body, headers={"X-Hub-Signature-256": "md5=abc"}).status_code == 401
     tampered = body.replace(b"Body Text", b"Body Texx")
     r = c.post(URL, content=tampered, headers={"X-Hub-Signature-256": sign(body)})
-    assert r.status_code == 401 and r.json()["error"] == "X-Hub-Signature-256 does not match the body"
+    assert r.status_code == 401 and r.json()["detail"] == "X-Hub-Signature-256 does not match the body"
+    assert r.headers["content-type"] == "application/problem+json"
     assert _count(archive, inbox) == 0 and _count(archive, inbox_deliveries) == 0
 
 
@@ -81,7 +82,7 @@ def test_body_over_the_limit_gets_413_and_is_not_stored(make_settings, webhook_b
     try:
         body = webhook_body("text_bsuid")
         r = _client(a).post(URL, content=body, headers={"X-Hub-Signature-256": sign(body)})
-        assert r.status_code == 413 and "exceeds the limit of 100" in r.json()["error"]
+        assert r.status_code == 413 and "exceeds the limit of 100" in r.json()["detail"]
         assert _count(a, inbox) == 0
     finally:
         a.close()

@@ -1,6 +1,7 @@
-"""Meta-shaped webhook bodies built in code (for scenarios; fixed payloads live in fixtures/).
+"""Meta-shaped webhook bodies built in code: for `strongroom demo`, the benchmarks and the tests
+(fixed payloads live in tests/fixtures/).
 
-Shapes follow ../shared/whatsapp-webhooks.md. Bodies are serialised the way Meta sends them:
+Shapes follow docs/reference/whatsapp-webhooks.md. Bodies are serialised the way Meta sends them:
 compact, non-ASCII escaped as \\uXXXX.
 """
 

@@ -1,0 +1,363 @@
+"""Audited reads: the one way any front end (API, CLI, console) reads archived data or ledger state.
+
+Every read here returns an `Answer`: the result and the exact bytes (compact JSON) that leave the
+archive. Before the answer is handed back, one *access event* is written to the sealed audit
+stream: who (actor, role, how they signed in, their tenants), what (action, query or ids, result
+count) and the SHA-256 of those bytes. If that write fails, the read fails (`AuditUnavailable`,
+503 / exit 6) and nothing is returned. A front end sends `Answer.body` as it is (the API) or shows
+`Answer.result` (the CLI's tables), never anything it read around this module.
+
+Tenants (WABA ids) are enforced here too: a principal scoped to some tenants gets the same
+`NotFound` for a record of another tenant as for a record that does not exist, and its counts,
+lists and reports include only its own tenants.
+
+Routes that *change* state (holds, accounts, send-log) are not reads; their own modules put them
+on the audit stream.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from typing import Any, Protocol
+
+import sqlalchemy as sa
+import structlog
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from archiver.db import events, segments, stream_tenant
+from archiver.errors import Forbidden, NotFound, Unavailable
+from archiver.keys import KeyRing
+from archiver.merkle import hash_leaf, root_from_inclusion_proof
+from archiver.normalize import AUDIT_STREAM, append_audit
+from archiver.objectstore import ObjectStore
+from archiver.proofs import ProofService
+from archiver.segments import sealed_records
+from archiver.sqlutil import as_utc
+from audit import views
+from audit.auth import Accounts, Principal
+from audit.index import SearchIndex
+from policies.checks import ComplianceChecks
+from policies.completeness import latest_reports
+from policies.consent import ConsentLedger
+from policies.disposition import RetentionRun
+from policies.holds import Hold, Holds
+from policies.retention import Schedules
+from policies.templates import TemplateLedger
+
+log = structlog.get_logger("strongroom.access")
+
+ACCESS_KIND = "access"  # audit-stream kind of access events
+# Who may read what. The API's routes declare the same sets (`audit.http.rule`); the CLI's local
+# operator (`local_operator`) is the shell of the server, which holds the keys, and reads all.
+READERS = frozenset({"auditor", "compliance", "regulator"})
+TRAIL_READERS = frozenset({"compliance", "regulator"})
+ADMIN = frozenset({"admin"})
+OPERATOR = "operator"
+
+
+class Services(Protocol):
+    """What the reads need from the archive (`strongroom.runtime.Archive` provides it)."""
+
+    engine: sa.Engine
+    keyring: KeyRing
+    store: ObjectStore
+
+    @property
+    def public_key(self) -> Ed25519PublicKey: ...
+    @property
+    def schedules(self) -> Schedules: ...
+    def holds(self) -> Holds: ...
+    def consent(self) -> ConsentLedger: ...
+    def templates(self) -> TemplateLedger: ...
+    def compliance(self) -> ComplianceChecks: ...
+    def retention_run(self) -> RetentionRun: ...
+    def search_index(self) -> SearchIndex: ...
+    def accounts(self) -> Accounts: ...
+
+
+class AuditUnavailable(Unavailable):
+    """The access event could not be written, so the read is refused."""
+
+    code = "audit_unavailable"
+
+    def __init__(self, action: str) -> None:
+        self.action = action
+        super().__init__("the access audit trail could not be written, so nothing is returned")
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What one audited read returned: `body` is exactly what was hashed into the access event."""
+
+    result: Any
+    body: bytes
+    count: int
+
+
+def local_operator(name: str) -> Principal:
+    """The CLI's principal when nobody signed in: the server's shell (it holds the keys)."""
+    return Principal(id=f"cli:{name}", name=name, role=OPERATOR, tenants=None, via="cli", mfa=False)
+
+
+def json_bytes(value: Any) -> bytes:
+    """Compact JSON as every front end sends it (instants as ISO-8601 UTC, bytes as hex)."""
+    def default(o: Any) -> Any:
+        if isinstance(o, datetime):
+            return as_utc(o).isoformat()  # type: ignore[union-attr]  # as_utc(None) only for None
+        if isinstance(o, date):
+            return o.isoformat()
+        if isinstance(o, bytes):
+            return o.hex()
+        raise TypeError(type(o).__name__)
+    return json.dumps(value, default=default, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def key_stream(object_key: str) -> str:
+    """The stream named in an object key (`…/stream=<id>/…`)."""
+    for part in object_key.split("/"):
+        if part.startswith("stream="):
+            return part[len("stream="):]
+    return ""
+
+
+def hold_view(h: Hold) -> dict[str, Any]:
+    return {"id": h.id, "matter": h.matter, "scope": h.scope, "placed_by": h.placed_by, "placed_at": h.placed_at,
+            "released_at": h.released_at, "objects": len(h.objects)}
+
+
+class Access:
+    """Audited, tenant-aware reads over one archive (one instance per process is enough)."""
+
+    def __init__(self, archive: Services) -> None:
+        self.archive = archive
+        self.engine, self.keyring = archive.engine, archive.keyring
+        self.proofs = ProofService(archive.engine)
+        self._tenant_of: dict[str, str] = {}
+
+    # -- tenants --------------------------------------------------------------------------------
+
+    def tenant(self, stream: str) -> str | None:
+        if stream not in self._tenant_of:
+            with self.engine.connect() as conn:
+                t = stream_tenant(conn, stream)
+            if t is None:
+                return None  # unknown yet: do not cache
+            self._tenant_of[stream] = t
+        return self._tenant_of[stream]
+
+    def visible_stream(self, p: Principal, stream: str) -> bool:
+        return p.tenants is None or p.sees(self.tenant(stream))
+
+    def hold_visible(self, p: Principal, scope: dict[str, Any]) -> bool:
+        streams = scope.get("streams") or []
+        return p.tenants is None or (bool(streams) and all(self.visible_stream(p, s) for s in streams))
+
+    # -- the access event -----------------------------------------------------------------------
+
+    def event(self, p: Principal, action: str, query: dict[str, Any], body_sha256: str, count: int,
+              ids: Sequence[str]) -> None:
+        """Write one access event; AuditUnavailable (nothing may be returned) if it fails."""
+        try:
+            append_audit(self.engine, self.keyring, ACCESS_KIND, action, p.actor, {
+                "role": p.role, "via": p.via, "tenants": sorted(p.tenants) if p.tenants is not None else "*",
+                "break_glass": p.role == "regulator", "query": query, "ids": list(ids[:1000]),
+                "ids_total": len(ids), "count": count, "result_sha256": body_sha256})
+        except Exception as e:
+            log.error("access_audit.failed", action=action, error=type(e).__name__)
+            raise AuditUnavailable(action) from e
+
+    def answer(self, p: Principal, action: str, query: dict[str, Any], result: Any, count: int,
+               ids: Sequence[str]) -> Answer:
+        """Serialise the result, write its access event, then (only then) hand it back."""
+        body = json_bytes(result)
+        self.event(p, action, query, hashlib.sha256(body).hexdigest(), count, ids)
+        return Answer(result, body, count)
+
+    @staticmethod
+    def allow(p: Principal, roles: frozenset[str]) -> None:
+        if p.role != OPERATOR and p.role not in roles:
+            raise Forbidden(f"role {p.role} may not read this")
+
+    # -- search and records ---------------------------------------------------------------------
+
+    def search(self, p: Principal, q: str, limit: int = 50, cursor: str | None = None,
+               filters: dict[str, str] | None = None, start: datetime | None = None,
+               end: datetime | None = None) -> Answer:
+        """Messages matching `q`, oldest first, with an exact total and a stable cursor."""
+        self.allow(p, READERS)
+        filters = filters or {}
+        page = self.archive.search_index().search(q, tenants=set(p.tenants) if p.tenants is not None else None,
+                                                  limit=limit, cursor=cursor, filters=filters, start=start, end=end)
+        result = {"total": page.total, "parsed": page.query, "next_cursor": page.next_cursor, "items": page.items}
+        return self.answer(p, "search", {"q": q, "filters": filters, "from": _iso(start), "to": _iso(end),
+                                         "cursor": cursor},
+                           result, page.total, [f"{h['stream']}/{h['seq']}" for h in page.items])
+
+    def record(self, p: Principal, stream: str, seq: int) -> Answer:
+        """One record, decrypted, with its inclusion proof to the newest signed checkpoint."""
+        self.allow(p, READERS)
+        with self.engine.connect() as conn:
+            r = conn.execute(sa.select(events).where(events.c.stream == stream, events.c.seq == seq)).first()
+            seg = conn.execute(sa.select(segments).where(segments.c.stream == stream, segments.c.first_seq <= seq,
+                                                         segments.c.last_seq >= seq)).first()
+            top = conn.execute(sa.select(segments.c.last_seq, segments.c.checkpoint_key).where(
+                segments.c.stream == stream, segments.c.checkpoint_key.is_not(None))
+                .order_by(segments.c.last_seq.desc()).limit(1)).first()
+        if r is None or not p.sees(r.tenant):
+            raise NotFound("no such record")
+        view = views.record_view(self.keyring, r)
+        view["proof"] = self._proof(stream, seq, seg, top)
+        return self.answer(p, "record", {"stream": stream, "seq": seq}, view, 1, [f"{stream}/{seq}"])
+
+    def _proof(self, stream: str, seq: int, seg: Any, top: Any) -> dict[str, Any] | None:
+        if top is None or top.last_seq < seq:
+            return None  # not yet under a published checkpoint
+        size = top.last_seq + 1
+        leaf = self.proofs.leaf_hash(stream, seq)
+        path = self.proofs.inclusion(stream, seq, size)
+        checkpoint = json.loads(self.archive.store.get(top.checkpoint_key))
+        out: dict[str, Any] = {
+            "leaf_index": seq, "tree_size": size, "leaf_hash": leaf.hex(), "path": [h.hex() for h in path],
+            "root_from_path": root_from_inclusion_proof(seq, size, leaf, path).hex(),
+            "checkpoint_key": top.checkpoint_key, "signed_checkpoint": checkpoint,
+            "segment_key": seg.object_key if seg is not None else None, "sealed_record": None}
+        if seg is not None and seg.disposed_at is None:
+            canon = dict(sealed_records(self.archive.store.get(seg.object_key), [seq])).get(seq)
+            if canon is not None:  # the canonical sealed bytes: ciphertext only, so a third party can hash them
+                out["sealed_record"] = base64.b64encode(canon).decode()
+                out["sealed_record_matches_leaf"] = hash_leaf(canon) == leaf
+        return out
+
+    def thread(self, p: Principal, conversation: str, stream: str | None = None, start: datetime | None = None,
+               end: datetime | None = None, limit: int = 500, after: int | None = None) -> Answer:
+        """The conversation as it happened (see `audit.views`), a page of `limit` items after `after`."""
+        self.allow(p, READERS)
+        with self.engine.connect() as conn:
+            rows, gaps = views.thread_rows(conn, conversation, p.sees, stream, start, end)
+        items = views.thread_items(self.keyring, rows, gaps)
+        first = 0
+        if after is not None:
+            first = next((i + 1 for i, it in enumerate(items) if it["row"] == after), len(items))
+        page = items[first:first + limit]
+        more = first + limit < len(items)
+        result = {"conversation": conversation, "total": len(items), "numbers": sorted({r.stream for r in rows}),
+                  "items": page, "next_after": page[-1]["row"] if more and page else None}
+        return self.answer(p, "thread", {"conversation": conversation, "stream": stream, "from": _iso(start),
+                                         "to": _iso(end), "after": after}, result, len(items),
+                           [it["record"]["id"] or it["record"]["natural_key"] for it in page])
+
+    # -- ledgers --------------------------------------------------------------------------------
+
+    def consent(self, p: Principal, stream: str, subject: str | None, category: str, at: datetime | None) -> Answer:
+        """Consent of a contact (subject id) on a number as of `at` (default now), with its history.
+
+        `category` "*" gives every category (the CLI's view); `subject` None: nobody held the number."""
+        from policies.consent import CATEGORIES
+
+        self.allow(p, READERS)
+        if not self.visible_stream(p, stream):
+            raise NotFound("no such number")
+        when = at or datetime.now(UTC)
+        ledger = self.archive.consent()
+        history: list[dict[str, Any]] = []
+        result: dict[str, Any] = {"stream": stream, "subject": subject, "category": category, "at": when}
+        if subject is not None:
+            history = [h for h in ledger.history(stream, subject) if as_utc(datetime.fromisoformat(h["at"])) <= when]
+            if category == "*":
+                result["state"] = {c: ledger.state(stream, subject, c, when).__dict__ for c in CATEGORIES}
+            else:
+                state = ledger.state(stream, subject, category, when)
+                result.update(state=state.status, deciding_entry=state.entry)
+        result["history"] = history
+        return self.answer(p, "ledger.consent", {"stream": stream, "subject": subject, "category": category,
+                                                 "at": when.isoformat()}, result, len(history),
+                           [subject] if subject else [])
+
+    def template(self, p: Principal, tenant: str, name: str, language: str, at: datetime | None) -> Answer:
+        """A template's approval status, category and body versions as of `at` (default now)."""
+        self.allow(p, READERS)
+        if not p.sees(tenant):
+            raise NotFound("no such tenant")
+        when = at or datetime.now(UTC)
+        s = self.archive.templates().state(tenant, name, language, when)
+        result = {"tenant": tenant, "name": name, "language": language, "at": when, "status": s.status,
+                  "category": s.category, "body_versions": s.version, "body_sha256": s.body_sha256,
+                  "deciding_entry": s.entry}
+        return self.answer(p, "ledger.templates", {"tenant": tenant, "name": name, "language": language,
+                                                   "at": when.isoformat()}, result, 1, [f"{tenant}/{name}/{language}"])
+
+    # -- holds ----------------------------------------------------------------------------------
+
+    def holds(self, p: Principal, include_released: bool = True) -> Answer:
+        self.allow(p, READERS)
+        found = [hold_view(h) for h in self.archive.holds().list(include_released) if self.hold_visible(p, h.scope)]
+        return self.answer(p, "holds.list", {"include_released": include_released}, {"holds": found},
+                           len(found), [h["id"] for h in found])
+
+    # -- reports --------------------------------------------------------------------------------
+
+    def completeness(self, p: Principal, day: date | None = None, stream: str | None = None,
+                     reports: Callable[[date], list[dict[str, Any]]] | None = None) -> Answer:
+        """The newest sealed completeness report per number for `day` (default yesterday, UTC).
+
+        `reports` gives them instead of the sealed ones (the CLI's reconciliation has just made them)."""
+        self.allow(p, READERS)
+        the_day = day or (datetime.now(UTC).date() - timedelta(days=1))
+        made = reports(the_day) if reports else latest_reports(self.engine, self.keyring, the_day, stream)
+        found = [r for r in made if self.visible_stream(p, r["stream"])]
+        return self.answer(p, "report.completeness", {"day": the_day.isoformat(), "stream": stream},
+                           {"day": the_day, "reports": found}, len(found), [r["stream"] for r in found])
+
+    def retention(self, p: Principal) -> Answer:
+        """The schedule in force and objects overdue for disposition (expected: none)."""
+        self.allow(p, READERS)
+        now = datetime.now(UTC)
+        schedule = json.loads(self.archive.schedules.current().to_json())
+        overdue = self.archive.retention_run().overdue(now)
+        if p.tenants is not None:
+            overdue = [o for o in overdue if self.visible_stream(p, key_stream(o["key"]))]
+        return self.answer(p, "report.retention", {"at": now.isoformat()},
+                           {"at": now, "schedule": schedule, "overdue": overdue}, len(overdue),
+                           [o["key"] for o in overdue])
+
+    def violations(self, p: Principal, stream: str | None = None, kind: str | None = None) -> Answer:
+        """Compliance violations (consent, window, template, pricing) with their evidence."""
+        self.allow(p, READERS)
+        found = [v for v in self.archive.compliance().list(stream, kind) if self.visible_stream(p, v["stream"])]
+        return self.answer(p, "violations", {"stream": stream, "type": kind}, {"violations": found}, len(found),
+                           [v["natural_key"] for v in found])
+
+    def audit_trail(self, p: Principal, start: datetime | None = None, end: datetime | None = None,
+                    limit: int = 1000, after: int = 0) -> Answer:
+        """The archive's own audit stream (accesses, holds, keys, decisions), decrypted."""
+        self.allow(p, TRAIL_READERS)
+        if p.tenants is not None:
+            raise Forbidden("the audit trail spans all tenants: it needs an all-tenant principal")
+        q = sa.select(events).where(events.c.stream == AUDIT_STREAM, events.c.id > after)
+        if start is not None:
+            q = q.where(events.c.event_time >= start)
+        if end is not None:
+            q = q.where(events.c.event_time < end)
+        with self.engine.connect() as conn:
+            rows = conn.execute(q.order_by(events.c.id).limit(limit)).all()
+        entries = [{"row": r.id, **views.record_view(self.keyring, r)} for r in rows]
+        return self.answer(p, "audit_trail", {"from": _iso(start), "to": _iso(end), "after": after},
+                           {"entries": entries, "next_after": rows[-1].id if len(rows) == limit else None},
+                           len(entries), [e["natural_key"] for e in entries])
+
+    # -- accounts -------------------------------------------------------------------------------
+
+    def principals(self, p: Principal) -> Answer:
+        """Accounts and API keys (never their secrets)."""
+        self.allow(p, ADMIN)
+        found = self.archive.accounts().list()
+        return self.answer(p, "admin.principals", {}, {"principals": found}, len(found), [f["id"] for f in found])
+
+
+def _iso(t: datetime | None) -> str | None:
+    return t.isoformat() if t is not None else None

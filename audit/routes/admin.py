@@ -1,0 +1,58 @@
+"""Accounts and API keys (admin). An admin reads no archived content."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from fastapi import APIRouter, Request, Response
+from pydantic import BaseModel, Field
+
+from audit.access import ADMIN, Access, json_bytes
+from audit.http import json_response, principal, rule
+
+
+class UserRequest(BaseModel):
+    name: str = Field(min_length=1, max_length=200)
+    role: str
+    tenants: list[str] | None = Field(None, description="WABA ids; omit for all (compliance, admin, regulator)")
+
+
+class KeyRequest(BaseModel):
+    name: str = Field(min_length=1, max_length=200)
+    role: str
+    tenants: list[str] = Field(min_length=1)
+
+
+def router(access: Access) -> APIRouter:
+    r = APIRouter(prefix="/api/v1/admin", tags=["admin"])
+
+    def ended(call: Callable[[], None]) -> Response:
+        call()
+        return Response(status_code=204)
+
+    @r.get("/principals", **rule(ADMIN, audited=True))
+    def principals_list(request: Request) -> Response:
+        return json_response(access.principals(principal(request)).body)
+
+    @r.post("/users", status_code=201, **rule(ADMIN, audited=False))
+    def user_create(request: Request, body: UserRequest) -> Response:
+        """A human account; the password and TOTP secret are in this response only."""
+        created = request.app.state.accounts.create_user(body.name, body.role, body.tenants, principal(request).actor)
+        return json_response(json_bytes(created), 201)
+
+    @r.post("/api-keys", status_code=201, **rule(ADMIN, audited=False))
+    def key_create(request: Request, body: KeyRequest) -> Response:
+        """A service API key (ingest or auditor); the token is in this response only."""
+        created = request.app.state.accounts.create_api_key(body.name, body.role, body.tenants,
+                                                            principal(request).actor)
+        return json_response(json_bytes(created), 201)
+
+    @r.delete("/api-keys/{key_id}", status_code=204, **rule(ADMIN, audited=False))
+    def key_revoke(request: Request, key_id: str) -> Response:
+        return ended(lambda: request.app.state.accounts.revoke_api_key(key_id, principal(request).actor))
+
+    @r.post("/users/{principal_id}/disable", status_code=204, **rule(ADMIN, audited=False))
+    def user_disable(request: Request, principal_id: str) -> Response:
+        return ended(lambda: request.app.state.accounts.disable_user(principal_id, principal(request).actor))
+
+    return r

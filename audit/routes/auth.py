@@ -1,0 +1,41 @@
+"""Signing in and out: name + password + TOTP exchanged for a session token."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response
+from pydantic import BaseModel, Field
+
+from archiver.errors import RateLimited
+from audit.access import Access, json_bytes
+from audit.auth import ROLES
+from audit.http import Credentials, json_response, public, rule
+
+ANY_ROLE = frozenset(ROLES)
+
+
+class LoginRequest(BaseModel):
+    name: str = Field(min_length=1, max_length=200)
+    password: str = Field(min_length=1, max_length=200)
+    otp: str = Field(min_length=6, max_length=8, pattern=r"^\d+$")
+
+
+def router(_access: Access) -> APIRouter:
+    r = APIRouter(prefix="/api/v1", tags=["auth"])
+
+    @r.post("/auth/session", **public("credentials"))
+    def login(request: Request, body: LoginRequest) -> Response:
+        """Exchange name + password + TOTP code for a session token (shown once)."""
+        client = request.client.host if request.client else "?"
+        limiter = request.app.state.login_limiter
+        if (wait := limiter.take(f"{client}|{body.name}")) or limiter.take(client):
+            raise RateLimited("too many sign-in attempts", wait)
+        token, expires = request.app.state.accounts.login(body.name, body.password, body.otp)
+        return json_response(json_bytes({"token": token, "expires_at": expires}))
+
+    @r.delete("/auth/session", status_code=204, **rule(ANY_ROLE, audited=False))
+    def logout(request: Request, creds: Credentials) -> Response:
+        if creds is not None:
+            request.app.state.accounts.logout(creds.credentials)
+        return Response(status_code=204)
+
+    return r

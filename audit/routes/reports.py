@@ -1,0 +1,33 @@
+"""Reports: completeness per number and day, retention (schedule and overdue), violations."""
+
+from __future__ import annotations
+
+from datetime import date
+
+from fastapi import APIRouter, Query, Request, Response
+
+from audit.access import READERS, Access
+from audit.http import json_response, principal, rule
+
+
+def router(access: Access) -> APIRouter:
+    r = APIRouter(prefix="/api/v1", tags=["reports"])
+
+    @r.get("/reports/completeness", **rule(READERS, audited=True))
+    def completeness(request: Request, day: date | None = None, stream: str | None = Query(None, max_length=128)
+                     ) -> Response:
+        """The newest sealed completeness report per number for `day` (default yesterday, UTC)."""
+        return json_response(access.completeness(principal(request), day, stream).body)
+
+    @r.get("/reports/retention", **rule(READERS, audited=True))
+    def retention(request: Request) -> Response:
+        """The schedule in force and objects overdue for disposition (expected: none)."""
+        return json_response(access.retention(principal(request)).body)
+
+    @r.get("/violations", **rule(READERS, audited=True))
+    def violations(request: Request, stream: str | None = Query(None, max_length=128),
+                   type: str | None = Query(None, max_length=64)) -> Response:
+        """Compliance violations (consent, window, template, pricing) with their evidence."""
+        return json_response(access.violations(principal(request), stream, type).body)
+
+    return r

@@ -15,6 +15,7 @@ Tables:
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import sqlalchemy as sa
 from alembic import command
@@ -208,7 +209,7 @@ def make_engine(url: str) -> sa.Engine:
                                   hide_parameters=True)
 
         @sa.event.listens_for(engine, "connect")
-        def _sqlite_pragmas(conn, _record):  # type: ignore[no-untyped-def]
+        def _sqlite_pragmas(conn: Any, _record: Any) -> None:  # the DB-API connection, its pool record
             cur = conn.cursor()
             cur.execute("PRAGMA journal_mode=WAL")  # readers never block the inbox writer
             cur.execute("PRAGMA synchronous=FULL")  # a committed webhook survives power loss

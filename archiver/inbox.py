@@ -21,7 +21,7 @@ from archiver.crypto import decrypt, encrypt
 from archiver.db import inbox, inbox_deliveries
 from archiver.errors import WebhookRejected
 from archiver.keys import KeyRing
-from archiver.sqlutil import insert_for, utcnow
+from archiver.sqlutil import Row, insert_for, utcnow
 
 SIGNATURE_PREFIX = "sha256="
 
@@ -110,7 +110,7 @@ class Inbox:
         """Verify, encrypt and commit `body`. Returns only once the commit is durable."""
         return self.commit([self.prepare(body, signature_header)])[0]
 
-    def read_body(self, row: sa.Row) -> bytes:  # type: ignore[type-arg]
+    def read_body(self, row: Row) -> bytes:
         """Decrypt a stored body (row with key_id, nonce, ciphertext, body_sha256)."""
         key = self.keyring.data_key(row.key_id, create=False)
         return decrypt(key, row.nonce, row.ciphertext, inbox_aad(row.body_sha256))

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 
 _WS = re.compile(r"[ \t\n\r]*")
 _DECODER = json.JSONDecoder()
-_scanstring = json.decoder.scanstring  # type: ignore[attr-defined]
+# the C string scanner the json module itself uses; typeshed does not declare it
+_scanstring: Callable[[str, int], tuple[str, int]] = json.decoder.scanstring  # type: ignore[attr-defined]
 
 
 class SpanError(ValueError):
@@ -31,7 +33,9 @@ class ChangeSpan:
 
 
 def _ws(s: str, i: int) -> int:
-    return _WS.match(s, i).end()  # type: ignore[union-attr]
+    m = _WS.match(s, i)
+    assert m is not None  # `[…]*` matches at every offset, if only the empty string
+    return m.end()
 
 
 def _skip_value(s: str, i: int) -> int:
@@ -41,7 +45,7 @@ def _skip_value(s: str, i: int) -> int:
         raise SpanError(f"invalid JSON value at offset {i}: {e.msg}") from e
 
 
-def _members(s: str, i: int):  # type: ignore[no-untyped-def]
+def _members(s: str, i: int) -> Generator[tuple[str, int], int, int]:
     """Yield (key, value_start) of an object at `i`; the caller must advance via `send`."""
     if s[i : i + 1] != "{":
         raise SpanError(f"expected an object at offset {i}")
@@ -65,17 +69,18 @@ def _members(s: str, i: int):  # type: ignore[no-untyped-def]
         i = _ws(s, i + 1)
 
 
-def _walk_object(s: str, i: int, on_member) -> int:  # type: ignore[no-untyped-def]
+def _walk_object(s: str, i: int, on_member: Callable[[str, int], int]) -> int:
     gen = _members(s, i)
     try:
         key, start = next(gen)
         while True:
             key, start = gen.send(on_member(key, start))
     except StopIteration as stop:
-        return stop.value  # type: ignore[no-any-return]
+        end: int = stop.value
+        return end
 
 
-def _walk_array(s: str, i: int, on_item) -> int:  # type: ignore[no-untyped-def]
+def _walk_array(s: str, i: int, on_item: Callable[[int, int], int]) -> int:
     if s[i : i + 1] != "[":
         raise SpanError(f"expected an array at offset {i}")
     i = _ws(s, i + 1)
@@ -96,7 +101,7 @@ def change_spans(text: str) -> list[ChangeSpan]:
     """Spans of every change of every entry, in document order."""
     spans: list[ChangeSpan] = []
 
-    def on_change(entry_index: int):  # type: ignore[no-untyped-def]
+    def on_change(entry_index: int) -> Callable[[int, int], int]:
         def visit(change_index: int, start: int) -> int:
             end = _skip_value(text, start)
             spans.append(ChangeSpan(entry_index, change_index, start, end))

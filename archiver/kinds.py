@@ -102,6 +102,16 @@ def parse_unix(value: Any) -> datetime | None:
         return None
 
 
+def obj(value: Any) -> dict[str, Any]:
+    """`value` when it is a JSON object, else an empty one (webhook fields are untrusted shapes)."""
+    return value if isinstance(value, dict) else {}
+
+
+def arr(value: Any) -> list[Any]:
+    """`value` when it is a JSON array, else an empty one."""
+    return value if isinstance(value, list) else []
+
+
 def key_part(value: Any) -> str:
     """A natural-key component: the value itself when it is a short string, else its hash."""
     if isinstance(value, str) and 0 < len(value) <= _KEY_PART_MAX and value.isprintable():
@@ -132,9 +142,9 @@ def _ref(msg: dict[str, Any]) -> str | None:
     """The wamid a message refers to: edited/revoked original, reacted-to message, or reply."""
     for kind, name in (("edit", "original_message_id"), ("revoke", "original_message_id"),
                        ("reaction", "message_id"), ("context", "id")):
-        obj = msg.get(kind)
-        if isinstance(obj, dict) and isinstance(obj.get(name), str):
-            return obj[name]  # type: ignore[no-any-return]
+        ref = obj(msg.get(kind)).get(name)
+        if isinstance(ref, str):
+            return ref
     return None
 
 
@@ -157,7 +167,7 @@ def _message(sink: EventSink, c: Change, msg: dict[str, Any], idx: int, *, origi
     business_bi = sink.blind(_business(c.value))
     mtype = msg.get("type")
     wamid = msg.get("id")
-    errors = msg.get("errors") if isinstance(msg.get("errors"), list) else []
+    errors = arr(msg.get("errors"))
     modelled = mtype in MODELLED_MESSAGE_TYPES and not errors
     natural_key = f"{key_prefix}:{key_part(wamid)}" if wamid else f"{key_prefix}:{c.key}:{idx}"
     cols = dict(tenant=c.tenant, field=c.field, conversation=p.subject, direction=direction, origin=origin,
@@ -205,7 +215,7 @@ def _live(sink: EventSink, c: Change, msgs: list[dict[str, Any]], contacts: dict
 
 def _identity_change(sink: EventSink, msg: dict[str, Any], phone: Any, user: Any) -> tuple[Any, Any]:
     """Apply a system identity change; returns the identifiers the person has from now on."""
-    system = msg.get("system") if isinstance(msg.get("system"), dict) else {}
+    system = obj(msg.get("system"))
     stype, at, evidence = system.get("type"), parse_unix(msg.get("timestamp")), f"message:{key_part(msg.get('id'))}"
     new_phone = system.get("wa_id") or system.get("new_wa_id")
     if stype in CHANGED_NUMBER and phone and new_phone:
@@ -272,7 +282,7 @@ def history(sink: EventSink, c: Change) -> bool:
     chunks, ok = _items(c.value, "history")
     modelled = ok and _only(c.value, "history", "messages")
     for n, chunk in enumerate(chunks):
-        meta = chunk.get("metadata") if isinstance(chunk.get("metadata"), dict) else {}
+        meta = obj(chunk.get("metadata"))
         for err in chunk.get("errors") or []:
             code = err.get("code") if isinstance(err, dict) else None
             gap = "history_declined" if code == HISTORY_DECLINED else f"history_error:{key_part(code)}"
@@ -316,7 +326,7 @@ def state_sync(sink: EventSink, c: Change) -> bool:
     items, ok = _items(c.value, "state_sync")
     modelled = ok and _only(c.value, "state_sync")
     for item in items:
-        contact = item.get("contact") if isinstance(item.get("contact"), dict) else {}
+        contact = obj(item.get("contact"))
         ts = (item.get("metadata") or {}).get("timestamp") if isinstance(item.get("metadata"), dict) else None
         p = sink.person(contact.get("phone_number"), None, parse_unix(ts))
         action = item.get("action")

@@ -38,7 +38,7 @@ from archiver.keys import KeyRing
 from archiver.normalize import append_events, system_builder
 from archiver.objectstore import ObjectStore
 from archiver.records import canonical_json
-from archiver.sqlutil import as_utc, utcnow
+from archiver.sqlutil import Row, as_utc, utcnow
 
 log = structlog.get_logger("strongroom.media")
 MEDIA_FORMAT = b"SRM1"  # object = MEDIA_FORMAT ‖ nonce ‖ AES-GCM ciphertext
@@ -147,7 +147,7 @@ class MediaFetcher:
                 self._process(job)
         return len(jobs)
 
-    def _claim(self, limit: int) -> list[sa.Row]:  # type: ignore[type-arg]
+    def _claim(self, limit: int) -> list[Row]:
         """Due jobs, each claimed by pushing its next attempt out (so replicas don't collide)."""
         now = utcnow()
         with self.engine.begin() as conn:
@@ -162,7 +162,7 @@ class MediaFetcher:
                     claimed.append(r)
         return claimed
 
-    def _fetch(self, job: sa.Row) -> tuple[bytes, dict[str, Any]]:  # type: ignore[type-arg]
+    def _fetch(self, job: Row) -> tuple[bytes, dict[str, Any]]:
         if self.graph is None:
             raise MediaError("no Graph API token configured")
         errors = []
@@ -183,7 +183,7 @@ class MediaFetcher:
                 raise MediaError("sha256 of the download does not match Meta's")
         return data, {"source": "graph", "graph_mime_type": info.get("mime_type")}
 
-    def _process(self, job: sa.Row) -> None:  # type: ignore[type-arg]
+    def _process(self, job: Row) -> None:
         try:
             data, how = self._fetch(job)
             self._store(job, data, how)
@@ -198,7 +198,7 @@ class MediaFetcher:
             log.error("media.store_failed", media_row=job.id, error=type(e).__name__)
             self._failed(job, type(e).__name__, ours=True)
 
-    def _store(self, job: sa.Row, data: bytes, how: dict[str, Any]) -> None:  # type: ignore[type-arg]
+    def _store(self, job: Row, data: bytes, how: dict[str, Any]) -> None:
         key_ids = job.subject_key_id.split(",")
         nonce, ct = encrypt(self.keyring.content_key(key_ids, create=False), data, media_aad(job.stream, job.media_id))
         obj = MEDIA_FORMAT + nonce + ct
@@ -217,7 +217,7 @@ class MediaFetcher:
                      object_key=key, version_id=version_id, retain_until=until, size=len(data), last_error=None)
         log.info("media.stored", media_row=job.id, size=len(data))
 
-    def _failed(self, job: sa.Row, error: str, ours: bool = False) -> None:  # type: ignore[type-arg]
+    def _failed(self, job: Row, error: str, ours: bool = False) -> None:
         now = utcnow()
         message_time = as_utc(job.message_time) or as_utc(job.created_at)
         expired = message_time is not None and now - message_time > MEDIA_ID_LIFETIME
@@ -241,7 +241,7 @@ class MediaFetcher:
             conn.execute(sa.update(media).where(media.c.id == job.id).values(
                 attempts=attempts, last_error=error, next_attempt_at=now + delay, updated_at=now))
 
-    def _finish(self, job: sa.Row, state: str, kind: str, natural_key: str, record: dict[str, Any],  # type: ignore[type-arg]
+    def _finish(self, job: Row, state: str, kind: str, natural_key: str, record: dict[str, Any],
                 key_ids: list[str], **values: Any) -> None:
         now = utcnow()
         b = system_builder(self.keyring, now)

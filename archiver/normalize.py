@@ -22,7 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Any, TypeVar
@@ -41,7 +41,7 @@ from archiver.jsonspans import SpanError, change_spans, split_pieces
 from archiver.keys import KeyRing
 from archiver.kinds import HANDLERS, Change, Person, parse_unix, subjects_of
 from archiver.records import canonical_json, content_aad
-from archiver.sqlutil import as_utc, insert_ignore, utcnow
+from archiver.sqlutil import Row, as_utc, insert_ignore, utcnow
 
 log = structlog.get_logger("strongroom.normalize")
 T = TypeVar("T")
@@ -299,7 +299,7 @@ class Normalizer:
         with self.engine.connect() as conn:
             sizes = conn.execute(sa.select(inbox.c.id, inbox.c.size).where(inbox.c.state == "pending")
                                  .order_by(inbox.c.id).limit(limit)).all()
-            total, ids = 0, []
+            total, ids = 0, list[int]()
             for r in sizes:  # a history import is thousands of messages per body: bound the batch
                 if ids and total + r.size > max_bytes:
                     break
@@ -328,10 +328,10 @@ class Normalizer:
                     self._normalize_retrying([row], whole=True)
         return len(rows)
 
-    def _normalize_retrying(self, rows: list[sa.Row], whole: bool = False) -> None:  # type: ignore[type-arg]
+    def _normalize_retrying(self, rows: Sequence[Row], whole: bool = False) -> None:
         retry_on_race(lambda: self._normalize(rows, whole))
 
-    def _build_one(self, row: sa.Row, whole: bool = False) -> EventBuilder:  # type: ignore[type-arg]
+    def _build_one(self, row: Row, whole: bool = False) -> EventBuilder:
         body = self.inbox_reader.read_body(row)
         received_at = as_utc(row.received_at)
         assert received_at is not None
@@ -344,7 +344,7 @@ class Normalizer:
             log.error("normalize.unparseable", inbox_id=row.id, error=type(e).__name__)
             return unparsed(self.keyring, body, row.id, received_at)
 
-    def _normalize(self, rows: list[sa.Row], whole: bool = False) -> None:  # type: ignore[type-arg]
+    def _normalize(self, rows: Sequence[Row], whole: bool = False) -> None:
         with new_people(self.keyring, self.identities):
             built = [self._build_one(row, whole) for row in rows]
             failpoints.hit("normalize.before_commit")

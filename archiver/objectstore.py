@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import boto3
 from botocore.config import Config
@@ -113,14 +114,14 @@ class S3ObjectStore(ObjectStore):
         access_key: str | None = None,
         secret_key: str | None = None,
         region: str = "us-east-1",
-        client: object | None = None,
+        client: Any | None = None,
     ) -> None:
         self.bucket = bucket
         self.endpoint_url = endpoint_url
         self.region = region
         self._access_key = access_key
         self._secret_key = secret_key
-        self.s3 = client or boto3.client(
+        self.s3: Any = client or boto3.client(
             "s3",
             endpoint_url=endpoint_url,
             aws_access_key_id=access_key,
@@ -215,7 +216,8 @@ class S3ObjectStore(ObjectStore):
     def get(self, key: str, version_id: str | None = None) -> bytes:
         kwargs = {"VersionId": version_id} if version_id else {}
         try:
-            return self.s3.get_object(Bucket=self.bucket, Key=key, **kwargs)["Body"].read()
+            data: bytes = self.s3.get_object(Bucket=self.bucket, Key=key, **kwargs)["Body"].read()
+            return data
         except ClientError as e:
             raise _translate(e, key) from e
 

@@ -19,7 +19,7 @@ from archiver.db import events
 from archiver.errors import InvalidInput
 from archiver.identity import IdentityBook
 from archiver.keys import KeyRing
-from archiver.kinds import key_part, parse_unix
+from archiver.kinds import key_part, obj, parse_unix
 from archiver.normalize import EventBuilder, append_events, new_people, retry_on_race, store_people, stream_for
 from archiver.records import canonical_json
 from archiver.sqlutil import utcnow
@@ -73,7 +73,7 @@ class SendLog:
             for (stream, to, request, wamid, at), item in zip(parsed, items, strict=True):
                 b.evidence = f"message:{key_part(wamid)}"
                 person = b.person(to, None, at)
-                template = request.get("template") if isinstance(request.get("template"), dict) else {}
+                template = obj(request.get("template"))
                 language = template.get("language")
                 lang = language.get("code") if isinstance(language, dict) else language
                 b.add(stream, f"message:{key_part(wamid)}", "message", canonical_json(item), person.key_ids,

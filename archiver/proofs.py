@@ -12,7 +12,7 @@ from collections.abc import Iterable, Iterator
 import sqlalchemy as sa
 
 from archiver.errors import ProofError
-from archiver.merkle import consistency_proof, inclusion_proof, perfect_range_hash
+from archiver.merkle import HashRange, consistency_proof, inclusion_proof, perfect_range_hash
 from archiver.sealer import TILE_WIDTH, TileStore
 
 
@@ -55,11 +55,11 @@ class ProofService:
             return TileStore(conn, stream).node(0, seq)
 
     @staticmethod
-    def _range(conn: sa.Connection, stream: str, size: int):  # type: ignore[no-untyped-def]
+    def _range(conn: sa.Connection, stream: str, size: int) -> HashRange:
         return ProofService._range_of(TileStore(conn, stream), size)
 
     @staticmethod
-    def _range_of(tiles: TileStore, size: int):  # type: ignore[no-untyped-def]
+    def _range_of(tiles: TileStore, size: int) -> HashRange:
         def node(level: int, index: int) -> bytes:
             if (index + 1) << level > size:
                 raise ProofError(f"node level={level} index={index} lies beyond tree size {size}")

@@ -83,6 +83,9 @@ def _check(schema: pa.Schema) -> dict[str, Any]:
     if missing:
         raise ValueError(f"segment lacks columns {sorted(missing)}")
     try:
-        return json.loads(raw_meta)  # type: ignore[no-any-return]
+        meta = json.loads(raw_meta)
     except ValueError as e:
         raise ValueError(f"segment metadata is not JSON: {e}") from e
+    if not isinstance(meta, dict):
+        raise ValueError("segment metadata is not a JSON object")
+    return meta

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, overload
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
@@ -27,6 +27,17 @@ def insert_ignore(conn: sa.Connection, table: sa.Table, rows: Sequence[dict[str,
     """INSERT rows, skipping any that collide with a unique key (idempotent ingest)."""
     if rows:
         conn.execute(insert_for(conn, table).on_conflict_do_nothing(), list(rows))
+
+
+Row = sa.Row[*tuple[Any, ...]]  # a result row of any shape (what a bare `sa.Row` means to the type checker)
+
+
+@overload
+def as_utc(value: datetime) -> datetime: ...
+@overload
+def as_utc(value: None) -> None: ...
+@overload
+def as_utc(value: datetime | None) -> datetime | None: ...
 
 
 def as_utc(value: datetime | None) -> datetime | None:

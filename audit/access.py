@@ -35,6 +35,7 @@ from archiver.keys import KeyRing
 from archiver.merkle import hash_leaf, root_from_inclusion_proof
 from archiver.normalize import AUDIT_STREAM, append_audit
 from archiver.objectstore import ObjectStore
+from archiver.outbound import SendLog
 from archiver.proofs import ProofService
 from archiver.segments import sealed_records
 from archiver.sqlutil import as_utc
@@ -63,10 +64,12 @@ OPERATOR = "operator"
 class Services(Protocol):
     """What the reads need from the archive (`strongroom.runtime.Archive` provides it)."""
 
-    engine: sa.Engine
-    keyring: KeyRing
-    store: ObjectStore
-
+    @property
+    def engine(self) -> sa.Engine: ...
+    @property
+    def keyring(self) -> KeyRing: ...
+    @property
+    def store(self) -> ObjectStore: ...
     @property
     def public_key(self) -> Ed25519PublicKey: ...
     @property
@@ -78,6 +81,7 @@ class Services(Protocol):
     def retention_run(self) -> RetentionRun: ...
     def search_index(self) -> SearchIndex: ...
     def accounts(self) -> Accounts: ...
+    def send_log(self) -> SendLog: ...
 
 
 class AuditUnavailable(Unavailable):
@@ -108,7 +112,7 @@ def json_bytes(value: Any) -> bytes:
     """Compact JSON as every front end sends it (instants as ISO-8601 UTC, bytes as hex)."""
     def default(o: Any) -> Any:
         if isinstance(o, datetime):
-            return as_utc(o).isoformat()  # type: ignore[union-attr]  # as_utc(None) only for None
+            return as_utc(o).isoformat()  # as_utc(None) only for None
         if isinstance(o, date):
             return o.isoformat()
         if isinstance(o, bytes):
@@ -295,7 +299,7 @@ class Access:
 
     def holds(self, p: Principal, include_released: bool = True) -> Answer:
         self.allow(p, READERS)
-        found = [hold_view(h) for h in self.archive.holds().list(include_released) if self.hold_visible(p, h.scope)]
+        found = [hold_view(h) for h in self.archive.holds().all(include_released) if self.hold_visible(p, h.scope)]
         return self.answer(p, "holds.list", {"include_released": include_released}, {"holds": found},
                            len(found), [h["id"] for h in found])
 

@@ -41,8 +41,9 @@ from archiver import crypto
 from archiver.db import metadata
 from archiver.errors import InvalidInput, NotFound, Unauthenticated
 from archiver.keys import KeyRing
+from archiver.kinds import arr
 from archiver.normalize import append_audit
-from archiver.sqlutil import as_utc, utcnow
+from archiver.sqlutil import Row, as_utc, utcnow
 
 ROLES = ("ingest", "auditor", "compliance", "admin", "regulator")
 MFA_ROLES = frozenset({"compliance", "admin", "regulator"})
@@ -200,7 +201,7 @@ class OidcVerifier:
             tenants = frozenset(raw)
         else:
             raise AuthError("token carries no tenants")
-        amr = claims.get("amr") if isinstance(claims.get("amr"), list) else []
+        amr = arr(claims.get("amr"))
         return Principal(f"oidc:{claims['sub']}", f"{claims['sub']}@{claims['iss']}", role, tenants, "oidc",
                          bool(MFA_AMR & set(amr)))
 
@@ -271,7 +272,7 @@ class Accounts:
 
     def list(self) -> list[dict[str, Any]]:
         """Accounts and keys, without any secret or hash."""
-        def plain(r: sa.Row, kind: str, ended: Any) -> dict[str, Any]:  # type: ignore[type-arg]
+        def plain(r: Row, kind: str, ended: Any) -> dict[str, Any]:
             return {"kind": kind, "id": r.id, "name": r.name, "role": r.role,
                     "tenants": json.loads(r.tenants) if r.tenants else "*",
                     "created_at": as_utc(r.created_at).isoformat(), "created_by": r.created_by,

@@ -159,7 +159,7 @@ def install_error_handlers(app: FastAPI) -> None:
             app.openapi_schema = doc
         return app.openapi_schema
 
-    app.openapi = openapi  # type: ignore[method-assign]
+    app.openapi = openapi  # type: ignore[method-assign]  # FastAPI's documented way to extend its schema
 
     @app.exception_handler(StrongroomError)
     async def _ours(_request: Request, e: StrongroomError) -> Response:

@@ -36,7 +36,7 @@ from archiver.db import data_keys, events
 from archiver.errors import InvalidInput, KeyDestroyedError
 from archiver.keys import KeyRing
 from archiver.kinds import MEDIA_TYPES
-from archiver.sqlutil import as_utc
+from archiver.sqlutil import Row, as_utc
 from audit.query import _sql_str, extension_path
 from audit.searchlang import DATE_FIELDS, Bool, Field, Node, Not, Term, matches, parse, tokens
 
@@ -149,6 +149,13 @@ def _instance(directory: Path) -> tuple[duckdb.DuckDBPyConnection, threading.Loc
         return _INSTANCES[directory]
 
 
+def _one(con: duckdb.DuckDBPyConnection, sql: str, params: list[Any] | None = None) -> Any:
+    """The value of a query that returns exactly one row (an aggregate without GROUP BY)."""
+    row = con.execute(sql, params).fetchone()
+    assert row is not None, sql
+    return row[0]
+
+
 def _naive(t: datetime | None) -> datetime | None:
     """UTC without tzinfo, as the index stores times (no time-zone library involved)."""
     t = as_utc(t)
@@ -216,7 +223,7 @@ class SearchIndex:
         with self.connect() as con:
             self._purge_shredded(con)
             for _ in itertools.count() if max_batches is None else range(max_batches):
-                last = con.execute("SELECT coalesce(max(value), 0) FROM idx.state WHERE name = 'cursor'").fetchone()[0]
+                last = _one(con, "SELECT coalesce(max(value), 0) FROM idx.state WHERE name = 'cursor'")
                 with self.engine.connect() as conn:
                     rows = conn.execute(sa.select(events).where(
                         events.c.id > last, events.c.segment_id.is_not(None), events.c.kind == "message")
@@ -252,7 +259,7 @@ class SearchIndex:
     def compact(con: duckdb.DuckDBPyConnection, force: bool = False) -> bool:
         """Rewrite the words table sorted by word once its unsorted tail is large: DuckDB's per
         row-group min/max then skips all but a few row groups for a word lookup."""
-        total = con.execute("SELECT count(*) FROM idx.terms").fetchone()[0]
+        total = _one(con, "SELECT count(*) FROM idx.terms")
         row = con.execute("SELECT value FROM idx.state WHERE name = 'sorted_terms'").fetchone()
         done = row[0] if row else 0
         if not force and total - done < max(500_000, done // 4):
@@ -265,7 +272,7 @@ class SearchIndex:
         con.execute("COMMIT")
         return True
 
-    def _doc(self, r: sa.Row) -> tuple[Any, ...] | None:  # type: ignore[type-arg]
+    def _doc(self, r: Row) -> tuple[Any, ...] | None:
         if r.content is None:
             return None  # disposed, or about someone erased
         try:
@@ -308,7 +315,7 @@ class SearchIndex:
         A query without proximity runs wholly in SQL (count and page); one with proximity is
         narrowed in SQL by its required words, then every candidate is checked word by word."""
         tree = parse(query)
-        where, params = ["TRUE"], []
+        where, params = ["TRUE"], list[Any]()
         if tenants is not None:
             if not tenants:
                 return Page(0, query=tree.describe())
@@ -368,8 +375,7 @@ class SearchIndex:
                 f"SELECT (SELECT count(*) FROM m), doc_id FROM (SELECT doc_id, event_time FROM m WHERE {page_cond} "
                 "ORDER BY event_time NULLS FIRST, doc_id LIMIT ?) ORDER BY event_time NULLS FIRST, doc_id",
                 params + page_params + [limit + 1]).fetchall()
-            total = found[0][0] if found else con.execute(
-                f"SELECT count(*) FROM idx.docs WHERE {cond}", params).fetchone()[0]
+            total = found[0][0] if found else _one(con, f"SELECT count(*) FROM idx.docs WHERE {cond}", params)
             ids = [int(r[1]) for r in found[:limit]]
             rows = con.execute(f"SELECT {_OUT} FROM idx.docs WHERE doc_id BETWEEN ? AND ? AND doc_id IN "
                                f"({', '.join(map(str, ids))})", [min(ids), max(ids)]).fetchall() if ids else []
@@ -447,8 +453,8 @@ def _to_sql(node: Node) -> tuple[str, list[Any]] | None:
         inner = _to_sql(node.node)
         return None if inner is None else (f"NOT coalesce({inner[0]}, FALSE)", inner[1])
     if isinstance(node, Bool):
-        parts = [_to_sql(n) for n in node.nodes]
-        if any(p is None for p in parts):
+        parts = [p for p in (_to_sql(n) for n in node.nodes) if p is not None]
+        if len(parts) < len(node.nodes):
             return None
-        return "(" + f" {node.op} ".join(p[0] for p in parts) + ")", [x for p in parts for x in p[1]]  # type: ignore[index]
+        return "(" + f" {node.op} ".join(p[0] for p in parts) + ")", [x for p in parts for x in p[1]]
     return None  # Near: word positions

@@ -181,6 +181,10 @@ class _Parser:
     def peek(self, k: int = 0) -> _Tok | None:
         return self.toks[self.i + k] if self.i + k < len(self.toks) else None
 
+    def next_is(self, kind: str, k: int = 0) -> bool:
+        tok = self.peek(k)
+        return tok is not None and tok.kind == kind
+
     def keyword(self, tok: _Tok | None, *words: str) -> bool:
         return tok is not None and tok.kind == "word" and tok.text.lower() in words
 
@@ -191,8 +195,8 @@ class _Parser:
         if not self.toks:
             raise self.fail("empty query")
         node = self.parse_or()
-        if self.peek() is not None:
-            raise self.fail("unexpected " + repr(self.peek().text), self.peek())  # type: ignore[union-attr]
+        if (extra := self.peek()) is not None:
+            raise self.fail("unexpected " + repr(extra.text), extra)
         return node
 
     def parse_or(self) -> Node:
@@ -256,13 +260,13 @@ class _Parser:
             if not words:
                 raise self.fail("empty phrase", tok)
             return Term(words)
-        if tok.kind == "word" and self.peek(1) is not None and self.peek(1).kind == "colon":  # type: ignore[union-attr]
+        if tok.kind == "word" and self.next_is("colon", 1):
             return self.parse_field()
         if tok.kind != "word" or self.keyword(tok, "and", "or") or _NEAR.match(tok.text):
             raise self.fail(f"expected a term, found {tok.text!r}", tok)
         raw = []
         while (t := self.peek()) is not None and t.kind == "word" and not self.keyword(t, "and", "or", "not") \
-                and not _NEAR.match(t.text) and not (self.peek(1) is not None and self.peek(1).kind == "colon"):  # type: ignore[union-attr]
+                and not _NEAR.match(t.text) and not self.next_is("colon", 1):
             raw.append(t.text)
             self.i += 1
         words = _words(raw)
@@ -282,7 +286,7 @@ class _Parser:
             raise self.fail(f"field {name} needs a value", value)
         self.i += 1
         until = None
-        if self.peek() is not None and self.peek().kind == "range":  # type: ignore[union-attr]
+        if self.next_is("range"):
             self.i += 1
             end = self.peek()
             if end is None or end.kind != "word":
@@ -343,7 +347,7 @@ def _spans(node: Node, words: list[str], fields: dict[str, Any]) -> list[tuple[i
     if isinstance(node, Term):
         return _positions(node, words)
     if isinstance(node, Bool) and node.op == "OR" and all(isinstance(n, Term) for n in node.nodes):
-        return [s for n in node.nodes for s in _positions(n, words)]  # type: ignore[arg-type]
+        return [s for n in node.nodes if isinstance(n, Term) for s in _positions(n, words)]
     return None
 
 
@@ -381,7 +385,7 @@ def _field(node: Field, fields: dict[str, Any]) -> bool:
         if value is None:
             return False
         day = value.date() if hasattr(value, "date") else value
-        return date.fromisoformat(node.value) <= day <= date.fromisoformat(node.until or node.value)
+        return bool(date.fromisoformat(node.value) <= day <= date.fromisoformat(node.until or node.value))
     if node.name == "has":
         return node.value.lower() in {str(v).lower() for v in (value or [])}
     values = value if isinstance(value, list | tuple | set) else [value]

@@ -27,6 +27,7 @@ import re
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
@@ -104,7 +105,7 @@ class Verifier:
         for key in self.store.list_keys("checkpoints/"):
             if m := _CP.match(key):
                 cps[m[1]].append(key)
-        disposed: dict[str, dict[int, dict]] = defaultdict(dict)  # type: ignore[type-arg]
+        disposed: dict[str, dict[int, dict[str, Any]]] = defaultdict(dict)
         certs, bad = load_certificates(self.store, self.public_key)
         for key in bad:
             report.failures.append(Failure(4, "?", key, "disposition certificate does not verify"))
@@ -125,7 +126,7 @@ class Verifier:
     # -- one stream -------------------------------------------------------------------------
 
     def _verify_stream(self, stream: str, segs: list[tuple[int, int, str]], cp_keys: list[str],
-                       expected_size: int | None, disposed: dict[int, dict] | None = None,  # type: ignore[type-arg]
+                       expected_size: int | None, disposed: dict[int, dict[str, Any]] | None = None,
                        ) -> tuple[StreamResult, list[Failure]]:
         res = StreamResult(stream, segments=len(segs), checkpoints=len(cp_keys))
         fails: list[Failure] = []
@@ -195,7 +196,7 @@ class Verifier:
             self._check_growth(stream, checkpoints, tree, nodes, expected_size, fails)  # (6)
         return res, fails
 
-    def _disposed(self, stream: str, key: str, entry: dict, tree: CompactRange,  # type: ignore[type-arg]
+    def _disposed(self, stream: str, key: str, entry: dict[str, Any], tree: CompactRange,
                   nodes: dict[tuple[int, int], bytes], prev: bytes,
                   by_size: dict[int, tuple[str, SignedCheckpoint]], fails: list[Failure]) -> bool:
         """Stand a certificate's leaf hashes in for a disposed segment. Returns False when it fails."""

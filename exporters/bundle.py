@@ -726,7 +726,7 @@ def _line(doc: dict[str, Any]) -> bytes:
 
 def _default(o: Any) -> Any:
     if isinstance(o, datetime):
-        return as_utc(o).isoformat()  # type: ignore[union-attr]
+        return as_utc(o).isoformat()
     if isinstance(o, bytes):
         return o.hex()
     return str(o)

@@ -14,7 +14,9 @@ import io
 import multiprocessing
 import os
 import queue
-from typing import IO, Any
+from typing import Any
+
+from exporters.sinks import Writer
 
 COLUMN, QUOTE, NEWLINE = "\x14", "\u00fe", "\u00ae"
 DAT_FIELDS = ["BEGDOC", "ENDDOC", "BEGATTACH", "ENDATTACH", "PARENT_BATES", "GROUPID", "CUSTODIAN", "FROM", "TO",
@@ -28,7 +30,7 @@ def bates(prefix: str, n: int, width: int = 7) -> str:
 
 
 class DatWriter:
-    def __init__(self, out: IO[bytes]) -> None:
+    def __init__(self, out: Writer) -> None:
         self.out = out
         self.rows = 0
         out.write("\ufeff".encode())
@@ -48,7 +50,7 @@ class DatWriter:
 
 
 class OptWriter:
-    def __init__(self, out: IO[bytes], volume: str) -> None:
+    def __init__(self, out: Writer, volume: str) -> None:
         self.out, self.volume = out, volume
         self.rows = 0
 
@@ -107,7 +109,8 @@ class SlipSheets:
         self._n += 1
         while True:
             try:
-                n, data = self._queue.get(timeout=1)
+                got: tuple[int, bytes] = self._queue.get(timeout=1)
+                n, data = got
                 break
             except queue.Empty:
                 if not self._proc.is_alive():

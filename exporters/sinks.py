@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import IO
+from typing import IO, Protocol
 
 from archiver.crypto import NONCE_SIZE, decrypt, encrypt
 
@@ -33,10 +33,17 @@ class Entry:
     sha256: str
 
 
+class Writer(Protocol):
+    """Where bundle bytes go: a file, or one of the wrappers below (hashing, encrypting, buffering)."""
+
+    def write(self, data: bytes, /) -> int: ...
+    def flush(self) -> None: ...
+
+
 class HashingWriter:
     """Wraps a binary stream: counts bytes and hashes them on the way through."""
 
-    def __init__(self, raw: IO[bytes]) -> None:
+    def __init__(self, raw: Writer) -> None:
         self.raw, self.size, self._h = raw, 0, hashlib.sha256()
 
     def write(self, data: bytes) -> int:
@@ -82,7 +89,7 @@ class DirectorySink:
         self._failure: BaseException | None = None
 
     @contextmanager
-    def open(self, path: str, streaming: bool = False) -> Iterator[IO[bytes]]:
+    def open(self, path: str, streaming: bool = False) -> Iterator[Writer]:
         target = self.root / safe_path(path)
         target.parent.mkdir(parents=True, exist_ok=True)
         with target.open("xb") as f:
@@ -178,7 +185,7 @@ class EncryptedZipSink:
         self.path, self.key, self.label = path, key, label
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._out = EncryptedWriter(path.open("xb"), key, label)
-        self._zip = zipfile.ZipFile(self._out, "w", compression=zipfile.ZIP_DEFLATED, allowZip64=True)  # type: ignore[arg-type]
+        self._zip = zipfile.ZipFile(self._out, "w", compression=zipfile.ZIP_DEFLATED, allowZip64=True)
         self._spools: list[tuple[str, Path, int]] = []
         self._n = 0
 
@@ -186,11 +193,11 @@ class EncryptedZipSink:
         self._zip.writestr(_info(safe_path(path)), data)
 
     @contextmanager
-    def open(self, path: str, streaming: bool = False) -> Iterator[IO[bytes]]:
+    def open(self, path: str, streaming: bool = False) -> Iterator[Writer]:
         name = safe_path(path)
         if not streaming:
             buf = _Buffer()
-            yield buf  # type: ignore[misc]
+            yield buf
             self._zip.writestr(_info(name), bytes(buf.data))
             return
         self._n += 1
@@ -198,7 +205,7 @@ class EncryptedZipSink:
         spool = self.path.with_name(f"{self.path.name}.spool{n}")
         w = EncryptedWriter(spool.open("xb"), self.key, self.label + b"|spool%d" % n)
         try:
-            yield w  # type: ignore[misc]
+            yield w
         finally:
             w.close()
         self._spools.append((name, spool, n))

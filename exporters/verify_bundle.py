@@ -59,7 +59,7 @@ class _Source:
         return (self.path / name).is_file()
 
     def open(self, name: str) -> IO[bytes]:
-        return self.zip.open(name) if self.zip is not None else (self.path / name).open("rb")  # type: ignore[return-value]
+        return self.zip.open(name) if self.zip is not None else (self.path / name).open("rb")
 
     def read(self, name: str) -> bytes:
         with self.open(name) as f:

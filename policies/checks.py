@@ -35,7 +35,7 @@ from archiver.keys import KeyRing
 from archiver.kinds import key_part
 from archiver.normalize import append_events, system_builder
 from archiver.records import canonical_json
-from archiver.sqlutil import as_utc, utcnow
+from archiver.sqlutil import Row, as_utc, utcnow
 from policies.consent import ConsentLedger
 from policies.cursors import read_cursor, write_cursor
 from policies.templates import TemplateLedger
@@ -82,8 +82,8 @@ class Windows:
                 st = json.loads(self.keyring.open_record(r)).get("status", {})
             except KeyDestroyedError:
                 continue
-            if isinstance(st.get("pricing"), dict):
-                return st["pricing"]  # type: ignore[no-any-return]
+            if isinstance(pricing := st.get("pricing"), dict):
+                return pricing
         return None
 
 
@@ -123,7 +123,7 @@ class ComplianceChecks:
                 write_cursor(conn, "checks", max(last, max(r.id for r in rows)))
         return added
 
-    def _check(self, m: sa.Row) -> int:  # type: ignore[type-arg]
+    def _check(self, m: Row) -> int:
         at = as_utc(m.event_time) or as_utc(m.received_at)
         assert at is not None
         if m.conversation is None:

@@ -30,6 +30,7 @@ import hashlib
 import json
 import re
 from collections import Counter, defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
@@ -42,7 +43,7 @@ from archiver.keys import KeyRing
 from archiver.kinds import key_part
 from archiver.normalize import AUDIT_KEY, AUDIT_STREAM, UNROUTED, EventBuilder, append_events, system_builder
 from archiver.records import canonical_json
-from archiver.sqlutil import as_utc, utcnow
+from archiver.sqlutil import Row, as_utc, utcnow
 
 log = structlog.get_logger("strongroom.completeness")
 
@@ -94,7 +95,7 @@ class StreamDay:
 
 
 def _iso(t: datetime | None) -> str | None:
-    return as_utc(t).isoformat() if t is not None else None  # type: ignore[union-attr]
+    return as_utc(t).isoformat() if t is not None else None
 
 
 class Reconciler:
@@ -168,7 +169,7 @@ class Reconciler:
         rows = conn.execute(sa.select(ref.label("ref"), events.c.kind, events.c.natural_key, when.label("at")).where(
             events.c.stream == stream, events.c.kind.in_(["status", "message"]), ref.is_not(None),
             when >= lo, when < hi, events.c.received_at <= now - self.grace)).all()
-        by_ref: dict[str, list[sa.Row]] = defaultdict(list)  # type: ignore[type-arg]
+        by_ref: dict[str, list[Row]] = defaultdict(list)
         for r in rows:
             by_ref[r.ref].append(r)
         archived = self._archived(conn, stream, list(by_ref))
@@ -213,8 +214,8 @@ class Reconciler:
             if m:
                 seen.add(int(m.group(1)))
                 progress = max(progress, int(m.group(2)) if m.group(2) != "None" else -1)
-        last = max(as_utc(r.received_at) for r in rows)  # type: ignore[type-var]
-        done = progress >= 100 or now - last >= self.grace  # type: ignore[operator]
+        last = max(as_utc(r.received_at) for r in rows)
+        done = progress >= 100 or now - last >= self.grace
         missing = sorted(set(range(1, max(seen) + 1)) - seen) if seen and done else []
         rep.history = {"chunks": len(seen), "progress": progress, "missing_chunks": missing,
                        "complete": done and not missing and progress >= 100}
@@ -281,7 +282,7 @@ class Reconciler:
             i = j
 
     def _resumed(self, conn: sa.Connection, tenant: str, start: datetime,
-                 later: list[sa.Row]) -> tuple[datetime | None, str]:  # type: ignore[type-arg]
+                 later: Sequence[Row]) -> tuple[datetime | None, str]:
         """When capture resumed after `start`: a reconnect event or the first live capture."""
         reconnect = next((as_utc(r.event_time) for r in later if r.status in RECONNECT_EVENTS), None)
         capture = as_utc(conn.execute(sa.select(sa.func.min(events.c.event_time)).where(
@@ -316,7 +317,7 @@ class Reconciler:
         gaps = conn.execute(sa.select(events.c.natural_key, events.c.type, events.c.status, events.c.event_time)
                             .where(events.c.stream == stream, events.c.kind == "gap")).all()
         rep.gaps_in_day = [{"natural_key": g.natural_key, "gap": g.type, "status": g.status}
-                           for g in gaps if g.event_time is not None and lo <= as_utc(g.event_time) < hi]  # type: ignore[operator]
+                           for g in gaps if g.event_time is not None and lo <= as_utc(g.event_time) < hi]
         closed = {g.natural_key[len("gap_closed:"):] for g in gaps if g.status == "closed"}
         rep.open_gaps = sum(1 for g in gaps if g.status == "open" and g.natural_key[len("gap:"):] not in closed)
 

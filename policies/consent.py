@@ -27,13 +27,13 @@ import sqlalchemy as sa
 from ulid import ULID
 
 from archiver.db import BigId, events, metadata
-from archiver.errors import KeyDestroyedError
+from archiver.errors import InvalidInput, KeyDestroyedError
 from archiver.identity import subject_key_id
 from archiver.keys import KeyRing
-from archiver.kinds import key_part
+from archiver.kinds import key_part, obj
 from archiver.normalize import append_events, system_builder
 from archiver.records import canonical_json
-from archiver.sqlutil import as_utc, insert_ignore, utcnow
+from archiver.sqlutil import Row, as_utc, insert_ignore, utcnow
 from policies.cursors import follow
 
 Ts = sa.DateTime(timezone=True)
@@ -87,11 +87,11 @@ class ConsentLedger:
                source: str | None = None) -> bool:
         """Append one entry (idempotent per source). Returns whether it was new."""
         if category not in CATEGORIES:
-            raise ValueError(f"category must be one of {CATEGORIES}")
+            raise InvalidInput(f"category must be one of {CATEGORIES}")
         if action not in ("opt_in", "opt_out"):
-            raise ValueError("action must be opt_in or opt_out")
+            raise InvalidInput("action must be opt_in or opt_out")
         if at.tzinfo is None:
-            raise ValueError("consent times are UTC-aware")
+            raise InvalidInput("consent times are UTC-aware")
         now = utcnow()
         source = source or f"manual:{ULID()}"
         row = {"stream": stream, "subject": subject, "category": category, "action": action, "method": method,
@@ -118,7 +118,7 @@ class ConsentLedger:
         return follow(self.engine, "consent", sa.or_(inbound, events.c.kind == "preference"), self._derive, batch,
                       max_batches)
 
-    def _derive(self, r: sa.Row) -> int:  # type: ignore[type-arg]
+    def _derive(self, r: Row) -> int:
         if r.conversation is None or r.content is None:
             return 0
         try:
@@ -140,7 +140,7 @@ class ConsentLedger:
                 if isinstance(text, str) and normalize_keyword(text) in self.keywords:
                     found += [(c, "opt_out", "keyword", f"keyword:{normalize_keyword(text)}") for c in KEYWORD_CATEGORIES]
             elif r.type == "button":
-                button = msg.get("button") if isinstance(msg.get("button"), dict) else {}
+                button = obj(msg.get("button"))
                 label = normalize_keyword(str(button.get("text") or button.get("payload") or ""))
                 if label in BUTTON_OPT_OUT:
                     found.append(("marketing", "opt_out", "template_button", f"button:{label}"))

@@ -9,6 +9,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from archiver.db import events, metadata
+from archiver.sqlutil import Row
 
 ledger_cursors = sa.Table(
     "ledger_cursors",
@@ -27,7 +28,7 @@ def write_cursor(conn: sa.Connection, name: str, last_id: int) -> None:
         conn.execute(sa.insert(ledger_cursors).values(name=name, last_id=last_id))
 
 
-def follow(engine: sa.Engine, name: str, where: Any, handle: Callable[[sa.Row], int],  # type: ignore[type-arg]
+def follow(engine: sa.Engine, name: str, where: Any, handle: Callable[[Row], int],
            batch: int = 2000, max_batches: int | None = None) -> int:
     """Feed every event matching `where` past cursor `name` to `handle`, in id order, moving the
     cursor after each batch (at most `max_batches`, so a caller's round stays short).

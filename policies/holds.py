@@ -241,10 +241,10 @@ class Holds:
                 raise HoldNotFound(f"no hold {hold_id}")
             keys = conn.execute(sa.select(hold_objects.c.object_key).where(hold_objects.c.hold_id == hold_id)
                                 .order_by(hold_objects.c.object_key)).scalars().all()
-        return Hold(row.id, row.matter, json.loads(row.scope), row.placed_by, as_utc(row.placed_at),  # type: ignore[arg-type]
+        return Hold(row.id, row.matter, json.loads(row.scope), row.placed_by, as_utc(row.placed_at),
                     as_utc(row.released_at), list(keys))
 
-    def list(self, include_released: bool = True) -> list[Hold]:
+    def all(self, include_released: bool = True) -> list[Hold]:
         with self.engine.connect() as conn:
             q = sa.select(holds.c.id).order_by(holds.c.placed_at)
             if not include_released:
@@ -253,7 +253,7 @@ class Holds:
         return [self.get(i) for i in ids]
 
     def active(self) -> list[Hold]:
-        return self.list(include_released=False)
+        return self.all(include_released=False)
 
     def held_keys(self) -> set[str]:
         with self.engine.connect() as conn:

@@ -21,6 +21,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from archiver.db import metadata, stream_tenant
+from archiver.errors import InvalidInput
 from archiver.keys import KeyRing
 from archiver.normalize import append_audit
 
@@ -98,11 +99,11 @@ class RetentionSchedule:
         for tags in (self.default_tags, *self.tenants.values(), *self.numbers.values(), *self.classes.values()):
             unknown = set(tags) - set(REGIMES)
             if unknown:
-                raise ValueError(f"unknown retention tag(s) {sorted(unknown)}; known: {sorted(REGIMES)}")
+                raise InvalidInput(f"unknown retention tag(s) {sorted(unknown)}; known: {sorted(REGIMES)}")
         if self.gdpr_max_days is not None and self.gdpr_max_days <= 0:
-            raise ValueError("gdpr_max_days must be positive")
+            raise InvalidInput("gdpr_max_days must be positive")
         if self.default_days < 0 or (self.default_days == 0 and self.extra_seconds <= 0):
-            raise ValueError("a retention period must be positive")
+            raise InvalidInput("a retention period must be positive")
 
     def tags_for(self, stream: str, tenant: str | None) -> tuple[str, ...]:
         tags = set(self.default_tags) | set(self.numbers.get(stream, ())) | set(self.classes.get(record_class(stream), ()))
@@ -133,7 +134,7 @@ class RetentionSchedule:
         known = {"version", "default_tags", "tenants", "numbers", "classes", "gdpr_max_days", "default_days",
                  "extra_seconds"}
         if set(doc) - known:
-            raise ValueError(f"unknown schedule field(s) {sorted(set(doc) - known)}")
+            raise InvalidInput(f"unknown schedule field(s) {sorted(set(doc) - known)}")
         return cls(
             version=doc.get("version", 0) if version is None else version,
             default_tags=tags(doc.get("default_tags", ())),
@@ -154,7 +155,7 @@ class RetentionPolicy:
 
     def __post_init__(self) -> None:
         if self.days < 0 or self.seconds < 0 or (self.days == 0 and self.seconds == 0):
-            raise ValueError("a retention period must be positive")
+            raise InvalidInput("a retention period must be positive")
 
     def retain_until(self, sealed_at: datetime) -> datetime:
         """Retain-until for an object sealed at `sealed_at` (rounded up to whole seconds)."""

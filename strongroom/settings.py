@@ -72,6 +72,7 @@ class Settings(BaseSettings):
     max_body_bytes: int = 4 * 1024 * 1024  # Meta payloads reach 3 MB (history)
     seal_interval_seconds: float = 1.0
     seal_batch_max: int = 50_000
+    normalize_batch_bytes: int = 4 * 1024 * 1024  # inbox bodies normalised per round, then sealed
 
     tls_certfile: Path | None = None  # serve HTTPS directly (else: behind a TLS-terminating proxy)
     tls_keyfile: Path | None = None

@@ -11,6 +11,7 @@ import sqlalchemy as sa
 from typer.testing import CliRunner
 
 from archiver.db import events
+from archiver.sqlutil import Row
 from policies.completeness import COVERAGE_LIMITS, latest_reports
 from strongroom import payloads as p
 from strongroom.cli import app
@@ -24,7 +25,7 @@ LATER = datetime.now(UTC) + timedelta(days=1)  # reconciliation runs after the g
 ALICE = "16505551234"
 
 
-def _gaps(archive: Archive, stream: str = p.PNID) -> dict[str, sa.Row]:  # type: ignore[type-arg]
+def _gaps(archive: Archive, stream: str = p.PNID) -> dict[str, Row]:
     with archive.engine.connect() as conn:
         return {r.natural_key: r for r in conn.execute(
             sa.select(events).where(events.c.kind == "gap", events.c.stream == stream))}
@@ -146,7 +147,7 @@ def test_the_cli_reconciles_seals_and_prints_the_report(archive: Archive, make_s
     env = subprocess_env(make_settings()) | {"STRONGROOM_RECONCILE_GRACE_SECONDS": "0"}
     result = CliRunner().invoke(app, ["completeness", "--day", DAY.isoformat(), "--json"], env=env)
     assert result.exit_code == 1, result.output  # gaps open → non-zero, for cron and alerting
-    [rep] = [r for r in json.loads(result.stdout) if r["stream"] == p.PNID]
+    [rep] = [r for r in json.loads(result.stdout)["reports"] if r["stream"] == p.PNID]
     assert {g["natural_key"] for g in rep["gaps_opened"]} == {"gap:unarchived:wamid.m3", "gap:unarchived:wamid.api1"}
     table = CliRunner().invoke(app, ["completeness", "--day", DAY.isoformat()], env=env)
     assert "completeness 2026-11-20" in table.stdout and "coverage limits" in table.stdout

@@ -166,7 +166,7 @@ def test_the_violations_cli_lists_them_with_evidence(archive: Archive, make_sett
     env = subprocess_env(make_settings())
     result = CliRunner().invoke(app, ["violations", "--json"], env=env)
     assert result.exit_code == 1, result.output  # violations exist
-    listed = json.loads(result.stdout)
+    listed = json.loads(result.stdout)["violations"]
     assert {v["violation"] for v in listed} == {"template_not_approved", "marketing_without_opt_in",
                                                 "opted_out_contact", "outside_service_window"}
     only = CliRunner().invoke(app, ["violations", "--type", "outside_service_window"], env=env)
@@ -196,4 +196,4 @@ def test_the_ledger_cli(archive: Archive, make_settings: Callable[..., Settings]
     assert r.exit_code == 0, r.output
     state = json.loads(cli.invoke(app, ["templates", "show", "--tenant", p.WABA, "--name", "otp", "--language", "en"],
                                   env=env).stdout)
-    assert (state["status"], state["category"], state["version"]) == ("PENDING", "AUTHENTICATION", 1)
+    assert (state["status"], state["category"], state["body_versions"]) == ("PENDING", "AUTHENTICATION", 1)

@@ -13,6 +13,7 @@ import sqlalchemy as sa
 from archiver.db import events, media
 from archiver.media import GraphClient, MediaFetcher, MediaPolicy, open_media
 from archiver.objectstore import S3ObjectStore
+from archiver.sqlutil import Row
 from strongroom import payloads as p
 from strongroom.runtime import Archive, open_archive
 from strongroom.settings import Settings
@@ -30,7 +31,7 @@ def media_archive(make_settings: Callable[..., Settings], graph: GraphStandIn) -
     a.close()
 
 
-def _records(archive: Archive, kind: str) -> dict[str, sa.Row]:  # type: ignore[type-arg]
+def _records(archive: Archive, kind: str) -> dict[str, Row]:
     with archive.engine.connect() as conn:
         return {r.wamid: r for r in conn.execute(sa.select(events).where(events.c.kind == kind))}
 

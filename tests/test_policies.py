@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 
 from archiver.db import events, segments
 from archiver.errors import AccessDeniedError, KeyDestroyedError
+from archiver.sqlutil import Row
 from policies.disposition import load_certificates, open_document
 from policies.holds import HoldError, Scope
 from policies.retention import RetentionSchedule, add_years
@@ -29,12 +30,12 @@ ALICE, BOB = "16505550101", "16505550202"
 T = 1_764_000_000
 
 
-def _segments(archive: Archive) -> list[sa.Row]:  # type: ignore[type-arg]
+def _segments(archive: Archive) -> list[Row]:
     with archive.engine.connect() as conn:
         return conn.execute(sa.select(segments).where(segments.c.stream == p.PNID).order_by(segments.c.first_seq)).all()
 
 
-def _message(archive: Archive, wamid: str) -> sa.Row:  # type: ignore[type-arg]
+def _message(archive: Archive, wamid: str) -> Row:
     with archive.engine.connect() as conn:
         return conn.execute(sa.select(events).where(events.c.wamid == wamid, events.c.kind == "message")).one()
 
@@ -122,7 +123,7 @@ def test_a_held_object_outlives_its_retention_and_goes_with_a_certificate_after_
     # holds survive a restart, and are listed with their scope and objects
     again = open_archive(archive.settings)
     try:
-        [listed] = again.holds().list()
+        [listed] = again.holds().all()
         assert (listed.id, listed.matter, listed.objects, listed.released_at) == (
             hold.id, "SEC v. Example", [alice_seg.object_key], None)
     finally:
@@ -233,13 +234,13 @@ def test_the_cli_drives_schedules_holds_retention_and_erasure(
     schedule = tmp_path / "schedule.json"
     schedule.write_text(json.dumps({"numbers": {p.PNID: ["HIPAA"]}, "gdpr_max_days": 365}))
     assert "never shortened" in run("retention", "set", str(schedule))
-    assert run("retention", "show")["numbers"] == {p.PNID: ["HIPAA"]}
+    assert run("retention", "show")["schedule"]["numbers"] == {p.PNID: ["HIPAA"]}
     schedule.write_text(json.dumps({"numbers": {p.PNID: ["SOX"]}}))
     run("retention", "set", str(schedule), code=2)
 
     placed = run("hold", "place", "--matter", "M-1", "--phone", ALICE)
     assert len(placed["objects"]) == 1
-    [listed] = run("hold", "list")
+    [listed] = run("hold", "list")["holds"]
     assert listed["matter"] == "M-1" and listed["released_at"] is None
     run("hold", "place", "--matter", "M-2", code=2)  # no scope
     refused = run("erasure", "request", "--phone", ALICE)

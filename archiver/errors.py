@@ -134,6 +134,8 @@ class AccessDeniedError(ObjectStoreError):
 class ObjectLockError(ObjectStoreError):
     """The bucket or object does not carry the Object Lock settings the archive requires."""
 
+    status, code, title, exit_code = 500, "object_lock_missing", "Object Lock missing", EXIT_CONFIGURATION
+
 
 class ConflictError(StrongroomError):
     """Different bytes were offered for something that already exists (seq, key, checkpoint)."""

@@ -104,3 +104,77 @@ def test_serve_ingests_seals_verifies_and_ctrl_c_stops_everything(tmp_path: Path
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def _listening_ports(pid: int) -> set[int]:
+    """The ports a SeaweedFS child was told to bind (each with its +10000 gRPC twin)."""
+    args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    ports: set[int] = set()
+    for a in args:
+        for flag in (b"-master.port=", b"-volume.port=", b"-filer.port=", b"-s3.port="):
+            if a.startswith(flag):
+                ports |= {int(a[len(flag):]), int(a[len(flag):]) + 10000}
+    return ports
+
+
+@pytest.mark.parametrize("target", ["serve", "process group"])
+def test_sigterm_stops_the_server_worker_and_seaweedfs_and_frees_every_port(tmp_path: Path, target: str) -> None:
+    """What `kill`, systemd and Docker send, to `serve` itself or to `make run`'s process group."""
+    from strongroom.embedded import _port_free
+
+    port, s3_port = free_port(), free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STRONGROOM_")}
+    env.update(STRONGROOM_DATA_DIR=str(tmp_path / "data"), STRONGROOM_PORT=str(port),
+               STRONGROOM_EMBEDDED_S3_PORT=str(s3_port), STRONGROOM_RETENTION_DAYS="1")
+    proc = subprocess.Popen([sys.executable, "-m", "strongroom", "serve"], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        assert proc.stdout is not None
+        lines: list[str] = []
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            assert line, "serve exited before serving: " + "".join(lines)
+            lines.append(line)
+            if "serving on" in line:
+                # said only once the port is bound: it answers right away
+                assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5).status_code == 200
+            if "stops the service" in line:  # the banner's last line
+                break
+        else:
+            pytest.fail("serve did not say it was serving")
+        assert any("serving on" in line for line in lines)
+        assert "Back up keys/" in "".join(lines)  # first run: the key files are new
+        children = _children(proc.pid)
+        weed = [c for c in children if b"weed" in Path(f"/proc/{c}/cmdline").read_bytes()]
+        assert len(weed) == 1 and len(children) >= 2  # SeaweedFS and the worker
+        ports = {port} | _listening_ports(weed[0])
+
+        # a CLI command on the same data dir: attaches on the same port, says so plainly on another
+        cli_env = {**env, "STRONGROOM_LOG_LEVEL": "WARNING"}
+        same = subprocess.run([sys.executable, "-m", "strongroom", "hold", "list"], env=cli_env,
+                              capture_output=True, text=True, timeout=120)
+        assert same.returncode == 0, same.stderr
+        other = subprocess.run([sys.executable, "-m", "strongroom", "hold", "list"],
+                               env={**cli_env, "STRONGROOM_EMBEDDED_S3_PORT": str(free_port())},
+                               capture_output=True, text=True, timeout=120)
+        assert other.returncode == 7 and f"STRONGROOM_EMBEDDED_S3_PORT={s3_port}" in other.stderr, other.stderr
+
+        started = time.monotonic()
+        if target == "serve":
+            proc.send_signal(signal.SIGTERM)
+        else:
+            os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+        while time.monotonic() - started < 20 and any(_alive(c) for c in children):
+            time.sleep(0.2)
+        assert not [c for c in children if _alive(c)], "serve left processes running after SIGTERM"
+        assert time.monotonic() - started < 15, "stopping took longer than a container's grace period"
+        busy = [p for p in ports if not _port_free(p)]
+        assert not busy, f"ports still bound after the stop: {busy}"
+        rest = proc.stdout.read()
+        assert "strongroom stopped" in rest
+        assert not (tmp_path / "data" / "seaweedfs" / "running.json").exists()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)

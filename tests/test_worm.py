@@ -117,5 +117,5 @@ def test_regulated_refusal_message_reaches_the_operator(
     env = subprocess_env(settings) | {"STRONGROOM_MODE": "regulated"}
     proc = subprocess.run([sys.executable, "-m", "strongroom", "seal"], env=env, capture_output=True, text=True,
                           timeout=120)
-    assert proc.returncode == 2
+    assert proc.returncode == 7  # a configuration error (docs/errors.md)
     assert "Object Lock" in proc.stderr and "COMPLIANCE" in proc.stderr

@@ -20,6 +20,8 @@ from typing import Any
 import pyarrow as pa
 import rfc8785
 
+from archiver.errors import InvalidInput
+
 GENESIS = bytes(32)
 SCHEMA_VERSION = "strongroom.record/1"
 
@@ -81,6 +83,16 @@ def parse_instant(value: str) -> datetime:
     if t.tzinfo is None:
         raise ValueError(f"give a time zone (e.g. {value}Z or {value}+01:00)")
     return t.astimezone(UTC)
+
+
+def parse_instant_arg(value: str | None, name: str) -> datetime | None:
+    """`parse_instant` for an optional argument a front end received: `InvalidInput` naming it."""
+    if value is None:
+        return None
+    try:
+        return parse_instant(value)
+    except ValueError as e:
+        raise InvalidInput(f"{name}: {e}") from e
 
 
 def _json_str(value: Any) -> str:

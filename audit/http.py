@@ -26,8 +26,8 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from archiver.errors import Forbidden, InvalidInput, RateLimited, StrongroomError, Unauthenticated
-from archiver.records import parse_instant
+from archiver.errors import Forbidden, RateLimited, StrongroomError, Unauthenticated
+from archiver.records import parse_instant_arg
 from audit.auth import MFA_ROLES, Principal
 
 log = structlog.get_logger("strongroom.api")
@@ -101,12 +101,7 @@ def principal(request: Request) -> Principal:
 
 def parse_time(value: str | None, name: str) -> datetime | None:
     """An instant from a query parameter (ISO-8601 with a zone); 400 naming the parameter."""
-    if value is None:
-        return None
-    try:
-        return parse_instant(value)
-    except ValueError as e:
-        raise InvalidInput(f"{name}: {e}") from e
+    return parse_instant_arg(value, name)
 
 
 def json_response(body: bytes, status_code: int = 200) -> Response:

@@ -95,7 +95,13 @@ def _open(settings: Settings | None = None) -> Archive:
 
     settings = settings or _settings()
     configure_logging(settings.log_level)
-    return open_archive(settings)
+    archive = open_archive(settings)
+    if archive.created_keys:  # the first run of any command on this data dir
+        err.print(f"[bold yellow]new keys:[/bold yellow] {', '.join(archive.created_keys)}")
+        err.print("[yellow]Back up keys/ now, off this machine (an encrypted copy, in two places): without the "
+                  "KEK nothing can be decrypted, without the signing key no new checkpoint matches the published "
+                  "public key.[/yellow]")
+    return archive
 
 
 @contextmanager
@@ -307,11 +313,6 @@ def _banner(archive: Archive) -> None:
              if s.graph_token is not None or s.graph_token_file is not None
              else "[yellow]no Graph token: attachments wait, and become gap records after 7 days[/yellow]")
     out.print(f"  media         : {media}")
-    if archive.created_keys:
-        out.print(f"[bold yellow]  new keys      : {', '.join(archive.created_keys)}[/bold yellow]")
-        out.print("  [yellow]Back up keys/ now, off this machine (an encrypted copy, two places): without the KEK "
-                  "nothing can be decrypted, without the signing key no new checkpoint matches the published "
-                  "public key.[/yellow]")
     out.print("  Ctrl-C or SIGTERM stops the service and everything it started.")
 
 
@@ -605,15 +606,9 @@ def _when(value: str | None) -> datetime:
 
 
 def _instant(value: str | None, name: str) -> datetime | None:
-    from archiver.errors import InvalidInput
-    from archiver.records import parse_instant
+    from archiver.records import parse_instant_arg
 
-    if value is None:
-        return None
-    try:
-        return parse_instant(value)
-    except ValueError as e:
-        raise InvalidInput(f"--{name}: {e}") from e
+    return parse_instant_arg(value, f"--{name}")
 
 
 @consent_app.command("record")
@@ -890,6 +885,8 @@ def _api_url(settings: Settings, url: str | None) -> str:
 def login(
     name: Annotated[str | None, typer.Option(help="Account name (prompted when omitted).")] = None,
     url: Annotated[str | None, typer.Option(help="The service (default: this machine's `serve`).")] = None,
+    password_stdin: Annotated[bool, typer.Option(help="Read the password from standard input (scripts).")] = False,
+    otp: Annotated[str | None, typer.Option(help="The one-time code (prompted when omitted).")] = None,
 ) -> None:
     """Sign in with name, password and a TOTP code; keeps the session token in a 0600 file.
 
@@ -902,8 +899,8 @@ def login(
     settings = _settings()
     base = _api_url(settings, url)
     name = name or typer.prompt("name")
-    password = typer.prompt("password", hide_input=True)
-    otp = typer.prompt("one-time code (TOTP)")
+    password = sys.stdin.readline().rstrip("\n") if password_stdin else typer.prompt("password", hide_input=True)
+    otp = otp or typer.prompt("one-time code (TOTP)")
     try:
         r = httpx.post(f"{base}/api/v1/auth/session", json={"name": name, "password": password, "otp": otp},
                        timeout=30)

@@ -90,7 +90,8 @@ def post_day(base_url: str, app_secret: str, now: int | None = None) -> Iterator
     yield f"{len(bodies)} signed webhooks acknowledged; the worker seals them within seconds. Now try:"
     yield "  strongroom search 'shares OR depots'          # messages from the API, the app and the history"
     yield "  strongroom search 'origin:app'                # what staff typed on the phone (echoes)"
-    yield "  strongroom completeness --day $(date -u +%F)  # the API send whose content never arrived is a gap"
+    yield "  strongroom completeness --day $(date -u +%F)  # after the 15-minute grace: the API send whose content " \
+          "never arrived is a gap"
     yield "  strongroom consent show --stream " + p.PNID + " --phone " + BEN + "   # Ben's STOP"
     yield "  strongroom export --out demo-bundle --matter DEMO --requested-by you && " \
           "strongroom verify-bundle demo-bundle --public-key <(strongroom keys public)"

@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from strongroom import payloads as p
 from strongroom.embedded import free_port
 from strongroom.runtime import open_archive
 from strongroom.settings import Settings
@@ -42,6 +43,39 @@ def _alive(pid: int) -> bool:
         return False
     stat = Path(f"/proc/{pid}/stat")
     return stat.exists() and stat.read_text().split()[2] != "Z"
+
+
+def _first_hour(port: int, env: dict[str, str], tmp_path: Path) -> None:
+    """The README's "Try it": a demo day, a search, a person signs in, the API answers them."""
+    import json
+
+    import pyotp
+
+    def strongroom(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run([sys.executable, "-m", "strongroom", *args], env=env, input=stdin,
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, (args, done.stdout, done.stderr)
+        return done
+
+    assert "11 signed webhooks acknowledged" in strongroom("demo").stdout
+    deadline = time.monotonic() + 60
+    while json.loads(strongroom("search", "shares OR depots", "--json").stdout)["total"] < 3:
+        assert time.monotonic() < deadline, "the demo day was not sealed and indexed"
+        time.sleep(1)
+    assert json.loads(strongroom("search", "origin:app", "--json").stdout)["total"] == 2  # the echoes
+    alice = json.loads(strongroom("users", "add", "alice", "--role", "auditor", "--tenant", p.WABA).stdout)
+    signed_in = strongroom("login", "--name", "alice", "--password-stdin",
+                           "--otp", pyotp.TOTP(alice["totp_secret"]).now(), stdin=alice["password"] + "\n")
+    assert "signed in as alice" in signed_in.stdout
+    session = next((tmp_path / "data" / "sessions").iterdir())
+    assert session.stat().st_mode & 0o777 == 0o600 and alice["password"] not in session.read_text()
+    token = strongroom("token").stdout.strip()
+    hits = httpx.get(f"http://127.0.0.1:{port}/api/v1/search", params={"q": "shares"},
+                     headers={"Authorization": f"Bearer {token}"}).json()
+    assert hits["total"] == 2 and {h["wamid"] for h in hits["items"]} == {"wamid.DEMO.A1", "wamid.DEMO.A3"}
+    assert "signed out" in strongroom("logout").stdout
+    assert httpx.get(f"http://127.0.0.1:{port}/api/v1/search", params={"q": "shares"},
+                     headers={"Authorization": f"Bearer {token}"}).status_code == 401
 
 
 def test_serve_ingests_seals_verifies_and_ctrl_c_stops_everything(tmp_path: Path) -> None:
@@ -89,6 +123,8 @@ def test_serve_ingests_seals_verifies_and_ctrl_c_stops_everything(tmp_path: Path
             assert archive.embedded is not None and archive.embedded.proc is None  # attached, not started
         finally:
             archive.close()
+
+        _first_hour(port, env, tmp_path)
 
         children = _children(proc.pid)
         assert len(children) >= 2  # the worker and SeaweedFS

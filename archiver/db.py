@@ -21,6 +21,8 @@ import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
 
+from archiver.sqlutil import insert_ignore, utcnow
+
 metadata = sa.MetaData()
 
 BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
@@ -113,6 +115,18 @@ streams = sa.Table(
     sa.Column("updated_at", Ts, nullable=False),
 )
 
+# Which tenant (WABA) a business number belongs to: bound once, by evidence — the first signed
+# webhook that names the number under its WABA (`entry[].id`), or an administrator's registration —
+# never by whoever writes first through the send log. Every write path checks its writer against it.
+stream_tenants = sa.Table(
+    "stream_tenants",
+    metadata,
+    sa.Column("stream", sa.String(128), primary_key=True),
+    sa.Column("tenant", sa.String(64), nullable=False),
+    sa.Column("bound_at", Ts, nullable=False),
+    sa.Column("evidence", sa.String(200), nullable=False),  # webhook:<inbox id> | admin:<actor>
+)
+
 segments = sa.Table(
     "segments",
     metadata,
@@ -196,9 +210,17 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 
 
 def stream_tenant(conn: sa.Connection, stream: str) -> str | None:
-    """The tenant (WABA id) a stream's events carry; None while none does."""
-    return conn.execute(sa.select(events.c.tenant).where(events.c.stream == stream, events.c.tenant.is_not(None))
-                        .limit(1)).scalar()
+    """The tenant (WABA id) the stream is bound to; None while it is bound to none."""
+    return conn.execute(sa.select(stream_tenants.c.tenant).where(stream_tenants.c.stream == stream)).scalar()
+
+
+def bind_stream(conn: sa.Connection, stream: str, tenant: str, evidence: str) -> str:
+    """Bind `stream` to `tenant` unless it is bound already; returns the tenant it is bound to."""
+    insert_ignore(conn, stream_tenants, [{"stream": stream, "tenant": tenant, "bound_at": utcnow(),
+                                          "evidence": evidence[:200]}])
+    bound = stream_tenant(conn, stream)
+    assert bound is not None
+    return bound
 
 
 def make_engine(url: str) -> sa.Engine:

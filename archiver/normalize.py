@@ -33,7 +33,7 @@ from ulid import ULID
 
 from archiver import failpoints
 from archiver.crypto import encrypt
-from archiver.db import events, inbox, media
+from archiver.db import bind_stream, events, inbox, media
 from archiver.errors import KeyDestroyedError, RaceError
 from archiver.identity import IdentityBook, from_us, subject_key_id, to_us
 from archiver.inbox import Inbox
@@ -209,6 +209,18 @@ def append_audit(engine: sa.Engine, keyring: KeyRing, kind: str, action: str, ac
     return natural_key
 
 
+def bind_streams(conn: sa.Connection, builders: Sequence[EventBuilder]) -> None:
+    """Bind each number a signed webhook names to the WABA it names it under (`entry[].id`), once.
+
+    Meta's signature over the body is the evidence; a later webhook naming the number under
+    another WABA does not move it (that needs an administrator) and is logged."""
+    claims = {(r["stream"], r["tenant"]): b.inbox_id for b in builders if b.inbox_id is not None for r in b.rows
+              if r.get("tenant") and r["stream"] not in (AUDIT_STREAM, UNROUTED)}
+    for (stream, tenant), inbox_id in sorted(claims.items()):
+        if bind_stream(conn, stream, tenant, f"webhook:{inbox_id}") != tenant:
+            log.warning("stream.tenant_conflict", stream=stream, inbox_id=inbox_id)
+
+
 def append_events(conn: sa.Connection, *builders: EventBuilder) -> None:
     """Insert the events (and media jobs) of `builders` on `conn`'s transaction, idempotently."""
     insert_ignore(conn, events, [ev for b in builders for ev in b.rows])
@@ -350,6 +362,7 @@ class Normalizer:
             failpoints.hit("normalize.before_commit")
             with self.engine.begin() as conn:
                 store_people(conn, self.keyring, self.identities)
+                bind_streams(conn, built)
                 append_events(conn, *built)
                 conn.execute(
                     sa.update(inbox).where(inbox.c.id.in_([r.id for r in rows]), inbox.c.state == "pending")

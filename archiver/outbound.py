@@ -15,8 +15,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from archiver.db import events
-from archiver.errors import InvalidInput
+from archiver.db import events, stream_tenant
+from archiver.errors import Forbidden, InvalidInput
 from archiver.identity import IdentityBook
 from archiver.keys import KeyRing
 from archiver.kinds import key_part, obj, parse_unix
@@ -27,6 +27,10 @@ from archiver.sqlutil import utcnow
 
 class SendError(InvalidInput):
     """A send-log entry that does not describe a send."""
+
+
+class NotYours(Forbidden, SendError):
+    """A send to a number that is not the writer's tenant's (or nobody's yet)."""
 
 
 def _parse(item: dict[str, Any]) -> tuple[str, str, dict[str, Any], str, datetime]:
@@ -61,12 +65,26 @@ class SendLog:
         self.identities = IdentityBook(engine)
 
     def record(self, items: list[dict[str, Any]], tenant: str | None = None) -> int:
-        """Archive a batch of sends (idempotent by wamid). Returns how many were new."""
+        """Archive a batch of sends (idempotent by wamid). Returns how many were new.
+
+        Each send goes to a number already bound to a tenant (by its first signed webhook, or
+        an administrator's registration): `tenant` is the writer's (an ingest key's), and a
+        number of another tenant, or of none yet, is refused exactly alike. Without `tenant`
+        (the server's own CLI) an entry's `tenant`, if given, must match the binding."""
         parsed = [_parse(i) for i in items]  # all or nothing: a bad entry fails the batch
-        return retry_on_race(lambda: self._record(parsed, items, tenant))
+        with self.engine.connect() as conn:
+            bound = {stream: stream_tenant(conn, stream) for stream in {p[0] for p in parsed}}
+        for (stream, *_), item in zip(parsed, items, strict=True):
+            claimed = tenant or item.get("tenant")
+            if bound[stream] is None or (claimed is not None and claimed != bound[stream]):
+                whose = "your tenant" if tenant else f"tenant {claimed}" if claimed else "any tenant yet"
+                raise NotYours(f"phone_number_id {stream} is not a number of {whose} (a number belongs to the "
+                               "WABA its first signed webhook names, or to the one an administrator registered it "
+                               "to with `strongroom numbers register`)")
+        return retry_on_race(lambda: self._record(parsed, items, bound))
 
     def _record(self, parsed: list[tuple[str, str, dict[str, Any], str, datetime]], items: list[dict[str, Any]],
-                tenant: str | None) -> int:
+                bound: dict[str, str | None]) -> int:
         now = utcnow()
         with new_people(self.keyring, self.identities):
             b = EventBuilder(self.keyring, None, None, now, self.identities)
@@ -77,7 +95,7 @@ class SendLog:
                 language = template.get("language")
                 lang = language.get("code") if isinstance(language, dict) else language
                 b.add(stream, f"message:{key_part(wamid)}", "message", canonical_json(item), person.key_ids,
-                      tenant=tenant or item.get("tenant"), field="send_log", wamid=wamid, conversation=person.subject,
+                      tenant=bound[stream], field="send_log", wamid=wamid, conversation=person.subject,
                       direction="outbound", origin="api", recipient=person.bi, type=request.get("type") or "text",
                       template_name=template.get("name"), template_language=lang, event_time=at)
                 b.seal_identity_changes(stream)

@@ -212,7 +212,7 @@ class Access:
             top = conn.execute(sa.select(segments.c.last_seq, segments.c.checkpoint_key).where(
                 segments.c.stream == stream, segments.c.checkpoint_key.is_not(None))
                 .order_by(segments.c.last_seq.desc()).limit(1)).first()
-        if r is None or not p.sees(r.tenant):
+        if r is None or not p.sees(r.tenant) or not self.visible_stream(p, stream):
             raise NotFound("no such record")
         view = views.record_view(self.keyring, r)
         view["proof"] = self._proof(stream, seq, seg, top)

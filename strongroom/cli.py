@@ -69,6 +69,7 @@ templates_app = _group("templates", "The template ledger.")
 index_app = _group("index", "The encrypted search index.")
 users_app = _group("users", "Human accounts (password + TOTP) of the auditor API.")
 apikey_app = _group("apikey", "Service API keys (ingest, auditor) of the auditor API.")
+numbers_app = _group("numbers", "Business numbers and the tenant (WABA) each belongs to.")
 out = Console(soft_wrap=True)  # paths and URLs stay on one line, copyable
 err = Console(stderr=True, soft_wrap=True)
 
@@ -871,6 +872,40 @@ def apikey_create(name: str, role: RoleOpt, tenant: TenantsOpt = None) -> None:
 def apikey_revoke(key_id: str) -> None:
     _accounts_call(lambda a: a.revoke_api_key(key_id, _actor()))
     _emit({"revoked": key_id})
+
+
+@numbers_app.command("register")
+def numbers_register(stream: Annotated[str, typer.Argument(help="The business number (phone number id).")],
+                     tenant: Annotated[str, typer.Option(help="The WABA id it belongs to.")]) -> None:
+    """Bind a number to its tenant before its first webhook (e.g. so the send log may write to it).
+
+    A number is bound once: to the WABA its first signed webhook names, or to the one given here.
+    Registering a number bound to another tenant is refused (exit 5)."""
+    from archiver.db import bind_stream
+    from archiver.errors import StateConflict
+    from archiver.normalize import append_audit
+
+    with _session() as archive:
+        with archive.engine.begin() as conn:
+            bound = bind_stream(conn, stream, tenant, f"admin:{_actor()}")
+        if bound != tenant:
+            raise StateConflict(f"number {stream} belongs to tenant {bound} already")
+        append_audit(archive.engine, archive.keyring, "audit", "number.register", _actor(),
+                     {"stream": stream, "tenant": tenant})
+        archive.sealer().seal_all()
+    _emit({"stream": stream, "tenant": tenant})
+
+
+@numbers_app.command("list")
+def numbers_list() -> None:
+    """Every number with its tenant, when and on what evidence it was bound."""
+    import sqlalchemy as sa
+
+    from archiver.db import stream_tenants
+
+    with _session() as archive, archive.engine.connect() as conn:
+        rows = conn.execute(sa.select(stream_tenants).order_by(stream_tenants.c.tenant, stream_tenants.c.stream))
+        _emit([dict(r._mapping) for r in rows])
 
 
 # -- signing in -----------------------------------------------------------------------------------

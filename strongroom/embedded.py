@@ -5,6 +5,13 @@ generated on first run (0600 file under the data dir). `stop()` ends everything 
 the server dies with the process that started it even when that one is killed outright
 (PR_SET_PDEATHSIG), so no orphan is left for the next start to attach to by mistake.
 
+Only the S3 gateway is open (S3 SigV4 with the generated credentials). SeaweedFS's own master,
+volume and filer servers — whose HTTP and gRPC APIs can delete any object, Object Lock or not —
+require a client certificate on every port (mutual TLS, HTTP and gRPC) and, behind that, JWTs
+signed with keys generated for this start: a CA, one certificate for the server's components
+and the JWT keys are made fresh at each start (`security.toml` in the server's working
+directory, 0600, and nothing of the CA's kept), so no other process can obtain a credential.
+
 One SeaweedFS per data dir: whoever starts it writes `seaweedfs/running.json` (its pid and S3
 port). A later process on the same data dir attaches to that server when it is configured for
 the same port, and says plainly which port to use when it is not (starting a second server on
@@ -92,6 +99,7 @@ class EmbeddedSeaweedFS:
         self.s3_port = s3_port or free_port()
         self.proc: subprocess.Popen[bytes] | None = None
         self.attached = False  # True: another process's server, not ours to stop
+        self.ports: dict[str, int] = {}  # master, volume, filer (each with its +10000 gRPC port)
         self.access_key, self.secret_key = self._credentials()
 
     @property
@@ -153,10 +161,11 @@ class EmbeddedSeaweedFS:
         with os.fdopen(fd, "w") as f:
             json.dump(identities, f)
         used = {self.s3_port}
-        ports = {}
+        ports = self.ports
         for name in ("master", "volume", "filer"):
             ports[name] = free_port(used)
             used.add(ports[name])
+        _write_security(self.dir)
         args = [
             weed_binary(), "server", f"-dir={self.dir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
             f"-master.port={ports['master']}", f"-volume.port={ports['volume']}", "-filer",
@@ -166,7 +175,7 @@ class EmbeddedSeaweedFS:
         ]
         log = open(self.dir / "weed.log", "ab")  # noqa: SIM115 - owned by the child's lifetime
         self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                                     preexec_fn=die_with_parent)
+                                     preexec_fn=die_with_parent, cwd=self.dir)  # reads ./security.toml
         claim = self.running_file.with_suffix(".tmp")
         claim.write_text(json.dumps({"pid": self.proc.pid, "s3_port": self.s3_port}))
         claim.replace(self.running_file)
@@ -192,3 +201,61 @@ class EmbeddedSeaweedFS:
             self.proc.wait()
         if (self._running() or {}).get("pid") in (None, self.proc.pid):
             self.running_file.unlink(missing_ok=True)
+
+
+# -- the internal servers' credentials ------------------------------------------------------------
+
+
+def _private_file(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+
+
+def _write_security(directory: Path) -> None:
+    """`security.toml` for this start: mTLS on every internal HTTP and gRPC port, JWT-signed writes.
+
+    A fresh CA signs one certificate (server and client use) that every component presents; the
+    CA's key is not kept, so nobody else can be issued a certificate the servers accept."""
+    from datetime import UTC, datetime, timedelta
+    from ipaddress import ip_address
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    now = datetime.now(UTC)
+    valid = {"not_valid_before": now - timedelta(minutes=5), "not_valid_after": now + timedelta(days=3650)}
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "strongroom embedded SeaweedFS CA")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+          .serial_number(x509.random_serial_number()).not_valid_before(valid["not_valid_before"])
+          .not_valid_after(valid["not_valid_after"])
+          .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+          .sign(ca_key, hashes.SHA256()))
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "strongroom-seaweedfs")]))
+            .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(valid["not_valid_before"]).not_valid_after(valid["not_valid_after"])
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
+                                                        x509.IPAddress(ip_address("127.0.0.1"))]), critical=False)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH,
+                                                  ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    tls = directory / "tls"
+    tls.mkdir(mode=0o700, exist_ok=True)
+    _private_file(tls / "ca.pem", ca.public_bytes(serialization.Encoding.PEM))
+    _private_file(tls / "node.pem", cert.public_bytes(serialization.Encoding.PEM))
+    _private_file(tls / "node.key", key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                      serialization.NoEncryption()))
+    pair = f'cert = "{tls / "node.pem"}"\nkey = "{tls / "node.key"}"\n'
+    lines = [f'[jwt.signing]\nkey = "{secrets.token_urlsafe(32)}"\n',
+             f'[jwt.filer_signing]\nkey = "{secrets.token_urlsafe(32)}"\n',
+             "[access]\nui = false\n",
+             f'[grpc]\nca = "{tls / "ca.pem"}"\n']
+    lines += [f"[grpc.{c}]\n{pair}" for c in ("master", "volume", "filer", "s3", "client")]
+    lines += [f'[https.client]\nenabled = true\n{pair}ca = "{tls / "ca.pem"}"\n']
+    lines += [f'[https.{c}]\n{pair}ca = "{tls / "ca.pem"}"\n' for c in ("master", "volume", "filer")]
+    _private_file(directory / "security.toml", "\n".join(lines).encode())

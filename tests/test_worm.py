@@ -119,3 +119,53 @@ def test_regulated_refusal_message_reaches_the_operator(
                           timeout=120)
     assert proc.returncode == 7  # a configuration error (docs/errors.md)
     assert "Object Lock" in proc.stderr and "COMPLIANCE" in proc.stderr
+
+
+def _no_answer_without_a_client_certificate(port: int) -> list[str]:
+    """What a process on this machine gets from one of SeaweedFS's internal ports: plain HTTP and
+    TLS without a client certificate. Returns how each attempt failed (it must fail)."""
+    import socket
+    import ssl
+
+    import httpx
+
+    outcomes = []
+    for method, path in (("DELETE", "/buckets/x/records/y"), ("POST", "/col/delete?collection=x"), ("GET", "/")):
+        try:
+            r = httpx.request(method, f"http://127.0.0.1:{port}{path}", timeout=5)
+        except httpx.HTTPError as e:
+            outcomes.append(f"plain {method}: {type(e).__name__}")
+        else:
+            assert r.status_code == 400 and "HTTPS" in r.text, (port, method, r.status_code, r.text[:200])
+            outcomes.append(f"plain {method}: refused ({r.status_code})")
+    context = ssl.create_default_context()
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE  # the attacker trusts anything
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+        try:
+            with context.wrap_socket(raw) as tls:
+                tls.sendall(b"DELETE /buckets/x/records/y HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
+                answer = tls.recv(4096)  # TLS 1.3 reports a missing client certificate after the handshake
+                assert not answer.startswith(b"HTTP/1.1 2"), (port, answer[:200])
+                outcomes.append("tls without a certificate: no answer")
+        except (ssl.SSLError, ConnectionError, TimeoutError) as e:
+            outcomes.append(f"tls without a certificate: {type(e).__name__}")
+    return outcomes
+
+
+def test_only_the_s3_gateway_answers_the_filer_master_and_volume_need_a_certificate(
+    archive: Archive, seaweed: EmbeddedSeaweedFS, webhook_body: Callable[[str], bytes]
+) -> None:
+    """The review deleted a COMPLIANCE-locked segment through the filer's HTTP API. Every internal
+    port (HTTP and gRPC of master, volume and filer, and the S3 gateway's gRPC) now refuses a
+    caller without the per-start client certificate, and the segment is still there."""
+    key, vid = _sealed(archive, webhook_body)
+    original = archive.store.get(key, vid)
+    ports = [p for name in ("master", "volume", "filer") for p in (seaweed.ports[name], seaweed.ports[name] + 10000)]
+    ports.append(seaweed.s3_port + 10000)
+    for port in ports:
+        outcomes = _no_answer_without_a_client_certificate(port)
+        assert len(outcomes) == 4, (port, outcomes)
+    assert archive.store.get(key, vid) == original and archive.store.retention(key, vid).mode == "COMPLIANCE"
+    security = seaweed.dir / "security.toml"
+    assert security.stat().st_mode & 0o777 == 0o600 and (seaweed.dir / "tls" / "node.key").stat().st_mode & 0o777 == 0o600
+    assert not list((seaweed.dir / "tls").glob("ca*.key"))  # the CA's key is not kept: no one can issue another

@@ -48,6 +48,8 @@ def check_signature(body: bytes, header: str | None, app_secrets: list[bytes]) -
     if not header.startswith(SIGNATURE_PREFIX):
         raise WebhookRejected(401, "X-Hub-Signature-256 must start with 'sha256='")
     offered = header[len(SIGNATURE_PREFIX) :].strip().lower()
+    if not offered.isascii():  # compare_digest takes ASCII strings only; no valid signature is anything else
+        raise WebhookRejected(401, "X-Hub-Signature-256 does not match the body")
     ok = False
     for secret in app_secrets:
         expected = hmac.new(secret, body, hashlib.sha256).hexdigest()

@@ -34,7 +34,7 @@ from ulid import ULID
 from archiver import failpoints
 from archiver.crypto import encrypt
 from archiver.db import bind_stream, events, inbox, media
-from archiver.errors import KeyDestroyedError, RaceError
+from archiver.errors import KeyDestroyedError, ObjectStoreError, RaceError
 from archiver.identity import IdentityBook, from_us, subject_key_id, to_us
 from archiver.inbox import Inbox
 from archiver.jsonspans import SpanError, change_spans, split_pieces
@@ -46,6 +46,10 @@ from archiver.sqlutil import Row, as_utc, insert_ignore, utcnow
 log = structlog.get_logger("strongroom.normalize")
 T = TypeVar("T")
 UNROUTED = "unrouted"
+QUARANTINED = "quarantined"  # an inbox state: kept raw, set aside (`strongroom quarantine`)
+# Failures that say nothing about the body being processed: retried as they are, never isolated.
+# (A race that persists after its retries is the body's: two bindings of one person in a batch.)
+TRANSIENT = (sa.exc.OperationalError, sa.exc.InterfaceError, sa.exc.TimeoutError, ObjectStoreError)
 AUDIT_STREAM = "audit"  # the archive's own records: access audit, completeness reports, certificates
 AUDIT_KEY = "system:audit"
 _STREAM_ID = re.compile(r"[A-Za-z0-9._-]{1,100}")
@@ -53,6 +57,17 @@ EVENT_COLUMNS = [c.name for c in events.columns if c.name not in ("id", "seq", "
 # Typed columns filled from webhook values, with the longest value each may hold.
 _BOUNDED = {c.name: c.type.length for c in events.columns
             if isinstance(c.type, sa.String) and c.type.length and c.name not in ("natural_key", "stream")}
+
+
+def _storable(value: Any, limit: int) -> bool:
+    """A string both databases store as given: short enough, no NUL, valid UTF-8 (no lone surrogate)."""
+    if not isinstance(value, str) or len(value) > limit or "\x00" in value:
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def stream_for(change_value: dict[str, Any], entry_id: Any) -> str:
@@ -103,7 +118,7 @@ class EventBuilder:
     def add(self, stream: str, natural_key: str, kind: str, content: bytes, key_ids: list[str], **cols: Any) -> None:
         for name, limit in _BOUNDED.items():
             value = cols.get(name)
-            if value is not None and (not isinstance(value, str) or len(value) > limit or "\x00" in value):
+            if value is not None and not _storable(value, limit):
                 # Never fail a batch over an odd value: the raw JSON keeps it; the column does not.
                 cols[name] = None
                 cols["modelled"] = False
@@ -215,7 +230,8 @@ def bind_streams(conn: sa.Connection, builders: Sequence[EventBuilder]) -> None:
     Meta's signature over the body is the evidence; a later webhook naming the number under
     another WABA does not move it (that needs an administrator) and is logged."""
     claims = {(r["stream"], r["tenant"]): b.inbox_id for b in builders if b.inbox_id is not None for r in b.rows
-              if r.get("tenant") and r["stream"] not in (AUDIT_STREAM, UNROUTED)}
+              if r.get("tenant") and r["tenant"].isascii() and r["tenant"].isdigit()  # a WABA id
+              and r["stream"] not in (AUDIT_STREAM, UNROUTED)}
     for (stream, tenant), inbox_id in sorted(claims.items()):
         if bind_stream(conn, stream, tenant, f"webhook:{inbox_id}") != tenant:
             log.warning("stream.tenant_conflict", stream=stream, inbox_id=inbox_id)
@@ -328,17 +344,35 @@ class Normalizer:
             return 0
         try:
             self._normalize_retrying(rows)
-        except (sa.exc.DataError, sa.exc.IntegrityError) as e:
-            # One body the database refuses must not wedge every body behind it: retry one by
-            # one, and keep a body that is still refused whole, as an `unparsed` record.
+        except TRANSIENT:
+            raise  # the database or store is away: nothing is wrong with the bodies, retry later
+        except Exception as e:
+            # One body must never wedge every body behind it: retry one by one; a body that still
+            # fails is kept whole, as an `unparsed` record; one that cannot even be kept so (its
+            # stored ciphertext does not decrypt, say) is quarantined: left raw in the inbox,
+            # counted and reported, out of everyone else's way.
             log.error("normalize.batch_refused", error=type(e).__name__, bodies=len(rows))
             for row in rows:
                 try:
                     self._normalize_retrying([row])
-                except (sa.exc.DataError, sa.exc.IntegrityError) as e1:
+                except TRANSIENT:
+                    raise
+                except Exception as e1:
                     log.error("normalize.body_kept_unparsed", inbox_id=row.id, error=type(e1).__name__)
-                    self._normalize_retrying([row], whole=True)
+                    try:
+                        self._normalize_retrying([row], whole=True)
+                    except TRANSIENT:
+                        raise
+                    except Exception as e2:
+                        self.quarantine(row.id, type(e2).__name__)
         return len(rows)
+
+    def quarantine(self, inbox_id: int, reason: str) -> None:
+        """Set a body aside, raw and encrypted as received, so the rest of the inbox moves on."""
+        log.error("normalize.quarantined", inbox_id=inbox_id, error=reason)
+        with self.engine.begin() as conn:
+            conn.execute(sa.update(inbox).where(inbox.c.id == inbox_id, inbox.c.state == "pending")
+                         .values(state=QUARANTINED, normalized_at=utcnow()))
 
     def _normalize_retrying(self, rows: Sequence[Row], whole: bool = False) -> None:
         retry_on_race(lambda: self._normalize(rows, whole))

@@ -34,6 +34,11 @@ class NotYours(Forbidden, SendError):
 
 
 def _parse(item: dict[str, Any]) -> tuple[str, str, dict[str, Any], str, datetime]:
+    try:
+        canonical_json(item)  # what is sealed: refused here, never halfway through a batch
+    except (ValueError, UnicodeError, TypeError) as e:
+        raise SendError("a send-log entry must be valid Unicode JSON with integers within ±2^53 "
+                        f"({type(e).__name__})") from e
     request = item.get("request")
     response = item.get("response")
     if not isinstance(request, dict) or not isinstance(response, dict):

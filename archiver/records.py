@@ -82,7 +82,10 @@ def parse_instant(value: str) -> datetime:
         raise ValueError(f"not an ISO-8601 date or time: {value!r}") from e
     if t.tzinfo is None:
         raise ValueError(f"give a time zone (e.g. {value}Z or {value}+01:00)")
-    return t.astimezone(UTC)
+    try:
+        return t.astimezone(UTC)
+    except OverflowError as e:  # 9999-12-31T23:59-01:00 is in year 10000 in UTC
+        raise ValueError(f"{value!r} is outside the years 1 to 9999 in UTC") from e
 
 
 def parse_instant_arg(value: str | None, name: str) -> datetime | None:

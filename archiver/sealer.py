@@ -29,6 +29,7 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
+import structlog
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from archiver import failpoints
@@ -41,6 +42,8 @@ from archiver.objectstore import ObjectStore
 from archiver.records import COLUMNS, GENESIS, canonical, canonical_parts, format_ts, join_canonical, link
 from archiver.segments import checkpoint_key, decode_segment, encode_columns, segment_key
 from archiver.sqlutil import as_utc, insert_for, insert_ignore, utcnow
+
+log = structlog.get_logger("strongroom.sealer")
 
 TILE_WIDTH = 256  # hashes per merkle_tiles row
 RECORD_FROM_EVENT = [c for c in COLUMNS if c not in ("seq", "prev_hash", "record_hash")]
@@ -153,13 +156,23 @@ class Sealer:
         Work = pending events, an in-flight segment, or an unpublished checkpoint. Streams
         locked by another sealer are skipped (they return 0) and picked up by that sealer.
         """
-        total = 0
+        total, failed = 0, dict[str, BaseException]()
         while True:
-            sealed = sum(self.seal_stream(s) for s in self._streams_with_work())
+            sealed = 0
+            for stream in self._streams_with_work():
+                if stream in failed:
+                    continue
+                try:
+                    sealed += self.seal_stream(stream)
+                except Exception as e:  # one stream's failure never stops the others
+                    log.error("seal.stream_failed", stream=stream, error=type(e).__name__, detail=str(e)[:300])
+                    failed[stream] = e
             total += sealed
             if sealed == 0:
                 break
         self._purge_sealed_inbox()
+        if failed and not total:  # nothing sealed at all: say why (the store may be away)
+            raise next(iter(failed.values()))
         return total
 
     def _streams_with_work(self) -> list[str]:

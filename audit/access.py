@@ -169,7 +169,7 @@ class Access:
         try:
             append_audit(self.engine, self.keyring, ACCESS_KIND, action, p.actor, {
                 "role": p.role, "via": p.via, "tenants": sorted(p.tenants) if p.tenants is not None else "*",
-                "break_glass": p.role == "regulator", "query": query, "ids": list(ids[:1000]),
+                "break_glass": p.role == "regulator", "query": _sealable(query), "ids": list(ids[:1000]),
                 "ids_total": len(ids), "count": count, "result_sha256": body_sha256})
         except Exception as e:
             log.error("access_audit.failed", action=action, error=type(e).__name__)
@@ -361,6 +361,22 @@ class Access:
         self.allow(p, ADMIN)
         found = self.archive.accounts().list()
         return self.answer(p, "admin.principals", {}, {"principals": found}, len(found), [f["id"] for f in found])
+
+
+def _sealable(value: Any) -> Any:
+    """What a caller asked for, in a form RFC 8785 seals whatever they typed: integers beyond
+    ±2^53 (an `after=9223372036854775807`) become strings rather than failing the access event."""
+    if isinstance(value, bool) or value is None:
+        return value
+    if isinstance(value, int):
+        return value if -(2**53) < value < 2**53 else str(value)
+    if isinstance(value, float):
+        return value if value == value and abs(value) != float("inf") else str(value)
+    if isinstance(value, dict):
+        return {str(k): _sealable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_sealable(v) for v in value]
+    return value
 
 
 def _iso(t: datetime | None) -> str | None:

@@ -24,7 +24,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -119,10 +119,15 @@ def _cursor(item: dict[str, Any]) -> str:
 
 
 def _uncursor(cursor: str) -> tuple[str, int]:
+    """(sent time or "", doc id) of a cursor `_cursor` made; `InvalidInput` for anything else."""
     try:
         t, doc_id = json.loads(base64.urlsafe_b64decode(cursor.encode()))
-        return str(t), int(doc_id)
-    except (ValueError, TypeError) as e:
+        if not isinstance(t, str) or not isinstance(doc_id, int) or not 0 <= doc_id < 2**63:
+            raise ValueError("not (time, id)")
+        if t:
+            datetime.fromisoformat(t).astimezone(UTC)
+        return t, doc_id
+    except (ValueError, TypeError, OverflowError) as e:
         raise InvalidInput("not a cursor this index issued") from e
 
 
@@ -433,7 +438,8 @@ def _to_sql(node: Node) -> tuple[str, list[Any]] | None:
         if node.name in DATE_FIELDS:
             col = "event_time" if node.name == "sent" else "received_at"
             lo = datetime.fromisoformat(node.value)
-            hi = datetime.fromisoformat(node.until or node.value) + timedelta(days=1)
+            last = datetime.fromisoformat(node.until or node.value)
+            hi = last + timedelta(days=1) if last.date() < date.max else datetime.max  # through 9999-12-31
             return f"({col} >= ? AND {col} < ?)", [lo, hi]
         if node.name == "has":
             return ("has_attachment", []) if node.value.lower() == "attachment" else ("FALSE", [])

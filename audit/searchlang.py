@@ -172,11 +172,15 @@ def _lex(q: str) -> list[_Tok]:
     return out
 
 
+MAX_DEPTH = 32  # nested groups and NOTs: deeper is refused (every level costs the evaluators a level)
+
+
 class _Parser:
     def __init__(self, q: str) -> None:
         self.q = q
         self.toks = _lex(q)
         self.i = 0
+        self.depth = 0
 
     def peek(self, k: int = 0) -> _Tok | None:
         return self.toks[self.i + k] if self.i + k < len(self.toks) else None
@@ -243,17 +247,28 @@ class _Parser:
         tok = self.peek()
         if tok is None:
             raise self.fail("the query ends where a term was expected")
-        if self.keyword(tok, "not"):
-            self.i += 1
+        if self.keyword(tok, "not") or tok.kind == "lparen":
+            self.depth += 1
+            if self.depth > MAX_DEPTH:
+                raise self.fail(f"nested more than {MAX_DEPTH} levels deep", tok)
+            try:
+                return self._nested(tok)
+            finally:
+                self.depth -= 1
+        return self._term(tok)
+
+    def _nested(self, tok: _Tok) -> Node:
+        self.i += 1
+        if tok.kind != "lparen":  # NOT
             return Not(self.parse_unary())
-        if tok.kind == "lparen":
-            self.i += 1
-            node = self.parse_or()
-            close = self.peek()
-            if close is None or close.kind != "rparen":
-                raise self.fail("missing closing parenthesis for the one", tok)
-            self.i += 1
-            return node
+        node = self.parse_or()
+        close = self.peek()
+        if close is None or close.kind != "rparen":
+            raise self.fail("missing closing parenthesis for the one", tok)
+        self.i += 1
+        return node
+
+    def _term(self, tok: _Tok) -> Node:
         if tok.kind == "quoted":
             self.i += 1
             words = _words(_WORD.findall(tok.text))

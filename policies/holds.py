@@ -175,6 +175,7 @@ class Holds:
         now = now or utcnow()
         hold_id = str(ULID())
         stored = self._stored_scope(scope)
+        self.objects_in_scope(stored)  # a scope that cannot be evaluated (a bad saved query) is refused now
         with self.engine.begin() as conn:
             conn.execute(sa.insert(holds).values(id=hold_id, matter=matter, scope=json.dumps(stored, sort_keys=True),
                                                  placed_by=actor, placed_at=now))

@@ -70,6 +70,7 @@ index_app = _group("index", "The encrypted search index.")
 users_app = _group("users", "Human accounts (password + TOTP) of the auditor API.")
 apikey_app = _group("apikey", "Service API keys (ingest, auditor) of the auditor API.")
 numbers_app = _group("numbers", "Business numbers and the tenant (WABA) each belongs to.")
+quarantine_app = _group("quarantine", "Signed bodies set aside because they could not be archived as records.")
 out = Console(soft_wrap=True)  # paths and URLs stay on one line, copyable
 err = Console(stderr=True, soft_wrap=True)
 
@@ -906,6 +907,38 @@ def numbers_list() -> None:
     with _session() as archive, archive.engine.connect() as conn:
         rows = conn.execute(sa.select(stream_tenants).order_by(stream_tenants.c.tenant, stream_tenants.c.stream))
         _emit([dict(r._mapping) for r in rows])
+
+
+@quarantine_app.command("list")
+def quarantine_list() -> None:
+    """Quarantined bodies (kept raw and encrypted in the inbox): id, when received, size. Exit 1 if any."""
+    import sqlalchemy as sa
+
+    from archiver.db import inbox
+    from archiver.normalize import QUARANTINED
+
+    with _session() as archive, archive.engine.connect() as conn:
+        rows = conn.execute(sa.select(inbox.c.id, inbox.c.received_at, inbox.c.size, inbox.c.normalized_at)
+                            .where(inbox.c.state == QUARANTINED).order_by(inbox.c.id)).all()
+    _emit({"quarantined": len(rows), "bodies": [{"inbox_id": r.id, "received_at": r.received_at, "bytes": r.size,
+                                                  "quarantined_at": r.normalized_at} for r in rows]})
+    raise typer.Exit(1 if rows else 0)
+
+
+@quarantine_app.command("retry")
+def quarantine_retry() -> None:
+    """Put every quarantined body back in line (after the cause was fixed), then seal."""
+    import sqlalchemy as sa
+
+    from archiver.db import inbox
+    from archiver.normalize import QUARANTINED, append_audit
+
+    with _session() as archive:
+        with archive.engine.begin() as conn:
+            n = conn.execute(sa.update(inbox).where(inbox.c.state == QUARANTINED).values(state="pending")).rowcount
+        append_audit(archive.engine, archive.keyring, "audit", "quarantine.retry", _actor(), {"bodies": n})
+        sealed = archive.process_pending()
+    out.print(f"{n} bodies back in line; {sealed} records sealed")
 
 
 # -- signing in -----------------------------------------------------------------------------------

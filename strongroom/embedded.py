@@ -107,14 +107,22 @@ class EmbeddedSeaweedFS:
         return f"http://127.0.0.1:{self.s3_port}"
 
     def _credentials(self) -> tuple[str, str]:
+        """The archive's S3 credentials, and a read-only pair for queries (made on first run)."""
         path = self.dir.parent / "secrets" / "s3-credentials.json"
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            doc = {"access_key": "sr" + secrets.token_hex(8), "secret_key": secrets.token_urlsafe(32)}
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "w") as f:
-                json.dump(doc, f)
+                json.dump({"access_key": "sr" + secrets.token_hex(8), "secret_key": secrets.token_urlsafe(32)}, f)
         doc = json.loads(path.read_text())
+        if "query_access_key" not in doc:  # data dirs from before queries had their own credentials
+            doc.update(query_access_key="srq" + secrets.token_hex(8), query_secret_key=secrets.token_urlsafe(32))
+            tmp = path.with_suffix(".tmp")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                json.dump(doc, f)
+            tmp.replace(path)
+        self.query_access_key, self.query_secret_key = doc["query_access_key"], doc["query_secret_key"]
         return doc["access_key"], doc["secret_key"]
 
     def _answers(self) -> bool:
@@ -154,9 +162,12 @@ class EmbeddedSeaweedFS:
                                      "that is not an S3 server (set STRONGROOM_EMBEDDED_S3_PORT)")
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         config = self.dir / "s3-identities.json"
-        identities = {"identities": [{"name": "strongroom", "credentials": [
-            {"accessKey": self.access_key, "secretKey": self.secret_key}],
-            "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}
+        identities = {"identities": [
+            {"name": "strongroom", "credentials": [{"accessKey": self.access_key, "secretKey": self.secret_key}],
+             "actions": ["Admin", "Read", "Write", "List", "Tagging"]},
+            {"name": "strongroom-query",  # DuckDB's: what user SQL runs with can read and list, nothing else
+             "credentials": [{"accessKey": self.query_access_key, "secretKey": self.query_secret_key}],
+             "actions": ["Read", "List"]}]}
         fd = os.open(config, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
             json.dump(identities, f)

@@ -8,9 +8,10 @@ import logging
 import secrets
 import sys
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
-from typing import TextIO
+from typing import TextIO, TypeVar
 
 import sqlalchemy as sa
 import structlog
@@ -28,7 +29,7 @@ from archiver.outbound import SendLog
 from archiver.sealer import Sealer
 from audit.auth import Accounts, OidcVerifier
 from audit.index import SearchIndex
-from audit.query import QueryEngine, S3Location
+from audit.query import EmptyArchive, QueryEngine, S3Location
 from audit.verify import Verifier
 from exporters.bundle import Exporter
 from policies.checks import ComplianceChecks
@@ -41,6 +42,8 @@ from policies.retention import RetentionPolicy, Schedules
 from policies.templates import TemplateLedger
 from strongroom.embedded import EmbeddedSeaweedFS
 from strongroom.settings import Settings
+
+T = TypeVar("T")
 
 
 class _CurrentStderr:
@@ -137,8 +140,11 @@ class Archive:
 
     def holds(self) -> Holds:
         def matching(where: str) -> list[tuple[str, int]]:
-            return [(r[0], int(r[1])) for r in self.query_engine().query(
-                f"SELECT stream, seq FROM records WHERE {where}").rows]
+            try:
+                rows = self.query_engine().query(f"SELECT stream, seq FROM records WHERE {where}").rows
+            except EmptyArchive:
+                return []  # nothing sealed yet: the hold applies to what is sealed later
+            return [(r[0], int(r[1])) for r in rows]
 
         return Holds(self.engine, self.store, self.keyring, matching)
 
@@ -200,7 +206,14 @@ class Archive:
             return {r.stream: r.tree_size for r in conn.execute(sa.select(streams.c.stream, streams.c.tree_size))}
 
     def query_engine(self) -> QueryEngine:
-        ak, sk = self.store.credentials
+        """DuckDB over the sealed Parquet, with read-only credentials where there are any."""
+        s = self.settings
+        if self.embedded is not None:
+            ak, sk = self.embedded.query_access_key, self.embedded.query_secret_key
+        elif s.s3_query_access_key is not None and s.s3_query_secret_key is not None:
+            ak, sk = s.s3_query_access_key.get_secret_value(), s.s3_query_secret_key.get_secret_value()
+        else:
+            ak, sk = self.store.credentials
         return QueryEngine(S3Location(self.store.bucket, self.store.endpoint_url, ak, sk, self.store.region))
 
     def process_pending(self, rounds: int | None = None) -> int:
@@ -279,6 +292,7 @@ class Worker:
         self.log = structlog.get_logger("strongroom.worker")
         self._reconciled: tuple[date, datetime] | None = None
         self._retention_at: datetime | None = None
+        self._retry_at: dict[str, datetime] = {}
         self._index = archive.search_index()
 
     def reconcile_if_due(self) -> None:
@@ -307,24 +321,35 @@ class Worker:
             self.log.error("retention.overdue", count=len(result.overdue))
         self._retention_at = now
 
+    RETRY_DUTY = timedelta(minutes=5)  # a failed scheduled duty is tried again after this
+
+    def _duty(self, name: str, call: Callable[[], T]) -> T | None:
+        """Run one duty; its failure is logged and is not any other duty's (sealing always runs)."""
+        if (not_before := self._retry_at.get(name)) is not None and datetime.now(UTC) < not_before:
+            return None
+        try:
+            result = call()
+        except Exception as e:
+            self.log.error("worker.failed", duty=name, error=type(e).__name__, detail=str(e)[:500])
+            if name != "seal":
+                self._retry_at[name] = datetime.now(UTC) + self.RETRY_DUTY
+            return None
+        self._retry_at.pop(name, None)
+        return result
+
     def run(self) -> None:
         failures = 0
         while not self.stopping.is_set():
-            busy = False
-            try:
-                self.reconcile_if_due()
-                self.retention_if_due()
-                sealed = self.archive.process_pending(rounds=8)  # ~32 MB of bodies, then check for a stop
-                # bounded follow-up work, so a stop signal is honoured within a round
-                self.archive.compliance().run(ledger_batches=1)
-                if sealed or not self._index.caught_up:
-                    self._index.update(max_batches=1)
-                if sealed:
-                    self.log.info("worker.sealed", records=sealed)
-                busy = bool(sealed) or not self._index.caught_up  # more may be waiting: no pause
-                failures = 0
-            except Exception as e:
-                failures += 1
-                self.log.error("worker.failed", error=type(e).__name__, detail=str(e)[:500], attempt=failures)
+            self._duty("reconcile", self.reconcile_if_due)
+            self._duty("retention", self.retention_if_due)
+            sealed = self._duty("seal", lambda: self.archive.process_pending(rounds=8))  # ~32 MB, then a stop check
+            failures = failures + 1 if sealed is None else 0
+            # bounded follow-up work, so a stop signal is honoured within a round
+            self._duty("checks", lambda: self.archive.compliance().run(ledger_batches=1))
+            if sealed or not self._index.caught_up:
+                self._duty("index", lambda: self._index.update(max_batches=1))
+            if sealed:
+                self.log.info("worker.sealed", records=sealed)
+            busy = bool(sealed) or not self._index.caught_up  # more may be waiting: no pause
             if not busy:
                 self.stopping.wait(min(self.interval * (2 ** min(failures, 6)), 60.0))

@@ -25,6 +25,10 @@ class Settings(BaseSettings):
     s3_bucket: str = "strongroom-archive"
     s3_access_key: SecretStr | None = None
     s3_secret_key: SecretStr | None = None
+    # Read-only credentials (GetObject, ListBucket on the bucket) for user SQL; the embedded
+    # store makes its own. Unset with an external S3: queries use the archive's credentials.
+    s3_query_access_key: SecretStr | None = None
+    s3_query_secret_key: SecretStr | None = None
     s3_region: str = "us-east-1"
     embedded_s3_port: int = 8333
 

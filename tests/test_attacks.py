@@ -10,7 +10,7 @@ import sqlalchemy as sa
 
 from archiver.db import events, stream_tenant, stream_tenants
 from strongroom import payloads as p
-from tests.conftest import ingest
+from tests.conftest import ingest, sign
 from tests.test_api import ALICE, PNID_B, WABA_B, T, World, world  # noqa: F401  (the module's archive and tokens)
 
 
@@ -58,3 +58,133 @@ def test_a_number_is_bound_to_its_waba_by_the_first_signed_webhook_and_never_mov
     assert world.client.get("/api/v1/violations", headers=other).status_code == 200
     a_violations = world.get("/api/v1/violations").json()["violations"]
     assert all(v["stream"] != PNID_B for v in a_violations)
+
+
+# -- finding 5: the query engine is read-only ------------------------------------------------------
+
+
+def test_user_sql_cannot_write_reach_files_urls_or_other_prefixes(archive: Any) -> None:
+    import http.server
+    import threading
+
+    import pytest
+
+    from audit.query import QueryError
+
+    ingest(archive, p.inbound(p.text("wamid.q1", ALICE, T, "hello")))
+    hits: list[str] = []
+
+    class Sink(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            hits.append(self.path)
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *_: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Sink)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    engine = archive.query_engine()
+    bucket = archive.store.bucket
+    before = sorted(archive.store.list_keys(""))
+    try:
+        assert engine.query("SELECT count(*) FROM records").rows[0][0] >= 1  # reading the archive works
+        for attack in (
+            f"COPY (SELECT 1 AS x) TO 's3://{bucket}/records/stream=x/date=2026-01-01/forged.parquet'",
+            "SELECT 1; DROP VIEW records",
+            "SELECT count(*) FROM records; COPY (SELECT 1) TO '/tmp/sr-leak.csv'",
+            "SELECT * FROM read_text('/etc/passwd')",
+            f"SELECT * FROM read_text('http://127.0.0.1:{server.server_port}/ssrf')",
+            f"SELECT * FROM read_csv('http://127.0.0.1:{server.server_port}/ssrf.csv')",
+            f"SELECT * FROM read_blob('s3://{bucket}/checkpoints/*')",
+            "ATTACH '/tmp/sr-attack.duckdb' AS x",
+            "SET enable_external_access = true",
+            "INSTALL httpfs",
+            "CREATE TABLE t AS SELECT 1",
+        ):
+            with pytest.raises(QueryError):
+                engine.query(attack)
+    finally:
+        server.shutdown()
+    assert hits == [], "a query reached a URL"
+    assert sorted(archive.store.list_keys("")) == before, "a query wrote to the store"
+
+
+def test_a_saved_query_hold_is_checked_before_it_is_stored_and_a_broken_one_never_stops_sealing(
+        archive: Any) -> None:
+    import threading
+    import time
+
+    import pytest
+
+    from archiver.errors import InvalidInput
+    from policies.holds import Scope, holds
+    from strongroom.runtime import Worker
+
+    ingest(archive, p.inbound(p.text("wamid.h1", ALICE, T, "hello")))
+    for bad in ("no_such_column = 1", "1=1; COPY (SELECT 1) TO 'x.csv'", "1=1) OR (1=1"):
+        with pytest.raises(InvalidInput):
+            archive.holds().place("M-bad", Scope(query=bad), "test")
+    with archive.engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(holds)).scalar_one() == 0
+    # a broken hold stored by an older version: the worker's retention duty fails, sealing goes on
+    with archive.engine.begin() as conn:
+        conn.execute(holds.insert().values(id="01BROKENHOLD0000000000000X", matter="legacy", placed_by="old",
+                                           scope=json.dumps({"query": "no_such_column = 1"}), placed_at=sa.func.now()))
+    body = p.inbound(p.text("wamid.h2", ALICE, T + 5, "after the broken hold"))
+    archive.inbox.receive(body, sign(body))
+    worker = Worker(archive, interval=0.1)
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            with archive.engine.connect() as conn:
+                if conn.execute(sa.select(events.c.seq).where(events.c.wamid == "wamid.h2")).scalar() is not None:
+                    break
+            time.sleep(0.2)
+        else:
+            pytest.fail("a broken hold stopped sealing")
+    finally:
+        worker.stopping.set()
+        thread.join(timeout=30)
+    assert "retention" in worker._retry_at  # the failing duty waits before it is tried again
+
+
+# -- finding 10: crafted input gives a clear 4xx, never a 500 -------------------------------------
+
+
+def test_crafted_input_is_refused_with_a_4xx_never_a_500(world: World) -> None:  # noqa: F811
+    import base64
+
+    c = world.client
+    crafted = [
+        ("GET", "/api/v1/search", {"q": "sent:9999-12-31"}),
+        ("GET", "/api/v1/search", {"q": "sent:0001-01-01..9999-12-31"}),
+        ("GET", "/api/v1/search", {"q": "trade", "from": "9999-12-31T23:59:59-01:00"}),
+        ("GET", "/api/v1/search", {"q": "trade", "from": "0001-01-01T00:00:00+01:00"}),
+        ("GET", "/api/v1/search", {"q": "trade", "cursor": base64.urlsafe_b64encode(b"[1e400, 1]").decode()}),
+        ("GET", "/api/v1/search", {"q": "trade", "cursor": base64.urlsafe_b64encode(b'{"a": [1, 2]}').decode()}),
+        ("GET", "/api/v1/search", {"q": "(" * 300 + "trade" + ")" * 300}),
+        ("GET", "/api/v1/search", {"q": "NOT " * 500 + "trade"}),
+        ("GET", "/api/v1/audit-trail", {"from": "9999-12-31T23:59:59-01:00"}),
+        ("GET", "/api/v1/ledgers/templates", {"tenant": p.WABA, "name": "x", "language": "en",
+                                              "at": "0001-01-01T00:00:00+14:00"}),
+    ]
+    for method, path, params in crafted:
+        role = "regulator" if "audit-trail" in path else "auditor"
+        r = c.request(method, path, params=params, headers={"Authorization": f"Bearer {world.tokens[role]}"})
+        assert r.status_code < 500, (path, params, r.status_code, r.text[:200])  # an answer or a clear refusal
+        assert r.status_code == 200 or r.headers["content-type"] == "application/problem+json"
+    # the largest id a route accepts is recorded in its access event (RFC 8785 integers stop at 2^53)
+    r = world.get("/api/v1/audit-trail", "regulator", after=2**63 - 1)
+    assert r.status_code == 200 and r.json()["entries"] == []
+    ingest_key = {"Authorization": f"Bearer {world.tokens['ingest']}"}
+    bad_type = {**p.send("wamid.crafted1", ALICE, T + 1000), "request": {"to": ALICE, "type": "\ud800"}}
+    r = c.post("/api/v1/send-log", headers={**ingest_key, "Content-Type": "application/json"},
+               content=json.dumps({"items": [bad_type]}).encode())
+    assert r.status_code == 400, r.text
+    # unauthenticated: a signature header with a byte that is not ASCII
+    r = c.post("/webhooks/whatsapp", content=b"{}", headers=[(b"X-Hub-Signature-256", b"sha256=\xff\xfe")])
+    assert r.status_code == 401 and r.headers["content-type"] == "application/problem+json"

@@ -65,5 +65,9 @@ def create_app(archive: Archive) -> FastAPI:
         return {"status": "ok"}
 
     app.add_middleware(BodyLimit, limit=settings.api_max_body_bytes, prefix="/api/")
+    if settings.trusted_proxies:  # only then is X-Forwarded-For the client (uvicorn's own handling is off)
+        from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
+
+        app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=[h.strip() for h in settings.trusted_proxies.split(",")])
     app.add_middleware(SecurityHeaders)
     return app

@@ -219,6 +219,7 @@ def _serve(archive: Archive, settings: Settings) -> None:
         tls = settings.tls_certfile and settings.tls_keyfile
         config = uvicorn.Config(create_app(archive), host=settings.host, port=settings.port, access_log=False,
                                 log_config=None, timeout_graceful_shutdown=3,
+                                proxy_headers=False,  # X-Forwarded-For only from STRONGROOM_TRUSTED_PROXIES
                                 ssl_certfile=str(settings.tls_certfile) if tls else None,
                                 ssl_keyfile=str(settings.tls_keyfile) if tls else None)
 

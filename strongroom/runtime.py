@@ -27,7 +27,7 @@ from archiver.normalize import Normalizer
 from archiver.objectstore import S3ObjectStore
 from archiver.outbound import SendLog
 from archiver.sealer import Sealer
-from audit.auth import Accounts, OidcVerifier
+from audit.auth import Accounts, OidcVerifier, Slots
 from audit.index import SearchIndex
 from audit.query import EmptyArchive, QueryEngine, S3Location
 from audit.verify import Verifier
@@ -185,7 +185,8 @@ class Archive:
             oidc = OidcVerifier(s.oidc_issuer, s.oidc_audience, jwks=jwks,
                                 jwks_url=None if jwks is not None else s.oidc_jwks_url,
                                 role_claim=s.oidc_role_claim, tenants_claim=s.oidc_tenants_claim)
-        return Accounts(self.engine, self.keyring, oidc, timedelta(seconds=s.session_ttl_seconds))
+        return Accounts(self.engine, self.keyring, oidc, timedelta(seconds=s.session_ttl_seconds),
+                        Slots(s.login_hash_concurrency))
 
     def exporter(self, bates_prefix: str = "SR", volume_documents: int | None = None, period: str = "day") -> Exporter:
         return Exporter(self.engine, self.keyring, self.store, self.signing_key, self.search_index(),

@@ -66,6 +66,10 @@ class Settings(BaseSettings):
     session_ttl_seconds: float = 8 * 3600
     api_rate_per_minute: int = 600
     login_rate_per_minute: int = 10
+    login_hash_concurrency: int = 2  # password hashes at once (scrypt: 32 MiB each); the rest queue
+    # Addresses (IPs or CIDRs, comma-separated) of the reverse proxies whose X-Forwarded-For is
+    # believed; unset: the header is ignored and the peer address is the client's.
+    trusted_proxies: str | None = None
     api_max_body_bytes: int = 1024 * 1024
 
     kek_file: Path | None = None

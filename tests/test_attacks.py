@@ -188,3 +188,49 @@ def test_crafted_input_is_refused_with_a_4xx_never_a_500(world: World) -> None: 
     # unauthenticated: a signature header with a byte that is not ASCII
     r = c.post("/webhooks/whatsapp", content=b"{}", headers=[(b"X-Hub-Signature-256", b"sha256=\xff\xfe")])
     assert r.status_code == 401 and r.headers["content-type"] == "application/problem+json"
+
+
+# -- finding 7: sign-in throttling holds, cannot be turned against users, bounds memory -----------
+
+
+def test_sign_in_limits_ignore_forged_forwarded_for_and_hashing_is_bounded(world: World) -> None:  # noqa: F811
+    import threading
+
+    from fastapi.testclient import TestClient
+
+    from strongroom.app import create_app
+
+    app = create_app(world.archive)
+    client = TestClient(app)
+    codes = [client.post("/api/v1/auth/session", json={"name": "victim", "password": "guess", "otp": "123456"},
+                         headers={"X-Forwarded-For": f"203.0.113.{i}"}).status_code for i in range(12)]
+    assert codes.count(401) == 10 and codes[-1] == 429  # a rotating header is not a new address
+
+    # behind a configured proxy, the header is the client: one address cannot exhaust another's budget
+    world.archive.settings.trusted_proxies = "testclient"
+    try:
+        proxied = TestClient(create_app(world.archive))
+        for _ in range(12):
+            proxied.post("/api/v1/auth/session", json={"name": "victim", "password": "guess", "otp": "123456"},
+                         headers={"X-Forwarded-For": "198.51.100.7"})
+        other = proxied.post("/api/v1/auth/session", json={"name": "victim", "password": "guess", "otp": "123456"},
+                             headers={"X-Forwarded-For": "198.51.100.8"})
+        assert other.status_code == 401  # the attacker's address is throttled, the victim's is not
+    finally:
+        world.archive.settings.trusted_proxies = None
+
+    # 50 sign-ins at once: at most `login_hash_concurrency` scrypt hashes (32 MiB each) at a time
+    app.state.login_limiter.rate = 10_000
+    statuses: list[int] = []
+
+    def attempt(i: int) -> None:
+        r = client.post("/api/v1/auth/session", json={"name": f"user-{i}", "password": "x" * 20, "otp": "123456"})
+        statuses.append(r.status_code)
+
+    threads = [threading.Thread(target=attempt, args=(i,)) for i in range(50)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    hashing = app.state.accounts.hashing
+    assert statuses.count(401) == 50 and hashing.peak <= world.archive.settings.login_hash_concurrency

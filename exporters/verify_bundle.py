@@ -14,7 +14,11 @@ It checks, and names whatever fails:
    checkpoint root, and the record's metadata in ``records.jsonl`` equal to the sealed record's.
 
 Files are hashed as streams and the proven records are kept in a temporary SQLite file (stdlib),
-so memory does not grow with the number of records.
+so memory does not grow with the number of records. A hostile bundle cannot fool or exhaust it:
+a zip with two entries of one name (one for the verifier, one for `unzip`), a link or other
+non-regular entry, or a manifest over 64 MiB is refused before anything is read; a listed file
+is read only when its stored size is the manifest's, and never past that size; only files whose
+hash verified are parsed further.
 """
 
 from __future__ import annotations
@@ -36,34 +40,60 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat, load_pem_public_key
 
 ALLOWED_EXTRA = {"manifest.json", "manifest.sig", "transfers.jsonl"}
+MAX_MANIFEST = 64 * 1024 * 1024  # a production of millions of records has a manifest of a few MB
+
+
+class BundleRefused(ValueError):
+    """The bundle's container itself is malformed or hostile; nothing in it was trusted."""
 CHECKPOINT_ORIGIN = "strongroom.checkpoint/1"
 BOUND_FIELDS = ("stream", "seq", "kind", "natural_key", "tenant", "wamid", "ref_wamid", "conversation", "direction",
                 "origin", "type", "status", "template_name", "template_language")
 
 
 class _Source:
-    """A bundle directory or zip file."""
+    """A bundle directory or zip file: its regular files, each name once, with their sizes."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.zip = zipfile.ZipFile(path) if path.is_file() else None
+        self.sizes: dict[str, int] = {}
+        if self.zip is not None:
+            for info in self.zip.infolist():
+                if info.is_dir():
+                    continue
+                mode = info.external_attr >> 16
+                if mode and (mode & 0o170000) not in (0, 0o100000):  # a link, device, fifo…
+                    raise BundleRefused(f"{info.filename}: not a regular file")
+                if info.filename in self.sizes:
+                    raise BundleRefused(f"{info.filename}: two entries of this name (one would be verified, "
+                                        "the other extracted)")
+                self.sizes[info.filename] = info.file_size
+        else:
+            for p in sorted(path.rglob("*")):
+                name = p.relative_to(path).as_posix()
+                if p.is_symlink() or (not p.is_dir() and not p.is_file()):
+                    raise BundleRefused(f"{name}: not a regular file")
+                if p.is_file():
+                    self.sizes[name] = p.stat().st_size
 
     def names(self) -> list[str]:
-        if self.zip is not None:
-            return [i.filename for i in self.zip.infolist() if not i.is_dir()]
-        return [p.relative_to(self.path).as_posix() for p in self.path.rglob("*") if p.is_file()]
+        return list(self.sizes)
 
     def exists(self, name: str) -> bool:
-        if self.zip is not None:
-            return name in set(self.zip.namelist())
-        return (self.path / name).is_file()
+        return name in self.sizes
 
     def open(self, name: str) -> IO[bytes]:
         return self.zip.open(name) if self.zip is not None else (self.path / name).open("rb")
 
-    def read(self, name: str) -> bytes:
+    def read(self, name: str, limit: int | None = None) -> bytes:
+        """The whole file; `BundleRefused` when it is larger than `limit`."""
+        if limit is not None and self.sizes[name] > limit:
+            raise BundleRefused(f"{name}: {self.sizes[name]} bytes, more than {limit} allowed")
         with self.open(name) as f:
-            return f.read()
+            data = f.read() if limit is None else f.read(limit + 1)
+        if limit is not None and len(data) > limit:
+            raise BundleRefused(f"{name}: more than {limit} bytes")
+        return data
 
     def lines(self, name: str) -> Iterator[bytes]:
         with self.open(name) as f:
@@ -76,10 +106,10 @@ def _count(src: _Source, path: str) -> int | None:
     """Records in a file by its kind (None: not countable here)."""
     if path.endswith(".jsonl"):
         return sum(1 for _ in src.lines(path))
-    if path.endswith(".dat"):
-        return src.read(path).decode("utf-8-sig").count("\r\n") - 1
-    if path.endswith(".opt"):
-        return src.read(path).count(b"\r\n")
+    if path.endswith(".dat") or path.endswith(".opt"):  # one record per CRLF line (DAT: after its header)
+        with src.open(path) as fh:
+            lines = sum(chunk.count(b"\r\n") for chunk in iter(lambda: fh.read(1 << 20), b""))
+        return lines - 1 if path.endswith(".dat") else lines
     if path.endswith(".parquet"):
         try:
             import pyarrow.parquet as pq
@@ -183,6 +213,8 @@ def verify(bundle: Path, public_key: Ed25519PublicKey) -> list[str]:
     proven = _Proven()
     try:
         return _verify(bundle, public_key, proven)
+    except (BundleRefused, zipfile.BadZipFile) as e:
+        return [f"bundle refused: {e}"]
     finally:
         proven.close()
 
@@ -192,32 +224,38 @@ def _verify(bundle: Path, public_key: Ed25519PublicKey, proven: _Proven) -> list
     failures: list[str] = []
     if not src.exists("manifest.json") or not src.exists("manifest.sig"):
         return ["manifest.json or manifest.sig: missing"]
-    data = src.read("manifest.json")
+    data = src.read("manifest.json", MAX_MANIFEST)
     try:
-        public_key.verify(base64.b64decode(src.read("manifest.sig").strip(), validate=True), data)
+        public_key.verify(base64.b64decode(src.read("manifest.sig", 1024).strip(), validate=True), data)
     except (InvalidSignature, ValueError):
         return ["manifest.json: signature does not verify with this public key (manifest edited or wrong key)"]
     manifest = json.loads(data)
 
-    # 2. files
+    # 2. files: read only those of the listed size, and never past it
     listed = {f["path"]: f for f in manifest["files"]}
+    intact: set[str] = set()
     for path, f in sorted(listed.items()):
         if not src.exists(path):
             failures.append(f"{path}: missing")
             continue
+        if src.sizes[path] != f["size"]:
+            failures.append(f"{path}: content differs from the manifest (size {src.sizes[path]} vs {f['size']})")
+            continue
         h, size = hashlib.sha256(), 0
         with src.open(path) as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):  # noqa: B023
+            while size <= f["size"] and (chunk := fh.read(min(1 << 20, f["size"] + 1 - size))):
                 h.update(chunk)
                 size += len(chunk)
         if size != f["size"] or h.hexdigest() != f["sha256"]:
             failures.append(f"{path}: content differs from the manifest (size {size} vs {f['size']}, SHA-256)")
+            continue
+        intact.add(path)
     for name in sorted(set(src.names()) - set(listed) - ALLOWED_EXTRA):
         failures.append(f"{name}: not listed in the manifest")
 
-    # 3. counts
+    # 3. counts (of the files that are what the manifest says: nothing else is parsed)
     for path, f in sorted(listed.items()):
-        if "records" not in f or not src.exists(path):
+        if "records" not in f or path not in intact:
             continue
         try:
             n = _count(src, path)
@@ -232,6 +270,8 @@ def _verify(bundle: Path, public_key: Ed25519PublicKey, proven: _Proven) -> list
     for stream, snap in sorted(manifest.get("snapshot", {}).items()):
         name = snap["checkpoint"]
         try:
+            if name not in intact:
+                raise ValueError("not a file of the bundle whose hash verified")
             doc = json.loads(src.read(name))
             cp = doc["checkpoint"]
             if cp.get("origin") != CHECKPOINT_ORIGIN or cp.get("key_id") != _key_id(public_key):
@@ -245,7 +285,7 @@ def _verify(bundle: Path, public_key: Ed25519PublicKey, proven: _Proven) -> list
 
     # 5. records and their proofs
     for path in sorted(p for p in listed if p.startswith("proofs/") and p.endswith(".jsonl")):
-        if not src.exists(path):
+        if path not in intact:
             continue
         for i, line in enumerate(src.lines(path), start=1):
             try:
@@ -271,7 +311,7 @@ def _verify(bundle: Path, public_key: Ed25519PublicKey, proven: _Proven) -> list
             except Exception as e:
                 failures.append(f"{where}: {type(e).__name__}: {e}")
     n_records = n_messages = 0
-    if src.exists("records/records.jsonl"):
+    if "records/records.jsonl" in intact:
         for i, line in enumerate(src.lines("records/records.jsonl"), start=1):
             try:
                 rec = json.loads(line)

@@ -234,3 +234,66 @@ def test_sign_in_limits_ignore_forged_forwarded_for_and_hashing_is_bounded(world
         t.join(timeout=120)
     hashing = app.state.accounts.hashing
     assert statuses.count(401) == 50 and hashing.peak <= world.archive.settings.login_hash_concurrency
+
+
+# -- finding 8: the bundle verifier cannot be fooled or exhausted ---------------------------------
+
+
+def test_the_bundle_verifier_refuses_duplicate_entries_links_bombs_and_an_oversized_manifest(
+        world: World, tmp_path: Any) -> None:  # noqa: F811
+    import os
+    import time
+    import zipfile
+
+    from archiver import crypto
+    from exporters import verify_bundle as vb
+
+    key = vb.load_public_key(crypto.public_key_pem(world.archive.public_key))
+    real = tmp_path / "real.zip"
+    real.write_bytes(world.get(f"/api/v1/exports/{world.export_id}/download").content)
+    assert vb.verify(real, key) == []
+    with zipfile.ZipFile(real) as z:
+        entries = [(i, z.read(i)) for i in z.infolist()]
+
+    def rezip(name: str, entries: list[tuple[Any, bytes]]) -> Any:
+        out = tmp_path / name
+        with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as z:
+            for info, data in entries:
+                z.writestr(info if isinstance(info, zipfile.ZipInfo) else zipfile.ZipInfo(info), data)
+        return out
+
+    # two entries named records/records.jsonl: the forged one first (verified), the real one second
+    forged = [(zipfile.ZipInfo("records/records.jsonl"), b'{"forged": true}\n')] + entries
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # zipfile warns about the duplicate name: that is the attack
+        duplicate = rezip("duplicate.zip", forged)
+    assert any("two entries" in f for f in vb.verify(duplicate, key))
+
+    # a link entry
+    link = zipfile.ZipInfo("records/link")
+    link.external_attr = (0o120777 << 16)
+    assert any("not a regular file" in f for f in vb.verify(rezip("link.zip", [*entries, (link, b"/etc/passwd")]),
+                                                                 key))
+
+    # a 100 MiB manifest.json compressed to a few hundred kB: refused by its declared size, unread
+    bomb = [(i, d) for i, d in entries if i.filename != "manifest.json"] + [
+        (zipfile.ZipInfo("manifest.json"), b"0" * (100 * 1024 * 1024))]
+    started = time.monotonic()
+    assert any("manifest.json" in f and "more than" in f for f in vb.verify(rezip("bomb.zip", bomb), key))
+    assert time.monotonic() - started < 10
+
+    # a listed file swollen far past its manifest size: named, never read whole, never parsed
+    swollen = [(i, d if i.filename != "records/records.jsonl" else d + b"0" * (64 * 1024 * 1024))
+               for i, d in entries]
+    started = time.monotonic()
+    failures = vb.verify(rezip("swollen.zip", swollen), key)
+    assert any(f.startswith("records/records.jsonl: content differs") for f in failures)
+    assert time.monotonic() - started < 20
+
+    # a directory bundle with a symbolic link in it
+    unpacked = tmp_path / "unpacked"
+    with zipfile.ZipFile(real) as z:
+        z.extractall(unpacked)
+    os.symlink("/etc/passwd", unpacked / "records" / "passwd")
+    assert any("not a regular file" in f for f in vb.verify(unpacked, key))

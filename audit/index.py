@@ -21,7 +21,7 @@ import itertools
 import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -38,7 +38,7 @@ from archiver.keys import KeyRing
 from archiver.kinds import MEDIA_TYPES
 from archiver.sqlutil import Row, as_utc
 from audit.query import _sql_str, extension_path
-from audit.searchlang import DATE_FIELDS, Bool, Field, Node, Not, Term, matches, parse, tokens
+from audit.searchlang import DATE_FIELDS, Bool, Field, Near, Node, Not, QueryTooCostly, Term, matches, parse, tokens
 
 INDEX_KEY = "system:search-index"
 SCHEMA_VERSION = 3  # an index file of another version is rebuilt from the archive
@@ -131,11 +131,24 @@ def _uncursor(cursor: str) -> tuple[str, int]:
         raise InvalidInput("not a cursor this index issued") from e
 
 
-_INSTANCES: dict[Path, tuple[duckdb.DuckDBPyConnection, threading.Lock]] = {}
+class _Users:
+    """Who has the index file attached in this process: any number of searches at once, or one
+    writer alone (the file is detached when the last leaves, so another process can take it)."""
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition()
+        self.readers = 0
+        self.writing = False
+
+
+_INSTANCES: dict[Path, tuple[duckdb.DuckDBPyConnection, _Users]] = {}
 _INSTANCES_LOCK = threading.Lock()
+SEARCH_SECONDS = 10.0  # a search still running then is interrupted and refused (422)
+MAX_EXPANSION = 2000  # distinct indexed words one wildcard may stand for
+MAX_CANDIDATES = 200_000  # messages a proximity query may check word by word (in Python)
 
 
-def _instance(directory: Path) -> tuple[duckdb.DuckDBPyConnection, threading.Lock]:
+def _instance(directory: Path) -> tuple[duckdb.DuckDBPyConnection, _Users]:
     """One in-memory DuckDB per index directory and process, with the OpenSSL crypto loaded once
     (loading it costs ~50 ms) and file access confined to that directory."""
     with _INSTANCES_LOCK:
@@ -150,7 +163,7 @@ def _instance(directory: Path) -> tuple[duckdb.DuckDBPyConnection, threading.Loc
             con.execute(f"SET allowed_directories = [{_sql_str(str(directory))}]")
             con.execute("SET enable_external_access = false")  # nothing outside the index directory
             con.execute("SET lock_configuration = true")
-            _INSTANCES[directory] = (con, threading.Lock())
+            _INSTANCES[directory] = (con, _Users())
         return _INSTANCES[directory]
 
 
@@ -168,11 +181,13 @@ def _naive(t: datetime | None) -> datetime | None:
 
 
 def _required_terms(node: Node) -> list[str]:
-    """Plain words every match must contain (through ANDs only): the prefilter."""
-    if isinstance(node, Term) and not node.wildcard:
-        return list(node.words)
+    """Plain words every match must contain (through ANDs and proximity): the prefilter."""
+    if isinstance(node, Term):  # its plain words (a phrase's, around any wildcard)
+        return [w for w in node.words if not any(c in w for c in "*?=")]
     if isinstance(node, Bool) and node.op == "AND":
         return [w for n in node.nodes for w in _required_terms(n)]
+    if isinstance(node, Near):  # both sides, unless it is `not w/N` (the right side must then be absent nearby)
+        return _required_terms(node.left) + ([] if node.negated else _required_terms(node.right))
     return []
 
 
@@ -183,39 +198,71 @@ class SearchIndex:
         self.keyring = keyring
         self.caught_up = False
 
-    @contextmanager
-    def connect(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        """The index attached on this process's locked-down DuckDB instance, detached afterwards
-        (so another process, worker or CLI, can take the file). One user at a time per process."""
-        inst, lock = _instance(self.path.parent)
+    def _attach(self, inst: duckdb.DuckDBPyConnection) -> None:
         key = self.keyring.data_key(INDEX_KEY).hex()
-        with lock:
-            con = inst.cursor()
-            try:
-                for attempt in itertools.count():  # another process may hold the file briefly
-                    try:
-                        con.execute(f"ATTACH {_sql_str(str(self.path))} AS idx (ENCRYPTION_KEY {_sql_str(key)})")
-                        break
-                    except duckdb.IOException as e:
-                        if "lock" not in str(e).lower() or attempt >= 400:
-                            raise
-                        time.sleep(0.05)
+        con = inst.cursor()
+        try:
+            for attempt in itertools.count():  # another process may hold the file briefly
                 try:
+                    con.execute(f"ATTACH {_sql_str(str(self.path))} AS idx (ENCRYPTION_KEY {_sql_str(key)})")
+                    break
+                except duckdb.IOException as e:
+                    if "lock" not in str(e).lower() or attempt >= 400:
+                        raise
+                    time.sleep(0.05)
+            try:
+                con.execute(SCHEMA)
+                version = con.execute("SELECT value FROM idx.state WHERE name = 'schema'").fetchone()
+                if version is None or version[0] != SCHEMA_VERSION:  # older layout: rebuilt from the archive
+                    con.execute("DROP TABLE idx.docs; DROP TABLE idx.terms; DELETE FROM idx.state")
                     con.execute(SCHEMA)
-                    version = con.execute("SELECT value FROM idx.state WHERE name = 'schema'").fetchone()
-                    if version is None or version[0] != SCHEMA_VERSION:  # older layout: rebuilt from the archive
-                        con.execute("DROP TABLE idx.docs; DROP TABLE idx.terms; DELETE FROM idx.state")
-                        con.execute(SCHEMA)
-                        con.execute("INSERT INTO idx.state VALUES ('schema', ?)", [SCHEMA_VERSION])
-                    yield con
-                finally:
-                    try:  # a failed write must not leave its transaction (or the file) behind
-                        con.execute("ROLLBACK")
-                    except duckdb.Error:
-                        pass
-                    con.execute("DETACH idx")
-            finally:
-                con.close()
+                    con.execute("INSERT INTO idx.state VALUES ('schema', ?)", [SCHEMA_VERSION])
+            except BaseException:
+                con.execute("DETACH idx")
+                raise
+        finally:
+            con.close()
+
+    @staticmethod
+    def _detach(inst: duckdb.DuckDBPyConnection) -> None:
+        con = inst.cursor()
+        try:
+            con.execute("DETACH idx")
+        finally:
+            con.close()
+
+    @contextmanager
+    def connect(self, write: bool = True) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A cursor on the index, attached on this process's locked-down DuckDB instance and
+        detached when its last user leaves (so another process, worker or CLI, can take the
+        file). Searches (`write=False`) run side by side; a writer runs alone."""
+        inst, users = _instance(self.path.parent)
+        with users.cond:
+            users.cond.wait_for(lambda: not users.writing and (not write or users.readers == 0))
+            if users.readers == 0:
+                self._attach(inst)
+            if write:
+                users.writing = True
+            else:
+                users.readers += 1
+        con = inst.cursor()
+        try:
+            yield con
+        finally:
+            if write:
+                try:  # a failed write must not leave its transaction (or the file) behind
+                    con.execute("ROLLBACK")
+                except duckdb.Error:
+                    pass
+            con.close()
+            with users.cond:
+                if write:
+                    users.writing = False
+                else:
+                    users.readers -= 1
+                if users.readers == 0:
+                    self._detach(inst)
+                users.cond.notify_all()
 
     # -- building -----------------------------------------------------------------------------
 
@@ -304,7 +351,9 @@ class SearchIndex:
 
     def rebuild(self) -> int:
         """Throw the index away and build it again from the archive."""
-        with _instance(self.path.parent)[1]:
+        users = _instance(self.path.parent)[1]
+        with users.cond:  # nobody has it attached, and nobody attaches it while it goes
+            users.cond.wait_for(lambda: not users.writing and users.readers == 0)
             for p in (self.path, self.path.with_name(self.path.name + ".wal")):
                 p.unlink(missing_ok=True)
         return self.update()
@@ -336,17 +385,28 @@ class SearchIndex:
                 where.append(f"event_time {op} ?")
                 params.append(_naive(t))
         after = _uncursor(cursor) if cursor is not None else None
-        exact = _to_sql(tree) if exact_in_sql else None
-        if exact is not None:
-            return self._search_sql(tree, where + [exact[0]], params + exact[1], limit, after)
-        for term in dict.fromkeys(_required_terms(tree)):
-            where.append("doc_id IN (SELECT doc_id FROM idx.terms WHERE term = ?)")
-            params.append(term)
-        with self.connect() as con:
+        with self.connect(write=False) as con, _deadline(con, query) as check:
+            exact = _to_sql(tree, lambda pattern, keys: _expand(con, pattern, keys, query)) if exact_in_sql else None
+            if exact is not None:
+                return self._search_sql(con, tree, where + [exact[0]], params + exact[1], limit, after)
+            for term in dict.fromkeys(_required_terms(tree)):
+                where.append("doc_id IN (SELECT doc_id FROM idx.terms WHERE term = ?)")
+                params.append(term)
+            candidates = _one(con, f"SELECT count(*) FROM idx.docs WHERE {' AND '.join(where)}", params)
+            if candidates > MAX_CANDIDATES:
+                raise QueryTooCostly(f"{candidates:,} messages to check word by word (at most {MAX_CANDIDATES:,}; "
+                                     "a plain word that every match contains narrows it)", query)
             rows = con.execute(f"SELECT {_OUT} FROM idx.docs WHERE {' AND '.join(where)} "
                                "ORDER BY event_time NULLS FIRST, doc_id", params).fetchall()
+            return self._checked(tree, rows, limit, after, check)
+
+    def _checked(self, tree: Node, rows: list[Any], limit: int, after: tuple[str, int] | None,
+                 check: Callable[[], None]) -> Page:
+        """The candidates that match word by word (proximity, digit wildcards), a page of them."""
         hits = []
-        for row in rows:
+        for n, row in enumerate(rows):
+            if n % 1000 == 0:
+                check()
             d = dict(zip(OUT_COLUMNS, row, strict=True))
             for col in ("event_time", "received_at"):
                 d[col] = d[col].replace(tzinfo=UTC) if isinstance(d[col], datetime) else None
@@ -364,8 +424,8 @@ class SearchIndex:
         more = first + limit < len(hits)
         return Page(len(hits), page, _cursor(page[-1]) if more and page else None, tree.describe())
 
-    def _search_sql(self, tree: Node, where: list[str], params: list[Any], limit: int,
-                    after: tuple[str, int] | None) -> Page:
+    def _search_sql(self, con: duckdb.DuckDBPyConnection, tree: Node, where: list[str], params: list[Any],
+                    limit: int, after: tuple[str, int] | None) -> Page:
         """Count and page in one pass over (doc_id, event_time) of the matches, then read the
         page's rows only (reading every column of every match to sort them costs far more)."""
         cond = " AND ".join(where)
@@ -374,16 +434,15 @@ class SearchIndex:
             t = datetime.fromisoformat(after[0]).astimezone(UTC).replace(tzinfo=None) if after[0] else _EPOCH
             page_cond = "(coalesce(event_time, ?), doc_id) > (?, ?)"
             page_params = [_EPOCH, t, after[1]]
-        with self.connect() as con:
-            found = con.execute(
-                f"WITH m AS MATERIALIZED (SELECT doc_id, event_time FROM idx.docs WHERE {cond}) "
-                f"SELECT (SELECT count(*) FROM m), doc_id FROM (SELECT doc_id, event_time FROM m WHERE {page_cond} "
-                "ORDER BY event_time NULLS FIRST, doc_id LIMIT ?) ORDER BY event_time NULLS FIRST, doc_id",
-                params + page_params + [limit + 1]).fetchall()
-            total = found[0][0] if found else _one(con, f"SELECT count(*) FROM idx.docs WHERE {cond}", params)
-            ids = [int(r[1]) for r in found[:limit]]
-            rows = con.execute(f"SELECT {_OUT} FROM idx.docs WHERE doc_id BETWEEN ? AND ? AND doc_id IN "
-                               f"({', '.join(map(str, ids))})", [min(ids), max(ids)]).fetchall() if ids else []
+        found = con.execute(
+            f"WITH m AS MATERIALIZED (SELECT doc_id, event_time FROM idx.docs WHERE {cond}) "
+            f"SELECT (SELECT count(*) FROM m), doc_id FROM (SELECT doc_id, event_time FROM m WHERE {page_cond} "
+            "ORDER BY event_time NULLS FIRST, doc_id LIMIT ?) ORDER BY event_time NULLS FIRST, doc_id",
+            params + page_params + [limit + 1]).fetchall()
+        total = found[0][0] if found else _one(con, f"SELECT count(*) FROM idx.docs WHERE {cond}", params)
+        ids = [int(r[1]) for r in found[:limit]]
+        rows = con.execute(f"SELECT {_OUT} FROM idx.docs WHERE doc_id BETWEEN ? AND ? AND doc_id IN "
+                           f"({', '.join(map(str, ids))})", [min(ids), max(ids)]).fetchall() if ids else []
         order = {doc_id: i for i, doc_id in enumerate(ids)}
         hits = sorted((_out(dict(zip(OUT_COLUMNS, r, strict=True))) for r in rows), key=lambda h: order[h["doc_id"]])
         more = len(found) > limit
@@ -407,15 +466,49 @@ def _out(d: dict[str, Any]) -> dict[str, Any]:
     return d
 
 
+def _expand(con: duckdb.DuckDBPyConnection, pattern: str, keys: bool, query: str) -> list[str]:
+    """The indexed words a wildcard stands for; QueryTooCostly past MAX_EXPANSION of them."""
+    found = [r[0] for r in con.execute(
+        f"SELECT DISTINCT term FROM idx.terms WHERE term LIKE ? ESCAPE '\\' AND pos {'= -1' if keys else '>= 0'} "
+        "LIMIT ?", [pattern, MAX_EXPANSION + 1]).fetchall()]
+    if len(found) > MAX_EXPANSION:
+        raise QueryTooCostly(f"a wildcard matches more than {MAX_EXPANSION:,} different words", query)
+    return found
+
+
+@contextmanager
+def _deadline(con: duckdb.DuckDBPyConnection, query: str) -> Iterator[Callable[[], None]]:
+    """Interrupt `con`'s statement once SEARCH_SECONDS have passed; yields a check for Python loops."""
+    ends = time.monotonic() + SEARCH_SECONDS
+    timer = threading.Timer(SEARCH_SECONDS, con.interrupt)
+    timer.daemon = True
+    timer.start()
+
+    def check() -> None:
+        if time.monotonic() > ends:
+            raise QueryTooCostly(f"it ran longer than {SEARCH_SECONDS:g} s", query)
+
+    try:
+        yield check
+    except duckdb.InterruptException as e:
+        raise QueryTooCostly(f"it ran longer than {SEARCH_SECONDS:g} s", query) from e
+    finally:
+        timer.cancel()
+
+
 def _like(word: str) -> str:
     """A `*`/`?` wildcard as a LIKE pattern (escape `\\`)."""
     escaped = word.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
     return escaped.replace("*", "%").replace("?", "_")
 
 
-def _to_sql(node: Node) -> tuple[str, list[Any]] | None:
+Expand = Callable[[str, bool], list[str]]  # (LIKE pattern, field keys?) -> the indexed words it matches
+
+
+def _to_sql(node: Node, expand: Expand) -> tuple[str, list[Any]] | None:
     """The query tree as one SQL condition over idx.docs that selects exactly what `matches`
-    accepts, or None when it has proximity (or a digit wildcard) and needs the word-level check."""
+    accepts, or None when it has proximity (or a digit wildcard) and needs the word-level check.
+    A wildcard becomes the list of indexed words it matches (`expand`, capped), looked up exactly."""
     if isinstance(node, Term):
         if any("=" in w for w in node.words):
             return None
@@ -423,16 +516,16 @@ def _to_sql(node: Node) -> tuple[str, list[Any]] | None:
             word = node.words[0]
             if not node.wildcard:
                 return _WORD_SQL, [word]
-            return ("doc_id IN (SELECT doc_id FROM idx.terms WHERE term LIKE ? ESCAPE '\\' AND pos >= 0)",
-                    [_like(word)])
+            return ("doc_id IN (SELECT doc_id FROM idx.terms WHERE term IN (SELECT unnest(?::VARCHAR[])) "
+                    "AND pos >= 0)", [expand(_like(word), False)])
         # a phrase: word k at the position of word 0 plus k
-        joins, conds, params = ["idx.terms t0"], [], []
+        joins, conds, params = ["idx.terms t0"], [], list[Any]()
         for k, word in enumerate(node.words):
             if k:
                 joins.append(f"JOIN idx.terms t{k} ON t{k}.doc_id = t0.doc_id AND t{k}.pos = t0.pos + {k}")
             wild = any(c in word for c in "*?")
-            conds.append(f"t{k}.term LIKE ? ESCAPE '\\' AND t{k}.pos >= 0" if wild else f"t{k}.term = ?")
-            params.append(_like(word) if wild else word)
+            conds.append(f"t{k}.term IN (SELECT unnest(?::VARCHAR[])) AND t{k}.pos >= 0" if wild else f"t{k}.term = ?")
+            params.append(expand(_like(word), False) if wild else word)
         return f"doc_id IN (SELECT t0.doc_id FROM {' '.join(joins)} WHERE {' AND '.join(conds)})", params
     if isinstance(node, Field):
         if node.name in DATE_FIELDS:
@@ -450,16 +543,16 @@ def _to_sql(node: Node) -> tuple[str, list[Any]] | None:
         if node.name in _FIELD_KEYS:
             key = _FIELD_KEYS[node.name]
             if wild:
-                return ("doc_id IN (SELECT doc_id FROM idx.terms WHERE term LIKE ? ESCAPE '\\' AND pos = -1)",
-                        [key + _like(value)])
+                return ("doc_id IN (SELECT doc_id FROM idx.terms WHERE term IN (SELECT unnest(?::VARCHAR[])) "
+                        "AND pos = -1)", [expand(key + _like(value), True)])
             return _WORD_SQL, [key + value]
         col = _FIELD_COLUMNS[node.name]
         return (f"lower({col}) LIKE ? ESCAPE '\\'", [_like(value)]) if wild else (f"lower({col}) = ?", [value])
     if isinstance(node, Not):
-        inner = _to_sql(node.node)
+        inner = _to_sql(node.node, expand)
         return None if inner is None else (f"NOT coalesce({inner[0]}, FALSE)", inner[1])
     if isinstance(node, Bool):
-        parts = [p for p in (_to_sql(n) for n in node.nodes) if p is not None]
+        parts = [p for p in (_to_sql(n, expand) for n in node.nodes) if p is not None]
         if len(parts) < len(node.nodes):
             return None
         return "(" + f" {node.op} ".join(p[0] for p in parts) + ")", [x for p in parts for x in p[1]]

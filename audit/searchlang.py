@@ -40,6 +40,20 @@ _TOKEN_WORD = re.compile(r"\w+(?:['’][\w]+)*", re.UNICODE)
 _NEAR = re.compile(r"(w|pre)/(\d{1,3})$", re.IGNORECASE)
 
 
+class QueryTooCostly(InvalidInput):
+    """A well-formed query refused for its cost (422): too many or too broad wildcards, or it ran
+    past the search time limit."""
+
+    status, code, title = 422, "query_too_costly", "Query too costly"
+
+    def __init__(self, message: str, query: str) -> None:
+        self.query = query
+        super().__init__(f"{message}: narrow the query")
+
+    def extensions(self) -> dict[str, Any]:
+        return {"query": self.query}
+
+
 class QuerySyntaxError(InvalidInput):
     """A query that does not parse; `position` is where (0-based, in characters)."""
 
@@ -60,11 +74,31 @@ def tokens(text: str) -> list[str]:
     return [w.casefold() for w in _TOKEN_WORD.findall(unicodedata.normalize("NFKC", text))]
 
 
-def _word_regex(word: str) -> re.Pattern[str]:
-    out = []
-    for ch in word:
-        out.append(".*" if ch == "*" else "." if ch == "?" else r"\d" if ch == "=" else re.escape(ch))
-    return re.compile("".join(out) + r"\Z", re.DOTALL)
+class Glob:
+    """A wildcard word (`*` any run, `?` one character, `=` one digit) matched without backtracking:
+    at most len(pattern) × len(word) steps, whatever the pattern (a regex of `.*a.*a.*a` is not)."""
+
+    def __init__(self, pattern: str) -> None:
+        self.p = pattern
+
+    def match(self, s: str) -> bool:
+        p, i, j, star, mark = self.p, 0, 0, -1, 0
+        while j < len(s):
+            c = p[i] if i < len(p) else ""
+            if c == "*":
+                star, mark, i = i, j, i + 1
+            elif c and (c == "?" or c == s[j] or (c == "=" and s[j].isdigit())):
+                i, j = i + 1, j + 1
+            elif star >= 0:  # let the last `*` take one more character, and try again from there
+                i, mark = star + 1, mark + 1
+                j = mark
+            else:
+                return False
+        return all(c == "*" for c in p[i:])
+
+
+def _word_regex(word: str) -> Glob:
+    return Glob(word)
 
 
 # -- the tree ---------------------------------------------------------------------------------
@@ -337,11 +371,40 @@ def _positional(node: Node) -> bool:
                                       and all(isinstance(n, Term) for n in node.nodes))
 
 
+MAX_WILDCARD_WORDS = 8  # words with * ? or = in one query
+MAX_STARS_PER_WORD = 3  # `*` (any run) in one word; `?` and `=` stand for one character and cost little
+# How broad a wildcard may be is decided against the index's word list (`audit.index.MAX_EXPANSION`).
+
+
 def parse(query: str) -> Node:
-    """Parse a reviewer query; raises QuerySyntaxError with the position of the problem."""
+    """Parse a reviewer query; raises QuerySyntaxError with the position of the problem, and
+    QueryTooCostly for one whose wildcards would make it unboundedly expensive."""
     if len(query) > 4000:
         raise QuerySyntaxError("query longer than 4,000 characters", 4000, query[:4000])
-    return _Parser(query).parse()
+    tree = _Parser(query).parse()
+    wild = [w for w in _all_words(tree) if any(c in w for c in "*?=")]
+    if len(wild) > MAX_WILDCARD_WORDS:
+        raise QueryTooCostly(f"{len(wild)} wildcard words; at most {MAX_WILDCARD_WORDS} in one query", query)
+    for w in wild:
+        if all(c in "*?=" for c in w):
+            raise QueryTooCostly(f"{w!r} is wildcards only", query)
+        if w.count("*") > MAX_STARS_PER_WORD:
+            raise QueryTooCostly(f"{w!r} has more than {MAX_STARS_PER_WORD} '*'", query)
+    return tree
+
+
+def _all_words(node: Node) -> list[str]:
+    if isinstance(node, Term):
+        return list(node.words)
+    if isinstance(node, Field):
+        return [node.value] if node.name not in DATE_FIELDS and node.name != "has" else []
+    if isinstance(node, Bool):
+        return [w for n in node.nodes for w in _all_words(n)]
+    if isinstance(node, Not):
+        return _all_words(node.node)
+    if isinstance(node, Near):
+        return _all_words(node.left) + _all_words(node.right)
+    return []
 
 
 # -- evaluation against one document ----------------------------------------------------------

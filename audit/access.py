@@ -323,8 +323,11 @@ class Access:
         now = datetime.now(UTC)
         schedule = json.loads(self.archive.schedules.current().to_json())
         overdue = self.archive.retention_run().overdue(now)
-        if p.tenants is not None:
+        if p.tenants is not None:  # the rules that apply to their tenants and numbers, nobody else's
             overdue = [o for o in overdue if self.visible_stream(p, key_stream(o["key"]))]
+            schedule["tenants"] = {t: v for t, v in (schedule.get("tenants") or {}).items() if p.sees(t)}
+            schedule["numbers"] = {s: v for s, v in (schedule.get("numbers") or {}).items()
+                                   if self.visible_stream(p, s)}
         return self.answer(p, "report.retention", {"at": now.isoformat()},
                            {"at": now, "schedule": schedule, "overdue": overdue}, len(overdue),
                            [o["key"] for o in overdue])

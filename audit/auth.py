@@ -190,6 +190,7 @@ class OidcVerifier:
     """Checks OIDC access/ID tokens: signature (JWKS), issuer, audience, expiry; maps claims."""
 
     ALGORITHMS = ["RS256", "RS384", "RS512", "ES256", "ES384", "PS256", "EdDSA"]
+    MAX_LIFETIME = 24 * 3600  # seconds an access token may still be valid for (a 100-year `exp` is refused)
 
     def __init__(self, issuer: str, audience: str, jwks: dict[str, Any] | None = None, jwks_url: str | None = None,
                  role_claim: str = "strongroom_role", tenants_claim: str = "strongroom_tenants") -> None:
@@ -219,6 +220,10 @@ class OidcVerifier:
                                 leeway=30)
         except (jwt.PyJWTError, jwt.PyJWKClientError, ValueError) as e:
             raise AuthError(f"invalid token: {type(e).__name__}") from e
+        if not isinstance(claims.get("sub"), str) or not claims["sub"].strip():
+            raise AuthError("token names no subject")
+        if not isinstance(claims.get("exp"), int | float) or claims["exp"] - time.time() > self.MAX_LIFETIME:
+            raise AuthError("token lives longer than an access token may")
         role = claims.get(self.role_claim)
         if role not in ROLES:
             raise AuthError("token carries no strongroom role")

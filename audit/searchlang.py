@@ -38,6 +38,7 @@ DATE_FIELDS = frozenset({"sent", "archived"})
 _WORD = re.compile(r"[\w*?=]+(?:['’.-][\w*?=]+)*", re.UNICODE)
 _TOKEN_WORD = re.compile(r"\w+(?:['’][\w]+)*", re.UNICODE)
 _NEAR = re.compile(r"(w|pre)/(\d{1,3})$", re.IGNORECASE)
+_NEAR_TOKEN = re.compile(r"(?:w|pre)/(\d+)", re.IGNORECASE)
 
 
 class QueryTooCostly(InvalidInput):
@@ -190,7 +191,9 @@ def _lex(q: str) -> list[_Tok]:
             out.append(_Tok("range", "..", i))
             i += 2
         else:
-            near = re.compile(r"(?:w|pre)/\d{1,3}", re.IGNORECASE).match(q, i)
+            near = _NEAR_TOKEN.match(q, i)
+            if near and len(near.group(1)) > 3:  # `pre/1000` is not `pre/100` followed by "0"
+                raise QuerySyntaxError("a proximity distance is at most 999", i, q)
             if near:
                 out.append(_Tok("word", near.group(), i))
                 i = near.end()

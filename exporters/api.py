@@ -13,7 +13,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from archiver.errors import Forbidden, InvalidInput, NotFound, StateConflict
 from audit.access import Access, json_bytes
@@ -26,6 +26,8 @@ EXPORTERS = frozenset({"auditor", "regulator"})
 
 
 class ExportRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # an unknown field is a mistake to report, not to ignore
+
     matter: str = Field(min_length=1, max_length=200)
     query: str | None = Field(None, max_length=2000, description="the reviewers' search language")
     streams: list[str] = Field(default_factory=list, max_length=1000)

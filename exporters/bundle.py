@@ -44,7 +44,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from ulid import ULID
 
 from archiver.checkpoint import key_id
-from archiver.db import events, segments
+from archiver.db import events, segments, stream_tenants
 from archiver.errors import KeyDestroyedError
 from archiver.identity import IdentityBook
 from archiver.keys import KeyRing
@@ -163,6 +163,9 @@ class Exporter:
                 segments.c.checkpoint_key.is_not(None), segments.c.stream != AUDIT_STREAM).group_by(segments.c.stream)
             if scope.streams:
                 q = q.where(segments.c.stream.in_(scope.streams))
+            if scope.tenants is not None:  # a tenant's bundle holds its own numbers' checkpoints only
+                q = q.where(segments.c.stream.in_(sa.select(stream_tenants.c.stream).where(
+                    stream_tenants.c.tenant.in_(sorted(scope.tenants)))))
             tops = conn.execute(q).all()
             out = {}
             for stream, last in tops:
@@ -255,7 +258,7 @@ class Exporter:
             self._proofs(b, state)
             self._reports(b, state)
             self._ledgers(b, state)
-            self._trail(b, state)
+            self._trail(b, state, scope.tenants)
             counts = state.counts()
             custody_doc = self._custody(custody, scope, snap, export_id, started, state, actor)
             b.put("custody.json", _pretty(custody_doc))
@@ -369,9 +372,17 @@ class Exporter:
         b.put("ledgers/consent.jsonl", b"".join(_line(dict(r._mapping)) for r in consent), count=len(consent))
         b.put("ledgers/templates.jsonl", b"".join(_line(dict(r._mapping)) for r in templates), count=len(templates))
 
-    def _trail(self, b: _Bundle, st: _RunState) -> None:
-        """Audit-stream entries that named a record, conversation or number of the scope."""
+    def _trail(self, b: _Bundle, st: _RunState, tenants: list[str] | None) -> None:
+        """Audit-stream entries that named a record, conversation or number of the scope.
+
+        In a tenant's bundle (`tenants`), an entry shows what it did to the scope and nothing else:
+        its ids reduced to the scope's, its query kept only when its principal saw no other tenant,
+        and the details of other kinds of entry withheld (the scope values they touched are named)."""
         keys = st.conversations | set(st.snap)
+
+        def in_scope(v: str) -> bool:
+            return v in keys or st.spool.has_record(v)
+
         n = 0
         with b.file("audit/access_trail.jsonl", streaming=True) as w, self.engine.connect() as conn:
             for r in conn.execute(sa.select(events).where(events.c.stream == AUDIT_STREAM,
@@ -381,7 +392,9 @@ class Exporter:
                     doc = json.loads(self.keyring.open_record(r))
                 except KeyDestroyedError:
                     continue
-                if _touches(doc.get("details"), lambda v: v in keys or st.spool.has_record(v)):
+                if _touches(doc.get("details"), in_scope):
+                    if tenants is not None:
+                        doc = _scoped_entry(doc, in_scope, set(tenants))
                     w.write(_line({"record": f"{r.stream}/{r.seq}" if r.seq is not None else None,
                                    "natural_key": r.natural_key, **doc}))
                     n += 1
@@ -691,6 +704,35 @@ def _contact(items: list[dict[str, Any]]) -> str | None:
         if req and req.get("to"):
             return str(req["to"])
     return None
+
+
+def _strings(details: Any) -> Iterator[str]:
+    stack = [details]
+    while stack:
+        d = stack.pop()
+        if isinstance(d, dict):
+            stack += list(d.values())
+        elif isinstance(d, list):
+            stack += d
+        elif isinstance(d, str):
+            yield d
+
+
+def _scoped_entry(doc: dict[str, Any], in_scope: Callable[[str], bool], tenants: set[str]) -> dict[str, Any]:
+    """An audit entry as a tenant's bundle may show it: what it did to the scope, nothing of others."""
+    details = doc.get("details") or {}
+    out: dict[str, Any] = {k: doc[k] for k in ("kind", "action", "actor", "at") if k in doc}
+    if doc.get("kind") != "access":
+        out["details_withheld"] = "the entry may name other tenants' records; these of the scope it touched:"
+        out["touches"] = sorted({v for v in _strings(details) if in_scope(v)})
+        return out
+    seen = details.get("tenants")
+    own = isinstance(seen, list) and set(seen) <= tenants
+    ids = [i for i in details.get("ids", []) if isinstance(i, str) and in_scope(i)]
+    out["details"] = {k: details.get(k) for k in ("role", "via", "break_glass")} | {
+        "tenants": seen if own else "all (an all-tenant principal)", "ids": ids, "ids_in_scope": len(ids),
+        "query": details.get("query") if own else "withheld: the principal could see other tenants"}
+    return out
 
 
 def _touches(details: Any, named: Callable[[str], bool]) -> bool:

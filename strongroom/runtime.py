@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import os
 import secrets
 import sys
 import threading
@@ -19,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from archiver import crypto
 from archiver.db import make_engine, migrate, streams
-from archiver.errors import ConfigurationError
+from archiver.errors import ConfigurationError, StrongroomError
 from archiver.inbox import Inbox
 from archiver.keys import KeyRing
 from archiver.media import GraphClient, MediaFetcher, MediaPolicy
@@ -246,6 +247,7 @@ class Archive:
 
 def open_archive(settings: Settings, start_embedded: bool = True) -> Archive:
     """Keys, storage and schema ready; refuses to run in regulated mode without COMPLIANCE lock."""
+    os.umask(0o077)  # the database, index, exports and logs this process creates are its user's alone
     settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     created = bootstrap_keys(settings)
     embedded = None
@@ -331,7 +333,9 @@ class Worker:
         try:
             result = call()
         except Exception as e:
-            self.log.error("worker.failed", duty=name, error=type(e).__name__, detail=str(e)[:500])
+            # a project error logs its code only: a query's message can quote its SQL (and a number)
+            detail = e.code if isinstance(e, StrongroomError) else str(e)[:300]
+            self.log.error("worker.failed", duty=name, error=type(e).__name__, detail=detail)
             if name != "seal":
                 self._retry_at[name] = datetime.now(UTC) + self.RETRY_DUTY
             return None

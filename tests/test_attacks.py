@@ -297,3 +297,71 @@ def test_the_bundle_verifier_refuses_duplicate_entries_links_bombs_and_an_oversi
         z.extractall(unpacked)
     os.symlink("/etc/passwd", unpacked / "records" / "passwd")
     assert any("not a regular file" in f for f in vb.verify(unpacked, key))
+
+
+# -- finding 6: a tenant's bundle holds only what its scope covers --------------------------------
+
+
+def test_a_tenants_bundle_carries_no_other_tenants_activity_or_checkpoints(world: World, tmp_path: Any) -> None:  # noqa: F811
+    import io
+    import zipfile
+
+    from archiver import crypto
+    from exporters import verify_bundle as vb
+
+    assert world.get("/api/v1/search", "regulator", q="trade OR secret").json()["total"] >= 2  # spans both tenants
+    assert world.get("/api/v1/search", q="trade").json()["total"] >= 1  # tenant A's auditor
+    hdr = {"Authorization": f"Bearer {world.other}"}  # tenant B's auditor
+    assert world.client.get("/api/v1/search", params={"q": "secret"}, headers=hdr).json()["total"] == 1
+    r = world.client.post("/api/v1/exports", json={"matter": "B-1"}, headers=hdr)
+    assert r.status_code == 202, r.text
+    job = r.json()["id"]
+    world.client.app.state.export_jobs.wait(job, 120)  # type: ignore[attr-defined]
+    data = world.client.get(f"/api/v1/exports/{job}/download", headers=hdr).content
+    (tmp_path / "b.zip").write_bytes(data)
+    assert vb.verify(tmp_path / "b.zip", vb.load_public_key(crypto.public_key_pem(world.archive.public_key))) == []
+    with zipfile.ZipFile(io.BytesIO(data)) as z:
+        names = z.namelist()
+        trail = [json.loads(line) for line in z.read("audit/access_trail.jsonl").splitlines() if line.strip()]
+    assert not [n for n in names if p.PNID in n], "tenant A's number is in tenant B's bundle"
+    assert any(PNID_B in n for n in names if n.startswith("checkpoints/"))
+    text = json.dumps(trail)
+    assert p.PNID not in text and p.WABA not in text and "trade OR secret" not in text
+    assert any(e.get("details", {}).get("query") == "withheld: the principal could see other tenants" for e in trail)
+
+
+# -- finding 11: the low ones ----------------------------------------------------------------------
+
+
+def test_low_findings_unknown_fields_token_lifetimes_proximity_schedule_and_file_modes(world: World) -> None:  # noqa: F811
+    import stat
+    import time as time_module
+    from datetime import UTC, datetime
+    from pathlib import Path
+
+    from tests.test_api import oidc_token
+
+    compliance = {"Authorization": f"Bearer {world.tokens['compliance']}"}
+    r = world.client.post("/api/v1/holds", headers=compliance, json={"matter": "x", "streams": [p.PNID],
+                                                                     "query": "1=1"})
+    assert r.status_code == 422 and "query" in r.text  # an unknown field is reported, not ignored
+    key = world.oidc_key
+
+    def status(token: str) -> int:
+        return world.client.get("/api/v1/holds", headers={"Authorization": f"Bearer {token}"}).status_code  # type: ignore[no-any-return]
+
+    assert status(oidc_token(key)) == 200
+    assert status(oidc_token(key, exp=int(time_module.time()) + 100 * 365 * 86400)) == 401  # a 100-year token
+    assert status(oidc_token(key, sub="")) == 401 and status(oidc_token(key, sub="  ")) == 401
+    bad = world.get("/api/v1/search", q="trade pre/1000 confirm")
+    assert bad.status_code == 400 and "at most 999" in bad.json()["detail"]
+    # a tenant's auditor sees the retention rules of its own tenants and numbers only
+    world.archive.schedules.store({"numbers": {p.PNID: ["FINRA"], PNID_B: ["HIPAA"]},
+                                   "tenants": {WABA_B: ["HIPAA"]}}, "test", datetime.now(UTC))
+    seen = world.get("/api/v1/reports/retention").json()["schedule"]
+    assert PNID_B not in seen["numbers"] and WABA_B not in seen["tenants"] and p.PNID in seen["numbers"]
+    # what the service writes under its data dir is its user's alone
+    data = Path(world.archive.settings.data_dir)
+    loose = [f for f in data.rglob("*") if f.is_file() and "seaweedfs" not in f.parts
+             and stat.S_IMODE(f.stat().st_mode) & 0o077]
+    assert not loose, f"readable by others: {loose[:5]}"

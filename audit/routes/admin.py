@@ -5,19 +5,23 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from fastapi import APIRouter, Request, Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from audit.access import ADMIN, Access, json_bytes
 from audit.http import json_response, principal, rule
 
 
 class UserRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # an unknown field is a mistake to report, not to ignore
+
     name: str = Field(min_length=1, max_length=200)
     role: str
     tenants: list[str] | None = Field(None, description="WABA ids; omit for all (compliance, admin, regulator)")
 
 
 class KeyRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # an unknown field is a mistake to report, not to ignore
+
     name: str = Field(min_length=1, max_length=200)
     role: str
     tenants: list[str] = Field(min_length=1)

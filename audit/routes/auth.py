@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from archiver.errors import RateLimited
 from audit.access import Access, json_bytes
@@ -14,6 +14,8 @@ ANY_ROLE = frozenset(ROLES)
 
 
 class LoginRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # an unknown field is a mistake to report, not to ignore
+
     name: str = Field(min_length=1, max_length=200)
     password: str = Field(min_length=1, max_length=200)
     otp: str = Field(min_length=6, max_length=8, pattern=r"^\d+$")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from archiver.errors import Forbidden, NotFound
 from audit.access import READERS, Access, hold_view, json_bytes
@@ -14,6 +14,8 @@ COMPLIANCE = frozenset({"compliance"})
 
 
 class HoldRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # an unknown field is a mistake to report, not to ignore
+
     matter: str = Field(min_length=1, max_length=200)
     streams: list[str] = Field(default_factory=list, max_length=1000)
     phones: list[str] = Field(default_factory=list, max_length=1000)
@@ -23,6 +25,8 @@ class HoldRequest(BaseModel):
 
 
 class ReleaseRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # an unknown field is a mistake to report, not to ignore
+
     reason: str = Field(min_length=1, max_length=2000)
 
 

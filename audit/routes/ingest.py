@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from archiver.errors import Forbidden
 from audit.access import Access, json_bytes
@@ -18,6 +18,8 @@ INGEST = frozenset({"ingest"})
 
 
 class SendLogRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # an unknown field is a mistake to report, not to ignore
+
     tenant: str | None = Field(None, max_length=64)
     items: list[dict[str, Any]] = Field(min_length=1, max_length=1000)
 

@@ -8,6 +8,7 @@ snapshot is taken when a job starts).
 
 from __future__ import annotations
 
+import base64
 import json
 import threading
 from collections.abc import Callable, Iterator
@@ -19,6 +20,7 @@ import sqlalchemy as sa
 import structlog
 from ulid import ULID
 
+from archiver import crypto
 from archiver.db import metadata
 from archiver.keys import KeyRing
 from archiver.normalize import append_audit
@@ -35,7 +37,7 @@ exports = sa.Table(
     sa.Column("matter", sa.String(200), nullable=False),
     sa.Column("requested_by", sa.String(200), nullable=False),
     sa.Column("principal_id", sa.String(200), nullable=False),
-    sa.Column("scope", sa.Text, nullable=False),  # JSON (the query can name a person: never logged)
+    sa.Column("scope", sa.Text, nullable=False),  # AES-GCM of its JSON (a query can name a person)
     sa.Column("state", sa.String(16), nullable=False),  # queued | running | done | failed
     sa.Column("created_at", Ts, nullable=False),
     sa.Column("finished_at", Ts, nullable=True),
@@ -72,6 +74,19 @@ class ExportJobs:
                                 .values(state="failed", error="interrupted by a restart: submit again",
                                         finished_at=utcnow())).rowcount
 
+    def _seal_scope(self, job_id: str, scope: ExportScope) -> str:
+        nonce, sealed = crypto.encrypt(self.keyring.data_key(f"export:{job_id}"), json.dumps(scope.as_dict()).encode(),
+                                       f"export-scope|{job_id}".encode())
+        return f"aesgcm:{base64.b64encode(nonce).decode()}:{base64.b64encode(sealed).decode()}"
+
+    def _open_scope(self, job_id: str, stored: str) -> Any:
+        if not stored.startswith("aesgcm:"):
+            return json.loads(stored)  # a job from before scopes were encrypted
+        _, nonce, sealed = stored.split(":")
+        key = self.keyring.data_key(f"export:{job_id}", create=False)
+        return json.loads(crypto.decrypt(key, base64.b64decode(nonce), base64.b64decode(sealed),
+                                         f"export-scope|{job_id}".encode()))
+
     def path(self, job_id: str) -> Path:
         return self.directory / f"{job_id}.zip.enc"
 
@@ -79,7 +94,7 @@ class ExportJobs:
         job_id = str(ULID())
         with self.engine.begin() as conn:
             conn.execute(exports.insert().values(id=job_id, matter=scope.matter, requested_by=custody.requested_by,
-                                                 principal_id=principal_id, scope=json.dumps(scope.as_dict()),
+                                                 principal_id=principal_id, scope=self._seal_scope(job_id, scope),
                                                  state="queued", created_at=utcnow()))
         append_audit(self.engine, self.keyring, "audit", "export.requested", actor,
                      {"export_id": job_id, "scope": scope.as_dict(), "custody": asdict(custody)})
@@ -119,7 +134,7 @@ class ExportJobs:
             transfers = conn.execute(sa.select(export_transfers).where(export_transfers.c.export_id == job_id)
                                      .order_by(export_transfers.c.id)).all()
         return {"id": r.id, "matter": r.matter, "requested_by": r.requested_by, "principal_id": r.principal_id,
-                "scope": json.loads(r.scope), "state": r.state, "created_at": as_utc(r.created_at),
+                "scope": self._open_scope(r.id, r.scope), "state": r.state, "created_at": as_utc(r.created_at),
                 "finished_at": as_utc(r.finished_at), "error": r.error, "manifest_sha256": r.manifest_sha256,
                 "counts": json.loads(r.counts) if r.counts else None, "size": r.size,
                 "transfers": [{"at": as_utc(t.at), "to": t.actor, "method": t.method,

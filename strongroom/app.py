@@ -39,7 +39,7 @@ def create_app(archive: Archive) -> FastAPI:
     # No interactive docs; the schema is served to authenticated callers only. The only routes
     # without a bearer token are the webhook (HMAC-signed), health, and the sign-in exchange.
     settings = archive.settings
-    app = FastAPI(title="strongroom", version=__version__, docs_url=None, redoc_url=None,
+    app = FastAPI(title="strongroom", version=__version__, docs_url=None, redoc_url=None, redirect_slashes=False,
                   openapi_url=None, lifespan=lifespan,
                   description="Auditor API of the strongroom WhatsApp archive. Every read is itself audited.")
     access = Access(archive)

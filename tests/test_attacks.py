@@ -365,3 +365,21 @@ def test_low_findings_unknown_fields_token_lifetimes_proximity_schedule_and_file
     loose = [f for f in data.rglob("*") if f.is_file() and "seaweedfs" not in f.parts
              and stat.S_IMODE(f.stat().st_mode) & 0o077]
     assert not loose, f"readable by others: {loose[:5]}"
+
+
+def test_an_export_jobs_query_is_not_stored_in_clear_and_no_redirect_echoes_the_host(world: World) -> None:  # noqa: F811
+    from exporters.jobs import exports
+
+    auth = {"Authorization": f"Bearer {world.tokens['auditor']}"}
+    canary = "zebracanary4711"
+    r = world.client.post("/api/v1/exports", json={"matter": "Q-1", "query": f"trade OR {canary}"}, headers=auth)
+    assert r.status_code == 202
+    job = r.json()["id"]
+    world.client.app.state.export_jobs.wait(job, 120)  # type: ignore[attr-defined]
+    with world.archive.engine.connect() as conn:
+        stored = conn.execute(sa.select(exports.c.scope).where(exports.c.id == job)).scalar_one()
+    assert canary not in stored and stored.startswith("aesgcm:")
+    assert world.get(f"/api/v1/exports/{job}").json()["scope"]["query"] == f"trade OR {canary}"  # for its owner
+    r = world.client.get("/api/v1/search/", params={"q": "x"}, headers={**auth, "Host": "evil.example"},
+                         follow_redirects=False)
+    assert r.status_code == 404 and "evil.example" not in r.headers.get("location", "")

@@ -58,6 +58,7 @@ ACCESS_KIND = "access"  # audit-stream kind of access events
 READERS = frozenset({"auditor", "compliance", "regulator"})
 TRAIL_READERS = frozenset({"compliance", "regulator"})
 ADMIN = frozenset({"admin"})
+COMPLIANCE = frozenset({"compliance"})  # holds, approvals: decisions, not reads
 OPERATOR = "operator"
 
 

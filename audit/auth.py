@@ -41,7 +41,7 @@ from ulid import ULID
 
 from archiver import crypto
 from archiver.db import metadata
-from archiver.errors import InvalidInput, NotFound, Unauthenticated
+from archiver.errors import Forbidden, InvalidInput, NotFound, StateConflict, Unauthenticated
 from archiver.keys import KeyRing
 from archiver.kinds import arr
 from archiver.normalize import append_audit
@@ -50,7 +50,10 @@ from archiver.sqlutil import Row, as_utc, utcnow
 ROLES = ("ingest", "auditor", "compliance", "admin", "regulator")
 MFA_ROLES = frozenset({"compliance", "admin", "regulator"})
 API_KEY_ROLES = frozenset({"ingest", "auditor"})
-ALL_TENANT_ROLES = frozenset({"compliance", "admin", "regulator"})  # a firm-wide officer, IT, the third party
+ALL_TENANT_ROLES = frozenset({"compliance", "admin", "regulator"})
+# Roles that read archived content: an account or key of these roles made by an administrator
+# works only once a compliance officer (someone else) approved it — an admin alone reaches no content.
+CONTENT_ROLES = frozenset({"auditor", "compliance", "regulator"})  # a firm-wide officer, IT, the third party
 AUTH_KEY = "system:auth"
 MFA_AMR = frozenset({"mfa", "otp", "hwk", "swk", "sms", "fido", "pop"})  # RFC 8176 values meaning a second factor
 _SCRYPT = {"n": 2**15, "r": 8, "p": 1}  # ~32 MiB per hash
@@ -69,6 +72,8 @@ principals = sa.Table(
     sa.Column("created_at", Ts, nullable=False),
     sa.Column("created_by", sa.String(200), nullable=False),
     sa.Column("disabled_at", Ts, nullable=True),
+    sa.Column("approved_by", sa.String(200), nullable=True),  # who allowed it to read content (None: pending)
+    sa.Column("approved_at", Ts, nullable=True),
 )
 api_keys = sa.Table(
     "api_keys", metadata,
@@ -80,6 +85,8 @@ api_keys = sa.Table(
     sa.Column("created_at", Ts, nullable=False),
     sa.Column("created_by", sa.String(200), nullable=False),
     sa.Column("revoked_at", Ts, nullable=True),
+    sa.Column("approved_by", sa.String(200), nullable=True),
+    sa.Column("approved_at", Ts, nullable=True),
     sa.Index("ix_api_keys_secret", "secret_sha256", unique=True),
 )
 sessions = sa.Table(
@@ -102,6 +109,14 @@ class AccountError(InvalidInput):
 
 class AccountNotFound(NotFound, AccountError):
     """No active account or key with that id."""
+
+
+class AccountForbidden(Forbidden, AccountError):
+    """A change this principal may not make (approving its own creation, past its tenants)."""
+
+
+class AccountStateError(StateConflict, AccountError):
+    """The account is not in a state this change applies to."""
 
 
 @dataclass(frozen=True)
@@ -253,7 +268,8 @@ class Accounts:
 
     # -- administration -----------------------------------------------------------------------
 
-    def create_user(self, name: str, role: str, tenants: Iterable[str] | None, actor: str) -> dict[str, str]:
+    def create_user(self, name: str, role: str, tenants: Iterable[str] | None, actor: str,
+                    approved: bool = False) -> dict[str, str]:
         """A human account. Returns its password and TOTP secret: shown once, never stored in clear."""
         if role not in ROLES or role == "ingest":
             raise AccountError(f"role must be one of {', '.join(r for r in ROLES if r != 'ingest')}")
@@ -268,11 +284,43 @@ class Accounts:
                 raise AccountError(f"an account named {name!r} exists")
             conn.execute(principals.insert().values(
                 id=pid, name=name, role=role, tenants=stored_tenants, password_hash=hashed,
-                totp_nonce=nonce, totp_secret=sealed, created_at=utcnow(), created_by=actor))
+                totp_nonce=nonce, totp_secret=sealed, created_at=utcnow(), created_by=actor,
+                **self._approval(role, actor, approved)))
         self._audit("account.create", actor, {"principal": pid, "name": name, "role": role,
-                                              "tenants": json.loads(stored_tenants) if stored_tenants else "*"})
+                                              "tenants": json.loads(stored_tenants) if stored_tenants else "*",
+                                              "pending_approval": role in CONTENT_ROLES and not approved})
         return {"id": pid, "name": name, "role": role, "password": password, "totp_secret": totp,
-                "totp_uri": pyotp.TOTP(totp).provisioning_uri(name=name, issuer_name="strongroom")}
+                "totp_uri": pyotp.TOTP(totp).provisioning_uri(name=name, issuer_name="strongroom"),
+                "approval": "pending: a compliance officer must approve it" if role in CONTENT_ROLES and not approved
+                else "approved"}
+
+    @staticmethod
+    def _approval(role: str, actor: str, approved: bool) -> dict[str, Any]:
+        if role in CONTENT_ROLES and not approved:
+            return {"approved_by": None, "approved_at": None}
+        return {"approved_by": actor, "approved_at": utcnow()}
+
+    def approve(self, principal_id: str, approver: Principal) -> dict[str, Any]:
+        """Let a pending account or key read content. The approver is a compliance officer who
+        neither created it nor is it, and whose tenants cover its tenants."""
+        for table, kind in ((principals, "user"), (api_keys, "api_key")):
+            with self.engine.begin() as conn:
+                r = conn.execute(sa.select(table).where(table.c.id == principal_id)).first()
+                if r is None:
+                    continue
+                if r.approved_at is not None:
+                    raise AccountStateError(f"{kind} {principal_id} is approved already")
+                if approver.id == r.id or r.created_by in (approver.actor, f"session:{approver.name}"):
+                    raise AccountForbidden("approval needs a second person: not the one who created it")
+                theirs = _tenants_out(r.tenants)
+                if approver.tenants is not None and (theirs is None or not theirs <= approver.tenants):
+                    raise AccountForbidden("its tenants reach past yours")
+                conn.execute(table.update().where(table.c.id == principal_id, table.c.approved_at.is_(None))
+                             .values(approved_by=approver.actor, approved_at=utcnow()))
+            self._audit("account.approve", approver.actor, {kind: principal_id, "role": r.role, "name": r.name,
+                                                             "created_by": r.created_by})
+            return {"id": principal_id, "kind": kind, "approved_by": approver.actor}
+        raise AccountNotFound(f"no account or key {principal_id}")
 
     def disable_user(self, principal_id: str, actor: str) -> None:
         with self.engine.begin() as conn:
@@ -284,7 +332,8 @@ class Accounts:
             raise AccountNotFound(f"no active account {principal_id}")
         self._audit("account.disable", actor, {"principal": principal_id})
 
-    def create_api_key(self, name: str, role: str, tenants: Iterable[str] | None, actor: str) -> dict[str, str]:
+    def create_api_key(self, name: str, role: str, tenants: Iterable[str] | None, actor: str,
+                       approved: bool = False) -> dict[str, str]:
         """A service key. Returns the token: shown once; only its SHA-256 is kept."""
         if role not in API_KEY_ROLES:
             raise AccountError(f"API keys are for {' and '.join(sorted(API_KEY_ROLES))}; {role} is a person with MFA")
@@ -293,7 +342,8 @@ class Accounts:
         token = f"sr_{key_id}_{secret}"
         with self.engine.begin() as conn:
             conn.execute(api_keys.insert().values(id=key_id, name=name, role=role, tenants=stored_tenants,
-                                                  secret_sha256=_sha(token), created_at=utcnow(), created_by=actor))
+                                                  secret_sha256=_sha(token), created_at=utcnow(), created_by=actor,
+                                                  **self._approval(role, actor, approved)))
         self._audit("api_key.create", actor, {"key": key_id, "name": name, "role": role,
                                               "tenants": json.loads(stored_tenants) if stored_tenants else "*"})
         return {"id": key_id, "name": name, "role": role, "token": token}
@@ -312,6 +362,7 @@ class Accounts:
             return {"kind": kind, "id": r.id, "name": r.name, "role": r.role,
                     "tenants": json.loads(r.tenants) if r.tenants else "*",
                     "created_at": as_utc(r.created_at).isoformat(), "created_by": r.created_by,
+                    "approved_by": r.approved_by, "pending_approval": r.approved_at is None,
                     "ended_at": as_utc(ended).isoformat() if ended else None}
         with self.engine.connect() as conn:
             users = conn.execute(sa.select(principals).order_by(principals.c.created_at)).all()
@@ -327,7 +378,7 @@ class Accounts:
             row = conn.execute(sa.select(principals).where(principals.c.name == name)).first()
         with self.hashing():
             ok = check_password(password, row.password_hash if row is not None else _dummy_hash())
-        if row is None or not ok or row.disabled_at is not None:
+        if row is None or not ok or row.disabled_at is not None or row.approved_at is None:
             raise AuthError("invalid credentials")
         secret = crypto.decrypt(self.keyring.data_key(AUTH_KEY), row.totp_nonce, row.totp_secret,
                                 f"totp|{row.name}".encode()).decode()
@@ -362,7 +413,7 @@ class Accounts:
         if token.startswith("sr_"):
             with self.engine.connect() as conn:
                 r = conn.execute(sa.select(api_keys).where(api_keys.c.secret_sha256 == _sha(token))).first()
-            if r is None or r.revoked_at is not None:
+            if r is None or r.revoked_at is not None or r.approved_at is None:
                 raise AuthError("invalid token")
             return Principal(r.id, r.name, r.role, _tenants_out(r.tenants), "api_key", False)
         if token.startswith("srs_"):
@@ -370,7 +421,8 @@ class Accounts:
                 r = conn.execute(sa.select(principals, sessions.c.expires_at, sessions.c.ended_at).join(
                     sessions, sessions.c.principal_id == principals.c.id)
                     .where(sessions.c.token_sha256 == _sha(token))).first()
-            if r is None or r.ended_at is not None or r.disabled_at is not None or as_utc(r.expires_at) <= now:
+            if r is None or r.ended_at is not None or r.disabled_at is not None or r.approved_at is None \
+                    or as_utc(r.expires_at) <= now:
                 raise AuthError("invalid token")
             return Principal(r.id, r.name, r.role, _tenants_out(r.tenants), "session", True)
         if self.oidc is not None and token.count(".") == 2:

@@ -844,9 +844,24 @@ def users_add(name: str, role: RoleOpt, tenant: TenantsOpt = None) -> None:
 
     The first admin is created here (on the server); later accounts via the API or here. A
     `regulator` account is the break-glass path for the designated third party (R-26)."""
-    created = _accounts_call(lambda a: a.create_user(name, role, tenant, _actor()))
+    created = _accounts_call(lambda a: a.create_user(name, role, tenant, _actor(), approved=True))
     _emit(created)
     err.print("[yellow]shown once:[/yellow] only a scrypt hash of the password and an encrypted TOTP secret are kept")
+
+
+@users_app.command("approve")
+def users_approve(principal_id: str) -> None:
+    """Approve an account or API key made through the API that reads content (auditor, compliance,
+    regulator): as the signed-in compliance officer, or as the server's local operator."""
+    with _session() as archive:
+        who = _principal(archive)
+        if who.role not in ("compliance", "operator"):
+            from archiver.errors import Forbidden
+
+            raise Forbidden(f"role {who.role} may not approve accounts")
+        done = archive.accounts().approve(principal_id, who)
+        archive.sealer().seal_all()
+    _emit(done)
 
 
 @users_app.command("disable")
@@ -867,7 +882,7 @@ def users_list() -> None:
 @apikey_app.command("create")
 def apikey_create(name: str, role: RoleOpt, tenant: TenantsOpt = None) -> None:
     """Create a service API key. Prints the token once; only its SHA-256 is kept."""
-    _emit(_accounts_call(lambda a: a.create_api_key(name, role, tenant, _actor())))
+    _emit(_accounts_call(lambda a: a.create_api_key(name, role, tenant, _actor(), approved=True)))
 
 
 @apikey_app.command("revoke")

@@ -148,11 +148,11 @@ def world(tmp_path_factory: pytest.TempPathFactory, seaweed: EmbeddedSeaweedFS) 
             _scenario(archive)
             client = TestClient(create_app(archive))
             accounts = archive.accounts()
-            tokens = {role: accounts.create_api_key(f"svc-{role}", role, [p.WABA], "test")["token"]
+            tokens = {role: accounts.create_api_key(f"svc-{role}", role, [p.WABA], "test", approved=True)["token"]
                       for role in ("ingest", "auditor")}
             for role, tenants in (("compliance", [p.WABA]), ("admin", None), ("regulator", None)):
-                tokens[role] = login(client, accounts.create_user(f"{role}-1", role, tenants, "test"))
-            other = accounts.create_api_key("svc-b", "auditor", [WABA_B], "test")["token"]
+                tokens[role] = login(client, accounts.create_user(f"{role}-1", role, tenants, "test", approved=True))
+            other = accounts.create_api_key("svc-b", "auditor", [WABA_B], "test", approved=True)["token"]
             w = World(archive, client, tokens, other, rsa_key, log_file)
             r = client.post("/api/v1/exports", json={"matter": "M-1", "query": "trade"},
                             headers={"Authorization": f"Bearer {tokens['auditor']}"})
@@ -391,6 +391,9 @@ def test_api_keys_are_shown_once_stored_hashed_and_revocable(world: World) -> No
     listed = world.client.get("/api/v1/admin/principals", headers=admin).text
     assert key["token"] not in listed and "secret" not in listed and "password" not in listed
     hdr = {"Authorization": f"Bearer {key['token']}"}
+    assert world.client.get("/api/v1/holds", headers=hdr).status_code == 401  # it reads content: pending approval
+    compliance = {"Authorization": f"Bearer {world.tokens['compliance']}"}
+    assert world.client.post(f"/api/v1/approvals/{key['id']}", headers=compliance).status_code == 200
     assert world.client.get("/api/v1/holds", headers=hdr).status_code == 200
     assert world.client.delete(f"/api/v1/admin/api-keys/{key['id']}", headers=admin).status_code == 204
     assert world.client.get("/api/v1/holds", headers=hdr).status_code == 401
@@ -404,6 +407,9 @@ def test_people_sign_in_with_password_and_a_one_time_code(world: World) -> None:
     admin = {"Authorization": f"Bearer {world.tokens['admin']}"}
     created = world.client.post("/api/v1/admin/users", headers=admin,
                                 json={"name": "reviewer-7", "role": "auditor", "tenants": [p.WABA]}).json()
+    assert created["approval"].startswith("pending")
+    assert world.client.post(f"/api/v1/approvals/{created['id']}",
+                             headers={"Authorization": f"Bearer {world.tokens['compliance']}"}).status_code == 200
     with world.archive.engine.connect() as conn:
         row = conn.execute(sa.select(principals).where(principals.c.name == "reviewer-7")).one()
     assert row.password_hash.startswith("scrypt$") and created["password"] not in row.password_hash
@@ -580,7 +586,7 @@ def test_accounts_on_sqlite_too(make_settings: Any) -> None:
     archive = open_archive(make_settings())
     try:
         accounts = archive.accounts()
-        created = accounts.create_user("officer", "compliance", ["w1"], "test")
+        created = accounts.create_user("officer", "compliance", ["w1"], "test", approved=True)
         token, _ = accounts.login("officer", created["password"], pyotp.TOTP(created["totp_secret"]).now())
         who = accounts.authenticate(f"Bearer {token}")
         assert (who.role, who.tenants, who.mfa) == ("compliance", frozenset({"w1"}), True)

@@ -383,3 +383,31 @@ def test_an_export_jobs_query_is_not_stored_in_clear_and_no_redirect_echoes_the_
     r = world.client.get("/api/v1/search/", params={"q": "x"}, headers={**auth, "Host": "evil.example"},
                          follow_redirects=False)
     assert r.status_code == 404 and "evil.example" not in r.headers.get("location", "")
+
+
+# -- finding 9: an admin alone reaches no content --------------------------------------------------
+
+
+def test_an_admin_cannot_mint_content_access_alone(world: World) -> None:  # noqa: F811
+    import pyotp
+
+    admin = {"Authorization": f"Bearer {world.tokens['admin']}"}
+    compliance_a = {"Authorization": f"Bearer {world.tokens['compliance']}"}  # tenant A's officer
+    key = world.client.post("/api/v1/admin/api-keys", headers=admin,
+                            json={"name": "grab-b", "role": "auditor", "tenants": [WABA_B]}).json()
+    regulator = world.client.post("/api/v1/admin/users", headers=admin,
+                                  json={"name": "fake-regulator", "role": "regulator"}).json()
+    # neither works: the key is refused, the regulator cannot even sign in with the secrets the admin got
+    assert world.client.get("/api/v1/search", params={"q": "secret"},
+                            headers={"Authorization": f"Bearer {key['token']}"}).status_code == 401
+    signed_in = world.client.post("/api/v1/auth/session", json={
+        "name": "fake-regulator", "password": regulator["password"],
+        "otp": pyotp.TOTP(regulator["totp_secret"]).now()})
+    assert signed_in.status_code == 401
+    # the admin cannot approve; a tenant officer cannot approve past its tenants
+    assert world.client.post(f"/api/v1/approvals/{key['id']}", headers=admin).status_code == 403
+    refused = world.client.post(f"/api/v1/approvals/{key['id']}", headers=compliance_a)
+    assert refused.status_code == 403 and "tenants" in refused.json()["detail"]
+    assert world.client.post(f"/api/v1/approvals/{regulator['id']}", headers=compliance_a).status_code == 403
+    listed = {p_["id"]: p_ for p_ in world.client.get("/api/v1/admin/principals", headers=admin).json()["principals"]}
+    assert listed[key["id"]]["pending_approval"] and listed[regulator["id"]]["pending_approval"]

@@ -86,7 +86,7 @@ def test_cli_reads_are_the_signed_in_persons_with_their_role_and_tenants(
     cli = CliRunner()
 
     def sign_in(name: str, role: str, tenants: list[str] | None) -> None:
-        created = accounts.create_user(name, role, tenants, "test")
+        created = accounts.create_user(name, role, tenants, "test", approved=True)
         token, expires = accounts.login(name, created["password"], pyotp.TOTP(created["totp_secret"]).now())
         session.write_text(json.dumps({"url": "http://127.0.0.1:1", "name": name, "token": token,
                                        "expires_at": expires.isoformat()}))

@@ -6,11 +6,9 @@ from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from archiver.errors import Forbidden, NotFound
-from audit.access import READERS, Access, hold_view, json_bytes
+from audit.access import COMPLIANCE, READERS, Access, hold_view, json_bytes
 from audit.http import json_response, principal, rule
 from policies.holds import Scope
-
-COMPLIANCE = frozenset({"compliance"})
 
 
 class HoldRequest(BaseModel):

@@ -16,12 +16,19 @@ from archiver.inbox import GroupCommitter
 
 log = structlog.get_logger("strongroom.webhook")
 INLINE_PREPARE_BYTES = 256 * 1024
+# Refusals are RFC 9457 problems; the schema is the app's (`audit.http` adds it to the document).
+_PROBLEM: dict[str, object] = {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
+
+
+def _refusals(*statuses: tuple[int, str]) -> dict[int | str, dict[str, object]]:
+    return {status: {"description": why, "content": _PROBLEM} for status, why in statuses}
 
 
 def webhook_router(committer: GroupCommitter, verify_token: str, max_body_bytes: int) -> APIRouter:
     router = APIRouter(tags=["webhook"])
 
-    @router.get("/webhooks/whatsapp", response_class=PlainTextResponse)
+    @router.get("/webhooks/whatsapp", response_class=PlainTextResponse,
+                responses=_refusals((403, "verify token or mode wrong")))
     def verify_subscription(
         mode: str = Query("", alias="hub.mode"),
         token: str = Query("", alias="hub.verify_token"),
@@ -32,7 +39,8 @@ def webhook_router(committer: GroupCommitter, verify_token: str, max_body_bytes:
             return PlainTextResponse(challenge)
         return _reject(403, "verification failed")
 
-    @router.post("/webhooks/whatsapp")
+    @router.post("/webhooks/whatsapp", responses=_refusals((401, "unsigned or wrongly signed (nothing stored)"),
+                                                           (413, "body over the limit (nothing stored)")))
     async def receive(request: Request) -> Response:
         """Store a signed delivery durably, then acknowledge it (200)."""
         declared = request.headers.get("content-length")

@@ -1,5 +1,7 @@
 """Schemathesis over the published OpenAPI document: generated requests to every operation, each
-sent with a credential the operation accepts, never get a 5xx.
+sent with a credential the operation accepts, never get a 5xx, and every answer conforms to the
+document — a documented status code, the documented content type (problem+json for errors) and a
+body that matches the documented schema.
 
 Driven through schemathesis' operation strategies with hypothesis directly (its pytest plugin does
 not run under pytest 9)."""
@@ -10,7 +12,12 @@ from typing import Any
 
 import schemathesis
 from hypothesis import HealthCheck, given, settings
-from schemathesis.checks import not_a_server_error
+from schemathesis.checks import (
+    content_type_conformance,
+    not_a_server_error,
+    response_schema_conformance,
+    status_code_conformance,
+)
 
 from tests.test_api import World, world  # noqa: F401  (the module's archive, accounts and tokens)
 
@@ -26,7 +33,8 @@ def check(op: Any, auth: dict[str, str], calls: dict[str, int]) -> None:
     @settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck), database=None)
     def run(case: Any) -> None:
         response = case.call(headers=auth)
-        case.validate_response(response, checks=[not_a_server_error])
+        case.validate_response(response, checks=[not_a_server_error, status_code_conformance,
+                                                 content_type_conformance, response_schema_conformance])
         calls[op.label] = calls.get(op.label, 0) + 1
 
     run()

@@ -83,6 +83,15 @@ def export_router(jobs: ExportJobs, access: Access) -> APIRouter:
         return json_response(access.answer(principal(request), "export.status", {"export_id": job_id}, job,
                                            (job["counts"] or {}).get("records", 0), [job_id]).body)
 
+    @router.delete("/exports/{job_id}", status_code=204, **rule(EXPORTERS, audited=False))
+    def delete(request: Request, job_id: str) -> Response:
+        """Delete a finished bundle from the server once it has been handed over (audited)."""
+        job = own(request, job_id)
+        if job["state"] != "done":
+            raise StateConflict(f"export is {job['state']}")
+        jobs.delete(job_id, principal(request).actor)
+        return Response(status_code=204)
+
     @router.get("/exports/{job_id}/download", tags=["exports"], **rule(EXPORTERS, audited=True),
                 response_class=StreamingResponse)
     def download(request: Request, job_id: str) -> StreamingResponse:

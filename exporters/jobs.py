@@ -12,7 +12,8 @@ import base64
 import json
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from ulid import ULID
 
 from archiver import crypto
 from archiver.db import metadata
+from archiver.errors import RateLimited
 from archiver.keys import KeyRing
 from archiver.normalize import append_audit
 from archiver.sqlutil import as_utc, utcnow
@@ -61,11 +63,52 @@ export_transfers = sa.Table(
 )
 
 
+@dataclass(frozen=True)
+class ExportLimits:
+    """How much one principal may have: jobs under way, bundles kept, and for how long."""
+
+    active: int = 2  # queued or running
+    stored: int = 10  # finished bundles still on the server
+    ttl: timedelta = timedelta(days=7)  # then the stored bundle is deleted (the job row stays, `expired`)
+
+
 class ExportJobs:
     def __init__(self, engine: sa.Engine, keyring: KeyRing, directory: Path,
-                 exporter: Callable[[], Exporter]) -> None:
+                 exporter: Callable[[], Exporter], limits: ExportLimits | None = None) -> None:
         self.engine, self.keyring, self.directory, self.exporter = engine, keyring, directory, exporter
+        self.limits = limits or ExportLimits()
         self._threads: dict[str, threading.Thread] = {}
+
+    def expire(self, now: datetime | None = None) -> int:
+        """Delete stored bundles older than the TTL (audited); returns how many."""
+        now = now or utcnow()
+        with self.engine.connect() as conn:
+            old = conn.execute(sa.select(exports.c.id).where(exports.c.state == "done",
+                                                             exports.c.finished_at < now - self.limits.ttl)).scalars().all()
+        for job_id in old:
+            self._remove(job_id, "expired", "system:exports", {"ttl_seconds": self.limits.ttl.total_seconds()})
+        return len(old)
+
+    def delete(self, job_id: str, actor: str) -> None:
+        """Delete a finished bundle from the server (its job, transfers and the audit trail stay)."""
+        self._remove(job_id, "deleted", actor, {})
+
+    def _remove(self, job_id: str, state: str, actor: str, details: dict[str, Any]) -> None:
+        for leftover in self.directory.glob(f"{job_id}.zip.enc*"):
+            leftover.unlink(missing_ok=True)
+        self._set(job_id, state=state)
+        append_audit(self.engine, self.keyring, "audit", f"export.{state}", actor, {"export_id": job_id, **details})
+
+    def _check_quota(self, principal_id: str) -> None:
+        with self.engine.connect() as conn:
+            counts: dict[str, int] = dict(conn.execute(sa.select(exports.c.state, sa.func.count()).where(
+                exports.c.principal_id == principal_id, exports.c.state.in_(["queued", "running", "done"]))
+                .group_by(exports.c.state)).all())
+        if counts.get("queued", 0) + counts.get("running", 0) >= self.limits.active:
+            raise RateLimited(f"{self.limits.active} exports of yours are under way: wait for one to finish", 60)
+        if counts.get("done", 0) >= self.limits.stored:
+            raise RateLimited(f"{self.limits.stored} finished bundles of yours are stored: download and delete "
+                              f"one (DELETE /api/v1/exports/ID), or wait for them to expire", 3600)
 
     def recover(self) -> int:
         """Jobs a restart interrupted are failed, not silently resumed from another snapshot."""
@@ -91,6 +134,8 @@ class ExportJobs:
         return self.directory / f"{job_id}.zip.enc"
 
     def submit(self, scope: ExportScope, custody: Custody, actor: str, principal_id: str) -> str:
+        self.expire()
+        self._check_quota(principal_id)
         job_id = str(ULID())
         with self.engine.begin() as conn:
             conn.execute(exports.insert().values(id=job_id, matter=scope.matter, requested_by=custody.requested_by,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import timedelta
 
 import structlog
 from fastapi import FastAPI
@@ -16,7 +17,7 @@ from audit.http import BodyLimit, SecurityHeaders, install_error_handlers, rule
 from audit.routes import api_routers
 from audit.routes.auth import ANY_ROLE
 from exporters.api import export_router
-from exporters.jobs import ExportJobs
+from exporters.jobs import ExportJobs, ExportLimits
 from strongroom import __version__
 from strongroom.runtime import Archive
 
@@ -26,7 +27,9 @@ log = structlog.get_logger("strongroom.app")
 def create_app(archive: Archive) -> FastAPI:
     """The HTTP surface. Normalising and sealing run elsewhere (`strongroom worker`)."""
     committer = GroupCommitter(archive.inbox)
-    jobs = ExportJobs(archive.engine, archive.keyring, archive.settings.data_dir / "exports", archive.exporter)
+    s = archive.settings
+    jobs = ExportJobs(archive.engine, archive.keyring, s.data_dir / "exports", archive.exporter,
+                      ExportLimits(s.export_max_active, s.export_max_stored, timedelta(days=s.export_ttl_days)))
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:

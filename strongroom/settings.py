@@ -71,6 +71,10 @@ class Settings(BaseSettings):
     # believed; unset: the header is ignored and the peer address is the client's.
     trusted_proxies: str | None = None
     api_max_body_bytes: int = 1024 * 1024
+    # Export bundles through the API, per principal: jobs under way, bundles kept, days kept.
+    export_max_active: int = 2
+    export_max_stored: int = 10
+    export_ttl_days: float = 7.0
 
     kek_file: Path | None = None
     signing_key_file: Path | None = None

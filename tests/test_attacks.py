@@ -411,3 +411,39 @@ def test_an_admin_cannot_mint_content_access_alone(world: World) -> None:  # noq
     assert world.client.post(f"/api/v1/approvals/{regulator['id']}", headers=compliance_a).status_code == 403
     listed = {p_["id"]: p_ for p_ in world.client.get("/api/v1/admin/principals", headers=admin).json()["principals"]}
     assert listed[key["id"]]["pending_approval"] and listed[regulator["id"]]["pending_approval"]
+
+
+def test_export_jobs_are_bounded_per_principal_deleted_on_request_and_expire(world: World) -> None:  # noqa: F811
+    from datetime import UTC, datetime, timedelta
+
+    from fastapi.testclient import TestClient
+
+    from strongroom.app import create_app
+
+    settings = world.archive.settings
+    saved = settings.export_max_active, settings.export_max_stored
+    settings.export_max_active, settings.export_max_stored = 1, 1_000
+    try:
+        app = create_app(world.archive)
+    finally:
+        settings.export_max_active, settings.export_max_stored = saved
+    client, jobs = TestClient(app), app.state.export_jobs
+    auth = {"Authorization": f"Bearer {world.tokens['auditor']}"}
+    first = client.post("/api/v1/exports", json={"matter": "L-1"}, headers=auth)
+    second = client.post("/api/v1/exports", json={"matter": "L-2"}, headers=auth)
+    assert first.status_code == 202 and second.status_code in (202, 429)  # 429 while the first runs
+    jobs.wait(first.json()["id"], 120)
+    job = first.json()["id"]
+    assert client.get(f"/api/v1/exports/{job}/download", headers=auth).status_code == 200
+    assert client.delete(f"/api/v1/exports/{job}", headers={"Authorization": f"Bearer {world.other}"}
+                         ).status_code == 404  # not theirs
+    assert client.delete(f"/api/v1/exports/{job}", headers=auth).status_code == 204
+    assert not jobs.path(job).exists() and client.get(f"/api/v1/exports/{job}", headers=auth).json()["state"] == "deleted"
+    assert client.get(f"/api/v1/exports/{job}/download", headers=auth).status_code == 409
+    # every finished bundle left is deleted once its time is up
+    jobs.limits = type(jobs.limits)(active=1, stored=1)
+    assert client.post("/api/v1/exports", json={"matter": "L-3"}, headers=auth).status_code == 429  # stored ones
+    expired = jobs.expire(datetime.now(UTC) + timedelta(days=8))
+    assert expired >= 1 and not list(jobs.directory.glob("*.zip.enc"))
+    actions = [e["type"] for e in world.get("/api/v1/audit-trail", "regulator", limit=10000).json()["entries"]]
+    assert "export.deleted" in actions and "export.expired" in actions

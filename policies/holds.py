@@ -26,7 +26,7 @@ import sqlalchemy as sa
 from ulid import ULID
 
 from archiver.db import TIME_MAX, TIME_MIN, events, identities, media, metadata, segments
-from archiver.errors import InvalidInput, NotFound, StateConflict
+from archiver.errors import InvalidInput, NotFound, StateConflict, Unavailable
 from archiver.identity import to_us
 from archiver.keys import KeyRing
 from archiver.normalize import append_audit
@@ -179,7 +179,14 @@ class Holds:
         with self.engine.begin() as conn:
             conn.execute(sa.insert(holds).values(id=hold_id, matter=matter, scope=json.dumps(stored, sort_keys=True),
                                                  placed_by=actor, placed_at=now))
-        applied = self._apply(hold_id, stored, now)
+        try:
+            applied = self._apply(hold_id, stored, now)
+        except Exception as e:
+            # All or nothing: a hold that reached only some objects is taken back (objects another
+            # hold covers stay held) and the failure is on the audit stream; the caller tries again.
+            self.release(hold_id, actor, f"placement failed ({type(e).__name__}): nothing is held by it", now)
+            raise Unavailable("the hold could not be applied to every object in scope, so it was not placed: "
+                              "try again") from e
         append_audit(self.engine, self.keyring, "hold", "placed", actor,
                      {"hold_id": hold_id, "matter": matter, "scope": stored, "objects": applied}, now)
         return self.get(hold_id)

@@ -447,3 +447,43 @@ def test_export_jobs_are_bounded_per_principal_deleted_on_request_and_expire(wor
     assert expired >= 1 and not list(jobs.directory.glob("*.zip.enc"))
     actions = [e["type"] for e in world.get("/api/v1/audit-trail", "regulator", limit=10000).json()["entries"]]
     assert "export.deleted" in actions and "export.expired" in actions
+
+
+def test_a_hold_is_placed_on_every_object_in_scope_or_on_none(archive: Any) -> None:
+    import pytest
+
+    from archiver.errors import Unavailable
+    from policies.holds import Scope, hold_objects, holds
+
+    ingest(archive, p.inbound(p.text("wamid.at1", ALICE, T, "first")))
+    ingest(archive, p.inbound(p.text("wamid.at2", ALICE, T + 86400 * 3, "second")))  # another segment
+    keys = list(archive.store.list_keys("records/stream=" + p.PNID))
+    assert len(keys) >= 2
+    real, calls = archive.store.set_legal_hold, []
+
+    def flaky(key: str, version: Any, on: bool) -> None:
+        calls.append((key, on))
+        if on and len([c for c in calls if c[1]]) == 2:
+            raise RuntimeError("store went away mid-placement")
+        real(key, version, on)
+
+    archive.store.set_legal_hold = flaky  # type: ignore[method-assign]
+    try:
+        with pytest.raises(Unavailable):
+            archive.holds().place("M-atomic", Scope(streams=[p.PNID]), "test")
+    finally:
+        archive.store.set_legal_hold = real  # type: ignore[method-assign]
+    with archive.engine.connect() as conn:
+        row = conn.execute(sa.select(holds).where(holds.c.matter == "M-atomic")).one()
+        assert row.released_at is not None  # not left active with half its objects
+        reached = conn.execute(sa.select(hold_objects.c.object_key).where(hold_objects.c.hold_id == row.id)).scalars()
+        assert list(reached) == [calls[0][0]]  # the record of what it reached, and then let go
+    from botocore.exceptions import ClientError
+
+    for key in keys:  # the store holds nothing for it (SeaweedFS answers what S3 would)
+        try:
+            status = archive.store.s3.get_object_legal_hold(Bucket=archive.store.bucket, Key=key)["LegalHold"]["Status"]
+        except ClientError as e:
+            assert e.response["Error"]["Code"] == "NoSuchObjectLegalHold"  # never held at all
+            continue
+        assert status == "OFF", key

@@ -97,6 +97,17 @@ sessions = sa.Table(
     sa.Column("expires_at", Ts, nullable=False),
     sa.Column("ended_at", Ts, nullable=True),
 )
+# An account made through the API gets its password and TOTP secret at first sign-in, by the
+# person: the administrator only ever sees a one-time enrolment code (stored hashed, 24 h).
+enrolments = sa.Table(
+    "enrolments", metadata,
+    sa.Column("code_sha256", sa.String(64), primary_key=True),
+    sa.Column("principal_id", sa.String(26), sa.ForeignKey("principals.id"), nullable=False),
+    sa.Column("expires_at", Ts, nullable=False),
+    sa.Column("used_at", Ts, nullable=True),
+)
+ENROLMENT_TTL = timedelta(hours=24)
+UNUSABLE = "!"  # a password hash no password matches: the account has not enrolled yet
 
 
 class AuthError(Unauthenticated):
@@ -269,7 +280,7 @@ class Accounts:
     # -- administration -----------------------------------------------------------------------
 
     def create_user(self, name: str, role: str, tenants: Iterable[str] | None, actor: str,
-                    approved: bool = False) -> dict[str, str]:
+                    approved: bool = False, enrol: bool = False) -> dict[str, str]:
         """A human account. Returns its password and TOTP secret: shown once, never stored in clear."""
         if role not in ROLES or role == "ingest":
             raise AccountError(f"role must be one of {', '.join(r for r in ROLES if r != 'ingest')}")
@@ -277,8 +288,12 @@ class Accounts:
         password, totp = secrets.token_urlsafe(18), pyotp.random_base32()
         nonce, sealed = crypto.encrypt(self.keyring.data_key(AUTH_KEY), totp.encode(), f"totp|{name}".encode())
         pid = str(ULID())
-        with self.hashing():
-            hashed = hash_password(password)
+        if enrol:
+            hashed = UNUSABLE
+        else:
+            with self.hashing():
+                hashed = hash_password(password)
+        code = f"sre_{secrets.token_urlsafe(24)}"
         with self.engine.begin() as conn:
             if conn.execute(sa.select(principals.c.id).where(principals.c.name == name)).first():
                 raise AccountError(f"an account named {name!r} exists")
@@ -286,13 +301,42 @@ class Accounts:
                 id=pid, name=name, role=role, tenants=stored_tenants, password_hash=hashed,
                 totp_nonce=nonce, totp_secret=sealed, created_at=utcnow(), created_by=actor,
                 **self._approval(role, actor, approved)))
+            if enrol:
+                conn.execute(enrolments.insert().values(code_sha256=_sha(code), principal_id=pid,
+                                                        expires_at=utcnow() + ENROLMENT_TTL))
         self._audit("account.create", actor, {"principal": pid, "name": name, "role": role,
                                               "tenants": json.loads(stored_tenants) if stored_tenants else "*",
                                               "pending_approval": role in CONTENT_ROLES and not approved})
+        approval = "pending: a compliance officer must approve it" if role in CONTENT_ROLES and not approved \
+            else "approved"
+        if enrol:  # the person's secrets are made when they enrol; whoever made the account never sees them
+            return {"id": pid, "name": name, "role": role, "enrolment_code": code, "approval": approval,
+                    "enrolment_expires_at": (utcnow() + ENROLMENT_TTL).isoformat(),
+                    "next": "give the person this code once, out of band: they enrol at POST /api/v1/auth/enrol"}
         return {"id": pid, "name": name, "role": role, "password": password, "totp_secret": totp,
                 "totp_uri": pyotp.TOTP(totp).provisioning_uri(name=name, issuer_name="strongroom"),
-                "approval": "pending: a compliance officer must approve it" if role in CONTENT_ROLES and not approved
-                else "approved"}
+                "approval": approval}
+
+    def enrol(self, name: str, code: str, now: datetime | None = None) -> dict[str, str]:
+        """First sign-in: the person exchanges the one-time code for their password and TOTP secret."""
+        now = now or utcnow()
+        password, totp = secrets.token_urlsafe(18), pyotp.random_base32()
+        nonce, sealed = crypto.encrypt(self.keyring.data_key(AUTH_KEY), totp.encode(), f"totp|{name}".encode())
+        with self.hashing():
+            hashed = hash_password(password)
+        with self._lock, self.engine.begin() as conn:
+            row = conn.execute(sa.select(enrolments, principals.c.name).join(
+                principals, principals.c.id == enrolments.c.principal_id)
+                .where(enrolments.c.code_sha256 == _sha(code))).first()
+            if row is None or row.name != name or row.used_at is not None or as_utc(row.expires_at) <= now:
+                raise AuthError("invalid enrolment code")
+            conn.execute(enrolments.update().where(enrolments.c.code_sha256 == row.code_sha256)
+                         .values(used_at=now))
+            conn.execute(principals.update().where(principals.c.id == row.principal_id).values(
+                password_hash=hashed, totp_nonce=nonce, totp_secret=sealed, totp_last_step=0))
+        self._audit("account.enrol", f"enrol:{name}", {"principal": row.principal_id})
+        return {"name": name, "password": password, "totp_secret": totp,
+                "totp_uri": pyotp.TOTP(totp).provisioning_uri(name=name, issuer_name="strongroom")}
 
     @staticmethod
     def _approval(role: str, actor: str, approved: bool) -> dict[str, Any]:

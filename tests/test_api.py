@@ -43,7 +43,8 @@ ALICE, BOB = "16505550401", "16505550402"
 WABA_B, PNID_B, CAROL = "200000000000001", "200000000000002", "16505550499"
 CANARY = "CANARY-api-\u00e9t\u00e9-4d1e"
 ISSUER, AUDIENCE = "https://idp.example.test/", "strongroom-api"
-PUBLIC = {"/healthz", "/webhooks/whatsapp", "/api/v1/auth/session"}  # webhook: HMAC; session: the credential exchange
+PUBLIC = {"/healthz", "/webhooks/whatsapp", "/api/v1/auth/session",  # webhook: HMAC; session, enrol: the
+          "/api/v1/auth/enrol"}  # credential exchanges
 
 
 def _b_body(*msgs: dict[str, Any]) -> bytes:
@@ -405,10 +406,15 @@ def test_api_keys_are_shown_once_stored_hashed_and_revocable(world: World) -> No
 
 def test_people_sign_in_with_password_and_a_one_time_code(world: World) -> None:
     admin = {"Authorization": f"Bearer {world.tokens['admin']}"}
-    created = world.client.post("/api/v1/admin/users", headers=admin,
-                                json={"name": "reviewer-7", "role": "auditor", "tenants": [p.WABA]}).json()
-    assert created["approval"].startswith("pending")
-    assert world.client.post(f"/api/v1/approvals/{created['id']}",
+    made = world.client.post("/api/v1/admin/users", headers=admin,
+                             json={"name": "reviewer-7", "role": "auditor", "tenants": [p.WABA]}).json()
+    assert made["approval"].startswith("pending") and "password" not in made and "totp_secret" not in made
+    created = world.client.post("/api/v1/auth/enrol", json={"name": "reviewer-7", "code": made["enrolment_code"]})
+    assert created.status_code == 200, created.text  # the person's secrets, to the person
+    assert world.client.post("/api/v1/auth/enrol", json={"name": "reviewer-7", "code": made["enrolment_code"]}
+                             ).status_code == 401  # once
+    created = {**made, **created.json()}
+    assert world.client.post(f"/api/v1/approvals/{made['id']}",
                              headers={"Authorization": f"Bearer {world.tokens['compliance']}"}).status_code == 200
     with world.archive.engine.connect() as conn:
         row = conn.execute(sa.select(principals).where(principals.c.name == "reviewer-7")).one()

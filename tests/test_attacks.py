@@ -397,12 +397,15 @@ def test_an_admin_cannot_mint_content_access_alone(world: World) -> None:  # noq
                             json={"name": "grab-b", "role": "auditor", "tenants": [WABA_B]}).json()
     regulator = world.client.post("/api/v1/admin/users", headers=admin,
                                   json={"name": "fake-regulator", "role": "regulator"}).json()
-    # neither works: the key is refused, the regulator cannot even sign in with the secrets the admin got
+    # the admin never sees the regulator's secrets, only an enrolment code meant for the person
+    assert "password" not in regulator and "totp_secret" not in regulator and regulator["enrolment_code"]
+    # neither works: the key is refused, and even an admin who intercepts the code and enrols cannot sign in
     assert world.client.get("/api/v1/search", params={"q": "secret"},
                             headers={"Authorization": f"Bearer {key['token']}"}).status_code == 401
+    stolen = world.client.post("/api/v1/auth/enrol", json={"name": "fake-regulator",
+                                                           "code": regulator["enrolment_code"]}).json()
     signed_in = world.client.post("/api/v1/auth/session", json={
-        "name": "fake-regulator", "password": regulator["password"],
-        "otp": pyotp.TOTP(regulator["totp_secret"]).now()})
+        "name": "fake-regulator", "password": stolen["password"], "otp": pyotp.TOTP(stolen["totp_secret"]).now()})
     assert signed_in.status_code == 401
     # the admin cannot approve; a tenant officer cannot approve past its tenants
     assert world.client.post(f"/api/v1/approvals/{key['id']}", headers=admin).status_code == 403

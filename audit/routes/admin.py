@@ -40,9 +40,11 @@ def router(access: Access) -> APIRouter:
 
     @r.post("/admin/users", status_code=201, **rule(ADMIN, audited=False))
     def user_create(request: Request, body: UserRequest) -> Response:
-        """A human account; the password and TOTP secret are in this response only. An account that
+        """A human account. The response holds a one-time enrolment code, never the person's secrets:
+        they get their password and TOTP secret when they enrol (POST /auth/enrol). An account that
         reads content (auditor, compliance, regulator) works once a compliance officer approves it."""
-        created = request.app.state.accounts.create_user(body.name, body.role, body.tenants, principal(request).actor)
+        created = request.app.state.accounts.create_user(body.name, body.role, body.tenants, principal(request).actor,
+                                                         enrol=True)
         return json_response(json_bytes(created), 201)
 
     @r.post("/admin/api-keys", status_code=201, **rule(ADMIN, audited=False))

@@ -21,18 +21,37 @@ class LoginRequest(BaseModel):
     otp: str = Field(min_length=6, max_length=8, pattern=r"^\d+$")
 
 
+def _throttle(request: Request, name: str) -> None:
+    """The sign-in limits: per address and per address + name (429 before any password is hashed)."""
+    client = request.client.host if request.client else "?"
+    limiter = request.app.state.login_limiter
+    if (wait := limiter.take(f"{client}|{name}")) or limiter.take(client):
+        raise RateLimited("too many sign-in attempts", wait)
+
+
+class EnrolRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=200)
+    code: str = Field(min_length=10, max_length=200)
+
+
 def router(_access: Access) -> APIRouter:
     r = APIRouter(prefix="/api/v1", tags=["auth"])
 
     @r.post("/auth/session", **public("credentials"))
     def login(request: Request, body: LoginRequest) -> Response:
         """Exchange name + password + TOTP code for a session token (shown once)."""
-        client = request.client.host if request.client else "?"
-        limiter = request.app.state.login_limiter
-        if (wait := limiter.take(f"{client}|{body.name}")) or limiter.take(client):
-            raise RateLimited("too many sign-in attempts", wait)
+        _throttle(request, body.name)
         token, expires = request.app.state.accounts.login(body.name, body.password, body.otp)
         return json_response(json_bytes({"token": token, "expires_at": expires}))
+
+    @r.post("/auth/enrol", **public("credentials"))
+    def enrol(request: Request, body: EnrolRequest) -> Response:
+        """First sign-in: exchange the one-time enrolment code for your password and TOTP secret
+        (shown once, to you). Then sign in at POST /auth/session."""
+        _throttle(request, body.name)
+        return json_response(json_bytes(request.app.state.accounts.enrol(body.name, body.code)))
 
     @r.delete("/auth/session", status_code=204, **rule(ANY_ROLE, audited=False))
     def logout(request: Request, creds: Credentials) -> Response:

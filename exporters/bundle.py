@@ -707,6 +707,7 @@ def _contact(items: list[dict[str, Any]]) -> str | None:
 
 
 def _strings(details: Any) -> Iterator[str]:
+    """Every string anywhere in a JSON value."""
     stack = [details]
     while stack:
         d = stack.pop()
@@ -737,16 +738,7 @@ def _scoped_entry(doc: dict[str, Any], in_scope: Callable[[str], bool], tenants:
 
 def _touches(details: Any, named: Callable[[str], bool]) -> bool:
     """Does an audit entry's details name something of the scope (a record id, conversation, number)?"""
-    stack = [details]
-    while stack:
-        d = stack.pop()
-        if isinstance(d, dict):
-            stack += list(d.values())
-        elif isinstance(d, list):
-            stack += d
-        elif isinstance(d, str) and named(d):
-            return True
-    return False
+    return any(named(v) for v in _strings(details))
 
 
 def _iso(t: datetime | None) -> str | None:

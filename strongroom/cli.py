@@ -29,6 +29,16 @@ import typer.core
 from rich.console import Console
 from rich.table import Table
 
+from archiver.errors import (  # a few small classes: this costs the CLI's start nothing
+    Forbidden,
+    InvalidInput,
+    NotFound,
+    StateConflict,
+    StrongroomError,
+    Unauthenticated,
+    Unavailable,
+)
+
 if TYPE_CHECKING:
     from audit.access import Access
     from audit.auth import Principal
@@ -39,10 +49,7 @@ if TYPE_CHECKING:
 
 class _Commands(typer.core.TyperGroup):
     """The root group: a project error ends any command with one line and its exit code."""
-
     def invoke(self, ctx: Any) -> Any:  # click's Context (typer vendors click)
-        from archiver.errors import StrongroomError
-
         try:
             return super().invoke(ctx)
         except StrongroomError as e:
@@ -127,7 +134,6 @@ def _session_file(settings: Settings) -> Path:
 
 def _principal(archive: Archive) -> Principal:
     """Whoever signed in with `strongroom login`, else the server's local operator."""
-    from archiver.errors import Unauthenticated
     from audit.access import local_operator
 
     path = _session_file(archive.settings)
@@ -238,7 +244,6 @@ class WorkerSupervisor:
     """Keeps the ingest worker process running: a worker that dies is restarted (with backoff)
     and logged, so sealing never silently stops while webhooks keep being acknowledged. The
     worker dies with this process (PR_SET_PDEATHSIG), even when this one is killed outright."""
-
     STOP_SECONDS = 5.0  # then SIGKILL: everything the worker does is replayable from the inbox
 
     def __init__(self, argv: list[str], env: dict[str, str] | None) -> None:
@@ -350,7 +355,6 @@ def verify(
 
     Exit status 0 when everything verifies, 1 when anything does not."""
     from archiver import crypto
-    from archiver.errors import InvalidInput
     from archiver.objectstore import DirectoryObjectStore
     from audit import trail
     from audit.verify import Verifier
@@ -411,7 +415,6 @@ def completeness(
 
     Exit status 0 when every stream is complete for the day, 1 when any gap or warning is open.
     """
-    from archiver.errors import InvalidInput
 
     try:
         the_day = date.fromisoformat(day) if day else datetime.now(UTC).date() - timedelta(days=1)
@@ -464,8 +467,6 @@ def retention_show() -> None:
 def retention_set(path: Annotated[Path, typer.Argument(help="JSON schedule document.")]) -> None:
     """Store a new schedule version. It applies to objects sealed from now on; existing COMPLIANCE
     locks stay as they are (the store refuses to shorten them)."""
-    from archiver.errors import InvalidInput
-
     try:
         doc = json.loads(path.read_text())
     except (OSError, ValueError) as e:
@@ -554,8 +555,6 @@ def erasure_access(
     subject: Annotated[str | None, typer.Option(help="A subject id.")] = None,
 ) -> None:
     """Art 15 access: everything held about one person (records decrypted, attachments) into a directory."""
-    from archiver.errors import InvalidInput
-
     if out_dir.exists():
         raise InvalidInput(f"{out_dir} exists: name a new directory")
     with _reading() as (archive, access, reader):
@@ -629,7 +628,6 @@ def consent_record(
     """Append an opt-in or opt-out given outside WhatsApp, with its evidence."""
     import hashlib
 
-    from archiver.errors import InvalidInput, NotFound
     from archiver.identity import IdentityBook
 
     when = _when(at)
@@ -762,7 +760,6 @@ def export(
     """Produce a regulator bundle (RSMF, DAT/OPT, JSONL/Parquet, HTML, signed manifest); itself audited."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from archiver.errors import InvalidInput
     from exporters.bundle import Custody, ExportScope
     from exporters.sinks import DirectorySink
 
@@ -856,8 +853,6 @@ def users_approve(principal_id: str) -> None:
     with _session() as archive:
         who = _principal(archive)
         if who.role not in ("compliance", "operator"):
-            from archiver.errors import Forbidden
-
             raise Forbidden(f"role {who.role} may not approve accounts")
         done = archive.accounts().approve(principal_id, who)
         archive.sealer().seal_all()
@@ -899,7 +894,6 @@ def numbers_register(stream: Annotated[str, typer.Argument(help="The business nu
     A number is bound once: to the WABA its first signed webhook names, or to the one given here.
     Registering a number bound to another tenant is refused (exit 5)."""
     from archiver.db import bind_stream
-    from archiver.errors import StateConflict
     from archiver.normalize import append_audit
 
     with _session() as archive:
@@ -978,7 +972,6 @@ def login(
     token for the API: curl -H "Authorization: Bearer $(strongroom token)" …"""
     import httpx
 
-    from archiver.errors import Unauthenticated, Unavailable
 
     settings = _settings()
     base = _api_url(settings, url)
@@ -1026,8 +1019,6 @@ def logout() -> None:
 @app.command()
 def token() -> None:
     """Print the saved session token (for the API: curl -H "Authorization: Bearer $(strongroom token)")."""
-    from archiver.errors import Unauthenticated
-
     path = _session_file(_settings())
     if not path.exists():
         raise Unauthenticated("not signed in: run `strongroom login` first")

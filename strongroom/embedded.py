@@ -144,7 +144,15 @@ class EmbeddedSeaweedFS:
             doc: dict[str, int] = json.loads(self.running_file.read_text())
         except (OSError, ValueError):
             return None
-        return doc if isinstance(doc.get("pid"), int) and _alive(doc["pid"]) else None
+        pid = doc.get("pid")
+        if not isinstance(pid, int) or not _alive(pid):
+            return None
+        try:  # a pid reused since (after a reboot) is not our server
+            if b"weed" not in Path(f"/proc/{pid}/cmdline").read_bytes():
+                return None
+        except OSError:
+            pass  # no /proc here: trust the pid
+        return doc
 
     def start(self, timeout: float = 60.0) -> None:
         """Start SeaweedFS, or attach to the one another strongroom process runs for this data dir."""

@@ -43,6 +43,7 @@ bench: $(VENV)/.installed-test
 	$(BIN)/python bench/verify.py
 	$(BIN)/python bench/history_import.py
 	$(BIN)/python bench/history_kill9.py
+	$(BIN)/python bench/signin.py
 	$(BIN)/python bench/media.py
 	$(BIN)/python bench/search.py
 	$(BIN)/python bench/export.py

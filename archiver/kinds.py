@@ -3,7 +3,7 @@
 Every change is archived raw first (`archiver.normalize`); a handler registered here for the
 change's `field` adds typed events with queryable columns. A handler returns whether it
 understood everything in the change; anything it did not is flagged ``modelled = False`` and
-stays complete in the raw change. Field reference: ../shared/whatsapp-webhooks.md.
+stays complete in the raw change. Field reference: docs/reference/whatsapp-webhooks.md.
 
 | field | events |
 |---|---|

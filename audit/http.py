@@ -88,7 +88,8 @@ def rule(roles: frozenset[str], audited: bool) -> dict[str, Any]:
 
 
 def public(reason: str) -> dict[str, Any]:
-    """Route options of the one API route that takes no bearer token (`reason` is published)."""
+    """Route options of an API route that takes no bearer token: the credential exchanges (sign-in,
+    enrolment). `reason` is published as its rule."""
     return {"responses": ERROR_RESPONSES, "openapi_extra": {"x-strongroom-roles": [reason],
                                                             "x-strongroom-audited": False}}
 

@@ -4,7 +4,7 @@ An RFC 5322 message with ``X-RSMF-*`` headers, a text body (the events in time o
 extracted text) and exactly one attachment, ``rsmf.zip``, holding ``rsmf_manifest.json`` and every
 attachment at the zip root. Output is deterministic (boundary, dates and zip entry times derive
 from the content), so re-exporting a slice gives the same bytes. Reference:
-../shared/ediscovery-formats.md §1; schema: ../shared/rsmf/rsmf_schema_2_0_0.json.
+docs/reference/ediscovery-formats.md §1; schema: tests/rsmf/rsmf_schema_2_0_0.json.
 """
 
 from __future__ import annotations

@@ -42,7 +42,21 @@ from policies.disposition import Certifier
 from policies.holds import Holds
 
 Ts = sa.DateTime(timezone=True)
-NOT_STATUTORY = ("default", "GDPR-max")  # an adopted orphan ("as stored") counts as statutory
+def statutory(rule: str | None) -> bool:
+    """Does a segment's retention rule (`v<schedule version>:<regime>`) oblige us to keep it?
+
+    Every regime does but GDPR's maximum, and the default period of a schedule the firm stored
+    (it said so). The built-in default (`v0:default`: no schedule stored yet) counts as statutory:
+    a broker-dealer that has not said otherwise must keep its records (an adopted orphan's
+    "as stored" counts too)."""
+    if not rule:
+        return False
+    version, _, regime = rule.rpartition(":")
+    if regime == "GDPR-max":
+        return False
+    if regime == "default":
+        return version in ("", "v0")
+    return True
 
 erasures = sa.Table(
     "erasures",
@@ -109,12 +123,15 @@ class Erasure:
                                     events.c.subject_key_id.like(f"%{subject_key_id(subject)}%"))),
                                     segments.c.disposed_at.is_(None), segments.c.retain_until > now)
                                 .group_by(segments.c.retention_rule)).all()
-        statutory = [(r[0], as_utc(r[1])) for r in rows
-                     if r[0] and not any(r[0].endswith(":" + n) or r[0] == n for n in NOT_STATUTORY)]
-        end = max((t for _, t in statutory if t is not None), default=None)
-        if statutory:
-            basis.append({"article": "17(3)(b)", "reason": "a legal obligation to retain (statutory retention)",
-                          "rules": sorted({r for r, _ in statutory}), "retention_end": end.isoformat() if end else None})
+        kept = [(r[0], as_utc(r[1])) for r in rows if statutory(r[0])]
+        end = max((t for _, t in kept if t is not None), default=None)
+        if kept:
+            reason = "a legal obligation to retain (statutory retention)"
+            if any(rule.endswith(":default") for rule, _ in kept):
+                reason += ("; the built-in period counts as statutory until a retention schedule says otherwise "
+                           "(`strongroom retention set`)")
+            basis.append({"article": "17(3)(b)", "reason": reason, "rules": sorted({r for r, _ in kept}),
+                          "retention_end": end.isoformat() if end else None})
         return basis, end
 
     def request(self, actor: str, phone: str | None = None, bsuid: str | None = None, subject: str | None = None,

@@ -163,6 +163,18 @@ def test_a_forged_or_edited_certificate_does_not_excuse_a_missing_segment(archiv
 
 # -- erasure ----------------------------------------------------------------------------------
 
+def test_with_no_schedule_stored_the_built_in_period_is_statutory_and_erasure_is_refused(archive: Archive) -> None:
+    """Issue 16's finding: with no schedule stored, an erasure on a live archive was granted (basis [])
+    and the records shredded. The built-in lock is the firm's obligation until it says otherwise."""
+    ingest(archive, p.inbound(p.text("wamid.n1", ALICE, T, "keep me")))
+    decision = archive.erasure().request("dpo:dan", phone=ALICE)
+    assert decision.outcome == "refused"
+    [basis] = decision.basis
+    assert basis["article"] == "17(3)(b)" and basis["rules"] == ["v0:default"]
+    assert "strongroom retention set" in basis["reason"]
+    assert json.loads(open_record(archive, _message(archive, "wamid.n1")))["message"]["text"]["body"] == "keep me"
+
+
 def test_erasure_is_refused_while_held_granted_otherwise_and_verify_still_passes(archive: Archive) -> None:
     archive.schedules.store({"default_days": 1}, "test", datetime.now(UTC))  # no statutory obligation
     ingest(archive, p.inbound(p.text("wamid.a1", ALICE, T, "alice")), p.inbound(p.text("wamid.b1", BOB, T, "bob")))
@@ -222,6 +234,7 @@ def test_statutory_retention_refuses_erasure_with_its_end_date(archive: Archive)
 def test_the_cli_drives_schedules_holds_retention_and_erasure(
     archive: Archive, make_settings: Callable[..., Settings], tmp_path: Path
 ) -> None:
+    archive.schedules.store({"default_days": 1}, "test", datetime.now(UTC))  # the firm's own: no statutory period
     ingest(archive, p.inbound(p.text("wamid.cli1", ALICE, T, "CANARY-cli-text")))
     env = subprocess_env(make_settings())
     cli = CliRunner()

@@ -39,7 +39,7 @@ from archiver.identity import IdentityBook, from_us, subject_key_id, to_us
 from archiver.inbox import Inbox
 from archiver.jsonspans import SpanError, change_spans, split_pieces
 from archiver.keys import KeyRing
-from archiver.kinds import HANDLERS, Change, Person, parse_unix, subjects_of
+from archiver.kinds import HANDLERS, Change, Person, obj, parse_unix, subjects_of
 from archiver.records import canonical_json, content_aad
 from archiver.sqlutil import Row, as_utc, insert_ignore, utcnow
 
@@ -269,9 +269,8 @@ def build_events(keyring: KeyRing, identities: IdentityBook, body: bytes, inbox_
         entry = entries[sp.entry_index]
         change = entry["changes"][sp.change_index]
         raw = text[sp.start : sp.end].encode("utf-8")
-        value = change.get("value") if isinstance(change, dict) else None
-        value = value if isinstance(value, dict) else {}
-        field = change.get("field") if isinstance(change, dict) else None
+        value = obj(obj(change).get("value"))
+        field = obj(change).get("field")
         tenant = str(entry.get("id")) if entry.get("id") is not None else None
         stream = stream_for(value, tenant)
         change_key = hashlib.sha256(raw).hexdigest()

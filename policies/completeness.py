@@ -40,7 +40,7 @@ import structlog
 
 from archiver.db import events, media
 from archiver.keys import KeyRing
-from archiver.kinds import key_part
+from archiver.kinds import key_part, obj
 from archiver.normalize import AUDIT_KEY, AUDIT_STREAM, UNROUTED, EventBuilder, append_events, system_builder
 from archiver.records import canonical_json
 from archiver.sqlutil import Row, as_utc, utcnow
@@ -268,7 +268,7 @@ class Reconciler:
             while j < len(rows) and (end is None or (as_utc(rows[j].event_time) or start) < end):
                 j += 1
             value = json.loads(self.keyring.open_record(r)).get("value", {})
-            info = value.get("disconnection_info") if isinstance(value.get("disconnection_info"), dict) else {}
+            info = obj(value.get("disconnection_info"))
             nk = f"gap:disconnect:{start.isoformat()}"
             body = {"event": r.status, "start": start.isoformat(), "reason": info.get("reason"),
                     "initiated_by": info.get("initiated_by"), "evidence": r.natural_key,

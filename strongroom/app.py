@@ -27,9 +27,10 @@ log = structlog.get_logger("strongroom.app")
 def create_app(archive: Archive) -> FastAPI:
     """The HTTP surface. Normalising and sealing run elsewhere (`strongroom worker`)."""
     committer = GroupCommitter(archive.inbox)
-    s = archive.settings
-    jobs = ExportJobs(archive.engine, archive.keyring, s.data_dir / "exports", archive.exporter,
-                      ExportLimits(s.export_max_active, s.export_max_stored, timedelta(days=s.export_ttl_days)))
+    settings = archive.settings
+    jobs = ExportJobs(archive.engine, archive.keyring, settings.data_dir / "exports", archive.exporter,
+                      ExportLimits(settings.export_max_active, settings.export_max_stored,
+                                   timedelta(days=settings.export_ttl_days)))
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -40,8 +41,7 @@ def create_app(archive: Archive) -> FastAPI:
             committer.close()
 
     # No interactive docs; the schema is served to authenticated callers only. The only routes
-    # without a bearer token are the webhook (HMAC-signed), health, and the sign-in exchange.
-    settings = archive.settings
+    # without a bearer token are the webhook (HMAC-signed), health, and the sign-in exchanges.
     app = FastAPI(title="strongroom", version=__version__, docs_url=None, redoc_url=None, redirect_slashes=False,
                   openapi_url=None, lifespan=lifespan,
                   description="Auditor API of the strongroom WhatsApp archive. Every read is itself audited.")

@@ -179,6 +179,27 @@ class EmbeddedSeaweedFS:
         fd = os.open(config, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
             json.dump(identities, f)
+        for attempt in range(3):
+            self._spawn(config)
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                if self.proc is not None and self.proc.poll() is not None:
+                    break
+                if self._answers():
+                    return
+                time.sleep(0.2)
+            else:
+                self.stop()
+                raise ConfigurationError(f"SeaweedFS did not answer on {self.endpoint} within {timeout}s")
+            # it exited while starting: most often an internal port another process took between our
+            # choosing it and its binding it; those are chosen again (a configured S3 port is not)
+            self.running_file.unlink(missing_ok=True)
+            if attempt == 2 or not _port_free(self.s3_port):
+                code = self.proc.returncode if self.proc is not None else None
+                raise ConfigurationError(f"SeaweedFS exited with {code}; see {self.dir / 'weed.log'}")
+
+    def _spawn(self, config: Path) -> None:
+        """Start `weed server` on freshly chosen internal ports, with this start's credentials."""
         used = {self.s3_port}
         ports = self.ports
         for name in ("master", "volume", "filer"):
@@ -198,15 +219,6 @@ class EmbeddedSeaweedFS:
         claim = self.running_file.with_suffix(".tmp")
         claim.write_text(json.dumps({"pid": self.proc.pid, "s3_port": self.s3_port}))
         claim.replace(self.running_file)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise ConfigurationError(f"SeaweedFS exited with {self.proc.returncode}; see {self.dir / 'weed.log'}")
-            if self._answers():
-                return
-            time.sleep(0.2)
-        self.stop()
-        raise ConfigurationError(f"SeaweedFS did not answer on {self.endpoint} within {timeout}s")
 
     def stop(self) -> None:
         if self.proc is None or self.proc.poll() is not None:

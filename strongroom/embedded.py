@@ -82,13 +82,31 @@ def _port_free(port: int) -> bool:
     return True
 
 
+def _ephemeral_range() -> tuple[int, int]:
+    """The ports the kernel hands out to outgoing connections (and to bind(0))."""
+    try:
+        low, high = (int(x) for x in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    except (OSError, ValueError):
+        low, high = 32768, 60999  # Linux's default
+    return low, high
+
+
 def free_port(avoid: set[int] | frozenset[int] = frozenset()) -> int:
-    """A free port whose +10000 gRPC twin is free too (SeaweedFS uses port+10000 for gRPC)."""
-    for _ in range(200):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port: int = s.getsockname()[1]
-        if port < 50000 and port not in avoid and _port_free(port + 10000):
+    """A free port whose +10000 gRPC twin is free too (SeaweedFS uses port+10000 for gRPC).
+
+    Both lie outside the kernel's ephemeral range: a port chosen there can be taken at any moment
+    by an outgoing connection's local end (a database pool, SeaweedFS's own gRPC clients), and a
+    long-lived one makes every start on that port fail. Below the range only listeners compete,
+    and those are checked for here."""
+    low, high = _ephemeral_range()
+    if low - 10000 > 10000:
+        bases = range(10000, low - 10000)
+    else:  # an unusual range: take what lies above it
+        bases = range(high + 1, 55535)
+    rng = secrets.SystemRandom()
+    for _ in range(500):
+        port = rng.choice(bases)
+        if port not in avoid and port + 10000 not in avoid and _port_free(port) and _port_free(port + 10000):
             return port
     raise ConfigurationError("no free port pair found for SeaweedFS")
 
@@ -97,6 +115,7 @@ class EmbeddedSeaweedFS:
     def __init__(self, data_dir: Path, s3_port: int | None = None) -> None:
         self.dir = data_dir / "seaweedfs"
         self.s3_port = s3_port or free_port()
+        self._s3_port_chosen = s3_port is None  # ours to choose again if it is taken while starting
         self.proc: subprocess.Popen[bytes] | None = None
         self.attached = False  # True: another process's server, not ours to stop
         self.ports: dict[str, int] = {}  # master, volume, filer (each with its +10000 gRPC port)
@@ -191,20 +210,26 @@ class EmbeddedSeaweedFS:
             else:
                 self.stop()
                 raise ConfigurationError(f"SeaweedFS did not answer on {self.endpoint} within {timeout}s")
-            # it exited while starting: most often an internal port another process took between our
-            # choosing it and its binding it; those are chosen again (a configured S3 port is not)
+            # it exited while starting: most often a port another process took between our choosing
+            # it and its binding it; the ports we chose are chosen again (a configured one is not)
             self.running_file.unlink(missing_ok=True)
-            if attempt == 2 or not _port_free(self.s3_port):
-                code = self.proc.returncode if self.proc is not None else None
+            code = self.proc.returncode if self.proc is not None else None
+            if attempt == 2:
                 raise ConfigurationError(f"SeaweedFS exited with {code}; see {self.dir / 'weed.log'}")
+            if self._s3_port_chosen:
+                self.s3_port = free_port()
+            elif not (_port_free(self.s3_port) and _port_free(self.s3_port + 10000)):
+                raise ConfigurationError(
+                    f"SeaweedFS exited with {code}: port {self.s3_port} (or its gRPC twin "
+                    f"{self.s3_port + 10000}) was taken while it started; see {self.dir / 'weed.log'}")
 
     def _spawn(self, config: Path) -> None:
         """Start `weed server` on freshly chosen internal ports, with this start's credentials."""
-        used = {self.s3_port}
+        used = {self.s3_port, self.s3_port + 10000}
         ports = self.ports
         for name in ("master", "volume", "filer"):
             ports[name] = free_port(used)
-            used.add(ports[name])
+            used |= {ports[name], ports[name] + 10000}
         _write_security(self.dir)
         args = [
             weed_binary(), "server", f"-dir={self.dir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",

@@ -218,3 +218,49 @@ def test_sigterm_stops_the_server_worker_and_seaweedfs_and_frees_every_port(tmp_
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
+
+
+def test_ports_are_chosen_outside_the_range_outgoing_connections_take() -> None:
+    """CI failed when a long-lived outgoing connection held an embedded server's gRPC port."""
+    from strongroom.embedded import _ephemeral_range
+
+    low, high = _ephemeral_range()
+    for _ in range(50):
+        port = free_port()
+        assert not (low <= port <= high) and not (low <= port + 10000 <= high)
+
+
+def test_an_s3_port_taken_while_starting_is_chosen_again(tmp_path: Path) -> None:
+    """The S3 gRPC twin (s3 port + 10000) held by another process: weed exits 255 at once; a port the
+    archive chose itself is chosen again and the server starts."""
+    import socket
+
+    from strongroom.embedded import EmbeddedSeaweedFS
+
+    sw = EmbeddedSeaweedFS(tmp_path)
+    first = sw.s3_port
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", first + 10000))
+        squatter.listen()
+        try:
+            sw.start()
+            assert sw.s3_port != first and sw._answers()
+        finally:
+            sw.stop()
+    assert b"address already in use" in (tmp_path / "seaweedfs" / "weed.log").read_bytes()
+
+
+def test_a_configured_s3_port_whose_twin_is_taken_is_refused_by_name(tmp_path: Path) -> None:
+    import socket
+
+    from archiver.errors import ConfigurationError
+    from strongroom.embedded import EmbeddedSeaweedFS
+
+    port = free_port()
+    sw = EmbeddedSeaweedFS(tmp_path, s3_port=port)
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", port + 10000))
+        squatter.listen()
+        with pytest.raises(ConfigurationError, match=f"port {port} \\(or its gRPC twin {port + 10000}\\)"):
+            sw.start()
+    sw.stop()

@@ -55,6 +55,16 @@ def derive_content_key(data_keys: list[tuple[str, bytes]]) -> bytes:
     return HKDF(algorithm=hashes.SHA256(), length=KEY_SIZE, salt=None, info=info).derive(ikm)
 
 
+def record_key(content_key: bytes, aad: bytes) -> bytes:
+    """The key of one record: HMAC-SHA256(content key, "strongroom.record-key/1|" ‖ aad).
+
+    Records sealed since bundles disclose keys are encrypted under it (`aad` names the record:
+    `records.content_aad`), so the key a bundle discloses for a record opens that record and
+    nothing else, and a verifier can decrypt the sealed ciphertext itself (HMAC is a PRF: one
+    record's key says nothing of another's, nor of the subjects' content key)."""
+    return hmac.new(content_key, b"strongroom.record-key/1|" + aad, hashlib.sha256).digest()
+
+
 class Kek(Protocol):
     """Wraps and unwraps data keys. Implementations: `LocalKek` (file), KMS (production)."""
 

@@ -17,7 +17,16 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from archiver.crypto import KEY_SIZE, BlindIndex, Kek, decrypt, derive_content_key
+from archiver.crypto import (
+    KEY_SIZE,
+    BlindIndex,
+    DecryptionError,
+    Kek,
+    decrypt,
+    derive_content_key,
+    encrypt,
+    record_key,
+)
 from archiver.db import data_keys
 from archiver.errors import KeyDestroyedError, RaceError
 from archiver.records import content_aad
@@ -131,6 +140,32 @@ class KeyRing:
                 self._derived[ids] = derived
         return derived
 
+    def seal_content(self, stream: str, natural_key: str, key_ids: list[str], plaintext: bytes,
+                     create: bool = True) -> tuple[bytes, bytes]:
+        """(nonce, ciphertext) of a record's content under its own record key (`crypto.record_key`)."""
+        aad = content_aad(stream, natural_key)
+        return encrypt(record_key(self.content_key(key_ids, create), aad), plaintext, aad)
+
+    def record_key_of(self, stream: str, natural_key: str, subject_key_id: str, nonce: bytes,
+                      content: bytes) -> bytes:
+        """The key that opens this record's ciphertext, and only this record's (what a bundle
+        discloses). Records sealed before record keys were encrypted under their subjects' content
+        key itself: for those that key is returned (it opens every record of the same subjects).
+
+        Raises:
+            KeyDestroyedError: one of the record's subjects was crypto-shredded.
+            DecryptionError: neither key opens it (wrong record, or tampered ciphertext).
+        """
+        key = self.content_key(subject_key_id.split(","), create=False)
+        aad = content_aad(stream, natural_key)
+        for candidate in (record_key(key, aad), key):
+            try:
+                decrypt(candidate, nonce, content, aad)
+            except DecryptionError:
+                continue
+            return candidate
+        raise DecryptionError("ciphertext failed authentication")
+
     def open_content(self, stream: str, natural_key: str, subject_key_id: str, nonce: bytes,
                      content: bytes) -> bytes:
         """Decrypt a record's content (authenticated against its stream and natural key).
@@ -140,7 +175,11 @@ class KeyRing:
             DecryptionError: wrong key, wrong record, or tampered ciphertext.
         """
         key = self.content_key(subject_key_id.split(","), create=False)
-        return decrypt(key, nonce, content, content_aad(stream, natural_key))
+        aad = content_aad(stream, natural_key)
+        try:
+            return decrypt(record_key(key, aad), nonce, content, aad)
+        except DecryptionError:  # sealed before record keys: under the content key itself
+            return decrypt(key, nonce, content, aad)
 
     def open_record(self, record: Any) -> bytes:
         """Decrypt the content of an `events` row or a sealed record dict (see `open_content`)."""

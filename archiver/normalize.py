@@ -32,7 +32,6 @@ import structlog
 from ulid import ULID
 
 from archiver import failpoints
-from archiver.crypto import encrypt
 from archiver.db import bind_stream, events, inbox, media
 from archiver.errors import KeyDestroyedError, ObjectStoreError, RaceError
 from archiver.identity import IdentityBook, from_us, subject_key_id, to_us
@@ -40,7 +39,7 @@ from archiver.inbox import Inbox
 from archiver.jsonspans import SpanError, change_spans, split_pieces
 from archiver.keys import KeyRing
 from archiver.kinds import HANDLERS, Change, Person, obj, parse_unix, subjects_of
-from archiver.records import canonical_json, content_aad
+from archiver.records import canonical_json
 from archiver.sqlutil import Row, as_utc, insert_ignore, utcnow
 
 log = structlog.get_logger("strongroom.normalize")
@@ -123,9 +122,8 @@ class EventBuilder:
                 cols[name] = None
                 cols["modelled"] = False
         key_ids = sorted(set(key_ids)) or [f"biz:{stream}"]
-        aad = content_aad(stream, natural_key)
         try:
-            nonce, ciphertext = encrypt(self.keyring.content_key(key_ids), content, aad)
+            nonce, ciphertext = self.keyring.seal_content(stream, natural_key, key_ids, content)
         except KeyDestroyedError:
             # About someone who was erased (a late delivery from before their erasure): the
             # event is recorded, its content is not kept — erasure is not undone by a retry.

@@ -39,6 +39,7 @@ from archiver.kinds import MEDIA_TYPES
 from archiver.sqlutil import Row, as_utc
 from audit.query import _sql_str, extension_path
 from audit.searchlang import DATE_FIELDS, Bool, Field, Near, Node, Not, QueryTooCostly, Term, matches, parse, tokens
+from exporters.verify_bundle import message_text
 
 INDEX_KEY = "system:search-index"
 SCHEMA_VERSION = 3  # an index file of another version is rebuilt from the archive
@@ -68,42 +69,6 @@ def doc_terms(doc: tuple[Any, ...]) -> list[tuple[int, str, int]]:
     for prefix, values in (("p:", (doc[9], doc[10], doc[6])), ("c:", (doc[6],)), ("n:", (doc[1],))):
         rows += [(doc_id, prefix + v, -1) for v in dict.fromkeys(str(x).casefold() for x in values if x is not None)]
     return rows
-
-
-def message_text(doc: dict[str, Any]) -> str:
-    """Every human-readable string of a message record's content (text, captions, replies, …)."""
-    out: list[str] = []
-
-    def walk(msg: Any) -> None:
-        if not isinstance(msg, dict):
-            return
-        t = msg.get("type")
-        body = msg.get(t) if isinstance(t, str) else None
-        if isinstance(body, dict):
-            for k in ("body", "caption", "filename", "title", "description", "text", "name", "address", "emoji"):
-                if isinstance(body.get(k), str):
-                    out.append(body[k])
-            for k in ("button_reply", "list_reply", "nfm_reply"):
-                if isinstance(body.get(k), dict):
-                    out.extend(v for v in (body[k].get("title"), body[k].get("description"), body[k].get("body"))
-                               if isinstance(v, str))
-            if isinstance(body.get("message"), dict):  # an edit carries the new version
-                walk(body["message"])
-        if isinstance(msg.get("contacts"), list):
-            out.extend(c.get("name", {}).get("formatted_name", "") for c in msg["contacts"] if isinstance(c, dict))
-
-    walk(doc.get("message"))
-    request = doc.get("request")  # a Cloud API send from the send log
-    if isinstance(request, dict):
-        walk(request)
-        template = request.get("template")
-        if isinstance(template, dict):
-            out.append(str(template.get("name", "")))
-            for comp in template.get("components") or []:
-                for prm in comp.get("parameters") or [] if isinstance(comp, dict) else []:
-                    if isinstance(prm, dict) and isinstance(prm.get("text"), str):
-                        out.append(prm["text"])
-    return "\n".join(s for s in out if s)
 
 
 @dataclass

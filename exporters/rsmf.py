@@ -23,7 +23,7 @@ from email.header import Header
 from email.utils import format_datetime, formataddr
 from typing import Any
 
-from audit.index import message_text
+from exporters.verify_bundle import shown_text
 
 CRLF = "\r\n"
 VERSION = "2.0.0"
@@ -75,10 +75,7 @@ def attachment_name(media_view: dict[str, Any], n: int) -> str:
 
 
 def _body_of(view: dict[str, Any]) -> str:
-    c = view.get("content")
-    if isinstance(c, dict) and (c.get("erased") or c.get("disposed")):
-        return "[content erased]" if c.get("erased") else "[content disposed after retention]"
-    return message_text(c) if isinstance(c, dict) else ""
+    return shown_text(view.get("content"))
 
 
 def build(s: Slice) -> RsmfFile:

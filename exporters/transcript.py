@@ -46,10 +46,11 @@ def render(conversation: str, business: str, contact: str, slices: list[dict[str
                               f"template {rec['template_name']}" if rec["template_name"] else ""] if b)
             body = escape(_body_of(rec))
             out.append(f"<div class='m {'out' if outgoing else 'in'}'><div class=meta>{escape(who)} · "
-                       f"{_t(rec['event_time'])}{badges}</div><pre class='{'del' if it['revoked'] else ''}'>{body}</pre>")
+                       f"{_t(rec['event_time'])}{badges}</div><pre data-record='{escape(str(rec['id']))}' "
+                       f"class='{'del' if it['revoked'] else ''}'>{body}</pre>")
             for v in it["versions"]:
                 label = "deleted for everyone" if v["type"] == "revoke" else "edited"
-                text = "" if v["type"] == "revoke" else f": <pre>{escape(_body_of(v))}</pre>"
+                text = "" if v["type"] == "revoke" else f": <pre data-record='{escape(str(v['id']))}'>{escape(_body_of(v))}</pre>"
                 out.append(f"<div class=meta>{label} at {_t(v['event_time'])}{text}</div>")
             for a in it["attachments"]:
                 if a["natural_key"] in native_paths:

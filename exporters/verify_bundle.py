@@ -11,7 +11,14 @@ It checks, and names whatever fails:
 3. record counts: JSONL lines, DAT rows, OPT lines, Parquet rows, and the manifest's totals;
 4. every signed checkpoint of the snapshot (Ed25519, key id, origin);
 5. every record: an RFC 6962 inclusion proof from SHA-256(0x00 ‖ sealed record) to its number's
-   checkpoint root, and the record's metadata in ``records.jsonl`` equal to the sealed record's.
+   checkpoint root, and the record's metadata in ``records.jsonl`` equal to the sealed record's;
+6. every record's content, bound to the seal: the sealed ciphertext is decrypted with the record's
+   own key, disclosed beside its proof (it opens that record and nothing else), and the content
+   in ``records.jsonl`` and ``records.parquet``, the body of its RSMF event, the RSMF's text part,
+   the extracted text (TEXT/) and the transcript must all equal it; every attachment native (and
+   every file inside an RSMF) must hash to a sealed media record's SHA-256. A record without a
+   disclosed key (its subject erased, or its segment disposed after retention) may only be listed
+   as withheld.
 
 Files are hashed as streams and the proven records are kept in a temporary SQLite file (stdlib),
 so memory does not grow with the number of records. A hostile bundle cannot fool or exhaust it:
@@ -24,7 +31,10 @@ hash verified are parsed further.
 from __future__ import annotations
 
 import base64
+import email
+import email.policy
 import hashlib
+import io
 import json
 import sqlite3
 import sys
@@ -32,11 +42,13 @@ import tempfile
 import zipfile
 from collections.abc import Iterator
 from datetime import datetime
+from html.parser import HTMLParser
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, NamedTuple
 
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat, load_pem_public_key
 
 ALLOWED_EXTRA = {"manifest.json", "manifest.sig", "transfers.jsonl"}
@@ -100,6 +112,85 @@ class _Source:
             for line in f:
                 if line.strip():
                     yield line
+
+
+def message_text(doc: dict[str, Any]) -> str:
+    """Every human-readable string of a message record's content (text, captions, replies, …)."""
+    out: list[str] = []
+
+    def walk(msg: Any) -> None:
+        if not isinstance(msg, dict):
+            return
+        t = msg.get("type")
+        body = msg.get(t) if isinstance(t, str) else None
+        if isinstance(body, dict):
+            for k in ("body", "caption", "filename", "title", "description", "text", "name", "address", "emoji"):
+                if isinstance(body.get(k), str):
+                    out.append(body[k])
+            for k in ("button_reply", "list_reply", "nfm_reply"):
+                if isinstance(body.get(k), dict):
+                    out.extend(v for v in (body[k].get("title"), body[k].get("description"), body[k].get("body"))
+                               if isinstance(v, str))
+            if isinstance(body.get("message"), dict):  # an edit carries the new version
+                walk(body["message"])
+        if isinstance(msg.get("contacts"), list):
+            out.extend(c.get("name", {}).get("formatted_name", "") for c in msg["contacts"] if isinstance(c, dict))
+
+    walk(doc.get("message"))
+    request = doc.get("request")  # a Cloud API send from the send log
+    if isinstance(request, dict):
+        walk(request)
+        template = request.get("template")
+        if isinstance(template, dict):
+            out.append(str(template.get("name", "")))
+            for comp in template.get("components") or []:
+                for prm in comp.get("parameters") or [] if isinstance(comp, dict) else []:
+                    if isinstance(prm, dict) and isinstance(prm.get("text"), str):
+                        out.append(prm["text"])
+    return "\n".join(s for s in out if s)
+
+
+ERASED, DISPOSED = "[content erased]", "[content disposed after retention]"
+
+
+def shown_text(content: Any) -> str:
+    """The text a production shows for a record's content: its RSMF event body, its lines in the
+    extracted text, its transcript entry. One definition, used by the exporter and by this verifier."""
+    if isinstance(content, dict) and (content.get("erased") or content.get("disposed")):
+        return ERASED if content.get("erased") else DISPOSED
+    return message_text(content) if isinstance(content, dict) else ""
+
+
+def open_sealed(record: dict[str, Any], key: bytes) -> Any:
+    """A sealed record's content, decrypted with its disclosed key, as a production lists it.
+
+    Raises:
+        ValueError: the key does not open the ciphertext (wrong key, or not this record's).
+    """
+    aad = f"strongroom.content/1|{record['stream']}|{record['natural_key']}".encode()
+    try:
+        plain = AESGCM(key).decrypt(base64.b64decode(record["nonce"], validate=True),
+                                    base64.b64decode(record["content"], validate=True), aad)
+    except InvalidTag as e:
+        raise ValueError("the disclosed content key does not open the sealed ciphertext") from e
+    try:
+        return json.loads(plain)
+    except ValueError:
+        return {"raw_base64": base64.b64encode(plain).decode()}
+
+
+def _digest(value: Any) -> bytes:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+                          .encode("utf-8", "surrogatepass")).digest()[:16]
+
+
+def _text_digest(text: str) -> bytes:
+    return hashlib.sha256(text.replace("\r\n", "\n").encode("utf-8", "surrogatepass")).digest()[:16]
+
+
+def _withheld(content: Any) -> bool:
+    """Content a production may list for a record whose key it does not disclose."""
+    return content is None or content in ({"erased": True}, {"disposed": True})
 
 
 def _count(src: _Source, path: str) -> int | None:
@@ -169,39 +260,62 @@ def _bound(rec: dict[str, Any]) -> bytes:
     return hashlib.sha256(json.dumps([rec.get(f) for f in BOUND_FIELDS] + [when]).encode()).digest()[:16]
 
 
-class _Proven:
-    """The records whose inclusion proof verified, with a digest of their sealed metadata: kept in a
-    throw-away SQLite file, so a bundle of any size verifies in the same memory."""
+class Sealed(NamedTuple):
+    """What was proven of one record: digests of its sealed metadata, of its decrypted content and of
+    the text a production shows for it (None: no key disclosed), and a media record's native SHA-256."""
 
-    _ABSENT = b""  # disposed after retention: proven by its leaf hash, no sealed bytes to compare
+    bound: bytes | None  # None: disposed after retention (proven by its leaf hash only)
+    content: bytes | None
+    text: bytes | None
+    native: str | None
+
+
+class _Proven:
+    """The records whose inclusion proof verified, with digests of what was sealed: kept in a
+    throw-away SQLite file (digests only, never content), so a bundle of any size verifies in the
+    same memory."""
 
     def __init__(self) -> None:
         self._dir = tempfile.TemporaryDirectory(prefix="verify-bundle-")
         self.db = sqlite3.connect(str(Path(self._dir.name) / "proven.sqlite"), isolation_level=None)
         self.db.executescript("PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF; BEGIN;"
-                              "CREATE TABLE proven (stream TEXT, seq INTEGER, bound BLOB, PRIMARY KEY (stream, seq))"
-                              " WITHOUT ROWID;")
-        self._pending: list[tuple[str, int, bytes]] = []
+                              "CREATE TABLE proven (stream TEXT, seq INTEGER, bound BLOB, content BLOB, text BLOB,"
+                              " native TEXT, PRIMARY KEY (stream, seq)) WITHOUT ROWID;"
+                              "CREATE TABLE natives (sha256 TEXT PRIMARY KEY) WITHOUT ROWID;")
+        self._pending: list[tuple[str, int, bytes | None, bytes | None, bytes | None, str | None]] = []
 
-    def add(self, stream: str, seq: int, bound: bytes | None) -> None:
-        self._pending.append((stream, seq, self._ABSENT if bound is None else bound))
+    def add(self, stream: str, seq: int, sealed: Sealed) -> None:
+        self._pending.append((stream, seq, *sealed))
         if len(self._pending) >= 10_000:
             self._flush()
 
     def _flush(self) -> None:
-        self.db.executemany("INSERT OR REPLACE INTO proven VALUES (?, ?, ?)", self._pending)
+        self.db.executemany("INSERT OR REPLACE INTO proven VALUES (?, ?, ?, ?, ?, ?)", self._pending)
+        self.db.executemany("INSERT OR IGNORE INTO natives VALUES (?)", [(p[5],) for p in self._pending if p[5]])
         self._pending.clear()
 
-    def get(self, stream: Any, seq: Any) -> tuple[bool, bytes | None]:
-        """(proven?, digest of the sealed metadata or None when disposed)."""
+    def get(self, stream: Any, seq: Any) -> Sealed | None:
+        """What was proven of a record; None when no inclusion proof verified for it."""
         if self._pending:
             self._flush()
-        if not isinstance(stream, str) or not isinstance(seq, int):
-            return False, None
-        row = self.db.execute("SELECT bound FROM proven WHERE stream = ? AND seq = ?", (stream, seq)).fetchone()
+        if not isinstance(stream, str) or not isinstance(seq, int) or isinstance(seq, bool):
+            return None
+        row = self.db.execute("SELECT bound, content, text, native FROM proven WHERE stream = ? AND seq = ?",
+                              (stream, seq)).fetchone()
         if row is None:
-            return False, None
-        return True, (None if row[0] == self._ABSENT else bytes(row[0]))
+            return None
+        bound, content, text, native = row
+        return Sealed(bound, content, text, native)
+
+    def by_id(self, rid: Any) -> Sealed | None:
+        """`get` for a record id as productions write it: ``<stream>/<seq>``."""
+        stream, _, seq = str(rid).rpartition("/")
+        return self.get(stream, int(seq)) if seq.isdigit() else None
+
+    def is_native(self, sha256: str) -> bool:
+        if self._pending:
+            self._flush()
+        return self.db.execute("SELECT 1 FROM natives WHERE sha256 = ?", (sha256,)).fetchone() is not None
 
     def close(self) -> None:
         self.db.close()
@@ -307,7 +421,7 @@ def _verify(bundle: Path, public_key: Ed25519PublicKey, proven: _Proven) -> list
                 if pr["tree_size"] != size or root_from_inclusion(seq, size, leaf, [bytes.fromhex(h) for h in
                                                                                     pr["path"]]) != root:
                     raise ValueError("inclusion proof does not lead to the signed checkpoint root")
-                proven.add(stream, seq, _bound(record) if record is not None else None)
+                proven.add(stream, seq, _sealed(record, pr))
             except Exception as e:
                 failures.append(f"{where}: {type(e).__name__}: {e}")
     n_records = n_messages = 0
@@ -320,24 +434,205 @@ def _verify(bundle: Path, public_key: Ed25519PublicKey, proven: _Proven) -> list
                 continue
             n_records += 1
             n_messages += rec.get("kind") == "message" and rec.get("role") == "message"
-            found, s = proven.get(rec.get("stream"), rec.get("seq"))
-            if not found:
+            sealed = proven.get(rec.get("stream"), rec.get("seq"))
+            if sealed is None:
                 failures.append(f"records/records.jsonl: record {rec.get('id')} has no verified inclusion proof")
                 continue
-            if s is None:
+            failures += _content_failures("records/records.jsonl", rec.get("id"), rec.get("content"), sealed)
+            if sealed.bound is None:
                 continue  # disposed after retention: existence is proven, content is listed as withheld
             try:
-                same = _bound(rec) == s
+                same = _bound(rec) == sealed.bound
             except (ValueError, TypeError):
                 same = False
             if not same:
                 failures.append(f"records/records.jsonl: record {rec.get('id')} differs from its sealed record "
                                 f"(fields {', '.join(BOUND_FIELDS)}, event_time)")
+    failures += _renderings(src, listed, intact, proven)
     counts = manifest.get("counts", {})
     if counts.get("records") != n_records:
         failures.append(f"manifest.json: counts.records is {counts.get('records')}, records.jsonl has {n_records}")
     if counts.get("messages") != n_messages:
         failures.append(f"manifest.json: counts.messages is {counts.get('messages')}, records.jsonl has {n_messages}")
+    return failures
+
+
+def _sealed(record: dict[str, Any] | None, pr: dict[str, Any]) -> Sealed:
+    """Digests of a proven record (`record`: its sealed JSON, None when disposed) and its content,
+    opened with the key its proof line discloses."""
+    if "content_key" not in pr:
+        raise ValueError("no content_key beside the proof: the content cannot be checked against the seal")
+    if record is None:
+        return Sealed(None, None, None, None)
+    content = text = native = None
+    if pr["content_key"] is not None:
+        value = open_sealed(record, base64.b64decode(pr["content_key"], validate=True))
+        content, text = _digest(value), _text_digest(shown_text(value))
+        if record.get("kind") == "media" and isinstance(value, dict) and isinstance(value.get("sha256"), str):
+            native = value["sha256"]
+    return Sealed(_bound(record), content, text, native)
+
+
+def _content_failures(path: str, rid: Any, content: Any, sealed: Sealed) -> list[str]:
+    if sealed.content is None:
+        if not _withheld(content):
+            return [f"{path}: record {rid} lists content its bundle discloses no key for (only withheld content "
+                    "may be listed without one)"]
+        return []
+    try:
+        same = _digest(content) == sealed.content
+    except (TypeError, ValueError):
+        same = False
+    return [] if same else [f"{path}: record {rid}: content differs from its sealed record (decrypted with the "
+                            "disclosed key)"]
+
+
+def _text_failures(path: str, rid: Any, text: Any, sealed: Sealed | None) -> list[str]:
+    if sealed is None:
+        return [f"{path}: record {rid} is shown but has no verified inclusion proof"]
+    if not isinstance(text, str):
+        return [f"{path}: record {rid}: no text"]
+    if sealed.text is None:
+        return [] if text in (ERASED, DISPOSED, "") else [
+            f"{path}: record {rid} shows text its bundle discloses no key for"]
+    return [] if _text_digest(text) == sealed.text else [
+        f"{path}: record {rid}: text differs from its sealed record (decrypted with the disclosed key)"]
+
+
+class _Pres(HTMLParser):
+    """(data-record, text) of every ``<pre data-record=…>`` of a transcript."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.found: list[tuple[str, str]] = []
+        self._open: tuple[str, list[str]] | None = None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "pre":
+            rid = dict(attrs).get("data-record")
+            self._open = (rid, []) if rid is not None else None
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "pre" and self._open is not None:
+            self.found.append((self._open[0], "".join(self._open[1])))
+            self._open = None
+
+    def handle_data(self, data: str) -> None:
+        if self._open is not None:
+            self._open[1].append(data)
+
+
+def _rsmf_parts(data: bytes) -> tuple[str, dict[str, Any], dict[str, bytes]]:
+    """(the text part, rsmf_manifest.json, the other files of rsmf.zip) of an RSMF native."""
+    msg = email.message_from_bytes(data, policy=email.policy.default)
+    text, zipped = None, None
+    for part in msg.walk():
+        payload = part.get_payload(decode=True)
+        if not isinstance(payload, bytes):
+            continue  # the multipart container itself
+        if part.get_content_type() == "text/plain" and text is None:
+            text = payload.decode("utf-8")
+        elif part.get_filename() == "rsmf.zip":
+            zipped = payload
+    if text is None or zipped is None:
+        raise ValueError("no text part or no rsmf.zip")
+    with zipfile.ZipFile(io.BytesIO(zipped)) as z:
+        files = {n: z.read(n) for n in z.namelist()}
+    return text, json.loads(files.pop("rsmf_manifest.json")), files
+
+
+def _rsmf_text(manifest: dict[str, Any]) -> str:
+    """An RSMF's extracted text as the exporter writes it, from its manifest's events."""
+    people = {p["id"]: p.get("display", "") for p in manifest.get("participants", [])}
+    lines = []
+    for ev in manifest.get("events", []):
+        who = "" if ev.get("type") != "message" else people.get(ev.get("participant"), "")
+        lines.append(f"{who}\n{ev.get('timestamp') or ''}\n{ev.get('body', '')}\n")
+    return "\n".join(lines)
+
+
+def _dat_rows(src: _Source, path: str) -> Iterator[dict[str, str]]:
+    with src.open(path) as fh:
+        text = fh.read().decode("utf-8-sig")
+    rows = [line.split("\x14") for line in text.split("\r\n") if line]
+    header = [c.strip("\u00fe") for c in rows[0]]
+    for row in rows[1:]:
+        yield dict(zip(header, (c.strip("\u00fe") for c in row), strict=True))
+
+
+def _renderings(src: _Source, listed: dict[str, Any], intact: set[str], proven: _Proven) -> list[str]:
+    """Every rendering of a record's content equal to the sealed content: records.parquet, the RSMF
+    events and text parts, the extracted text, the transcripts; every native a sealed media record's."""
+    failures: list[str] = []
+    if "records/records.parquet" in intact:
+        try:
+            import pyarrow.parquet as pq
+        except ImportError:
+            pq = None  # without pyarrow, records.parquet is checked by its hash only (same rows as the JSONL)
+        if pq is not None:
+            with src.open("records/records.parquet") as fh:
+                for batch in pq.ParquetFile(fh).iter_batches(columns=["id", "stream", "seq", "content_json"]):
+                    for rid, stream, seq, cj in zip(*(batch.column(i).to_pylist() for i in range(4)), strict=True):
+                        sealed = proven.get(stream, seq)
+                        if sealed is None:
+                            failures.append(f"records/records.parquet: record {rid} has no verified inclusion proof")
+                            continue
+                        try:
+                            content = json.loads(cj) if cj is not None else None
+                        except ValueError:
+                            content = cj
+                        failures += _content_failures("records/records.parquet", rid, content, sealed)
+    checked_natives: set[str] = set()
+    for path in sorted(p for p in intact if p.endswith(".dat")):
+        try:
+            for row in _dat_rows(src, path):
+                if not row.get("PARENT_BATES"):
+                    continue
+                native = row["NATIVEPATH"].removeprefix(".\\").replace("\\", "/")
+                sealed = proven.by_id(row["RECORD_IDS"])
+                checked_natives.add(native)
+                if sealed is None or sealed.native is None:
+                    failures.append(f"{native}: attachment of record {row['RECORD_IDS']!r}, which is not a proven "
+                                    "media record with a disclosed key")
+                elif native not in listed or listed[native]["sha256"] != sealed.native \
+                        or row.get("SHA256HASH") != sealed.native:
+                    failures.append(f"{native}: differs from sealed media record {row['RECORD_IDS']} (SHA-256)")
+        except Exception as e:
+            failures.append(f"{path}: unreadable ({type(e).__name__}: {e})")
+    for path in sorted(p for p in listed if "/NATIVES/" in p and not p.endswith(".rsmf")):
+        if path not in checked_natives:
+            failures.append(f"{path}: a native no DAT row ties to a sealed media record")
+    for path in sorted(p for p in intact if p.endswith(".rsmf")):
+        try:
+            text, manifest, files = _rsmf_parts(src.read(path))
+            for ev in manifest.get("events", []):
+                if ev.get("type") != "message":
+                    continue
+                rid = next((c.get("value") for c in ev.get("custom", []) if c.get("name") == "record"), None)
+                failures += _text_failures(path, rid, ev.get("body", ""), proven.by_id(rid))
+            expected = _rsmf_text(manifest)
+            if _text_digest(text.replace("\r\n", "\n")) != _text_digest(expected):
+                failures.append(f"{path}: its text part differs from its events")
+            txt = path.replace("/NATIVES/", "/TEXT/", 1).removesuffix(".rsmf") + ".txt"
+            if txt not in intact:
+                failures.append(f"{txt}: the extracted text of {path} is missing")
+            elif _text_digest(src.read(txt).decode("utf-8")) != _text_digest(expected):
+                failures.append(f"{txt}: extracted text differs from the events of {path}")
+            for name, data in sorted(files.items()):
+                if not proven.is_native(hashlib.sha256(data).hexdigest()):
+                    failures.append(f"{path}: rsmf.zip member {name} is no sealed media record's file (SHA-256)")
+        except Exception as e:
+            failures.append(f"{path}: unreadable RSMF ({type(e).__name__}: {e})")
+    for path in sorted(p for p in intact if p.startswith("transcripts/") and p.endswith(".html")):
+        parser = _Pres()
+        try:
+            parser.feed(src.read(path).decode("utf-8"))
+            parser.close()
+        except Exception as e:
+            failures.append(f"{path}: unreadable ({type(e).__name__}: {e})")
+            continue
+        for rid, text in parser.found:
+            failures += _text_failures(path, rid, text, proven.by_id(rid))
     return failures
 
 

@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import sqlalchemy as sa
 from typer.testing import CliRunner
@@ -414,3 +416,120 @@ def test_the_slip_sheet_helper_stops_when_its_exporter_dies() -> None:
             return  # exited, waiting to be reaped by init
         time.sleep(0.2)
     pytest.fail("the slip-sheet helper outlived its exporter")
+
+
+def _forge(out: Path, dest: Path, signing_key: Any, edits: dict[str, Callable[[bytes], bytes]]) -> Path:
+    """What an insider holding the signing key can do: edit files, fix their manifest entries, re-sign."""
+    import base64
+
+    shutil.rmtree(dest, ignore_errors=True)
+    shutil.copytree(out, dest)
+    manifest = json.loads((dest / "manifest.json").read_bytes())
+    for rel, edit in edits.items():
+        data = edit((dest / rel).read_bytes())
+        assert data != (dest / rel).read_bytes(), f"the forgery of {rel} changed nothing"
+        (dest / rel).write_bytes(data)
+        for f in manifest["files"]:
+            if f["path"] == rel:
+                f.update(sha256=hashlib.sha256(data).hexdigest(), size=len(data))
+    raw = json.dumps(manifest, indent=2, sort_keys=True).encode() + b"\n"
+    (dest / "manifest.json").write_bytes(raw)
+    (dest / "manifest.sig").write_bytes(base64.b64encode(signing_key.sign(raw)) + b"\n")
+    return dest
+
+
+def _edit_rsmf(old: str, new: str) -> Callable[[bytes], bytes]:
+    """Change an RSMF's event body inside rsmf.zip (the text part left as it was)."""
+    import base64
+    import email.policy
+
+    def edit(data: bytes) -> bytes:
+        msg = email.message_from_bytes(data, policy=email.policy.default)
+        part = next(x for x in msg.walk() if x.get_filename() == "rsmf.zip")
+        zipped = part.get_payload(decode=True)
+        buf = io.BytesIO()
+        with zipfile.ZipFile(io.BytesIO(zipped)) as z, zipfile.ZipFile(buf, "w") as w:
+            for name in z.namelist():
+                body = z.read(name)
+                w.writestr(name, body.replace(old.encode(), new.encode()) if name == "rsmf_manifest.json" else body)
+        was = base64.encodebytes(zipped).replace(b"\n", b"\r\n")
+        assert was in data
+        return data.replace(was, base64.encodebytes(buf.getvalue()).replace(b"\n", b"\r\n"))
+    return edit
+
+
+@pytest.mark.parametrize("sql_url", ["sqlite"], indirect=True)
+def test_content_forged_by_an_insider_with_the_signing_key_fails_naming_the_record_and_file(
+        exp_archive: Archive, graph: GraphStandIn, webhook_body: Callable[[str], bytes], tmp_path: Path) -> None:
+    """Issue 15: edit a message's content, fix the manifest's hashes and re-sign it with the real key."""
+    scenario(exp_archive, graph, webhook_body)
+    out = tmp_path / "bundle"
+    produce(exp_archive, out)
+    key, sk = public_key(exp_archive), exp_archive.signing_key
+    assert vb.verify(out, key) == []
+    proofs = [json.loads(x) for f in (out / "proofs").glob("*.jsonl") for x in f.read_text().splitlines()]
+    assert proofs and all("content_key" in pr for pr in proofs)
+    assert sum(pr["content_key"] is not None for pr in proofs) >= 10
+    records = [json.loads(x) for x in (out / "records/records.jsonl").read_text().splitlines()]
+    target = next(r for r in records if r["wamid"] == "wamid.e1" and r["type"] == "text")
+    rid, original = target["id"], "Please confirm the trade"
+    forged = "Please SELL 900 shares"
+
+    def swap(data: bytes) -> bytes:
+        return data.replace(original.encode(), forged.encode())
+
+    fails = vb.verify(_forge(out, tmp_path / "f1", sk, {"records/records.jsonl": swap}), key)
+    assert any(f"records/records.jsonl: record {rid}: content differs" in x for x in fails), fails
+
+    def parquet_swap(data: bytes) -> bytes:
+        t = pq.read_table(io.BytesIO(data))
+        col = [c.replace(original, forged) for c in t.column("content_json").to_pylist()]
+        buf = io.BytesIO()
+        pq.write_table(t.set_column(t.schema.get_field_index("content_json"), "content_json", pa.array(col)), buf)
+        return buf.getvalue()
+
+    fails = vb.verify(_forge(out, tmp_path / "f2", sk, {"records/records.parquet": parquet_swap}), key)
+    assert any(f"records/records.parquet: record {rid}: content differs" in x for x in fails), fails
+
+    rsmf_file = next(f for f in out.glob("VOL001/NATIVES/*/*.rsmf")
+                     if any(original in ev.get("body", "") for ev in vb._rsmf_parts(f.read_bytes())[1]["events"]))
+    rel = rsmf_file.relative_to(out).as_posix()
+    fails = vb.verify(_forge(out, tmp_path / "f3", sk, {rel: _edit_rsmf(original, forged)}), key)
+    assert any(f"{rel}: record {rid}: text differs" in x for x in fails), fails
+
+    txt = rel.replace("/NATIVES/", "/TEXT/").replace(".rsmf", ".txt")
+    fails = vb.verify(_forge(out, tmp_path / "f4", sk, {txt: swap}), key)
+    assert any(f"{txt}: extracted text differs" in x for x in fails), fails
+
+    html = next(f for f in (out / "transcripts").glob("*.html") if original.encode() in f.read_bytes())
+    hrel = html.relative_to(out).as_posix()
+    fails = vb.verify(_forge(out, tmp_path / "f5", sk, {hrel: swap}), key)
+    assert any(f"{hrel}: record {rid}: text differs" in x for x in fails), fails
+
+    native = next(out.glob("VOL001/NATIVES/*/*.jpg")).relative_to(out).as_posix()
+    fails = vb.verify(_forge(out, tmp_path / "f6", sk, {native: lambda d: d[:-1] + bytes([d[-1] ^ 1])}), key)
+    assert any(native in x and "differs from sealed media record" in x for x in fails), fails
+
+    # a key withheld for a record whose content is listed: the content is unprovable, and says so
+    def drop_key(data: bytes) -> bytes:
+        lines = [json.loads(x) for x in data.decode().splitlines()]
+        for pr in lines:
+            if f"{pr['stream']}/{pr['seq']}" == rid:
+                pr["content_key"] = None
+        return "".join(json.dumps(x) + "\n" for x in lines).encode()
+
+    proof_file = f"proofs/{target['stream']}.jsonl"
+    fails = vb.verify(_forge(out, tmp_path / "f7", sk, {proof_file: drop_key}), key)
+    assert any(f"record {rid} lists content its bundle discloses no key for" in x for x in fails), fails
+    # a key of another record does not open this one
+    other = next(pr["content_key"] for pr in proofs if pr["content_key"] and f"{pr['stream']}/{pr['seq']}" != rid)
+
+    def wrong_key(data: bytes) -> bytes:
+        lines = [json.loads(x) for x in data.decode().splitlines()]
+        for pr in lines:
+            if f"{pr['stream']}/{pr['seq']}" == rid:
+                pr["content_key"] = other
+        return "".join(json.dumps(x) + "\n" for x in lines).encode()
+
+    fails = vb.verify(_forge(out, tmp_path / "f8", sk, {proof_file: wrong_key}), key)
+    assert any(f"record {rid}" in x and "does not open" in x for x in fails), fails

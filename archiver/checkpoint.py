@@ -4,6 +4,12 @@ A checkpoint commits to the stream's Merkle tree over *all* records so far: tree
 root hash, chain head hash, and the time it was signed, with an Ed25519 signature over the
 RFC 8785 bytes of those fields. It carries no personal data, so it is kept for the life of the
 stream, and anyone with our public key can check it.
+
+Since ``strongroom.checkpoint/2`` a checkpoint also commits to the bytes of the segment it seals
+(its object key and SHA-256: a byte changed anywhere in the Parquet file — data, statistics,
+footer — fails) and to the checkpoint before it (the SHA-256 of its signed bytes and its tree
+size), so the checkpoints of a stream form a chain in which a missing one is named and, through
+it, every segment object is committed. Version 1 checkpoints (without these fields) still verify.
 """
 
 from __future__ import annotations
@@ -21,7 +27,10 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from archiver.errors import CheckpointSignatureError
 
-ORIGIN = "strongroom.checkpoint/1"
+ORIGIN_V1 = "strongroom.checkpoint/1"
+ORIGIN = "strongroom.checkpoint/2"
+ORIGINS = (ORIGIN_V1, ORIGIN)
+V2_FIELDS = ("segment", "segment_sha256", "previous_sha256", "previous_size")
 
 
 def key_id(public_key: Ed25519PublicKey) -> str:
@@ -38,9 +47,26 @@ class Checkpoint:
     time: str  # ISO-8601 UTC
     key_id: str
     origin: str = ORIGIN
+    segment: str | None = None  # v2: the object key of the segment this checkpoint seals
+    segment_sha256: str | None = None  # v2: the SHA-256 of that object's bytes
+    previous_sha256: str | None = None  # v2: SHA-256 of the previous checkpoint's signed bytes (None: first)
+    previous_size: int | None = None  # v2: its tree size
+
+    def fields(self) -> dict[str, Any]:
+        """What is signed: every field (a v1 checkpoint has none of the v2 ones)."""
+        doc = asdict(self)
+        if self.origin == ORIGIN_V1:
+            for name in V2_FIELDS:
+                if doc.pop(name) is not None:
+                    raise ValueError(f"a {ORIGIN_V1} checkpoint has no {name}")
+        return doc
 
     def signed_bytes(self) -> bytes:
-        return rfc8785.dumps(asdict(self))
+        return rfc8785.dumps(self.fields())
+
+    def digest(self) -> str:
+        """What the next checkpoint's `previous_sha256` holds."""
+        return hashlib.sha256(self.signed_bytes()).hexdigest()
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,7 +80,7 @@ class SignedCheckpoint:
 
     def to_json(self) -> bytes:
         doc = {
-            "checkpoint": asdict(self.checkpoint),
+            "checkpoint": self.checkpoint.fields(),
             "signature": base64.b64encode(self.signature).decode(),
         }
         return json.dumps(doc, indent=2, sort_keys=True).encode() + b"\n"
@@ -67,13 +93,14 @@ class SignedCheckpoint:
             sig = base64.b64decode(doc["signature"], validate=True)
             if not isinstance(cp.tree_size, int) or cp.tree_size < 0:
                 raise ValueError(f"invalid tree size {cp.tree_size!r}")
+            cp.fields()  # a v1 origin with v2 fields is malformed
         except (ValueError, KeyError, TypeError) as e:
             # Malformed input must surface as a verification failure, not a raw ValueError.
             raise CheckpointSignatureError(item, f"malformed checkpoint: {e}") from e
         return cls(cp, sig)
 
     def verify(self, public_key: Ed25519PublicKey, item: str = "checkpoint") -> None:
-        if self.checkpoint.origin != ORIGIN:
+        if self.checkpoint.origin not in ORIGINS:
             raise CheckpointSignatureError(item, f"unknown origin {self.checkpoint.origin!r}")
         if self.checkpoint.key_id != key_id(public_key):
             raise CheckpointSignatureError(

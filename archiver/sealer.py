@@ -25,7 +25,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -36,6 +36,7 @@ from archiver import failpoints
 from archiver.checkpoint import Checkpoint, SignedCheckpoint, key_id
 from archiver.db import events, inbox, merkle_tiles, segments, streams
 from archiver.errors import ConflictError, ObjectExistsError, ObjectNotFoundError, ObjectStoreError
+from archiver.heads import write_head
 from archiver.leases import StreamLocks
 from archiver.merkle import CompactRange, hash_leaf
 from archiver.objectstore import ObjectStore
@@ -138,6 +139,7 @@ class Sealer:
         retain_until: Callable[[str, datetime], tuple[datetime, str]],
         batch_max: int = 50_000,
         clock: Callable[[], datetime] = utcnow,
+        head_interval: timedelta = timedelta(minutes=1),
     ) -> None:
         self.engine = engine
         self.store = store
@@ -147,6 +149,8 @@ class Sealer:
         self.locks = StreamLocks(engine)
         self.clock = clock
         self.key_id = key_id(signing_key.public_key())
+        self.head_interval = head_interval
+        self._head_at: datetime | None = None  # when this sealer last wrote the archive head
 
     # -- public -----------------------------------------------------------------------------
 
@@ -171,6 +175,8 @@ class Sealer:
             if sealed == 0:
                 break
         self._purge_sealed_inbox()
+        if total:
+            self._write_head()
         if failed and not total:  # nothing sealed at all: say why (the store may be away)
             raise next(iter(failed.values()))
         return total
@@ -374,8 +380,11 @@ class Sealer:
         with self.engine.connect() as conn:
             seg = conn.execute(sa.select(segments).where(segments.c.id == seg_id)).one()
         key = checkpoint_key(seg.stream, seg.last_seq)
+        previous = self._previous_checkpoint(seg)
         cp = Checkpoint(seg.stream, seg.last_seq + 1, seg.root_hash, seg.head_hash,
-                        format_ts(self.clock()), self.key_id)
+                        format_ts(self.clock()), self.key_id, segment=seg.object_key, segment_sha256=seg.sha256,
+                        previous_sha256=previous.digest() if previous else None,
+                        previous_size=previous.tree_size if previous else None)
         try:
             # a checkpoint is kept at least as long as the segment it signs (and is never disposed)
             self.store.put_locked(key, SignedCheckpoint.sign(cp, self.signing_key).to_json(),
@@ -389,6 +398,30 @@ class Sealer:
         failpoints.hit("sealer.after_checkpoint_put")
         with self.engine.begin() as conn:
             conn.execute(sa.update(segments).where(segments.c.id == seg_id).values(checkpoint_key=key))
+
+    def _write_head(self, force: bool = False) -> None:
+        """The archive head, after a pass that sealed something (at most once per `head_interval`)."""
+        now = self.clock()
+        if not force and self._head_at is not None and now - self._head_at < self.head_interval:
+            return
+        try:
+            write_head(self.engine, self.store, self.signing_key, self.retain_until, now)
+        except Exception as e:  # sealed records are safe without it; the next pass writes one
+            log.error("seal.head_failed", error=type(e).__name__, detail=str(e)[:300])
+            return
+        self._head_at = now
+
+    def _previous_checkpoint(self, seg: Any) -> Checkpoint | None:
+        """The checkpoint of the segment before `seg` (published first: checkpoints go out in order)."""
+        if seg.first_seq == 0:
+            return None
+        with self.engine.connect() as conn:
+            prev = conn.execute(sa.select(segments.c.id, segments.c.checkpoint_key).where(
+                segments.c.stream == seg.stream, segments.c.last_seq == seg.first_seq - 1)).one()
+        if prev.checkpoint_key is None:
+            self._publish_checkpoint(prev.id)
+            return self._previous_checkpoint(seg)
+        return SignedCheckpoint.from_json(self.store.get(prev.checkpoint_key), prev.checkpoint_key).checkpoint
 
     # -- housekeeping -----------------------------------------------------------------------
 

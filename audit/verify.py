@@ -14,7 +14,14 @@ bad seq:
       or delete marker on top of it);
   (6) consistency — checkpoints grow strictly and each is a prefix of the next (RFC 9162
       consistency proof between successive checkpoints verifies), and the newest checkpoint
-      (and the SQL head, when given) covers every record.
+      (and the SQL head, when given) covers every record;
+  (7) objects — every byte of every segment is what its checkpoint signed (SHA-256 of the object:
+      data, statistics, footer and metadata alike), the footer's chain head, root and tree size
+      are those recomputed from its rows, and each checkpoint names the one before it (a missing
+      checkpoint is named by the tree size its successor gives);
+  (8) archive head — the newest signed archive head lists every stream with its tree head: a
+      stream it names that the store lacks, or holds fewer records of, or whose root at that
+      size differs, is named.
 
 A segment deleted after its retention ended is accepted only where a disposition certificate
 signed with our key accounts for it: its leaf hashes stand in for the records (so every
@@ -23,6 +30,7 @@ checkpoint's root is still recomputed) and its chain heads must link to the neig
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections import defaultdict
 from collections.abc import Iterable
@@ -31,8 +39,10 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from archiver.checkpoint import SignedCheckpoint
+from archiver.checkpoint import ORIGIN_V1, SignedCheckpoint
 from archiver.errors import ObjectStoreError, VerificationError
+from archiver.heads import ArchiveHead
+from archiver.heads import newest as newest_head
 from archiver.merkle import CompactRange, consistency_proof, hash_leaf, perfect_range_hash, verify_consistency
 from archiver.objectstore import ObjectStore
 from archiver.records import GENESIS, canonical_parts, join_canonical, link
@@ -64,12 +74,21 @@ class StreamResult:
     checkpoints: int = 0
     disposed: int = 0  # segments deleted after retention, accounted for by a signed certificate
     root: str = ""
+    roots: dict[int, str] = field(default_factory=dict)  # tree size -> root of each checkpoint that verified
+
+
+@dataclass
+class HeadResult:
+    key: str | None = None  # the newest archive head checked (None: the store holds none)
+    time: str | None = None
+    streams: int = 0
 
 
 @dataclass
 class Report:
     streams: list[StreamResult] = field(default_factory=list)
     failures: list[Failure] = field(default_factory=list)
+    head: HeadResult = field(default_factory=HeadResult)
 
     @property
     def ok(self) -> bool:
@@ -113,7 +132,8 @@ class Verifier:
             for obj in cert["objects"]:
                 if obj.get("kind") == "segment":
                     disposed[obj["stream"]][obj["first_seq"]] = obj
-        names = sorted(set(segs) | set(cps) | set(expected_sizes or {}))
+        head = self._newest_head(report)
+        names = sorted(set(segs) | set(cps) | set(expected_sizes or {}) | set(head.streams if head else ()))
         if only is not None:
             names = [n for n in names if n in set(only)]
         for name in names:
@@ -121,7 +141,42 @@ class Verifier:
                                                    (expected_sizes or {}).get(name), disposed[name])
             report.streams.append(result)
             report.failures.extend(failures)
+            if head is not None and name in head.streams:
+                report.failures.extend(self._check_head(report.head.key or "", head.streams[name], result))
         return report
+
+    def _newest_head(self, report: Report) -> ArchiveHead | None:
+        """(8): the newest archive head, verified; None when there is none (or it does not verify)."""
+        key = newest_head(self.store)
+        if key is None:
+            return None
+        report.head.key = key
+        try:
+            head = ArchiveHead.verified(self.store.get(key), self.public_key, key)
+        except (VerificationError, ObjectStoreError) as e:
+            report.failures.append(Failure(8, "?", key, str(e)))
+            return None
+        report.head.time, report.head.streams = head.time, len(head.streams)
+        if self.check_locks:
+            ret = self.store.retention(key)
+            if ret.mode != "COMPLIANCE" or ret.retain_until is None:
+                report.failures.append(Failure(8, "?", key, f"object lock is {ret.mode!r}, expected COMPLIANCE"))
+        return head
+
+    @staticmethod
+    def _check_head(key: str, entry: dict[str, Any], result: StreamResult) -> list[Failure]:
+        size, root = entry["tree_size"], entry["root_hash"]
+        if result.records == 0 and result.segments == 0 and result.checkpoints == 0:
+            return [Failure(8, result.stream, key, f"the archive head lists this stream with {size} records; "
+                                                  "the store has none of it (stream removed)")]
+        if result.records < size:
+            return [Failure(8, result.stream, key, f"the archive head lists {size} records; the store holds "
+                                                  f"{result.records} (seq {result.records}..{size - 1} missing)",
+                            result.records)]
+        if result.roots.get(size) != root:
+            return [Failure(8, result.stream, key, f"no verified checkpoint of tree size {size} with the head's "
+                                                  f"root {root[:16]}…")]
+        return []
 
     # -- one stream -------------------------------------------------------------------------
 
@@ -137,6 +192,7 @@ class Verifier:
         tree = CompactRange()
         nodes: dict[tuple[int, int], bytes] = {}
         prev = GENESIS
+        objects: dict[str, str] = {}  # segment key -> SHA-256 of the bytes read
         by_size = {cp.checkpoint.tree_size: (key, cp) for key, cp in checkpoints}
         broken = False
         present = {first for first, _, _ in segs}
@@ -155,7 +211,10 @@ class Verifier:
                                                      f"found seq {first}", tree.size))
                 break
             try:
-                cols, meta = decode_columns(self.store.get(key))
+                data = self.store.get(key)
+                objects[key] = hashlib.sha256(data).hexdigest()
+                cols, meta = decode_columns(data)
+                del data
                 parts = canonical_parts(cols)
             except (ValueError, ObjectStoreError) as e:
                 fails.append(Failure(2, stream, key, f"unreadable segment: {e}", first))
@@ -191,10 +250,47 @@ class Verifier:
                 fails.append(Failure(2, stream, key, f"segment named up to seq {last} holds rows up to "
                                                      f"{tree.size - 1}", tree.size))
                 broken = True
+            if not broken:
+                footer = {"stream": stream, "head_hash": prev.hex(), "root_hash": tree.root().hex(),
+                          "tree_size": tree.size}
+                wrong = sorted(f for f, v in footer.items() if meta.get(f) != v)
+                if wrong:
+                    fails.append(Failure(7, stream, key, f"footer {', '.join(wrong)} differ from the records'", last))
         res.records, res.root = tree.size, tree.root().hex()
         if not broken:
             self._check_growth(stream, checkpoints, tree, nodes, expected_size, fails)  # (6)
+        self._check_commitments(stream, checkpoints, segs, objects, fails)  # (7)
+        bad = {f.item for f in fails if f.step in (3, 6)}  # roots recomputed otherwise, or not consistent
+        res.roots = {cp.checkpoint.tree_size: cp.checkpoint.root_hash for key, cp in checkpoints
+                     if cp.checkpoint.tree_size <= tree.size and key not in bad}
         return res, fails
+
+    def _check_commitments(self, stream: str, checkpoints: list[tuple[str, SignedCheckpoint]],
+                           segs: list[tuple[int, int, str]], objects: dict[str, str], fails: list[Failure]) -> None:
+        """(7): each v2 checkpoint's segment bytes and its link to the checkpoint before it."""
+        by_end = {last + 1: key for _, last, key in segs}
+        by_size = {cp.checkpoint.tree_size: cp.checkpoint for _, cp in checkpoints}
+        for key, scp in checkpoints:
+            c = scp.checkpoint
+            if c.origin == ORIGIN_V1:
+                continue
+            if c.segment != by_end.get(c.tree_size, c.segment):
+                fails.append(Failure(7, stream, key, f"signs segment {c.segment}, the store's segment ending at "
+                                                     f"seq {c.tree_size - 1} is {by_end[c.tree_size]}"))
+            elif c.segment in objects and objects[c.segment] != c.segment_sha256:
+                fails.append(Failure(7, stream, c.segment or key, f"object bytes have SHA-256 {objects[c.segment][:16]}…, "
+                                                                  f"checkpoint {key} signed {str(c.segment_sha256)[:16]}…"))
+            if c.previous_size is None:
+                if any(size < c.tree_size for size in by_size):
+                    fails.append(Failure(7, stream, key, "claims to be the first checkpoint, but earlier ones exist"))
+                continue
+            before = by_size.get(c.previous_size)
+            if before is None:
+                fails.append(Failure(7, stream, f"checkpoints/stream={stream}/ (tree size {c.previous_size})",
+                                     f"missing: {key} names the checkpoint of tree size {c.previous_size} "
+                                     "before it", c.previous_size - 1))
+            elif before.digest() != c.previous_sha256:
+                fails.append(Failure(7, stream, key, f"does not link to the checkpoint of tree size {c.previous_size}"))
 
     def _disposed(self, stream: str, key: str, entry: dict[str, Any], tree: CompactRange,
                   nodes: dict[tuple[int, int], bytes], prev: bytes,

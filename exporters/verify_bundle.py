@@ -57,7 +57,7 @@ MAX_MANIFEST = 64 * 1024 * 1024  # a production of millions of records has a man
 
 class BundleRefused(ValueError):
     """The bundle's container itself is malformed or hostile; nothing in it was trusted."""
-CHECKPOINT_ORIGIN = "strongroom.checkpoint/1"
+CHECKPOINT_ORIGINS = ("strongroom.checkpoint/1", "strongroom.checkpoint/2")
 BOUND_FIELDS = ("stream", "seq", "kind", "natural_key", "tenant", "wamid", "ref_wamid", "conversation", "direction",
                 "origin", "type", "status", "template_name", "template_language")
 
@@ -388,7 +388,7 @@ def _verify(bundle: Path, public_key: Ed25519PublicKey, proven: _Proven) -> list
                 raise ValueError("not a file of the bundle whose hash verified")
             doc = json.loads(src.read(name))
             cp = doc["checkpoint"]
-            if cp.get("origin") != CHECKPOINT_ORIGIN or cp.get("key_id") != _key_id(public_key):
+            if cp.get("origin") not in CHECKPOINT_ORIGINS or cp.get("key_id") != _key_id(public_key):
                 raise ValueError("foreign origin or key")
             public_key.verify(base64.b64decode(doc["signature"]), _canonical(cp))
             if cp["stream"] != stream or cp["tree_size"] != snap["tree_size"]:

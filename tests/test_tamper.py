@@ -157,9 +157,62 @@ def test_removed_middle_segment(archive: Archive, copy: Path) -> None:
 def test_removed_newest_segment_and_checkpoint(archive: Archive, copy: Path) -> None:
     _segments(copy)[-1].unlink()
     sorted((copy / "checkpoints" / f"stream={STREAM}").glob("*.json"))[-1].unlink()
-    assert _verify(archive, copy).ok is True  # the objects alone cannot show a clean truncation …
+    # the archive head written after the last pass names the records the copy lacks
+    failures = _verify(archive, copy).failures
+    assert any(f.step == 8 and f.stream == STREAM and "missing" in f.message for f in failures), failures
+    shutil.rmtree(copy / "heads")
+    assert _verify(archive, copy).ok is True  # without heads the objects alone cannot show a clean cut …
     text = _only_failure(_verify(archive, copy, archive.expected_sizes()))  # … the database can
     assert f"stream={STREAM}" in text and "(6)" in text
+
+
+def test_a_whole_stream_removed_is_named_by_the_archive_head(archive: Archive, copy: Path) -> None:
+    shutil.rmtree(copy / "records" / f"stream={STREAM}")
+    shutil.rmtree(copy / "checkpoints" / f"stream={STREAM}")
+    failures = _verify(archive, copy).failures
+    assert any(f.step == 8 and f.stream == STREAM and "stream removed" in f.message for f in failures), failures
+
+
+def test_a_parquet_statistics_edit_is_caught_by_the_object_hash(archive: Archive, copy: Path) -> None:
+    """Rows untouched, a max statistic in the footer lowered so a query engine skips the row group."""
+    import pyarrow.parquet as pq
+
+    seg = _segments(copy)[1]
+    data = bytearray(seg.read_bytes())
+    footer_len = int.from_bytes(data[-8:-4], "little")
+    start = len(data) - 8 - footer_len
+    md = pq.ParquetFile(seg).metadata
+    col = next(i for i in range(md.num_columns) if md.schema.column(i).name == "wamid")
+    top = md.row_group(0).column(col).statistics.max.encode()
+    at = bytes(data[start:]).find(top)
+    assert at >= 0
+    data[start + at + len(top) - 1] -= 1  # "wamid.t1" -> "wamid.t0": DuckDB would skip wamid.t1
+    seg.write_bytes(bytes(data))
+    before = decode_segment(seg.read_bytes())[0]
+    assert [r["wamid"] for r in before] and pq.ParquetFile(seg).metadata.row_group(0).column(col).statistics.max != top.decode()
+    failures = _verify(archive, copy).failures
+    assert [(f.step, f.item) for f in failures] == [(7, str(seg.relative_to(copy)))], failures
+    assert "SHA-256" in failures[0].message
+
+
+def test_a_missing_middle_checkpoint_is_named(archive: Archive, copy: Path) -> None:
+    cps = sorted((copy / "checkpoints" / f"stream={STREAM}").glob("*.json"))
+    middle = SignedCheckpoint.from_json(cps[1].read_bytes()).checkpoint
+    cps[1].unlink()
+    failures = _verify(archive, copy).failures
+    assert any(f.step == 7 and f"tree size {middle.tree_size}" in f.message and "missing" in f.message
+               for f in failures), failures
+
+
+def test_an_edited_footer_field_is_named(archive: Archive, copy: Path) -> None:
+    seg = _segments(copy)[0]
+    records, meta = decode_segment(seg.read_bytes())
+    meta.pop("schema", None)
+    meta["root_hash"] = "ab" * 32
+    seg.write_bytes(encode_segment(records, meta))
+    failures = _verify(archive, copy).failures
+    assert any(f.step == 7 and f.item == str(seg.relative_to(copy)) and "footer root_hash" in f.message
+               for f in failures), failures
 
 
 def test_removed_newest_checkpoint(archive: Archive, copy: Path) -> None:

@@ -89,17 +89,26 @@ def current(engine: sa.Engine) -> dict[str, dict[str, Any]]:
     return {r.stream: {"tree_size": r.last_seq + 1, "root_hash": r.root_hash} for r in sorted(rows)}
 
 
+@dataclass(frozen=True, slots=True)
+class StoredHead:
+    key: str
+    data: bytes  # the stored bytes (what a TSA stamps)
+    retain_until: datetime
+    head: ArchiveHead
+
+
 def write_head(engine: sa.Engine, store: ObjectStore, signing_key: Ed25519PrivateKey,
-               retain_until: Callable[[str, datetime], tuple[datetime, str]], now: datetime) -> str | None:
-    """Sign and store the archive head as of now; returns its key (None: nothing sealed yet)."""
+               retain_until: Callable[[str, datetime], tuple[datetime, str]], now: datetime) -> StoredHead | None:
+    """Sign and store the archive head as of now (None: nothing sealed yet)."""
     streams = current(engine)
     if not streams:
         return None
     head = ArchiveHead(format_ts(now), key_id(signing_key.public_key()), streams)
-    key = head_key(now)
+    key, data = head_key(now), head.sign(signing_key)
     # kept as long as the longest-kept stream it names (it carries no personal data)
-    store.put_locked(key, head.sign(signing_key), max(retain_until(s, now)[0] for s in streams))
-    return key
+    until = max(retain_until(s, now)[0] for s in streams)
+    store.put_locked(key, data, until)
+    return StoredHead(key, data, until, head)
 
 
 def newest(store: ObjectStore) -> str | None:

@@ -36,13 +36,14 @@ from archiver import failpoints
 from archiver.checkpoint import Checkpoint, SignedCheckpoint, key_id
 from archiver.db import events, inbox, merkle_tiles, segments, streams
 from archiver.errors import ConflictError, ObjectExistsError, ObjectNotFoundError, ObjectStoreError
-from archiver.heads import write_head
+from archiver.heads import StoredHead, write_head
 from archiver.leases import StreamLocks
 from archiver.merkle import CompactRange, hash_leaf
 from archiver.objectstore import ObjectStore
 from archiver.records import COLUMNS, GENESIS, canonical, canonical_parts, format_ts, join_canonical, link
 from archiver.segments import checkpoint_key, decode_segment, encode_columns, segment_key
 from archiver.sqlutil import as_utc, insert_for, insert_ignore, utcnow
+from archiver.timestamps import Timestamper
 
 log = structlog.get_logger("strongroom.sealer")
 
@@ -140,6 +141,7 @@ class Sealer:
         batch_max: int = 50_000,
         clock: Callable[[], datetime] = utcnow,
         head_interval: timedelta = timedelta(minutes=1),
+        timestamper: Timestamper | None = None,
     ) -> None:
         self.engine = engine
         self.store = store
@@ -150,6 +152,7 @@ class Sealer:
         self.clock = clock
         self.key_id = key_id(signing_key.public_key())
         self.head_interval = head_interval
+        self.timestamper = timestamper
         self._head_at: datetime | None = None  # when this sealer last wrote the archive head
 
     # -- public -----------------------------------------------------------------------------
@@ -176,7 +179,7 @@ class Sealer:
                 break
         self._purge_sealed_inbox()
         if total:
-            self._write_head()
+            self.write_head()
         if failed and not total:  # nothing sealed at all: say why (the store may be away)
             raise next(iter(failed.values()))
         return total
@@ -399,17 +402,25 @@ class Sealer:
         with self.engine.begin() as conn:
             conn.execute(sa.update(segments).where(segments.c.id == seg_id).values(checkpoint_key=key))
 
-    def _write_head(self, force: bool = False) -> None:
-        """The archive head, after a pass that sealed something (at most once per `head_interval`)."""
+    def write_head(self, force: bool = False) -> StoredHead | None:
+        """The archive head (stamped by the TSAs, when configured), after a pass that sealed
+        something: at most once per `head_interval` unless `force`d (an export's snapshot)."""
         now = self.clock()
         if not force and self._head_at is not None and now - self._head_at < self.head_interval:
-            return
+            return None
         try:
-            write_head(self.engine, self.store, self.signing_key, self.retain_until, now)
+            head = write_head(self.engine, self.store, self.signing_key, self.retain_until, now)
         except Exception as e:  # sealed records are safe without it; the next pass writes one
             log.error("seal.head_failed", error=type(e).__name__, detail=str(e)[:300])
-            return
+            return None
         self._head_at = now
+        if head is not None and self.timestamper is not None:
+            try:
+                if not self.timestamper.stamp_head(self.store, head.key, head.data, head.retain_until):
+                    log.warning("seal.head_unstamped", head=head.key)
+            except Exception as e:  # storing a token failed: the next head is stamped again
+                log.error("seal.stamp_failed", head=head.key, error=type(e).__name__, detail=str(e)[:300])
+        return head
 
     def _previous_checkpoint(self, seg: Any) -> Checkpoint | None:
         """The checkpoint of the segment before `seg` (published first: checkpoints go out in order)."""

@@ -21,7 +21,10 @@ bad seq:
       checkpoint is named by the tree size its successor gives);
   (8) archive head — the newest signed archive head lists every stream with its tree head: a
       stream it names that the store lacks, or holds fewer records of, or whose root at that
-      size differs, is named.
+      size differs, is named;
+  (9) timestamps — every RFC 3161 token under timestamps/ stamps the exact bytes of the head it
+      sits beside and comes from a TSA whose certificate was given (`tsa_roots`); given any, at
+      least one head must carry such a token. The newest stamped head's time is reported.
 
 A segment deleted after its retention ended is accepted only where a disposition certificate
 signed with our key accounts for it: its leaf hashes stand in for the records (so every
@@ -37,6 +40,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from archiver.checkpoint import ORIGIN_V1, SignedCheckpoint
@@ -47,6 +51,8 @@ from archiver.merkle import CompactRange, consistency_proof, hash_leaf, perfect_
 from archiver.objectstore import ObjectStore
 from archiver.records import GENESIS, canonical_parts, join_canonical, link
 from archiver.segments import decode_columns
+from archiver.timestamps import PREFIX as TOKENS
+from archiver.timestamps import check_token, head_of
 from policies.disposition import load_certificates
 
 _SEG = re.compile(r"^records/stream=([^/]+)/date=[^/]+/seg-(\d+)-(\d+)\.parquet$")
@@ -82,6 +88,9 @@ class HeadResult:
     key: str | None = None  # the newest archive head checked (None: the store holds none)
     time: str | None = None
     streams: int = 0
+    tokens: int = 0  # RFC 3161 tokens found (verified, when TSA certificates were given)
+    stamped: str | None = None  # the newest head with a verified token …
+    stamped_at: str | None = None  # … and the TSA's time for it
 
 
 @dataclass
@@ -101,10 +110,12 @@ class Report:
 
 
 class Verifier:
-    def __init__(self, store: ObjectStore, public_key: Ed25519PublicKey, check_locks: bool = True) -> None:
+    def __init__(self, store: ObjectStore, public_key: Ed25519PublicKey, check_locks: bool = True,
+                 tsa_roots: list[x509.Certificate] | None = None) -> None:
         self.store = store
         self.public_key = public_key
         self.check_locks = check_locks
+        self.tsa_roots = tsa_roots
 
     def verify(self, expected_sizes: dict[str, int] | None = None, only: Iterable[str] | None = None) -> Report:
         """Verify every stream found in the store (or `only` those).
@@ -133,6 +144,7 @@ class Verifier:
                 if obj.get("kind") == "segment":
                     disposed[obj["stream"]][obj["first_seq"]] = obj
         head = self._newest_head(report)
+        self._check_timestamps(report)  # (9)
         names = sorted(set(segs) | set(cps) | set(expected_sizes or {}) | set(head.streams if head else ()))
         if only is not None:
             names = [n for n in names if n in set(only)]
@@ -162,6 +174,33 @@ class Verifier:
             if ret.mode != "COMPLIANCE" or ret.retain_until is None:
                 report.failures.append(Failure(8, "?", key, f"object lock is {ret.mode!r}, expected COMPLIANCE"))
         return head
+
+    def _check_timestamps(self, report: Report) -> None:
+        """(9): each token stamps its head's bytes, from a TSA of `tsa_roots`."""
+        heads: dict[str, bytes | None] = {}
+        for key in sorted(self.store.list_keys(TOKENS)):
+            report.head.tokens += 1
+            if self.tsa_roots is None:
+                continue  # nothing to check them against: counted, not trusted
+            head_key = head_of(key)
+            if head_key not in heads:
+                try:
+                    heads[head_key] = self.store.get(head_key)
+                except ObjectStoreError:
+                    heads[head_key] = None
+            data = heads[head_key]
+            if data is None:
+                report.failures.append(Failure(9, "?", key, f"stamps {head_key}, which the store does not hold"))
+                continue
+            try:
+                stamp = check_token(self.store.get(key), data, self.tsa_roots)
+            except (ValueError, ObjectStoreError) as e:
+                report.failures.append(Failure(9, "?", key, str(e)))
+                continue
+            if report.head.stamped is None or head_key > report.head.stamped:
+                report.head.stamped, report.head.stamped_at = head_key, stamp.time.isoformat()
+        if self.tsa_roots is not None and report.head.stamped is None:
+            report.failures.append(Failure(9, "?", TOKENS, "no archive head carries a timestamp from the given TSAs"))
 
     @staticmethod
     def _check_head(key: str, entry: dict[str, Any], result: StreamResult) -> list[Failure]:

@@ -11,6 +11,7 @@ Layout::
 
     manifest.json  manifest.sig           signed (Ed25519 over the exact bytes of manifest.json)
     custody.json  README.txt              chain of custody, cover letter
+    heads/head.json  head.N.tsr           the signed archive head of the snapshot, its RFC 3161 tokens
     records/records.jsonl  records.parquet   every record: metadata, decrypted content, control number
     proofs/<stream>.jsonl                 sealed record bytes (ciphertext) + RFC 6962 inclusion proof
     checkpoints/<stream>.json             the signed checkpoints of the snapshot
@@ -46,6 +47,7 @@ from ulid import ULID
 from archiver.checkpoint import key_id
 from archiver.db import events, segments, stream_tenants
 from archiver.errors import KeyDestroyedError
+from archiver.heads import StoredHead
 from archiver.identity import IdentityBook
 from archiver.keys import KeyRing
 from archiver.media import open_media
@@ -54,6 +56,7 @@ from archiver.objectstore import ObjectStore
 from archiver.proofs import ProofService
 from archiver.segments import sealed_records
 from archiver.sqlutil import as_utc
+from archiver.timestamps import PREFIX as TOKENS
 from audit import views
 from audit.index import SearchIndex
 from exporters import loadfile, rsmf, transcript
@@ -145,19 +148,23 @@ class _Bundle:
 class Exporter:
     def __init__(self, engine: sa.Engine, keyring: KeyRing, store: ObjectStore, signing_key: Ed25519PrivateKey,
                  index: SearchIndex, bates_prefix: str = "SR", volume_documents: int | None = None,
-                 period: str = "day") -> None:
+                 period: str = "day", head: Callable[[], StoredHead | None] | None = None) -> None:
+        """`head` writes (and has the TSAs stamp) a fresh archive head: the snapshot is taken from
+        it, and it goes into the bundle with its RFC 3161 tokens."""
         if not bates_prefix.isalnum():
             raise ValueError("the Bates prefix must be letters and digits")
         if period not in ("day", "month"):
             raise ValueError("an RSMF period is a day or a month")
         self.period = period
+        self.head = head
         self.engine, self.keyring, self.store, self.signing_key = engine, keyring, store, signing_key
         self.index, self.prefix, self.volume_documents = index, bates_prefix.upper(), volume_documents
 
     # -- scope ------------------------------------------------------------------------------------
 
-    def snapshot(self, scope: ExportScope) -> dict[str, tuple[int, bytes]]:
-        """Per number: (tree size, signed checkpoint JSON) of its newest published checkpoint."""
+    def snapshot(self, scope: ExportScope, head: StoredHead | None = None) -> dict[str, tuple[int, bytes]]:
+        """Per number: (tree size, signed checkpoint JSON) of its newest published checkpoint, or
+        of the checkpoint `head` names for it."""
         with self.engine.connect() as conn:
             q = sa.select(segments.c.stream, sa.func.max(segments.c.last_seq)).where(
                 segments.c.checkpoint_key.is_not(None), segments.c.stream != AUDIT_STREAM).group_by(segments.c.stream)
@@ -166,7 +173,9 @@ class Exporter:
             if scope.tenants is not None:  # a tenant's bundle holds its own numbers' checkpoints only
                 q = q.where(segments.c.stream.in_(sa.select(stream_tenants.c.stream).where(
                     stream_tenants.c.tenant.in_(sorted(scope.tenants)))))
-            tops = conn.execute(q).all()
+            tops: list[tuple[str, int]] = [(r[0], r[1]) for r in conn.execute(q)]
+            if head is not None:  # the head's sizes (it was made from the same rows, maybe a moment ago)
+                tops = [(st, head.head.streams[st]["tree_size"] - 1) for st, _ in tops if st in head.head.streams]
             out = {}
             for stream, last in tops:
                 key = conn.execute(sa.select(segments.c.checkpoint_key).where(
@@ -242,7 +251,8 @@ class Exporter:
             progress: Callable[[int, int], None] | None = None) -> Result:
         export_id = export_id or str(ULID())
         started = datetime.now(UTC)
-        snap = self.snapshot(scope)
+        head = self.head() if self.head is not None else None
+        snap = self.snapshot(scope, head)
         spool, sheets = Spool(), loadfile.SlipSheets(self.prefix)
         try:
             self._matched(scope, snap, spool)
@@ -265,6 +275,7 @@ class Exporter:
             b.put("README.txt", _cover_letter(scope, export_id, counts, self.prefix, state).encode())
             for stream, (_size, cp) in sorted(snap.items()):
                 b.put(f"checkpoints/{stream}.json", cp)
+            head_doc = self._head(b, head)
             manifest = {
                 "format": FORMAT, "export_id": export_id, "generator": generator(), "matter": scope.matter,
                 "query": scope.query, "scope": scope.as_dict(),
@@ -275,6 +286,7 @@ class Exporter:
                              for s, (size, _) in sorted(snap.items())},
                 "counts": counts, "bates": {"prefix": self.prefix, "first": state.first_bates(),
                                             "last": state.last_bates()},
+                **({"head": head_doc} if head_doc else {}),
             }
             data = b.manifest(manifest)
             with sink.open("manifest.json") as f:
@@ -293,6 +305,17 @@ class Exporter:
             "export_id": export_id, "matter": scope.matter, "scope": scope.as_dict(), "counts": counts,
             "manifest_sha256": digest, "custody": asdict(custody), "ids_total": ids_total, "ids": ids})
         return Result(export_id, manifest, digest)
+
+    def _head(self, b: _Bundle, head: StoredHead | None) -> dict[str, Any] | None:
+        """The archive head the snapshot was taken from, and its RFC 3161 tokens, into the bundle."""
+        if head is None:
+            return None
+        b.put("heads/head.json", head.data)
+        tokens = []
+        for i, key in enumerate(sorted(self.store.list_keys(f"{TOKENS}{head.key}/")), start=1):
+            b.put(f"heads/head.{i}.tsr", self.store.get(key))
+            tokens.append(f"heads/head.{i}.tsr")
+        return {"path": "heads/head.json", "key": head.key, "timestamps": tokens}
 
     # -- after the conversations -----------------------------------------------------------------
 

@@ -58,6 +58,7 @@ MAX_MANIFEST = 64 * 1024 * 1024  # a production of millions of records has a man
 class BundleRefused(ValueError):
     """The bundle's container itself is malformed or hostile; nothing in it was trusted."""
 CHECKPOINT_ORIGINS = ("strongroom.checkpoint/1", "strongroom.checkpoint/2")
+HEAD_ORIGIN = "strongroom.head/1"
 BOUND_FIELDS = ("stream", "seq", "kind", "natural_key", "tenant", "wamid", "ref_wamid", "conversation", "direction",
                 "origin", "type", "status", "template_name", "template_language")
 
@@ -322,18 +323,22 @@ class _Proven:
         self._dir.cleanup()
 
 
-def verify(bundle: Path, public_key: Ed25519PublicKey) -> list[str]:
-    """Every failure found, each naming the file or record; empty when the bundle verifies."""
+def verify(bundle: Path, public_key: Ed25519PublicKey, tsa_roots: list[Any] | None = None) -> list[str]:
+    """Every failure found, each naming the file or record; empty when the bundle verifies.
+
+    `tsa_roots` (x509 certificates of trusted TSAs or their CAs): the archive head's RFC 3161
+    tokens must verify against them, and at least one must be there."""
     proven = _Proven()
     try:
-        return _verify(bundle, public_key, proven)
+        return _verify(bundle, public_key, proven, tsa_roots)
     except (BundleRefused, zipfile.BadZipFile) as e:
         return [f"bundle refused: {e}"]
     finally:
         proven.close()
 
 
-def _verify(bundle: Path, public_key: Ed25519PublicKey, proven: _Proven) -> list[str]:
+def _verify(bundle: Path, public_key: Ed25519PublicKey, proven: _Proven, tsa_roots: list[Any] | None = None,
+            ) -> list[str]:
     src = _Source(bundle)
     failures: list[str] = []
     if not src.exists("manifest.json") or not src.exists("manifest.sig"):
@@ -396,6 +401,8 @@ def _verify(bundle: Path, public_key: Ed25519PublicKey, proven: _Proven) -> list
             roots[stream] = (cp["tree_size"], bytes.fromhex(cp["root_hash"]))
         except Exception as e:  # malformed, foreign, edited: all the same finding
             failures.append(f"{name}: checkpoint does not verify ({type(e).__name__}: {e})")
+
+    failures += _head_failures(src, manifest, intact, public_key, roots, tsa_roots)
 
     # 5. records and their proofs
     for path in sorted(p for p in listed if p.startswith("proofs/") and p.endswith(".jsonl")):
@@ -636,6 +643,64 @@ def _renderings(src: _Source, listed: dict[str, Any], intact: set[str], proven: 
     return failures
 
 
+def _head_failures(src: _Source, manifest: dict[str, Any], intact: set[str], public_key: Ed25519PublicKey,
+                   roots: dict[str, tuple[int, bytes]], tsa_roots: list[Any] | None) -> list[str]:
+    """The archive head of the snapshot: signed by the archive, naming each snapshot checkpoint,
+    and stamped by a trusted TSA (when `tsa_roots` are given)."""
+    doc = manifest.get("head")
+    if doc is None:
+        return ["manifest.json: no archive head (a bundle from before heads; give it no --tsa-cert)"] if tsa_roots \
+            else []
+    path = doc.get("path")
+    if path not in intact:
+        return [f"{path}: the archive head is not a file of the bundle whose hash verified"]
+    data = src.read(path)
+    failures = []
+    try:
+        signed = json.loads(data)
+        head, sig = signed["head"], base64.b64decode(signed["signature"], validate=True)
+        if head.get("origin") != HEAD_ORIGIN or head.get("key_id") != _key_id(public_key):
+            raise ValueError("foreign origin or key")
+        public_key.verify(sig, _canonical(head))
+    except Exception as e:
+        return [f"{path}: archive head does not verify ({type(e).__name__}: {e})"]
+    for stream, (size, root) in sorted(roots.items()):
+        entry = head["streams"].get(stream) or {}
+        if entry.get("tree_size") != size or entry.get("root_hash") != root.hex():
+            failures.append(f"{path}: names stream {stream} at {entry.get('tree_size')} records, the snapshot "
+                            f"checkpoint at {size}")
+    if tsa_roots is None:
+        return failures
+    try:
+        from rfc3161_client import VerificationError, VerifierBuilder, decode_timestamp_response
+    except ImportError:
+        return failures + ["timestamps: checking them needs the rfc3161-client package (pip install rfc3161-client)"]
+    good = 0
+    for token in doc.get("timestamps", []):
+        if token not in intact:
+            failures.append(f"{token}: not a file of the bundle whose hash verified")
+            continue
+        try:
+            resp = decode_timestamp_response(src.read(token))
+            if resp.tst_info.message_imprint.message != hashlib.sha256(data).digest():
+                raise ValueError("the token stamps other data than the archive head")
+            errors = []
+            for root_cert in tsa_roots:
+                try:
+                    VerifierBuilder().add_root_certificate(root_cert).build().verify_message(resp, data)
+                    break
+                except VerificationError as e:
+                    errors.append(str(e)[:100])
+            else:
+                raise ValueError("from a TSA none of the given certificates vouches for")
+            good += 1
+        except Exception as e:
+            failures.append(f"{token}: timestamp does not verify ({e})")
+    if not good:
+        failures.append(f"{path}: no timestamp from the given TSAs")
+    return failures
+
+
 def load_public_key(pem: bytes) -> Ed25519PublicKey:
     key = load_pem_public_key(pem)
     if not isinstance(key, Ed25519PublicKey):
@@ -643,12 +708,23 @@ def load_public_key(pem: bytes) -> Ed25519PublicKey:
     return key
 
 
+def load_certificates(paths: list[str]) -> list[Any]:
+    from cryptography import x509
+
+    return [c for p in paths for c in x509.load_pem_x509_certificates(Path(p).read_bytes())]
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    if len(args) != 2:
-        print("usage: verify_bundle.py BUNDLE_DIR_OR_ZIP PUBLIC_KEY.pem", file=sys.stderr)
-        return 2
-    failures = verify(Path(args[0]), load_public_key(Path(args[1]).read_bytes()))
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="verify_bundle.py", description="Verify a strongroom bundle offline.")
+    parser.add_argument("bundle", help="bundle directory or zip")
+    parser.add_argument("public_key", help="the archive's public key (PEM)")
+    parser.add_argument("--tsa-cert", action="append", default=None,
+                        help="PEM certificate of a trusted TSA or its CA (repeatable)")
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    failures = verify(Path(args.bundle), load_public_key(Path(args.public_key).read_bytes()),
+                      load_certificates(args.tsa_cert) if args.tsa_cert else None)
     for f in failures:
         print(f"FAIL {f}")
     print("bundle verifies" if not failures else f"{len(failures)} failure(s)")

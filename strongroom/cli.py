@@ -337,6 +337,13 @@ def _print_report(report: Report) -> None:
     for s in report.streams:
         table.add_row(s.stream, str(s.segments), str(s.records), str(s.checkpoints), s.root[:16] + "…")
     out.print(table)
+    h = report.head
+    if h.key:
+        out.print(f"archive head {h.key} ({h.time}, {h.streams} streams)")
+    if h.stamped:
+        out.print(f"newest RFC 3161 timestamp: {h.stamped_at} over {h.stamped} ({h.tokens} tokens checked)")
+    elif h.tokens:
+        out.print(f"{h.tokens} RFC 3161 tokens found, not checked (give --tsa-cert)")
     for f in report.failures:
         err.print(f"[red]FAIL[/red] {f}")
     if report.ok:
@@ -350,25 +357,31 @@ def verify(
     from_dir: Annotated[Path | None, typer.Option(help="Verify a local copy of the objects instead of the store.")] = None,
     public_key: Annotated[Path | None, typer.Option(help="PEM public key (default: this archive's own).")] = None,
     stream: Annotated[list[str] | None, typer.Option(help="Only these streams.")] = None,
+    tsa_cert: Annotated[list[Path] | None, typer.Option(
+        help="PEM certificate of a TSA (or its CA) whose RFC 3161 timestamps are trusted; repeatable.")] = None,
 ) -> None:
-    """Re-read every segment and checkpoint and check chain, Merkle roots, signatures, locks.
+    """Re-read every segment and checkpoint and check chain, Merkle roots, signatures, object
+    hashes, the archive head, RFC 3161 timestamps and locks.
 
     Exit status 0 when everything verifies, 1 when anything does not."""
     from archiver import crypto
     from archiver.objectstore import DirectoryObjectStore
+    from archiver.timestamps import load_certificates
     from audit import trail
     from audit.verify import Verifier
 
+    roots = load_certificates(tsa_cert) if tsa_cert else None
     if from_dir is not None:
         if public_key is None:
             raise InvalidInput("--from-dir needs --public-key")
         report = Verifier(DirectoryObjectStore(from_dir), crypto.load_public_key(public_key.read_bytes()),
-                          check_locks=False).verify(only=stream)
+                          check_locks=False, tsa_roots=roots).verify(only=stream)
         _print_report(report)
         raise typer.Exit(0 if report.ok else 1)
     with _session() as archive:
         key = crypto.load_public_key(public_key.read_bytes()) if public_key else archive.public_key
-        report = Verifier(archive.store, key).verify(expected_sizes=archive.expected_sizes(), only=stream)
+        report = Verifier(archive.store, key, tsa_roots=roots).verify(expected_sizes=archive.expected_sizes(),
+                                                                      only=stream)
         trail.record(archive.engine, archive.keyring, "verify", _actor(),
                      {"ok": report.ok, "records": report.records, "failures": [str(f) for f in report.failures]})
         archive.sealer().seal_stream(trail.AUDIT_STREAM)
@@ -795,11 +808,16 @@ def export(
 def verify_bundle(
     path: Annotated[Path, typer.Argument(help="Bundle directory or zip.")],
     public_key: Annotated[Path, typer.Option(help="The archive's public key (PEM), from `strongroom keys public`.")],
+    tsa_cert: Annotated[list[Path] | None, typer.Option(
+        help="PEM certificate of a TSA (or its CA) whose RFC 3161 timestamps are trusted; repeatable.")] = None,
 ) -> None:
-    """Verify an export bundle offline: signature, file hashes, counts, checkpoints, every record's proof."""
+    """Verify an export bundle offline: signature, file hashes, counts, checkpoints, archive head and
+    its timestamps, every record's proof and content."""
+    from archiver.timestamps import load_certificates
     from exporters import verify_bundle as vb
 
-    failures = vb.verify(path, vb.load_public_key(public_key.read_bytes()))
+    failures = vb.verify(path, vb.load_public_key(public_key.read_bytes()),
+                         load_certificates(tsa_cert) if tsa_cert else None)
     for f in failures:
         out.print(f"[red]FAIL[/red] {f}")
     if failures:

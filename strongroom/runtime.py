@@ -28,6 +28,7 @@ from archiver.normalize import Normalizer
 from archiver.objectstore import S3ObjectStore
 from archiver.outbound import SendLog
 from archiver.sealer import Sealer
+from archiver.timestamps import Timestamper
 from audit.auth import Accounts, OidcVerifier, Slots
 from audit.index import SearchIndex
 from audit.query import EmptyArchive, QueryEngine, S3Location
@@ -104,6 +105,7 @@ class Archive:
     embedded: EmbeddedSeaweedFS | None = None
     created_keys: list[str] = field(default_factory=list)  # key files this start created (first run)
     _inbox: Inbox | None = field(default=None, repr=False)
+    _sealer: Sealer | None = field(default=None, repr=False)
 
     @property
     def schedules(self) -> Schedules:
@@ -191,14 +193,20 @@ class Archive:
 
     def exporter(self, bates_prefix: str = "SR", volume_documents: int | None = None, period: str = "day") -> Exporter:
         return Exporter(self.engine, self.keyring, self.store, self.signing_key, self.search_index(),
-                        bates_prefix, volume_documents, period)
+                        bates_prefix, volume_documents, period, head=lambda: self.sealer().write_head(force=True))
 
     def search_index(self) -> SearchIndex:
         return SearchIndex(self.settings.data_dir / "index" / "search.duckdb", self.engine, self.keyring)
 
     def sealer(self) -> Sealer:
-        return Sealer(self.engine, self.store, self.signing_key, self.retain_until,
-                      batch_max=self.settings.seal_batch_max)
+        """This process's sealer (one, so archive heads keep their interval across passes)."""
+        if self._sealer is None:
+            s = self.settings
+            self._sealer = Sealer(self.engine, self.store, self.signing_key, self.retain_until,
+                                  batch_max=s.seal_batch_max, head_interval=timedelta(seconds=s.head_interval_seconds),
+                                  timestamper=Timestamper(s.tsa_urls.split(","), s.tsa_timeout_seconds)
+                                  if s.tsa_urls else None)
+        return self._sealer
 
     def verifier(self) -> Verifier:
         return Verifier(self.store, self.public_key)

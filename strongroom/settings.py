@@ -85,6 +85,11 @@ class Settings(BaseSettings):
     seal_interval_seconds: float = 1.0
     seal_batch_max: int = 50_000
     normalize_batch_bytes: int = 4 * 1024 * 1024  # inbox bodies normalised per round, then sealed
+    # The signed archive head (every stream's tree head) after a sealing pass, at most this often,
+    # stamped by each RFC 3161 TSA listed (comma-separated URLs; unset: no timestamps).
+    head_interval_seconds: float = 60.0
+    tsa_urls: str | None = None
+    tsa_timeout_seconds: float = 10.0
 
     tls_certfile: Path | None = None  # serve HTTPS directly (else: behind a TLS-terminating proxy)
     tls_keyfile: Path | None = None

@@ -26,6 +26,7 @@ from strongroom.embedded import EmbeddedSeaweedFS
 from strongroom.runtime import Archive, open_archive
 from strongroom.settings import Settings
 from tests.graph_standin import GraphStandIn
+from tests.tsa import LocalTSA
 
 REPO = Path(__file__).resolve().parents[1]
 VECTORS = Path(__file__).parent / "vectors"  # RFC 6962 proof vectors (transparency-dev/merkle, Apache-2.0)
@@ -82,6 +83,14 @@ def make_settings(tmp_path: Path, seaweed: EmbeddedSeaweedFS, sql_url: str) -> C
         return Settings(**values)  # type: ignore[arg-type]
 
     return make
+
+
+@pytest.fixture(scope="session")
+def tsa() -> Iterator[LocalTSA]:
+    """A real RFC 3161 TSA (`openssl ts -reply` behind HTTP, its own CA; tests/tsa.py)."""
+    t = LocalTSA()
+    yield t
+    t.close()
 
 
 @pytest.fixture

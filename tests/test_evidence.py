@@ -1,0 +1,130 @@
+"""Evidence that needs no trust in us (issue 15): time from outside (RFC 3161 tokens from a real
+TSA), the latest state held by someone else (published C2SP checkpoints), key rotation."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from archiver.objectstore import DirectoryObjectStore
+from archiver.timestamps import PREFIX as TOKENS
+from audit.verify import Report, Verifier
+from strongroom.app import create_app
+from strongroom.runtime import Archive, open_archive
+from strongroom.settings import Settings
+from tests.conftest import sign
+from tests.tsa import LocalTSA
+
+
+def _download(archive: Archive, root: Path) -> Path:
+    for key in archive.store.list_keys(""):
+        (root / key).parent.mkdir(parents=True, exist_ok=True)
+        (root / key).write_bytes(archive.store.get(key))
+    return root
+
+
+def _deliver(archive: Archive, webhook_body: Callable[[str], bytes], rounds: int, start: int = 0) -> None:
+    client = TestClient(create_app(archive))
+    for i in range(start, start + rounds):
+        body = webhook_body("multi_entry").replace(b"wamid.multi1", f"wamid.v{i}".encode())
+        body = body.replace(b"wamid.out9", f"wamid.w{i}".encode()).replace(b"wamid.img1", f"wamid.x{i}".encode())
+        assert client.post("/webhooks/whatsapp", content=body,
+                           headers={"X-Hub-Signature-256": sign(body)}).status_code == 200
+        archive.process_pending()
+
+
+@pytest.fixture
+def stamped(make_settings: Callable[..., Settings], tsa: LocalTSA) -> Iterator[Archive]:
+    a = open_archive(make_settings(tsa_urls=tsa.url, head_interval_seconds=0))
+    yield a
+    a.close()
+
+
+def _verify(archive: Archive, root: Path, roots: list | None) -> Report:  # type: ignore[type-arg]
+    return Verifier(DirectoryObjectStore(root), archive.public_key, check_locks=False, tsa_roots=roots).verify()
+
+
+def test_every_archive_head_is_stamped_by_the_tsa_and_verify_checks_the_tokens(
+        stamped: Archive, webhook_body: Callable[[str], bytes], tsa: LocalTSA, tmp_path: Path) -> None:
+    before = tsa.requests
+    _deliver(stamped, webhook_body, 2)
+    assert tsa.requests - before >= 2  # one head per sealing pass (interval 0), each stamped
+    tokens = sorted(stamped.store.list_keys(TOKENS))
+    assert tokens and all(stamped.store.retention(k).mode == "COMPLIANCE" for k in tokens)
+    live = Verifier(stamped.store, stamped.public_key, tsa_roots=[tsa.ca]).verify(stamped.expected_sizes())
+    assert live.ok, [str(f) for f in live.failures]
+    assert live.head.stamped and live.head.stamped_at and live.head.tokens == len(tokens)
+
+    copy = _download(stamped, tmp_path / "copy")
+    assert _verify(stamped, copy, [tsa.ca]).ok
+
+    # a token moved onto another head: it stamps other bytes
+    a, b = tokens[0], tokens[-1]
+    assert a.rsplit("/", 1)[0] != b.rsplit("/", 1)[0]
+    (copy / b).write_bytes((copy / a).read_bytes())
+    fails = _verify(stamped, copy, [tsa.ca]).failures
+    assert [(f.step, f.item) for f in fails] == [(9, b)] and "other data" in fails[0].message
+    (copy / b).write_bytes(stamped.store.get(b))
+
+    # a token from a TSA nobody vouched for
+    other = LocalTSA("a TSA nobody trusts")
+    try:
+        fails = _verify(stamped, copy, [other.ca]).failures
+        assert fails and all(f.step == 9 for f in fails)
+        assert any("none of the given certificates" in f.message for f in fails)
+        assert any("no archive head carries a timestamp" in f.message for f in fails)
+    finally:
+        other.close()
+    # without TSA certificates the tokens are counted, not trusted, and nothing fails for them
+    assert _verify(stamped, copy, None).ok
+
+
+def test_a_tsa_that_is_down_never_stops_sealing(
+        stamped: Archive, webhook_body: Callable[[str], bytes], tsa: LocalTSA) -> None:
+    tsa.down = True
+    try:
+        _deliver(stamped, webhook_body, 1)
+    finally:
+        tsa.down = False
+    assert stamped.expected_sizes() and not list(stamped.store.list_keys(TOKENS))
+    report = Verifier(stamped.store, stamped.public_key, tsa_roots=[tsa.ca]).verify(stamped.expected_sizes())
+    assert [f.step for f in report.failures] == [9]  # unstamped, and said so
+    _deliver(stamped, webhook_body, 1, start=1)  # the next head is stamped
+    assert Verifier(stamped.store, stamped.public_key, tsa_roots=[tsa.ca]).verify(stamped.expected_sizes()).ok
+
+
+def test_a_bundle_carries_its_snapshots_archive_head_and_tokens(
+        stamped: Archive, webhook_body: Callable[[str], bytes], tsa: LocalTSA, tmp_path: Path) -> None:
+    from archiver import crypto
+    from exporters import verify_bundle as vb
+    from exporters.bundle import Custody, ExportScope
+    from exporters.sinks import DirectorySink
+
+    _deliver(stamped, webhook_body, 2)
+    out = tmp_path / "bundle"
+    result = stamped.exporter().run(ExportScope("M-1"), DirectorySink(out), Custody("examiner@sec.example"), "t")
+    head = result.manifest["head"]
+    assert head["timestamps"] and (out / head["path"]).exists()
+    key = vb.load_public_key(crypto.public_key_pem(stamped.public_key))
+    assert vb.verify(out, key, [tsa.ca]) == []
+    assert vb.verify(out, key) == []  # no TSA certificates given: the head is checked, the tokens are not
+    other = LocalTSA("a TSA nobody trusts")
+    try:
+        fails = vb.verify(out, key, [other.ca])
+    finally:
+        other.close()
+    assert any(head["timestamps"][0] in f and "none of the given certificates" in f for f in fails), fails
+    assert any("no timestamp from the given TSAs" in f for f in fails)
+    # the standalone verifier, as a regulator runs it
+    pub = tmp_path / "strongroom.pub"
+    pub.write_bytes(crypto.public_key_pem(stamped.public_key))
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "exporters/verify_bundle.py", str(out), str(pub), "--tsa-cert",
+                           str(tsa.ca_pem)], capture_output=True, text=True, cwd=Path(__file__).parents[1])
+    assert done.returncode == 0 and "bundle verifies" in done.stdout, done.stdout + done.stderr

@@ -40,6 +40,7 @@ from archiver.heads import StoredHead, write_head
 from archiver.leases import StreamLocks
 from archiver.merkle import CompactRange, hash_leaf
 from archiver.objectstore import ObjectStore
+from archiver.publish import Publisher
 from archiver.records import COLUMNS, GENESIS, canonical, canonical_parts, format_ts, join_canonical, link
 from archiver.segments import checkpoint_key, decode_segment, encode_columns, segment_key
 from archiver.sqlutil import as_utc, insert_for, insert_ignore, utcnow
@@ -142,6 +143,7 @@ class Sealer:
         clock: Callable[[], datetime] = utcnow,
         head_interval: timedelta = timedelta(minutes=1),
         timestamper: Timestamper | None = None,
+        publisher: Publisher | None = None,
     ) -> None:
         self.engine = engine
         self.store = store
@@ -153,6 +155,7 @@ class Sealer:
         self.key_id = key_id(signing_key.public_key())
         self.head_interval = head_interval
         self.timestamper = timestamper
+        self.publisher = publisher
         self._head_at: datetime | None = None  # when this sealer last wrote the archive head
 
     # -- public -----------------------------------------------------------------------------
@@ -420,6 +423,8 @@ class Sealer:
                     log.warning("seal.head_unstamped", head=head.key)
             except Exception as e:  # storing a token failed: the next head is stamped again
                 log.error("seal.stamp_failed", head=head.key, error=type(e).__name__, detail=str(e)[:300])
+        if head is not None and self.publisher is not None:
+            self.publisher.publish(head.head.streams, self.signing_key)
         return head
 
     def _previous_checkpoint(self, seg: Any) -> Checkpoint | None:

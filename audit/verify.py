@@ -24,7 +24,11 @@ bad seq:
       size differs, is named;
   (9) timestamps — every RFC 3161 token under timestamps/ stamps the exact bytes of the head it
       sits beside and comes from a TSA whose certificate was given (`tsa_roots`); given any, at
-      least one head must carry such a token. The newest stamped head's time is reported.
+      least one head must carry such a token. The newest stamped head's time is reported;
+  (10) latest — each checkpoint a holder outside the archive was given (`latest`: C2SP notes,
+      signature checked by the caller) must be consistent with the store: the store holds at
+      least its tree size, and an RFC 9162 consistency proof from it to the store's tree
+      verifies (a copy cut back below it names the missing seqs).
 
 A segment deleted after its retention ended is accepted only where a disposition certificate
 signed with our key accounts for it: its leaf hashes stand in for the records (so every
@@ -48,6 +52,7 @@ from archiver.errors import ObjectStoreError, VerificationError
 from archiver.heads import ArchiveHead
 from archiver.heads import newest as newest_head
 from archiver.merkle import CompactRange, consistency_proof, hash_leaf, perfect_range_hash, verify_consistency
+from archiver.notes import NoteCheckpoint
 from archiver.objectstore import ObjectStore
 from archiver.records import GENESIS, canonical_parts, join_canonical, link
 from archiver.segments import decode_columns
@@ -117,7 +122,8 @@ class Verifier:
         self.check_locks = check_locks
         self.tsa_roots = tsa_roots
 
-    def verify(self, expected_sizes: dict[str, int] | None = None, only: Iterable[str] | None = None) -> Report:
+    def verify(self, expected_sizes: dict[str, int] | None = None, only: Iterable[str] | None = None,
+               latest: dict[str, NoteCheckpoint] | None = None) -> Report:
         """Verify every stream found in the store (or `only` those).
 
         `expected_sizes` (stream -> tree size from SQL, read before the store is listed) catches
@@ -145,12 +151,14 @@ class Verifier:
                     disposed[obj["stream"]][obj["first_seq"]] = obj
         head = self._newest_head(report)
         self._check_timestamps(report)  # (9)
-        names = sorted(set(segs) | set(cps) | set(expected_sizes or {}) | set(head.streams if head else ()))
+        names = sorted(set(segs) | set(cps) | set(expected_sizes or {}) | set(head.streams if head else ())
+                       | set(latest or {}))
         if only is not None:
             names = [n for n in names if n in set(only)]
         for name in names:
             result, failures = self._verify_stream(name, sorted(segs[name]), sorted(cps[name]),
-                                                   (expected_sizes or {}).get(name), disposed[name])
+                                                   (expected_sizes or {}).get(name), disposed[name],
+                                                   (latest or {}).get(name))
             report.streams.append(result)
             report.failures.extend(failures)
             if head is not None and name in head.streams:
@@ -221,7 +229,7 @@ class Verifier:
 
     def _verify_stream(self, stream: str, segs: list[tuple[int, int, str]], cp_keys: list[str],
                        expected_size: int | None, disposed: dict[int, dict[str, Any]] | None = None,
-                       ) -> tuple[StreamResult, list[Failure]]:
+                       latest: NoteCheckpoint | None = None) -> tuple[StreamResult, list[Failure]]:
         res = StreamResult(stream, segments=len(segs), checkpoints=len(cp_keys))
         fails: list[Failure] = []
         checkpoints = self._load_checkpoints(stream, cp_keys, fails)  # (4)
@@ -298,11 +306,30 @@ class Verifier:
         res.records, res.root = tree.size, tree.root().hex()
         if not broken:
             self._check_growth(stream, checkpoints, tree, nodes, expected_size, fails)  # (6)
+        if latest is not None:
+            fails += self._check_latest(stream, latest, tree, nodes)  # (10)
         self._check_commitments(stream, checkpoints, segs, objects, fails)  # (7)
         bad = {f.item for f in fails if f.step in (3, 6)}  # roots recomputed otherwise, or not consistent
         res.roots = {cp.checkpoint.tree_size: cp.checkpoint.root_hash for key, cp in checkpoints
                      if cp.checkpoint.tree_size <= tree.size and key not in bad}
         return res, fails
+
+    @staticmethod
+    def _check_latest(stream: str, note: NoteCheckpoint, tree: CompactRange,
+                      nodes: dict[tuple[int, int], bytes]) -> list[Failure]:
+        item = f"published checkpoint {note.origin} @ {note.tree_size}"
+        if note.tree_size > tree.size:
+            return [Failure(10, stream, item, f"the holder's checkpoint covers {note.tree_size} records; the store "
+                                              f"holds {tree.size}: seq {tree.size}..{note.tree_size - 1} missing",
+                            tree.size)]
+        if note.tree_size == 0:
+            return []
+        try:
+            proof = consistency_proof(note.tree_size, tree.size, perfect_range_hash(lambda lvl, idx: nodes[(lvl, idx)]))
+            verify_consistency(note.tree_size, tree.size, proof, note.root, tree.root())
+        except (VerificationError, KeyError) as e:
+            return [Failure(10, stream, item, f"the store's tree is not consistent with it (history rewritten): {e}")]
+        return []
 
     def _check_commitments(self, stream: str, checkpoints: list[tuple[str, SignedCheckpoint]],
                            segs: list[tuple[int, int, str]], objects: dict[str, str], fails: list[Failure]) -> None:

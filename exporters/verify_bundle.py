@@ -194,6 +194,77 @@ def _withheld(content: Any) -> bool:
     return content is None or content in ({"erased": True}, {"disposed": True})
 
 
+ROTATION_ORIGIN = "strongroom.key-rotation/1"
+
+
+def _raw_key(pk: Ed25519PublicKey) -> bytes:
+    return pk.public_bytes(Encoding.Raw, PublicFormat.Raw)
+
+
+class KeyHistory:
+    """The archive's signing keys over time, from its rotation statements.
+
+    A rotation statement names the old key and the new one and the time the old one retires; it
+    is signed by both (``old_signature``, ``new_signature`` over its RFC 8785 bytes), so the chain
+    of statements links every key of the archive's life to the one a verifier was given (its
+    `anchor`, any key of the chain). A signature by a key is accepted only if it claims a time
+    before that key's retirement.
+    """
+
+    def __init__(self, anchor: Ed25519PublicKey, statements: list[bytes] | None = None) -> None:
+        self.keys: dict[str, Ed25519PublicKey] = {}
+        self.retired: dict[str, str] = {}  # key id -> the time it retired (ISO-8601 UTC)
+        self.statements: list[dict[str, Any]] = []
+        chain: list[dict[str, Any]] = []
+        for raw in statements or []:
+            doc = json.loads(raw)
+            st = doc["statement"]
+            if st.get("origin") != ROTATION_ORIGIN:
+                raise ValueError("not a key rotation statement")
+            old = Ed25519PublicKey.from_public_bytes(base64.b64decode(st["old_key"], validate=True))
+            new = Ed25519PublicKey.from_public_bytes(base64.b64decode(st["new_key"], validate=True))
+            if _key_id(old) != st["old_key_id"] or _key_id(new) != st["new_key_id"]:
+                raise ValueError(f"rotation {st.get('sequence')}: key ids do not match the keys")
+            try:
+                old.verify(base64.b64decode(doc["old_signature"]), _canonical(st))
+                new.verify(base64.b64decode(doc["new_signature"]), _canonical(st))
+            except InvalidSignature as e:
+                raise ValueError(f"rotation {st.get('sequence')}: not signed by both keys") from e
+            chain.append({**st, "_old": old, "_new": new})
+        chain.sort(key=lambda st: st["sequence"])
+        for i, st in enumerate(chain):
+            if st["sequence"] != i + 1 or (i and st["old_key_id"] != chain[i - 1]["new_key_id"]):
+                raise ValueError(f"rotation statements do not chain at sequence {i + 1}")
+            if i and st["time"] <= chain[i - 1]["time"]:
+                raise ValueError(f"rotation {i + 1} is not later than rotation {i}")
+            self.keys[st["old_key_id"]], self.keys[st["new_key_id"]] = st["_old"], st["_new"]
+            self.retired[st["old_key_id"]] = st["time"]
+            self.statements.append({k: v for k, v in st.items() if not k.startswith("_")})
+        if not chain:
+            self.keys[_key_id(anchor)] = anchor
+        elif self.keys.get(_key_id(anchor)) is None or _raw_key(self.keys[_key_id(anchor)]) != _raw_key(anchor):
+            raise ValueError("the public key given is not one of the keys these rotation statements link")
+        self.current_id = chain[-1]["new_key_id"] if chain else _key_id(anchor)
+
+    @property
+    def current(self) -> Ed25519PublicKey:
+        return self.keys[self.current_id]
+
+    def key_for(self, key_id: str, signed_at: str | None) -> Ed25519PublicKey:
+        """The key `key_id`, if a signature it made at `signed_at` is acceptable.
+
+        Raises:
+            ValueError: an unknown key, or a retired key's signature claiming a time after its retirement.
+        """
+        key = self.keys.get(key_id)
+        if key is None:
+            raise ValueError(f"signed by key {key_id}, which is not in the archive's key history")
+        retired = self.retired.get(key_id)
+        if retired is not None and (signed_at is None or str(signed_at) >= retired):
+            raise ValueError(f"signed by key {key_id} at {signed_at}, after its retirement at {retired}")
+        return key
+
+
 def _count(src: _Source, path: str) -> int | None:
     """Records in a file by its kind (None: not countable here)."""
     if path.endswith(".jsonl"):

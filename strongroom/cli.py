@@ -352,6 +352,29 @@ def _print_report(report: Report) -> None:
         err.print("[red]nothing to verify[/red]: no sealed segments or checkpoints found")
 
 
+def _latest_notes(paths: list[Path], witnesses: list[str], origin: str, key: Any) -> dict[str, Any]:
+    """The --latest notes, each checked (our signature, every --witness cosignature), by stream."""
+    from archiver.notes import parse_vkey, verify_note
+    from archiver.publish import stream_of
+
+    try:
+        wit = [(name, wkey) for name, _kind, wkey in map(parse_vkey, witnesses)]
+    except ValueError as e:
+        raise InvalidInput(f"--witness: {e}") from e
+    out: dict[str, Any] = {}
+    for path in paths:
+        try:
+            note = verify_note(path.read_text(), origin, key, wit)
+        except (OSError, ValueError) as e:
+            raise InvalidInput(f"--latest {path}: {e}") from e
+        name = stream_of(note.origin, origin)
+        if name is None:
+            raise InvalidInput(f"--latest {path}: origin {note.origin!r} is not one of {origin}/<stream>")
+        if name not in out or out[name].tree_size < note.tree_size:
+            out[name] = note
+    return out
+
+
 @app.command()
 def verify(
     from_dir: Annotated[Path | None, typer.Option(help="Verify a local copy of the objects instead of the store.")] = None,
@@ -359,9 +382,16 @@ def verify(
     stream: Annotated[list[str] | None, typer.Option(help="Only these streams.")] = None,
     tsa_cert: Annotated[list[Path] | None, typer.Option(
         help="PEM certificate of a TSA (or its CA) whose RFC 3161 timestamps are trusted; repeatable.")] = None,
+    latest: Annotated[list[Path] | None, typer.Option(
+        help="A checkpoint note an outside holder keeps (C2SP tlog-checkpoint); the store must be consistent "
+             "with it. Repeatable (one per stream).")] = None,
+    witness: Annotated[list[str] | None, typer.Option(
+        help="A witness's verifier key (C2SP vkey): every --latest note must carry its cosignature.")] = None,
+    log_origin: Annotated[str | None, typer.Option(
+        help="The origin the notes' lines begin with (default STRONGROOM_LOG_ORIGIN).")] = None,
 ) -> None:
     """Re-read every segment and checkpoint and check chain, Merkle roots, signatures, object
-    hashes, the archive head, RFC 3161 timestamps and locks.
+    hashes, the archive head, RFC 3161 timestamps, published checkpoints and locks.
 
     Exit status 0 when everything verifies, 1 when anything does not."""
     from archiver import crypto
@@ -371,17 +401,21 @@ def verify(
     from audit.verify import Verifier
 
     roots = load_certificates(tsa_cert) if tsa_cert else None
+    origin = log_origin or _settings().log_origin
     if from_dir is not None:
         if public_key is None:
             raise InvalidInput("--from-dir needs --public-key")
-        report = Verifier(DirectoryObjectStore(from_dir), crypto.load_public_key(public_key.read_bytes()),
-                          check_locks=False, tsa_roots=roots).verify(only=stream)
+        key = crypto.load_public_key(public_key.read_bytes())
+        notes = _latest_notes(latest or [], witness or [], origin, key)
+        report = Verifier(DirectoryObjectStore(from_dir), key, check_locks=False, tsa_roots=roots).verify(
+            only=stream, latest=notes)
         _print_report(report)
         raise typer.Exit(0 if report.ok else 1)
     with _session() as archive:
         key = crypto.load_public_key(public_key.read_bytes()) if public_key else archive.public_key
+        notes = _latest_notes(latest or [], witness or [], origin, key)
         report = Verifier(archive.store, key, tsa_roots=roots).verify(expected_sizes=archive.expected_sizes(),
-                                                                      only=stream)
+                                                                      only=stream, latest=notes)
         trail.record(archive.engine, archive.keyring, "verify", _actor(),
                      {"ok": report.ok, "records": report.records, "failures": [str(f) for f in report.failures]})
         archive.sealer().seal_stream(trail.AUDIT_STREAM)
@@ -833,11 +867,19 @@ def _jsonable(v: object) -> object:
 
 
 @keys_app.command("public")
-def keys_public() -> None:
+def keys_public(
+    vkey: Annotated[bool, typer.Option("--vkey", help="The C2SP verifier key of the published checkpoint "
+                                                     "notes (for holders and witnesses) instead of PEM.")] = False,
+) -> None:
     """Print the checkpoint-signing public key (PEM): all a third party needs to verify."""
     from archiver import crypto
+    from archiver.notes import vkey as note_vkey
 
-    key = crypto.load_signing_key(_settings().key_path("signing"))
+    settings = _settings()
+    key = crypto.load_signing_key(settings.key_path("signing"))
+    if vkey:
+        sys.stdout.write(note_vkey(settings.log_origin, key.public_key()) + "\n")
+        return
     sys.stdout.write(crypto.public_key_pem(key.public_key()).decode())
 
 

@@ -27,6 +27,7 @@ from archiver.media import GraphClient, MediaFetcher, MediaPolicy
 from archiver.normalize import Normalizer
 from archiver.objectstore import S3ObjectStore
 from archiver.outbound import SendLog
+from archiver.publish import Publisher
 from archiver.sealer import Sealer
 from archiver.timestamps import Timestamper
 from audit.auth import Accounts, OidcVerifier, Slots
@@ -205,7 +206,9 @@ class Archive:
             self._sealer = Sealer(self.engine, self.store, self.signing_key, self.retain_until,
                                   batch_max=s.seal_batch_max, head_interval=timedelta(seconds=s.head_interval_seconds),
                                   timestamper=Timestamper(s.tsa_urls.split(","), s.tsa_timeout_seconds)
-                                  if s.tsa_urls else None)
+                                  if s.tsa_urls else None,
+                                  publisher=Publisher(s.publish_urls.split(","), s.log_origin)
+                                  if s.publish_urls else None)
         return self._sealer
 
     def verifier(self) -> Verifier:

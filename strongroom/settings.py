@@ -90,6 +90,10 @@ class Settings(BaseSettings):
     head_interval_seconds: float = 60.0
     tsa_urls: str | None = None
     tsa_timeout_seconds: float = 10.0
+    # Holders outside the archive that receive each stream's newest checkpoint as a C2SP signed
+    # note (comma-separated URLs), and the origin its lines begin with ("<log_origin>/<stream>").
+    publish_urls: str | None = None
+    log_origin: str = "strongroom.invalid/archive"
 
     tls_certfile: Path | None = None  # serve HTTPS directly (else: behind a TLS-terminating proxy)
     tls_keyfile: Path | None = None

@@ -128,3 +128,98 @@ def test_a_bundle_carries_its_snapshots_archive_head_and_tokens(
     done = subprocess.run([sys.executable, "exporters/verify_bundle.py", str(out), str(pub), "--tsa-cert",
                            str(tsa.ca_pem)], capture_output=True, text=True, cwd=Path(__file__).parents[1])
     assert done.returncode == 0 and "bundle verifies" in done.stdout, done.stdout + done.stderr
+
+
+class Holder:
+    """An outside holder of checkpoints: an HTTP endpoint keeping the newest note per origin."""
+
+    def __init__(self) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.notes: dict[str, str] = {}
+        holder = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802
+                note = self.rfile.read(int(self.headers["Content-Length"])).decode()
+                origin, size = note.split("\n")[:2]
+                if origin not in holder.notes or int(holder.notes[origin].split("\n")[1]) <= int(size):
+                    holder.notes[origin] = note
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/checkpoints"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def holder() -> Iterator[Holder]:
+    h = Holder()
+    yield h
+    h.close()
+
+
+def test_a_copy_cut_back_fails_against_the_checkpoint_an_outside_holder_keeps(
+        make_settings: Callable[..., Settings], holder: Holder, webhook_body: Callable[[str], bytes],
+        tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from archiver import crypto
+    from archiver.notes import cosign, parse_vkey, verify_note, vkey
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from strongroom.cli import app
+
+    archive = open_archive(make_settings(publish_urls=holder.url, head_interval_seconds=0,
+                                         log_origin="archive.firm.example/strongroom"))
+    try:
+        _deliver(archive, webhook_body, 3)
+        stream = "1122334455667"
+        origin = f"archive.firm.example/strongroom/{stream}"
+        note = holder.notes[origin]
+        assert note.startswith(f"{origin}\n{archive.expected_sizes()[stream]}\n")
+        name, _kind, pub = parse_vkey(vkey("archive.firm.example/strongroom", archive.public_key))
+        assert verify_note(note, name, pub).tree_size == archive.expected_sizes()[stream]
+        copy = _download(archive, tmp_path / "copy")
+    finally:
+        archive.close()
+    (tmp_path / "latest.note").write_text(note)
+    (tmp_path / "k.pem").write_bytes(crypto.public_key_pem(archive.public_key))
+    runner = CliRunner()
+    args = ["verify", "--from-dir", str(copy), "--public-key", str(tmp_path / "k.pem"), "--latest",
+            str(tmp_path / "latest.note"), "--log-origin", "archive.firm.example/strongroom"]
+    assert runner.invoke(app, args).exit_code == 0
+
+    # the newest segment, its checkpoint and every head removed: only the holder's note shows it
+    seg = sorted((copy / "records" / f"stream={stream}").rglob("*.parquet"))[-1]
+    first = int(seg.name.split("-")[1])
+    seg.unlink()
+    sorted((copy / "checkpoints" / f"stream={stream}").glob("*.json"))[-1].unlink()
+    shutil.rmtree(copy / "heads")
+    assert _verify(archive, copy, None).ok
+    result = runner.invoke(app, args)
+    size = int(note.split("\n")[1])
+    assert result.exit_code == 1 and f"seq {first}..{size - 1} missing" in result.output, result.output
+
+    # a note not signed by the archive's key is refused before anything is compared
+    forged = note.replace(f"\n{size}\n", f"\n{size + 5}\n")
+    (tmp_path / "forged.note").write_text(forged)
+    result = runner.invoke(app, [*args[:-3], str(tmp_path / "forged.note"), *args[-2:]])
+    assert result.exit_code != 0 and "does not verify" in result.output
+
+    # a witness's cosignature, when one is required
+    wkey = Ed25519PrivateKey.generate()
+    wv = vkey("witness.example/w1", wkey.public_key(), kind=0x04)
+    (tmp_path / "cosigned.note").write_text(cosign(note, "witness.example/w1", wkey, 1_800_000_000))
+    ok = runner.invoke(app, [*args[:-3], str(tmp_path / "cosigned.note"), *args[-2:], "--witness", wv])
+    assert "missing" in ok.output  # the cosignature verified; the cut copy still fails on its own
+    bare = runner.invoke(app, [*args, "--witness", wv])
+    assert bare.exit_code != 0 and "no cosignature by witness witness.example/w1" in bare.output

@@ -34,6 +34,7 @@ def copy(archive: Archive, webhook_body: Callable[[str], bytes], tmp_path: Path)
         body = body.replace(b"wamid.out9", f"wamid.o{i}".encode()).replace(b"wamid.img1", f"wamid.i{i}".encode())
         assert client.post("/webhooks/whatsapp", content=body, headers={"X-Hub-Signature-256": sign(body)}).status_code == 200
         archive.process_pending()
+    archive.sealer().write_head(force=True)  # as the sealer does once its head interval has passed
     root = tmp_path / "copy"
     for key in archive.store.list_keys(""):
         (root / key).parent.mkdir(parents=True, exist_ok=True)

@@ -174,6 +174,23 @@ def load_signing_key(path: Path) -> Ed25519PrivateKey:
     return key
 
 
+class SigningKeyFile:
+    """The signing key, read again when its file changes: a rotation (`strongroom keys
+    rotate-signing`) takes effect in processes already running at their next signature."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._stamp: tuple[int, int] | None = None
+        self._key: Ed25519PrivateKey | None = None
+
+    def get(self) -> Ed25519PrivateKey:
+        st = self.path.stat()
+        stamp = (st.st_ino, st.st_mtime_ns)
+        if self._key is None or stamp != self._stamp:
+            self._key, self._stamp = load_signing_key(self.path), stamp
+        return self._key
+
+
 def public_key_pem(public_key: Ed25519PublicKey) -> bytes:
     return public_key.public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo

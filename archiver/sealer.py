@@ -137,7 +137,7 @@ class Sealer:
         self,
         engine: sa.Engine,
         store: ObjectStore,
-        signing_key: Ed25519PrivateKey,
+        signing_key: Ed25519PrivateKey | Callable[[], Ed25519PrivateKey],
         retain_until: Callable[[str, datetime], tuple[datetime, str]],
         batch_max: int = 50_000,
         clock: Callable[[], datetime] = utcnow,
@@ -147,16 +147,20 @@ class Sealer:
     ) -> None:
         self.engine = engine
         self.store = store
-        self.signing_key = signing_key
+        # a callable: the key in force at each signature (a rotation takes effect without a restart)
+        self._signing_key = signing_key if callable(signing_key) else (lambda: signing_key)
         self.retain_until = retain_until
         self.batch_max = batch_max
         self.locks = StreamLocks(engine)
         self.clock = clock
-        self.key_id = key_id(signing_key.public_key())
         self.head_interval = head_interval
         self.timestamper = timestamper
         self.publisher = publisher
         self._head_at: datetime | None = None  # when this sealer last wrote the archive head
+
+    @property
+    def signing_key(self) -> Ed25519PrivateKey:
+        return self._signing_key()
 
     # -- public -----------------------------------------------------------------------------
 
@@ -387,17 +391,19 @@ class Sealer:
             seg = conn.execute(sa.select(segments).where(segments.c.id == seg_id)).one()
         key = checkpoint_key(seg.stream, seg.last_seq)
         previous = self._previous_checkpoint(seg)
+        signing_key = self.signing_key
         cp = Checkpoint(seg.stream, seg.last_seq + 1, seg.root_hash, seg.head_hash,
-                        format_ts(self.clock()), self.key_id, segment=seg.object_key, segment_sha256=seg.sha256,
+                        format_ts(self.clock()), key_id(signing_key.public_key()), segment=seg.object_key, segment_sha256=seg.sha256,
                         previous_sha256=previous.digest() if previous else None,
                         previous_size=previous.tree_size if previous else None)
         try:
             # a checkpoint is kept at least as long as the segment it signs (and is never disposed)
-            self.store.put_locked(key, SignedCheckpoint.sign(cp, self.signing_key).to_json(),
+            self.store.put_locked(key, SignedCheckpoint.sign(cp, signing_key).to_json(),
                                   max(as_utc(seg.retain_until), self.retain_until(seg.stream, self.clock())[0]))
         except ObjectExistsError:
             stored = SignedCheckpoint.from_json(self.store.get(key), key)
-            stored.verify(self.signing_key.public_key(), key)
+            if stored.checkpoint.key_id == cp.key_id:  # (one signed before a rotation is checked by verify)
+                stored.verify(signing_key.public_key(), key)
             s = stored.checkpoint
             if (s.tree_size, s.root_hash, s.head_hash) != (cp.tree_size, cp.root_hash, cp.head_hash):
                 raise ConflictError(key, cp.root_hash, s.root_hash) from None

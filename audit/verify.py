@@ -38,6 +38,7 @@ checkpoint's root is still recomputed) and its chain heads must link to the neig
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from collections import defaultdict
 from collections.abc import Iterable
@@ -47,10 +48,12 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from archiver import keyhistory
 from archiver.checkpoint import ORIGIN_V1, SignedCheckpoint
 from archiver.errors import ObjectStoreError, VerificationError
 from archiver.heads import ArchiveHead
 from archiver.heads import newest as newest_head
+from archiver.keyhistory import KeyHistory
 from archiver.merkle import CompactRange, consistency_proof, hash_leaf, perfect_range_hash, verify_consistency
 from archiver.notes import NoteCheckpoint
 from archiver.objectstore import ObjectStore
@@ -141,8 +144,13 @@ class Verifier:
         for key in self.store.list_keys("checkpoints/"):
             if m := _CP.match(key):
                 cps[m[1]].append(key)
+        try:
+            self.history = keyhistory.load(self.store, self.public_key)
+        except (ValueError, KeyError, TypeError) as e:
+            report.failures.append(Failure(4, "?", keyhistory.PREFIX, f"key history does not verify: {e}"))
+            self.history = KeyHistory(self.public_key)
         disposed: dict[str, dict[int, dict[str, Any]]] = defaultdict(dict)
-        certs, bad = load_certificates(self.store, self.public_key)
+        certs, bad = self._certificates()
         for key in bad:
             report.failures.append(Failure(4, "?", key, "disposition certificate does not verify"))
         for cert in certs:
@@ -165,6 +173,16 @@ class Verifier:
                 report.failures.extend(self._check_head(report.head.key or "", head.streams[name], result))
         return report
 
+    def _certificates(self) -> tuple[list[dict[str, Any]], list[str]]:
+        """Disposition certificates that verify under a key of the history, and those under none."""
+        return load_certificates(self.store, list(self.history.keys.values()))
+
+    def _key(self, key_id: str, signed_at: str | None) -> Ed25519PublicKey:
+        try:
+            return self.history.key_for(key_id, signed_at)
+        except ValueError as e:
+            raise VerificationError(str(e)) from e
+
     def _newest_head(self, report: Report) -> ArchiveHead | None:
         """(8): the newest archive head, verified; None when there is none (or it does not verify)."""
         key = newest_head(self.store)
@@ -172,7 +190,9 @@ class Verifier:
             return None
         report.head.key = key
         try:
-            head = ArchiveHead.verified(self.store.get(key), self.public_key, key)
+            data = self.store.get(key)
+            claimed = json.loads(data).get("head", {})
+            head = ArchiveHead.verified(data, self._key(str(claimed.get("key_id")), claimed.get("time")), key)
         except (VerificationError, ObjectStoreError) as e:
             report.failures.append(Failure(8, "?", key, str(e)))
             return None
@@ -390,7 +410,7 @@ class Verifier:
         for key in keys:
             try:
                 cp = SignedCheckpoint.from_json(self.store.get(key), key)
-                cp.verify(self.public_key, key)
+                cp.verify(self._key(cp.checkpoint.key_id, cp.checkpoint.time), key)
                 if cp.checkpoint.stream != stream:
                     raise VerificationError(f"checkpoint names stream {cp.checkpoint.stream}")
             except (VerificationError, ObjectStoreError) as e:

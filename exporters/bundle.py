@@ -44,6 +44,7 @@ import sqlalchemy as sa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from ulid import ULID
 
+from archiver import keyhistory
 from archiver.checkpoint import key_id
 from archiver.db import events, segments, stream_tenants
 from archiver.errors import KeyDestroyedError
@@ -54,6 +55,7 @@ from archiver.media import open_media
 from archiver.normalize import AUDIT_STREAM, append_audit
 from archiver.objectstore import ObjectStore
 from archiver.proofs import ProofService
+from archiver.records import format_ts
 from archiver.segments import sealed_records
 from archiver.sqlutil import as_utc
 from archiver.timestamps import PREFIX as TOKENS
@@ -62,6 +64,7 @@ from audit.index import SearchIndex
 from exporters import loadfile, rsmf, transcript
 from exporters.sinks import Entry, HashingWriter
 from exporters.spool import Spool
+from exporters.verify_bundle import ROTATIONS
 
 FORMAT = "strongroom.bundle/1"
 FOLDER_FILES = 1000
@@ -276,12 +279,17 @@ class Exporter:
             for stream, (_size, cp) in sorted(snap.items()):
                 b.put(f"checkpoints/{stream}.json", cp)
             head_doc = self._head(b, head)
+            rotations = keyhistory.statements(self.store)
+            if rotations:  # the key history, so checkpoints signed before a rotation verify
+                b.put(ROTATIONS, _pretty_list([json.loads(r) for r in rotations]))
+            produced, signing_key = datetime.now(UTC), self.signing_key
             manifest = {
                 "format": FORMAT, "export_id": export_id, "generator": generator(), "matter": scope.matter,
                 "query": scope.query, "scope": scope.as_dict(),
                 "time_range": {"start": scope.start.isoformat() if scope.start else None,
                                "end": scope.end.isoformat() if scope.end else None, "axis": "sent (event_time), UTC"},
-                "produced_at": datetime.now(UTC).isoformat(), "key_id": key_id(self.signing_key.public_key()),
+                "produced_at": produced.isoformat(), "produced_at_utc": format_ts(produced),
+                "key_id": key_id(signing_key.public_key()),
                 "snapshot": {s: {"tree_size": size, "checkpoint": f"checkpoints/{s}.json"}
                              for s, (size, _) in sorted(snap.items())},
                 "counts": counts, "bates": {"prefix": self.prefix, "first": state.first_bates(),
@@ -292,7 +300,7 @@ class Exporter:
             with sink.open("manifest.json") as f:
                 f.write(data)
             with sink.open("manifest.sig") as f:
-                f.write(base64.b64encode(self.signing_key.sign(data)) + b"\n")
+                f.write(base64.b64encode(signing_key.sign(data)) + b"\n")
             ids_total, ids = spool.n_records, spool.record_ids(1000)
         finally:
             try:
@@ -804,6 +812,10 @@ def _default(o: Any) -> Any:
     if isinstance(o, bytes):
         return o.hex()
     return str(o)
+
+
+def _pretty_list(docs: list[Any]) -> bytes:
+    return json.dumps(docs, ensure_ascii=False, indent=2, sort_keys=True).encode() + b"\n"
 
 
 def _pretty(doc: dict[str, Any]) -> bytes:

@@ -59,6 +59,7 @@ class BundleRefused(ValueError):
     """The bundle's container itself is malformed or hostile; nothing in it was trusted."""
 CHECKPOINT_ORIGINS = ("strongroom.checkpoint/1", "strongroom.checkpoint/2")
 HEAD_ORIGIN = "strongroom.head/1"
+ROTATIONS = "keys/rotations.json"  # the archive's key rotation statements, when it has any
 BOUND_FIELDS = ("stream", "seq", "kind", "natural_key", "tenant", "wamid", "ref_wamid", "conversation", "direction",
                 "origin", "type", "status", "template_name", "template_language")
 
@@ -415,11 +416,20 @@ def _verify(bundle: Path, public_key: Ed25519PublicKey, proven: _Proven, tsa_roo
     if not src.exists("manifest.json") or not src.exists("manifest.sig"):
         return ["manifest.json or manifest.sig: missing"]
     data = src.read("manifest.json", MAX_MANIFEST)
+    try:  # the key history (rotation statements, each signed by both its keys) links the key given to
+        # the keys that signed the manifest and the checkpoints
+        history = KeyHistory(public_key, [json.dumps(st).encode() for st in json.loads(
+            src.read(ROTATIONS, MAX_MANIFEST))] if src.exists(ROTATIONS) else [])
+    except Exception as e:
+        return [f"{ROTATIONS}: the key history does not verify ({type(e).__name__}: {e})"]
     try:
-        public_key.verify(base64.b64decode(src.read("manifest.sig", 1024).strip(), validate=True), data)
-    except (InvalidSignature, ValueError):
-        return ["manifest.json: signature does not verify with this public key (manifest edited or wrong key)"]
-    manifest = json.loads(data)
+        claimed = json.loads(data)
+        signer = history.key_for(str(claimed.get("key_id")), claimed.get("produced_at_utc"))
+        signer.verify(base64.b64decode(src.read("manifest.sig", 1024).strip(), validate=True), data)
+    except (InvalidSignature, ValueError, AttributeError):
+        return ["manifest.json: signature does not verify with this public key or its key history "
+                "(manifest edited or wrong key)"]
+    manifest = claimed
 
     # 2. files: read only those of the listed size, and never past it
     listed = {f["path"]: f for f in manifest["files"]}
@@ -464,16 +474,17 @@ def _verify(bundle: Path, public_key: Ed25519PublicKey, proven: _Proven, tsa_roo
                 raise ValueError("not a file of the bundle whose hash verified")
             doc = json.loads(src.read(name))
             cp = doc["checkpoint"]
-            if cp.get("origin") not in CHECKPOINT_ORIGINS or cp.get("key_id") != _key_id(public_key):
-                raise ValueError("foreign origin or key")
-            public_key.verify(base64.b64decode(doc["signature"]), _canonical(cp))
+            if cp.get("origin") not in CHECKPOINT_ORIGINS:
+                raise ValueError("foreign origin")
+            history.key_for(cp.get("key_id"), cp.get("time")).verify(base64.b64decode(doc["signature"]),
+                                                                      _canonical(cp))
             if cp["stream"] != stream or cp["tree_size"] != snap["tree_size"]:
                 raise ValueError("checkpoint is for another stream or size")
             roots[stream] = (cp["tree_size"], bytes.fromhex(cp["root_hash"]))
         except Exception as e:  # malformed, foreign, edited: all the same finding
             failures.append(f"{name}: checkpoint does not verify ({type(e).__name__}: {e})")
 
-    failures += _head_failures(src, manifest, intact, public_key, roots, tsa_roots)
+    failures += _head_failures(src, manifest, intact, history, roots, tsa_roots)
 
     # 5. records and their proofs
     for path in sorted(p for p in listed if p.startswith("proofs/") and p.endswith(".jsonl")):
@@ -714,7 +725,7 @@ def _renderings(src: _Source, listed: dict[str, Any], intact: set[str], proven: 
     return failures
 
 
-def _head_failures(src: _Source, manifest: dict[str, Any], intact: set[str], public_key: Ed25519PublicKey,
+def _head_failures(src: _Source, manifest: dict[str, Any], intact: set[str], history: KeyHistory,
                    roots: dict[str, tuple[int, bytes]], tsa_roots: list[Any] | None) -> list[str]:
     """The archive head of the snapshot: signed by the archive, naming each snapshot checkpoint,
     and stamped by a trusted TSA (when `tsa_roots` are given)."""
@@ -730,9 +741,9 @@ def _head_failures(src: _Source, manifest: dict[str, Any], intact: set[str], pub
     try:
         signed = json.loads(data)
         head, sig = signed["head"], base64.b64decode(signed["signature"], validate=True)
-        if head.get("origin") != HEAD_ORIGIN or head.get("key_id") != _key_id(public_key):
-            raise ValueError("foreign origin or key")
-        public_key.verify(sig, _canonical(head))
+        if head.get("origin") != HEAD_ORIGIN:
+            raise ValueError("foreign origin")
+        history.key_for(head.get("key_id"), head.get("time")).verify(sig, _canonical(head))
     except Exception as e:
         return [f"{path}: archive head does not verify ({type(e).__name__}: {e})"]
     for stream, (size, root) in sorted(roots.items()):

@@ -249,16 +249,23 @@ class RetentionRun:
         return out
 
 
-def load_certificates(store: ObjectStore, public_key: Ed25519PublicKey) -> tuple[list[dict[str, Any]], list[str]]:
-    """Every disposition certificate in the store that verifies, and the keys of any that do not."""
+def load_certificates(store: ObjectStore, public_keys: Ed25519PublicKey | list[Ed25519PublicKey],
+                      ) -> tuple[list[dict[str, Any]], list[str]]:
+    """Every disposition certificate in the store that verifies (under one of `public_keys`: the
+    archive's key history), and the keys of any that do not."""
+    keys = public_keys if isinstance(public_keys, list) else [public_keys]
     good, bad = [], []
     for key in store.list_keys("dispositions/"):
-        try:
-            body = open_document(store.get(key), public_key, key)
-            if body.get("format") != CERT_FORMAT:
-                raise VerificationError(f"{key}: not a disposition certificate")
-            good.append(body)
-        except VerificationError:
+        data = store.get(key)
+        for pk in keys:
+            try:
+                body = open_document(data, pk, key)
+            except VerificationError:
+                continue
+            if body.get("format") == CERT_FORMAT:
+                good.append(body)
+                break
+        else:
             bad.append(key)
     return good, bad
 

@@ -883,6 +883,72 @@ def keys_public(
     sys.stdout.write(crypto.public_key_pem(key.public_key()).decode())
 
 
+@keys_app.command("history")
+def keys_history() -> None:
+    """Print the signing-key history: every key, when it retired, and the rotation statements (JSON)."""
+    from archiver import crypto, keyhistory
+
+    with _session() as archive:
+        raw = keyhistory.statements(archive.store)
+        history = keyhistory.load(archive.store, archive.public_key)
+    doc = {"current_key_id": history.current_id,
+           "keys": [{"key_id": kid, "public_key_pem": crypto.public_key_pem(pk).decode(),
+                     "retired_at": history.retired.get(kid)} for kid, pk in history.keys.items()],
+           "rotations": [json.loads(r) for r in raw]}
+    sys.stdout.write(json.dumps(doc, indent=2) + "\n")
+
+
+@keys_app.command("rotate-signing")
+def keys_rotate_signing() -> None:
+    """Replace the checkpoint-signing key. The old key retires a few seconds from now by a statement
+    both keys sign (WORM, timestamped when TSAs are configured): history signed before stays valid,
+    anything it signs after is refused. The old private key is moved to keys/retired/: keep it
+    offline or destroy it; give the new public key (or `keys history`) to those who verify."""
+    from datetime import timedelta
+
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from archiver import keyhistory
+    from archiver.checkpoint import key_id
+    from archiver.sqlutil import utcnow
+    from archiver.timestamps import Timestamper
+    from audit import trail
+
+    with _session() as archive:
+        path = archive.settings.key_path("signing")
+        old = archive.signing_key
+        new = Ed25519PrivateKey.generate()
+        tmp = path.with_suffix(".new")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(new.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                      serialization.NoEncryption()))
+            f.flush()
+            os.fsync(f.fileno())
+        now = utcnow()
+        try:  # kept as long as anything the old key signed could be (a century: it holds no personal data)
+            skey, data = keyhistory.store_rotation(archive.store, old, new, now, now + timedelta(days=36525))
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        retired = path.parent / "retired" / f"signing-{key_id(old.public_key())}.pem"
+        retired.parent.mkdir(mode=0o700, exist_ok=True)
+        os.link(path, retired)
+        os.replace(tmp, path)  # running processes sign with the new key from their next signature
+        stamps = 0
+        if archive.settings.tsa_urls:
+            stamps = Timestamper(archive.settings.tsa_urls.split(",")).stamp_head(
+                archive.store, skey, data, now + timedelta(days=36525))
+        trail.record(archive.engine, archive.keyring, "keys.rotate_signing", _actor(),
+                     {"old_key_id": key_id(old.public_key()), "new_key_id": key_id(new.public_key()),
+                      "statement": skey, "timestamps": stamps})
+        archive.sealer().seal_stream(trail.AUDIT_STREAM)
+    out.print(f"signing key {key_id(old.public_key())} retires (statement {skey}); "
+              f"key {key_id(new.public_key())} signs from now on")
+    out.print(f"the retired private key is at {retired}: keep it offline or destroy it")
+
+
 RoleOpt = Annotated[str, typer.Option(help="ingest, auditor, compliance, admin or regulator.")]
 TenantsOpt = Annotated[list[str] | None, typer.Option("--tenant", help="WABA id(s) it may see (omit: all; "
                                                                     "compliance, admin and regulator only).")]

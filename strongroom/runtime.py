@@ -101,7 +101,7 @@ class Archive:
     engine: sa.Engine
     store: S3ObjectStore
     keyring: KeyRing
-    signing_key: Ed25519PrivateKey
+    key_file: crypto.SigningKeyFile
     retention: RetentionPolicy
     embedded: EmbeddedSeaweedFS | None = None
     created_keys: list[str] = field(default_factory=list)  # key files this start created (first run)
@@ -116,6 +116,11 @@ class Archive:
         """Retain-until for an object of `stream` sealed at `at`, from the schedule in force."""
         decision = self.schedules.decide(stream, at)
         return decision.retain_until, decision.label
+
+    @property
+    def signing_key(self) -> Ed25519PrivateKey:
+        """The signing key in force (re-read after a rotation)."""
+        return self.key_file.get()
 
     @property
     def public_key(self) -> Ed25519PublicKey:
@@ -203,7 +208,7 @@ class Archive:
         """This process's sealer (one, so archive heads keep their interval across passes)."""
         if self._sealer is None:
             s = self.settings
-            self._sealer = Sealer(self.engine, self.store, self.signing_key, self.retain_until,
+            self._sealer = Sealer(self.engine, self.store, self.key_file.get, self.retain_until,
                                   batch_max=s.seal_batch_max, head_interval=timedelta(seconds=s.head_interval_seconds),
                                   timestamper=Timestamper(s.tsa_urls.split(","), s.tsa_timeout_seconds)
                                   if s.tsa_urls else None,
@@ -287,7 +292,7 @@ def open_archive(settings: Settings, start_embedded: bool = True) -> Archive:
     blind = crypto.BlindIndex(crypto.read_secret_file(settings.key_path("blind_index")))
     return Archive(
         settings=settings, engine=engine, store=store, keyring=KeyRing(engine, kek, blind),
-        signing_key=crypto.load_signing_key(settings.key_path("signing")),
+        key_file=crypto.SigningKeyFile(settings.key_path("signing")),
         retention=RetentionPolicy(days=settings.retention_days), embedded=embedded, created_keys=created,
     )
 

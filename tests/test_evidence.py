@@ -223,3 +223,65 @@ def test_a_copy_cut_back_fails_against_the_checkpoint_an_outside_holder_keeps(
     assert "missing" in ok.output  # the cosignature verified; the cut copy still fails on its own
     bare = runner.invoke(app, [*args, "--witness", wv])
     assert bare.exit_code != 0 and "no cosignature by witness witness.example/w1" in bare.output
+
+
+def test_signing_key_rotation_keeps_history_verifiable_and_refuses_the_retired_key_afterwards(
+        make_settings: Callable[..., Settings], webhook_body: Callable[[str], bytes], tmp_path: Path) -> None:
+    import json
+    import time
+    from dataclasses import replace
+
+    from typer.testing import CliRunner
+
+    from archiver import crypto, keyhistory
+    from archiver.checkpoint import SignedCheckpoint, key_id
+    from exporters import verify_bundle as vb
+    from exporters.bundle import Custody, ExportScope
+    from exporters.sinks import DirectorySink
+    from strongroom.cli import app
+    from tests.conftest import subprocess_env
+
+    settings = make_settings(head_interval_seconds=0)
+    archive = open_archive(settings)
+    try:
+        _deliver(archive, webhook_body, 2)  # history under key 1
+        key1 = archive.signing_key
+        runner = CliRunner()
+        env = subprocess_env(settings)
+        done = runner.invoke(app, ["keys", "rotate-signing"], env=env)
+        assert done.exit_code == 0, done.output
+        key2 = archive.signing_key  # the running archive picks up the new key file
+        assert key_id(key2.public_key()) != key_id(key1.public_key())
+        assert (settings.keys_dir / "retired" / f"signing-{key_id(key1.public_key())}.pem").exists()
+        history = keyhistory.load(archive.store, key1.public_key())
+        retired_at = history.retired[key_id(key1.public_key())]
+        time.sleep(max(0.0, (keyhistory.GRACE.total_seconds())))  # past the retirement
+        _deliver(archive, webhook_body, 2, start=2)  # new checkpoints under key 2
+        cps = [SignedCheckpoint.from_json(archive.store.get(k)) for k in archive.store.list_keys("checkpoints/")]
+        signers = {c.checkpoint.key_id for c in cps}
+        assert signers == {key_id(key1.public_key()), key_id(key2.public_key())}
+
+        # everything verifies, from either key as the anchor
+        for anchor in (key1.public_key(), key2.public_key()):
+            report = Verifier(archive.store, anchor).verify(archive.expected_sizes())
+            assert report.ok, [str(f) for f in report.failures]
+        out = tmp_path / "bundle"
+        archive.exporter().run(ExportScope("M-rot"), DirectorySink(out), Custody("examiner@sec.example"), "t")
+        assert (out / "keys/rotations.json").exists()
+        for anchor in (key1.public_key(), key2.public_key()):
+            assert vb.verify(out, vb.load_public_key(crypto.public_key_pem(anchor))) == []
+        history_doc = json.loads(runner.invoke(app, ["keys", "history"], env=env).output)
+        assert history_doc["current_key_id"] == key_id(key2.public_key()) and len(history_doc["keys"]) == 2
+
+        # a checkpoint signed by key 1 after its retirement (the retired key stolen): refused
+        copy = _download(archive, tmp_path / "copy")
+        newest = sorted((copy / "checkpoints").rglob("*.json"))[-1]
+        cp = SignedCheckpoint.from_json(newest.read_bytes()).checkpoint
+        forged = replace(cp, key_id=key_id(key1.public_key()))
+        assert forged.time > retired_at
+        newest.write_bytes(SignedCheckpoint.sign(forged, key1).to_json())
+        fails = _verify(archive, copy, None).failures
+        assert any(f.step == 4 and "after its retirement" in f.message and f.item == str(newest.relative_to(copy))
+                   for f in fails), fails
+    finally:
+        archive.close()

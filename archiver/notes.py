@@ -43,7 +43,7 @@ def vkey(name: str, key: Ed25519PublicKey, kind: int = ED25519) -> str:
 def parse_vkey(text: str) -> tuple[str, int, Ed25519PublicKey]:
     """(name, signature type, public key) of a verifier key. Raises `ValueError`."""
     try:
-        name, hash_hex, b64 = text.strip().rsplit("+", 2)
+        name, hash_hex, b64 = text.strip().split("+", 2)  # a key name holds no "+"; base64 may
         raw = base64.b64decode(b64, validate=True)
         kind, key = raw[0], Ed25519PublicKey.from_public_bytes(raw[1:])
     except (ValueError, IndexError) as e:

@@ -165,12 +165,14 @@ class Exporter:
 
     # -- scope ------------------------------------------------------------------------------------
 
-    def snapshot(self, scope: ExportScope, head: StoredHead | None = None) -> dict[str, tuple[int, bytes]]:
+    def snapshot(self, scope: ExportScope, head: StoredHead | None = None,
+                 audit: str | None = None) -> dict[str, tuple[int, bytes]]:
         """Per number: (tree size, signed checkpoint JSON) of its newest published checkpoint, or
-        of the checkpoint `head` names for it."""
+        of the checkpoint `head` names for it. The audit stream only when asked for (`audit`)."""
         with self.engine.connect() as conn:
             q = sa.select(segments.c.stream, sa.func.max(segments.c.last_seq)).where(
-                segments.c.checkpoint_key.is_not(None), segments.c.stream != AUDIT_STREAM).group_by(segments.c.stream)
+                segments.c.checkpoint_key.is_not(None),
+                segments.c.stream == audit if audit else segments.c.stream != AUDIT_STREAM).group_by(segments.c.stream)
             if scope.streams:
                 q = q.where(segments.c.stream.in_(scope.streams))
             if scope.tenants is not None:  # a tenant's bundle holds its own numbers' checkpoints only
@@ -262,21 +264,25 @@ class Exporter:
             convs = self._conversations(scope, snap, spool)
             b = _Bundle(sink, spool)
             state = _RunState(self, b, scope, snap, spool, sheets, export_id)
+            state.evidence_snap = self.snapshot(ExportScope(scope.matter, streams=[AUDIT_STREAM]), head, AUDIT_STREAM)
             for i, conv in enumerate(convs, start=1):
                 state.conversation(conv)
                 if progress:
                     progress(i, len(convs))
             state.finish_streams()
             sheets.close()
-            self._proofs(b, state)
             self._reports(b, state)
             self._ledgers(b, state)
             self._trail(b, state, scope.tenants)
+            for stream, seq in state.evidence:  # proven like the messages (after the trail chose by them)
+                spool.add_record(stream, seq)
+            self._proofs(b, state)
             counts = state.counts()
             custody_doc = self._custody(custody, scope, snap, export_id, started, state, actor)
             b.put("custody.json", _pretty(custody_doc))
             b.put("README.txt", _cover_letter(scope, export_id, counts, self.prefix, state).encode())
-            for stream, (_size, cp) in sorted(snap.items()):
+            proven_snap = {**snap, **state.evidence_snap}
+            for stream, (_size, cp) in sorted(proven_snap.items()):
                 b.put(f"checkpoints/{stream}.json", cp)
             head_doc = self._head(b, head)
             rotations = keyhistory.statements(self.store)
@@ -291,7 +297,7 @@ class Exporter:
                 "produced_at": produced.isoformat(), "produced_at_utc": format_ts(produced),
                 "key_id": key_id(signing_key.public_key()),
                 "snapshot": {s: {"tree_size": size, "checkpoint": f"checkpoints/{s}.json"}
-                             for s, (size, _) in sorted(snap.items())},
+                             for s, (size, _) in sorted(proven_snap.items())},
                 "counts": counts, "bates": {"prefix": self.prefix, "first": state.first_bates(),
                                             "last": state.last_bates()},
                 **({"head": head_doc} if head_doc else {}),
@@ -330,14 +336,14 @@ class Exporter:
     def _proofs(self, b: _Bundle, st: _RunState) -> None:
         proofs = ProofService(self.engine)
         for stream in st.spool.streams():
-            size, _ = st.snap[stream]
+            size, _ = st.snap.get(stream) or st.evidence_snap[stream]
             path = f"proofs/{stream}.jsonl"
             n = 0
             with b.file(path, streaming=True) as w:
                 for (seq, leaf, proof), (seq2, sealed) in zip(proofs.inclusions(stream, st.spool.seqs(stream), size),
                                                               self._sealed(stream, st.spool.seqs(stream)), strict=True):
                     assert seq == seq2
-                    key = self._record_key(sealed)
+                    key = None if f"{stream}/{seq}" in st.sealed_only else self._record_key(sealed)
                     w.write(b'{"stream":%s,"seq":%d,"tree_size":%d,"leaf_hash":"%s","path":[%s],"sealed_record":%s,'
                             b'"content_key":%s}\n' % (
                         json.dumps(stream).encode(), seq, size, leaf.hex().encode(),
@@ -391,34 +397,59 @@ class Exporter:
             batch.append(seq)
         yield from flush()
 
+    def _provable(self, st: _RunState, r: Any) -> bool:
+        """A sealed record under the snapshot (so the bundle carries its inclusion proof)."""
+        snap = st.snap.get(r.stream) or st.evidence_snap.get(r.stream)
+        return r.seq is not None and snap is not None and r.seq < snap[0]
+
+    def _evidence(self, st: _RunState, r: Any, disclose: bool = True) -> str:
+        """Prove this sealed record in the bundle (its content key disclosed unless `disclose` is
+        false: an extract that shows less than the record). Returns its id."""
+        st.evidence.append((r.stream, r.seq))
+        if not disclose:
+            st.sealed_only.add(f"{r.stream}/{r.seq}")
+        return f"{r.stream}/{r.seq}"
+
     def _reports(self, b: _Bundle, st: _RunState) -> None:
-        from policies.completeness import COVERAGE_LIMITS, latest_reports
+        """The newest sealed completeness report of each number and day of the scope, each with the
+        id of its sealed record (proven in proofs/) and the wamid lists it compared."""
+        from policies.completeness import COVERAGE_LIMITS
 
         reports = []
-        for day in sorted(st.days):
-            for stream in sorted(st.streams):
-                reports += latest_reports(self.engine, self.keyring, datetime.fromisoformat(day).date(), stream)
+        with self.engine.connect() as conn:
+            for day in sorted(st.days):
+                for stream in sorted(st.streams):
+                    rows = [r for r in conn.execute(sa.select(events).where(
+                        events.c.stream == AUDIT_STREAM, events.c.kind == "completeness_report",
+                        events.c.natural_key.like(f"completeness:{stream}:{day}:%")).order_by(events.c.id))
+                        if self._provable(st, r)]
+                    if rows:
+                        rep = json.loads(self.keyring.open_record(rows[-1]))
+                        reports.append({"record": self._evidence(st, rows[-1]), **rep})
         missing = sorted({(d, s) for d in st.days for s in st.streams} -
                          {(r["day"], r["stream"]) for r in reports})
         b.put("reports/completeness.json", _pretty({
             "coverage_limits": COVERAGE_LIMITS, "reports": reports,
             "days_without_report": [{"day": d, "stream": s} for d, s in missing],
-            "note": "A day without a sealed report was never reconciled: run `strongroom completeness --day`."}),
+            "note": "A day without a sealed report was never reconciled: run `strongroom completeness --day`. "
+                    "Each report is a sealed record (its id under `record`, its proof in proofs/)."}),
             count=len(reports))
 
     def _ledgers(self, b: _Bundle, st: _RunState) -> None:
-        from policies.consent import consent_events
-        from policies.templates import template_events
-
+        """Consent and template ledger extracts: the sealed ledger records themselves, each with its id."""
         with self.engine.connect() as conn:
-            consent = [r for r in conn.execute(sa.select(consent_events).where(
-                consent_events.c.subject.in_(sorted(st.conversations)) if st.conversations else sa.false())
-                .order_by(consent_events.c.at, consent_events.c.id)) if r.stream in st.snap]
+            consent = [r for r in conn.execute(sa.select(events).where(
+                events.c.kind == "consent",
+                events.c.conversation.in_(sorted(st.conversations)) if st.conversations else sa.false())
+                .order_by(events.c.event_time, events.c.id)) if r.stream in st.snap and self._provable(st, r)]
             tenants = sorted(st.tenants)
-            templates = conn.execute(sa.select(template_events).where(template_events.c.tenant.in_(tenants))
-                                     .order_by(template_events.c.at, template_events.c.id)).all() if tenants else []
-        b.put("ledgers/consent.jsonl", b"".join(_line(dict(r._mapping)) for r in consent), count=len(consent))
-        b.put("ledgers/templates.jsonl", b"".join(_line(dict(r._mapping)) for r in templates), count=len(templates))
+            templates = [r for r in conn.execute(sa.select(events).where(
+                events.c.kind == "template_ledger", events.c.tenant.in_(tenants))
+                .order_by(events.c.event_time, events.c.id)) if self._provable(st, r)] if tenants else []
+        for path, rows in (("ledgers/consent.jsonl", consent), ("ledgers/templates.jsonl", templates)):
+            lines = [_line({"record": self._evidence(st, r), **json.loads(self.keyring.open_record(r))})
+                     for r in rows]
+            b.put(path, b"".join(lines), count=len(lines))
 
     def _trail(self, b: _Bundle, st: _RunState, tenants: list[str] | None) -> None:
         """Audit-stream entries that named a record, conversation or number of the scope.
@@ -440,11 +471,11 @@ class Exporter:
                     doc = json.loads(self.keyring.open_record(r))
                 except KeyDestroyedError:
                     continue
-                if _touches(doc.get("details"), in_scope):
-                    if tenants is not None:
-                        doc = _scoped_entry(doc, in_scope, set(tenants))
-                    w.write(_line({"record": f"{r.stream}/{r.seq}" if r.seq is not None else None,
-                                   "natural_key": r.natural_key, **doc}))
+                if _touches(doc.get("details"), in_scope) and self._provable(st, r):
+                    if tenants is not None:  # an extract: the record is proven, its content not disclosed
+                        doc = {**_scoped_entry(doc, in_scope, set(tenants)), "redacted": True}
+                    rid = self._evidence(st, r, disclose=tenants is None)
+                    w.write(_line({"record": rid, "natural_key": r.natural_key, **doc}))
                     n += 1
         b.counts["audit/access_trail.jsonl"] = n
 
@@ -488,6 +519,9 @@ class _RunState:
         self.streams: set[str] = set()
         self.tenants: set[str] = set()
         self.days: set[str] = set()
+        self.evidence: list[tuple[str, int]] = []  # sealed records behind reports, ledgers and the trail
+        self.sealed_only: set[str] = set()  # of those, the ids whose content key is not disclosed
+        self.evidence_snap: dict[str, tuple[int, bytes]] = {}  # the audit stream's checkpoint
         self.n_docs = 0
         self.n_messages = self.n_records = self.n_events = self.n_attachments = self.n_rsmf = 0
         self.volume = 0

@@ -41,7 +41,7 @@ import sys
 import tempfile
 import zipfile
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import UTC, datetime
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import IO, Any, NamedTuple
@@ -354,7 +354,9 @@ class _Proven:
         self.db.executescript("PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF; BEGIN;"
                               "CREATE TABLE proven (stream TEXT, seq INTEGER, bound BLOB, content BLOB, text BLOB,"
                               " native TEXT, PRIMARY KEY (stream, seq)) WITHOUT ROWID;"
-                              "CREATE TABLE natives (sha256 TEXT PRIMARY KEY) WITHOUT ROWID;")
+                              "CREATE TABLE natives (sha256 TEXT PRIMARY KEY) WITHOUT ROWID;"
+                              "CREATE TABLE messages (stream TEXT, day TEXT, wamid TEXT,"
+                              " PRIMARY KEY (stream, day, wamid)) WITHOUT ROWID;")
         self._pending: list[tuple[str, int, bytes | None, bytes | None, bytes | None, str | None]] = []
 
     def add(self, stream: str, seq: int, sealed: Sealed) -> None:
@@ -384,6 +386,16 @@ class _Proven:
         """`get` for a record id as productions write it: ``<stream>/<seq>``."""
         stream, _, seq = str(rid).rpartition("/")
         return self.get(stream, int(seq)) if seq.isdigit() else None
+
+    def add_message(self, rec: dict[str, Any]) -> None:
+        """A conversation message of records.jsonl, by number and UTC day (what a completeness report lists)."""
+        when = rec.get("event_time") or rec.get("received_at")
+        if rec.get("kind") == "message" and rec.get("conversation") and isinstance(rec.get("wamid"), str) and when:
+            day = datetime.fromisoformat(str(when).replace("Z", "+00:00")).astimezone(UTC).date().isoformat()
+            self.db.execute("INSERT OR IGNORE INTO messages VALUES (?, ?, ?)", (rec.get("stream"), day, rec["wamid"]))
+
+    def messages(self, stream: str, day: str) -> set[str]:
+        return {w for (w,) in self.db.execute("SELECT wamid FROM messages WHERE stream = ? AND day = ?", (stream, day))}
 
     def is_native(self, sha256: str) -> bool:
         if self._pending:
@@ -523,6 +535,10 @@ def _verify(bundle: Path, public_key: Ed25519PublicKey, proven: _Proven, tsa_roo
                 continue
             n_records += 1
             n_messages += rec.get("kind") == "message" and rec.get("role") == "message"
+            try:
+                proven.add_message(rec)
+            except (ValueError, TypeError):
+                pass  # a malformed time is reported by the field comparison below
             sealed = proven.get(rec.get("stream"), rec.get("seq"))
             if sealed is None:
                 failures.append(f"records/records.jsonl: record {rec.get('id')} has no verified inclusion proof")
@@ -538,11 +554,74 @@ def _verify(bundle: Path, public_key: Ed25519PublicKey, proven: _Proven, tsa_roo
                 failures.append(f"records/records.jsonl: record {rec.get('id')} differs from its sealed record "
                                 f"(fields {', '.join(BOUND_FIELDS)}, event_time)")
     failures += _renderings(src, listed, intact, proven)
+    failures += _evidence_failures(src, intact, proven, manifest)
     counts = manifest.get("counts", {})
     if counts.get("records") != n_records:
         failures.append(f"manifest.json: counts.records is {counts.get('records')}, records.jsonl has {n_records}")
     if counts.get("messages") != n_messages:
         failures.append(f"manifest.json: counts.messages is {counts.get('messages')}, records.jsonl has {n_messages}")
+    return failures
+
+
+def list_digest(values: list[str]) -> str:
+    """The commitment a completeness report makes to a sorted list of wamids."""
+    return hashlib.sha256("".join(v + "\n" for v in values).encode()).hexdigest()
+
+
+def _whole_day(scope: dict[str, Any], day: str) -> bool:
+    """Does the bundle's scope hold every conversation message of `day` (no query, no conversation
+    list, the time range covering the day)?"""
+    if scope.get("query") or scope.get("conversations"):
+        return False
+    lo = datetime.fromisoformat(day + "T00:00:00+00:00")
+    hi = datetime.fromisoformat(day + "T23:59:59.999999+00:00")
+    start, end = scope.get("start"), scope.get("end")
+    return (start is None or datetime.fromisoformat(start) <= lo) and (end is None or datetime.fromisoformat(end) > hi)
+
+
+def _extract_failures(path: str, entry: dict[str, Any], proven: _Proven) -> list[str]:
+    """A report, ledger entry or trail entry: its sealed record proven, and (unless it is a
+    redacted extract) its content the sealed record's."""
+    rest = {k: v for k, v in entry.items() if k not in ("record", "natural_key")}
+    rid = entry.get("record")
+    sealed = proven.by_id(rid) if rid is not None else None
+    if sealed is None:
+        return [f"{path}: entry {rid or entry.get('natural_key')} has no verified inclusion proof"]
+    if entry.get("redacted") is True and sealed.content is None:
+        return []  # an extract of what a tenant may see: the sealed record exists, its content is not disclosed
+    if sealed.content is None:
+        return [f"{path}: entry {rid}: no content key disclosed for it"]
+    return [] if _digest(rest) == sealed.content else [f"{path}: entry {rid}: differs from its sealed record"]
+
+
+def _evidence_failures(src: _Source, intact: set[str], proven: _Proven, manifest: dict[str, Any]) -> list[str]:
+    """Reports, ledgers and the access trail are sealed records; each completeness report is
+    recomputed: its committed wamid lists, and (for a day the scope holds whole) every message it
+    says was archived present in the bundle."""
+    failures: list[str] = []
+    path = "reports/completeness.json"
+    if path in intact:
+        for rep in json.loads(src.read(path)).get("reports", []):
+            failures += _extract_failures(path, rep, proven)
+            rid = rep.get("record")
+            for name in ("archived", "referenced"):
+                if rep.get(f"{name}_sha256") != list_digest(rep.get(f"{name}_wamids") or []):
+                    failures.append(f"{path}: report {rid}: its {name}_wamids do not give its {name}_sha256")
+            if _whole_day(manifest.get("scope") or {}, str(rep.get("day"))):
+                missing = sorted(set(rep.get("archived_wamids") or []) - proven.messages(rep.get("stream"), rep["day"]))
+                if missing:
+                    failures.append(f"{path}: report {rid}: {len(missing)} message(s) it found archived on "
+                                    f"{rep['day']} are not in the bundle (first {missing[0]})")
+    for path in ("ledgers/consent.jsonl", "ledgers/templates.jsonl", "audit/access_trail.jsonl"):
+        if path not in intact:
+            continue
+        for i, line in enumerate(src.lines(path), start=1):
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                failures.append(f"{path}: line {i} is not JSON")
+                continue
+            failures += _extract_failures(path, entry, proven)
     return failures
 
 

@@ -44,6 +44,7 @@ from archiver.kinds import key_part, obj
 from archiver.normalize import AUDIT_KEY, AUDIT_STREAM, UNROUTED, EventBuilder, append_events, system_builder
 from archiver.records import canonical_json
 from archiver.sqlutil import Row, as_utc, utcnow
+from exporters.verify_bundle import list_digest
 
 log = structlog.get_logger("strongroom.completeness")
 
@@ -81,6 +82,10 @@ class StreamDay:
     warnings: list[dict[str, Any]] = field(default_factory=list)
     history: dict[str, Any] = field(default_factory=dict)
     last_app_activity: str | None = None
+    # What was compared, so anyone holding the records recomputes the report: the wamids of the
+    # day's conversation messages archived, and of what the day's records referenced (sorted).
+    archived_wamids: list[str] = field(default_factory=list)
+    referenced_wamids: list[str] = field(default_factory=list)
 
     @property
     def complete(self) -> bool:
@@ -91,7 +96,9 @@ class StreamDay:
                 "statuses": self.statuses, "media": self.media, "gaps_opened": self.gaps_opened,
                 "gaps_closed": self.gaps_closed, "gaps_in_day": self.gaps_in_day, "open_gaps": self.open_gaps, "warnings": self.warnings,
                 "history": self.history, "last_app_activity": self.last_app_activity,
-                "coverage_limits": COVERAGE_LIMITS}
+                "coverage_limits": COVERAGE_LIMITS, "archived_wamids": self.archived_wamids,
+                "archived_sha256": list_digest(self.archived_wamids), "referenced_wamids": self.referenced_wamids,
+                "referenced_sha256": list_digest(self.referenced_wamids)}
 
 
 def _iso(t: datetime | None) -> str | None:
@@ -312,6 +319,13 @@ class Reconciler:
             if r.kind in ("change", "unparsed") and not r.modelled:
                 counts["not_modelled"] += r.n  # archived raw and flagged: kinds we do not type yet
         rep.counts, rep.statuses = dict(sorted(counts.items())), dict(sorted(statuses.items()))
+        rep.archived_wamids = sorted(set(conn.execute(sa.select(events.c.wamid).where(
+            events.c.stream == stream, events.c.kind == "message", events.c.wamid.is_not(None),
+            events.c.conversation.is_not(None), when >= lo, when < hi)).scalars()))
+        ref = sa.case((events.c.kind == "status", events.c.wamid), else_=events.c.ref_wamid)
+        rep.referenced_wamids = sorted(set(conn.execute(sa.select(ref).where(
+            events.c.stream == stream, events.c.kind.in_(["status", "message"]), ref.is_not(None),
+            when >= lo, when < hi)).scalars()) - {None})
         rep.media = dict(conn.execute(sa.select(media.c.state, sa.func.count()).where(media.c.stream == stream)
                                       .group_by(media.c.state)).all())
         gaps = conn.execute(sa.select(events.c.natural_key, events.c.type, events.c.status, events.c.event_time)

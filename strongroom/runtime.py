@@ -21,10 +21,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from archiver import crypto
 from archiver.db import make_engine, migrate, streams
 from archiver.errors import ConfigurationError, StrongroomError
+from archiver.heads import StoredHead
 from archiver.inbox import Inbox
 from archiver.keys import KeyRing
 from archiver.media import GraphClient, MediaFetcher, MediaPolicy
-from archiver.normalize import Normalizer
+from archiver.normalize import AUDIT_STREAM, Normalizer
 from archiver.objectstore import S3ObjectStore
 from archiver.outbound import SendLog
 from archiver.publish import Publisher
@@ -199,7 +200,14 @@ class Archive:
 
     def exporter(self, bates_prefix: str = "SR", volume_documents: int | None = None, period: str = "day") -> Exporter:
         return Exporter(self.engine, self.keyring, self.store, self.signing_key, self.search_index(),
-                        bates_prefix, volume_documents, period, head=lambda: self.sealer().write_head(force=True))
+                        bates_prefix, volume_documents, period, head=self._export_head)
+
+    def _export_head(self) -> StoredHead | None:
+        """An export's snapshot: the audit stream sealed (its reports and trail are proven in the
+        bundle), then a fresh archive head, stamped by the TSAs."""
+        sealer = self.sealer()
+        sealer.seal_stream(AUDIT_STREAM)
+        return sealer.write_head(force=True)
 
     def search_index(self) -> SearchIndex:
         return SearchIndex(self.settings.data_dir / "index" / "search.duckdb", self.engine, self.keyring)

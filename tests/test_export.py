@@ -533,3 +533,64 @@ def test_content_forged_by_an_insider_with_the_signing_key_fails_naming_the_reco
 
     fails = vb.verify(_forge(out, tmp_path / "f8", sk, {proof_file: wrong_key}), key)
     assert any(f"record {rid}" in x and "does not open" in x for x in fails), fails
+
+
+@pytest.mark.parametrize("sql_url", ["sqlite"], indirect=True)
+def test_reports_ledgers_and_trail_are_proven_and_a_report_is_recomputed_from_the_bundle(
+        exp_archive: Archive, graph: GraphStandIn, webhook_body: Callable[[str], bytes], tmp_path: Path) -> None:
+    """Issue 15, item 2: a dropped message is caught by the sealed report of its day."""
+    from datetime import UTC, datetime, timedelta
+
+    scenario(exp_archive, graph, webhook_body)
+    day = datetime.fromtimestamp(NOW, UTC).date()
+    exp_archive.reconciler().run(day, now=datetime.now(UTC) + timedelta(days=1))
+    exp_archive.process_pending()
+    produce(exp_archive, tmp_path / "first")  # an audited production: the next one's trail names it
+    out = tmp_path / "bundle"
+    produce(exp_archive, out)
+    key, sk = public_key(exp_archive), exp_archive.signing_key
+    assert vb.verify(out, key) == []
+    reports = json.loads((out / "reports/completeness.json").read_text())["reports"]
+    assert reports and all(r["record"].startswith("audit/") for r in reports)
+    rep = next(r for r in reports if r["day"] == day.isoformat() and r["archived_wamids"])
+    trail = [json.loads(x) for x in (out / "audit/access_trail.jsonl").read_text().splitlines()]
+    assert trail and all(t["record"] for t in trail)
+    proofs = {json.loads(x)["seq"] for x in (out / "proofs/audit.jsonl").read_text().splitlines()}
+    assert {int(r["record"].split("/")[1]) for r in reports} <= proofs
+
+    # an insider drops one of the day's messages from records.jsonl (and fixes the counts): caught
+    records = (out / "records/records.jsonl").read_text().splitlines(keepends=True)
+    victim = next(i for i, x in enumerate(records) if json.loads(x)["wamid"] == rep["archived_wamids"][0]
+                  and json.loads(x)["stream"] == rep["stream"])
+
+    def drop(data: bytes) -> bytes:
+        return "".join(records[:victim] + records[victim + 1:]).encode()
+
+    bad = _forge(out, tmp_path / "d1", sk, {"records/records.jsonl": drop})
+    m = json.loads((bad / "manifest.json").read_text())
+    m["counts"]["records"] -= 1
+    m["counts"]["messages"] -= json.loads(records[victim])["role"] == "message"
+    for f in m["files"]:
+        if f["path"] == "records/records.jsonl":
+            f["records"] -= 1
+    raw = json.dumps(m, indent=2, sort_keys=True).encode() + b"\n"
+    (bad / "manifest.json").write_bytes(raw)
+    import base64
+    (bad / "manifest.sig").write_bytes(base64.b64encode(sk.sign(raw)) + b"\n")
+    fails = vb.verify(bad, key)
+    assert any(f"report {rep['record']}" in x and "are not in the bundle" in x for x in fails), fails
+
+    # a report, a trail entry edited: each differs from its sealed record
+    fails = vb.verify(_forge(out, tmp_path / "d2", sk, {"reports/completeness.json": lambda d: d.replace(
+        b'"open_gaps": ', b'"open_gaps": 1', 1) if b'"open_gaps": 0' in d else d + b" "}), key)
+    assert any("reports/completeness.json" in x for x in fails), fails
+    first = trail[0]
+
+    def edit_trail(data: bytes) -> bytes:
+        lines = data.decode().splitlines()
+        doc = json.loads(lines[0])
+        doc["actor"] = "somebody-else"
+        return "\n".join([json.dumps(doc)] + lines[1:]).encode() + b"\n"
+
+    fails = vb.verify(_forge(out, tmp_path / "d3", sk, {"audit/access_trail.jsonl": edit_trail}), key)
+    assert any(f"audit/access_trail.jsonl: entry {first['record']}: differs" in x for x in fails), fails

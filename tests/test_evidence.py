@@ -171,11 +171,11 @@ def holder() -> Iterator[Holder]:
 def test_a_copy_cut_back_fails_against_the_checkpoint_an_outside_holder_keeps(
         make_settings: Callable[..., Settings], holder: Holder, webhook_body: Callable[[str], bytes],
         tmp_path: Path) -> None:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
     from typer.testing import CliRunner
 
     from archiver import crypto
     from archiver.notes import cosign, parse_vkey, verify_note, vkey
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
     from strongroom.cli import app
 
     archive = open_archive(make_settings(publish_urls=holder.url, head_interval_seconds=0,

@@ -266,6 +266,19 @@ class KeyHistory:
         return key
 
 
+def _json_lines(src: _Source, path: str, failures: list[str]) -> Iterator[dict[str, Any]]:
+    """The JSON objects of a JSONL file; a line that is not one is a failure, and skipped."""
+    for i, line in enumerate(src.lines(path), start=1):
+        try:
+            doc = json.loads(line)
+        except ValueError:
+            doc = None
+        if not isinstance(doc, dict):
+            failures.append(f"{path}: line {i} is not a JSON object")
+            continue
+        yield doc
+
+
 def _count(src: _Source, path: str) -> int | None:
     """Records in a file by its kind (None: not countable here)."""
     if path.endswith(".jsonl"):
@@ -502,12 +515,7 @@ def _verify(bundle: Path, public_key: Ed25519PublicKey, proven: _Proven, tsa_roo
     for path in sorted(p for p in listed if p.startswith("proofs/") and p.endswith(".jsonl")):
         if path not in intact:
             continue
-        for i, line in enumerate(src.lines(path), start=1):
-            try:
-                pr = json.loads(line)
-            except ValueError:
-                failures.append(f"{path}: line {i} is not JSON")
-                continue
+        for pr in _json_lines(src, path, failures):
             where = f"{path}: record {pr.get('stream')}/{pr.get('seq')}"
             try:
                 stream, seq = pr["stream"], int(pr["seq"])
@@ -527,12 +535,7 @@ def _verify(bundle: Path, public_key: Ed25519PublicKey, proven: _Proven, tsa_roo
                 failures.append(f"{where}: {type(e).__name__}: {e}")
     n_records = n_messages = 0
     if "records/records.jsonl" in intact:
-        for i, line in enumerate(src.lines("records/records.jsonl"), start=1):
-            try:
-                rec = json.loads(line)
-            except ValueError:
-                failures.append(f"records/records.jsonl: line {i} is not JSON")
-                continue
+        for rec in _json_lines(src, "records/records.jsonl", failures):
             n_records += 1
             n_messages += rec.get("kind") == "message" and rec.get("role") == "message"
             try:
@@ -600,27 +603,30 @@ def _evidence_failures(src: _Source, intact: set[str], proven: _Proven, manifest
     says was archived present in the bundle."""
     failures: list[str] = []
     path = "reports/completeness.json"
-    if path in intact:
-        for rep in json.loads(src.read(path)).get("reports", []):
-            failures += _extract_failures(path, rep, proven)
-            rid = rep.get("record")
-            for name in ("archived", "referenced"):
-                if rep.get(f"{name}_sha256") != list_digest(rep.get(f"{name}_wamids") or []):
-                    failures.append(f"{path}: report {rid}: its {name}_wamids do not give its {name}_sha256")
-            if _whole_day(manifest.get("scope") or {}, str(rep.get("day"))):
-                missing = sorted(set(rep.get("archived_wamids") or []) - proven.messages(rep.get("stream"), rep["day"]))
-                if missing:
-                    failures.append(f"{path}: report {rid}: {len(missing)} message(s) it found archived on "
-                                    f"{rep['day']} are not in the bundle (first {missing[0]})")
+    try:
+        reports = json.loads(src.read(path)).get("reports", []) if path in intact else []
+    except (ValueError, AttributeError) as e:
+        failures.append(f"{path}: unreadable ({type(e).__name__})")
+        reports = []
+    for rep in reports:
+        if not isinstance(rep, dict) or not isinstance(rep.get("day"), str):
+            failures.append(f"{path}: a report that is not an object with a day")
+            continue
+        failures += _extract_failures(path, rep, proven)
+        rid = rep.get("record")
+        for name in ("archived", "referenced"):
+            if rep.get(f"{name}_sha256") != list_digest(rep.get(f"{name}_wamids") or []):
+                failures.append(f"{path}: report {rid}: its {name}_wamids do not give its {name}_sha256")
+        if _whole_day(manifest.get("scope") or {}, rep["day"]):
+            found = proven.messages(str(rep.get("stream")), rep["day"])
+            missing = sorted(set(rep.get("archived_wamids") or []) - found)
+            if missing:
+                failures.append(f"{path}: report {rid}: {len(missing)} message(s) it found archived on "
+                                f"{rep['day']} are not in the bundle (first {missing[0]})")
     for path in ("ledgers/consent.jsonl", "ledgers/templates.jsonl", "audit/access_trail.jsonl"):
         if path not in intact:
             continue
-        for i, line in enumerate(src.lines(path), start=1):
-            try:
-                entry = json.loads(line)
-            except ValueError:
-                failures.append(f"{path}: line {i} is not JSON")
-                continue
+        for entry in _json_lines(src, path, failures):
             failures += _extract_failures(path, entry, proven)
     return failures
 

@@ -30,7 +30,7 @@ import structlog
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from archiver.db import events, segments, stream_tenant
-from archiver.errors import Forbidden, NotFound, Unavailable
+from archiver.errors import Forbidden, InvalidInput, NotFound, Unavailable
 from archiver.keys import KeyRing
 from archiver.merkle import hash_leaf, root_from_inclusion_proof
 from archiver.normalize import AUDIT_STREAM, append_audit
@@ -218,6 +218,26 @@ class Access:
         view = views.record_view(self.keyring, r)
         view["proof"] = self._proof(stream, seq, seg, top)
         return self.answer(p, "record", {"stream": stream, "seq": seq}, view, 1, [f"{stream}/{seq}"])
+
+    def consistency(self, p: Principal, stream: str, size1: int, size2: int | None = None) -> Answer:
+        """An RFC 9162 consistency proof between two tree sizes of a stream (default: to its newest
+        checkpoint), for a verifier holding two signed tree heads (a bundle's snapshot and a holder's
+        checkpoint). Hashes only; it needs no trust: it verifies against both signed roots or not."""
+        self.allow(p, READERS | TRAIL_READERS)
+        if not self.visible_stream(p, stream):
+            raise NotFound("no such stream")
+        with self.engine.connect() as conn:
+            top = conn.execute(sa.select(sa.func.max(segments.c.last_seq)).where(
+                segments.c.stream == stream, segments.c.checkpoint_key.is_not(None))).scalar()
+        newest = top + 1 if top is not None else 0
+        size2 = newest if size2 is None else size2
+        if not 0 < size1 <= size2 <= newest:
+            raise InvalidInput(f"sizes must satisfy 0 < from ({size1}) <= to ({size2}) <= {newest}, "
+                               "the newest checkpoint's tree size")
+        proof = self.proofs.consistency(stream, size1, size2) if size1 < size2 else []
+        return self.answer(p, "proof.consistency", {"stream": stream, "from": size1, "to": size2},
+                           {"stream": stream, "from_size": size1, "to_size": size2,
+                            "proof": [h.hex() for h in proof]}, 1, [])
 
     def _proof(self, stream: str, seq: int, seg: Any, top: Any) -> dict[str, Any] | None:
         if top is None or top.last_seq < seq:

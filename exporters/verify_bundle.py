@@ -37,10 +37,12 @@ import hashlib
 import io
 import json
 import sqlite3
+import struct
 import sys
 import tempfile
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from html.parser import HTMLParser
 from pathlib import Path
@@ -195,11 +197,121 @@ def _withheld(content: Any) -> bool:
     return content is None or content in ({"erased": True}, {"disposed": True})
 
 
-ROTATION_ORIGIN = "strongroom.key-rotation/1"
+# -- C2SP checkpoints (signed notes) and RFC 9162 consistency --------------------------------------
+
+ED25519, COSIGNATURE_V1 = 0x01, 0x04
+DASH = "\u2014 "  # em dash and space: the start of a note's signature line
 
 
 def _raw_key(pk: Ed25519PublicKey) -> bytes:
     return pk.public_bytes(Encoding.Raw, PublicFormat.Raw)
+
+
+def key_hash(name: str, key: Ed25519PublicKey, kind: int = ED25519) -> bytes:
+    return hashlib.sha256(name.encode() + b"\n" + bytes([kind]) + _raw_key(key)).digest()[:4]
+
+
+def parse_vkey(text: str) -> tuple[str, int, Ed25519PublicKey]:
+    """(name, signature type, public key) of a verifier key. Raises `ValueError`."""
+    try:
+        name, hash_hex, b64 = text.strip().split("+", 2)  # a key name holds no "+"; base64 may
+        raw = base64.b64decode(b64, validate=True)
+        kind, key = raw[0], Ed25519PublicKey.from_public_bytes(raw[1:])
+    except (ValueError, IndexError) as e:
+        raise ValueError(f"not a verifier key: {text[:60]!r}") from e
+    if kind not in (ED25519, COSIGNATURE_V1) or key_hash(name, key, kind).hex() != hash_hex:
+        raise ValueError(f"verifier key {name!r}: its key hash does not match its key")
+    return name, kind, key
+
+
+@dataclass(frozen=True)
+class NoteCheckpoint:
+    origin: str
+    tree_size: int
+    root: bytes
+    cosigned_by: tuple[str, ...]  # the witnesses (of those given) whose cosignature verified
+
+
+def verify_note(note: str, name: str, key: Ed25519PublicKey,
+                witnesses: Sequence[tuple[str, Ed25519PublicKey]] = ()) -> NoteCheckpoint:
+    """Parse a checkpoint note and check our signature on it, and the cosignature of each of
+    `witnesses` (name, key) — every one given must have cosigned.
+
+    Raises:
+        ValueError: malformed, not signed by `key` as `name`, or a witness's cosignature missing or bad.
+    """
+    text, sep, sigs = note.partition("\n\n")
+    if not sep:
+        raise ValueError("not a signed note (no blank line before the signatures)")
+    text += "\n"
+    lines = text.split("\n")
+    if len(lines) < 4:
+        raise ValueError("a checkpoint note has an origin, a size and a root hash")
+    try:
+        origin, size, root = lines[0], int(lines[1]), base64.b64decode(lines[2], validate=True)
+    except ValueError as e:
+        raise ValueError(f"malformed checkpoint note: {e}") from e
+    if not lines[1].isdigit() or len(root) != 32:
+        raise ValueError("malformed checkpoint note: size or root hash")
+    found: dict[tuple[str, bytes], bytes] = {}
+    for line in sigs.splitlines():
+        if not line.startswith(DASH):
+            continue
+        who, _, b64 = line[len(DASH):].rpartition(" ")
+        try:
+            raw = base64.b64decode(b64, validate=True)
+        except ValueError:
+            continue
+        if len(raw) > 4:
+            found[(who, raw[:4])] = raw[4:]
+    ours = found.get((name, key_hash(name, key)))
+    if ours is None:
+        raise ValueError(f"no signature by {name} (key hash {key_hash(name, key).hex()})")
+    try:
+        key.verify(ours, text.encode())
+    except InvalidSignature as e:
+        raise ValueError(f"the signature by {name} does not verify") from e
+    cosigned = []
+    for wname, wkey in witnesses:
+        cosig = found.get((wname, key_hash(wname, wkey, COSIGNATURE_V1)))
+        if cosig is None or len(cosig) != 72:
+            raise ValueError(f"no cosignature by witness {wname}")
+        (ts,) = struct.unpack(">Q", cosig[:8])
+        try:
+            wkey.verify(cosig[8:], f"cosignature/v1\ntime {ts}\n".encode() + text.encode())
+        except InvalidSignature as e:
+            raise ValueError(f"the cosignature by witness {wname} does not verify") from e
+        cosigned.append(wname)
+    return NoteCheckpoint(origin, size, root, tuple(cosigned))
+
+
+def consistent(size1: int, size2: int, proof: list[bytes], root1: bytes, root2: bytes) -> bool:
+    """RFC 9162 §2.1.4.2: does `proof` show the tree of `size1`/`root1` is a prefix of `size2`/`root2`?"""
+    if size1 == size2:
+        return size1 > 0 and not proof and root1 == root2
+    if not 0 < size1 < size2 or not proof:
+        return False
+    path = list(proof)
+    if size1 & (size1 - 1) == 0:  # a power of two: the first tree's root is a node of the second
+        path.insert(0, root1)
+    fn, sn = size1 - 1, size2 - 1
+    while fn & 1:
+        fn, sn = fn >> 1, sn >> 1
+    fr = sr = path[0]
+    for c in path[1:]:
+        if sn == 0:
+            return False
+        if fn & 1 or fn == sn:
+            fr, sr = _node(c, fr), _node(c, sr)
+            while fn and not fn & 1:
+                fn, sn = fn >> 1, sn >> 1
+        else:
+            sr = _node(sr, c)
+        fn, sn = fn >> 1, sn >> 1
+    return sn == 0 and fr == root1 and sr == root2
+
+
+ROTATION_ORIGIN = "strongroom.key-rotation/1"
 
 
 class KeyHistory:
@@ -420,14 +532,26 @@ class _Proven:
         self._dir.cleanup()
 
 
-def verify(bundle: Path, public_key: Ed25519PublicKey, tsa_roots: list[Any] | None = None) -> list[str]:
+@dataclass
+class Latest:
+    """Checkpoints an outside holder keeps (C2SP notes), to check a bundle's snapshot against."""
+
+    notes: list[str]
+    log_origin: str
+    proofs: list[dict[str, Any]]  # {"stream", "from_size", "to_size", "proof": [hex]} from the archive
+    witnesses: list[tuple[str, Ed25519PublicKey]]
+
+
+def verify(bundle: Path, public_key: Ed25519PublicKey, tsa_roots: list[Any] | None = None,
+           latest: Latest | None = None) -> list[str]:
     """Every failure found, each naming the file or record; empty when the bundle verifies.
 
     `tsa_roots` (x509 certificates of trusted TSAs or their CAs): the archive head's RFC 3161
-    tokens must verify against them, and at least one must be there."""
+    tokens must verify against them, and at least one must be there. `latest`: each holder's
+    checkpoint must be consistent with the bundle's snapshot (RFC 9162, with the proofs given)."""
     proven = _Proven()
     try:
-        return _verify(bundle, public_key, proven, tsa_roots)
+        return _verify(bundle, public_key, proven, tsa_roots, latest)
     except (BundleRefused, zipfile.BadZipFile) as e:
         return [f"bundle refused: {e}"]
     finally:
@@ -435,7 +559,7 @@ def verify(bundle: Path, public_key: Ed25519PublicKey, tsa_roots: list[Any] | No
 
 
 def _verify(bundle: Path, public_key: Ed25519PublicKey, proven: _Proven, tsa_roots: list[Any] | None = None,
-            ) -> list[str]:
+            latest: Latest | None = None) -> list[str]:
     src = _Source(bundle)
     failures: list[str] = []
     if not src.exists("manifest.json") or not src.exists("manifest.sig"):
@@ -510,6 +634,8 @@ def _verify(bundle: Path, public_key: Ed25519PublicKey, proven: _Proven, tsa_roo
             failures.append(f"{name}: checkpoint does not verify ({type(e).__name__}: {e})")
 
     failures += _head_failures(src, manifest, intact, history, roots, tsa_roots)
+    if latest is not None:
+        failures += _latest_failures(roots, history, latest)
 
     # 5. records and their proofs
     for path in sorted(p for p in listed if p.startswith("proofs/") and p.endswith(".jsonl")):
@@ -810,6 +936,44 @@ def _renderings(src: _Source, listed: dict[str, Any], intact: set[str], proven: 
     return failures
 
 
+def _latest_failures(roots: dict[str, tuple[int, bytes]], history: KeyHistory, latest: Latest) -> list[str]:
+    """Each holder's checkpoint: signed by a key of the archive (and cosigned by every witness
+    given), for a stream of the bundle, and consistent with the bundle's snapshot of it."""
+    failures = []
+    for i, text in enumerate(latest.notes, start=1):
+        note, errors = None, []
+        for pk in history.keys.values():
+            try:
+                note = verify_note(text, latest.log_origin, pk, latest.witnesses)
+                break
+            except ValueError as e:
+                errors.append(str(e))
+        if note is None:
+            failures.append(f"latest #{i}: the holder's checkpoint does not verify ({errors[-1] if errors else ''})")
+            continue
+        prefix = latest.log_origin + "/"
+        stream = note.origin[len(prefix):] if note.origin.startswith(prefix) else None
+        where = f"latest #{i} ({note.origin} @ {note.tree_size})"
+        if stream not in roots:
+            failures.append(f"{where}: the bundle holds no snapshot of stream {stream}")
+            continue
+        size, root = roots[stream]
+        if note.tree_size == size:
+            if note.root != root:
+                failures.append(f"{where}: the holder's root differs from the bundle's at the same size (a fork)")
+            continue
+        lo, hi = sorted((note.tree_size, size))
+        lo_root, hi_root = (note.root, root) if note.tree_size < size else (root, note.root)
+        proof = next((p for p in latest.proofs if p.get("stream") == stream and p.get("from_size") == lo
+                      and p.get("to_size") == hi), None)
+        if proof is None:
+            failures.append(f"{where}: no consistency proof between {lo} and {hi} given (ask the archive: "
+                            f"strongroom proof consistency --stream {stream} --from {lo} --to {hi})")
+        elif not consistent(lo, hi, [bytes.fromhex(h) for h in proof.get("proof", [])], lo_root, hi_root):
+            failures.append(f"{where}: the bundle's snapshot ({size}) is not consistent with the holder's checkpoint")
+    return failures
+
+
 def _head_failures(src: _Source, manifest: dict[str, Any], intact: set[str], history: KeyHistory,
                    roots: dict[str, tuple[int, bytes]], tsa_roots: list[Any] | None) -> list[str]:
     """The archive head of the snapshot: signed by the archive, naming each snapshot checkpoint,
@@ -889,9 +1053,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("public_key", help="the archive's public key (PEM)")
     parser.add_argument("--tsa-cert", action="append", default=None,
                         help="PEM certificate of a trusted TSA or its CA (repeatable)")
+    parser.add_argument("--latest", action="append", default=[],
+                        help="a checkpoint note an outside holder keeps (C2SP tlog-checkpoint; repeatable)")
+    parser.add_argument("--consistency", action="append", default=[],
+                        help="an RFC 9162 consistency proof from the archive (JSON; repeatable)")
+    parser.add_argument("--log-origin", help="the origin the notes' lines begin with")
+    parser.add_argument("--witness", action="append", default=[],
+                        help="a witness's verifier key: every --latest note must carry its cosignature")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    if args.latest and not args.log_origin:
+        parser.error("--latest needs --log-origin")
+    latest = Latest([Path(n).read_text() for n in args.latest], args.log_origin,
+                    [json.loads(Path(c).read_text()) for c in args.consistency],
+                    [(name, key) for name, _kind, key in map(parse_vkey, args.witness)]) if args.latest else None
     failures = verify(Path(args.bundle), load_public_key(Path(args.public_key).read_bytes()),
-                      load_certificates(args.tsa_cert) if args.tsa_cert else None)
+                      load_certificates(args.tsa_cert) if args.tsa_cert else None, latest)
     for f in failures:
         print(f"FAIL {f}")
     print("bundle verifies" if not failures else f"{len(failures)} failure(s)")

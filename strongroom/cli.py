@@ -77,6 +77,7 @@ index_app = _group("index", "The encrypted search index.")
 users_app = _group("users", "Human accounts (password + TOTP) of the auditor API.")
 apikey_app = _group("apikey", "Service API keys (ingest, auditor) of the auditor API.")
 numbers_app = _group("numbers", "Business numbers and the tenant (WABA) each belongs to.")
+proof_app = _group("proof", "Proofs a verifier outside the archive asks for.")
 quarantine_app = _group("quarantine", "Signed bodies set aside because they could not be archived as records.")
 out = Console(soft_wrap=True)  # paths and URLs stay on one line, copyable
 err = Console(stderr=True, soft_wrap=True)
@@ -844,14 +845,28 @@ def verify_bundle(
     public_key: Annotated[Path, typer.Option(help="The archive's public key (PEM), from `strongroom keys public`.")],
     tsa_cert: Annotated[list[Path] | None, typer.Option(
         help="PEM certificate of a TSA (or its CA) whose RFC 3161 timestamps are trusted; repeatable.")] = None,
+    latest: Annotated[list[Path] | None, typer.Option(
+        help="A checkpoint note an outside holder keeps; the bundle's snapshot must be consistent with it.")] = None,
+    consistency: Annotated[list[Path] | None, typer.Option(
+        help="A consistency proof from `strongroom proof consistency` (JSON); repeatable.")] = None,
+    witness: Annotated[list[str] | None, typer.Option(
+        help="A witness's verifier key: every --latest note must carry its cosignature.")] = None,
+    log_origin: Annotated[str | None, typer.Option(
+        help="The origin the notes' lines begin with (default STRONGROOM_LOG_ORIGIN).")] = None,
 ) -> None:
     """Verify an export bundle offline: signature, file hashes, counts, checkpoints, archive head and
-    its timestamps, every record's proof and content."""
+    its timestamps, every record's proof and content, and consistency with a holder's checkpoint."""
     from archiver.timestamps import load_certificates
     from exporters import verify_bundle as vb
 
+    try:
+        witnesses = [(name, key) for name, _kind, key in map(vb.parse_vkey, witness or [])]
+    except ValueError as e:
+        raise InvalidInput(f"--witness: {e}") from e
+    held = vb.Latest([n.read_text() for n in latest], log_origin or _settings().log_origin,
+                     [json.loads(c.read_text()) for c in consistency or []], witnesses) if latest else None
     failures = vb.verify(path, vb.load_public_key(public_key.read_bytes()),
-                         load_certificates(tsa_cert) if tsa_cert else None)
+                         load_certificates(tsa_cert) if tsa_cert else None, held)
     for f in failures:
         out.print(f"[red]FAIL[/red] {f}")
     if failures:
@@ -881,6 +896,20 @@ def keys_public(
         sys.stdout.write(note_vkey(settings.log_origin, key.public_key()) + "\n")
         return
     sys.stdout.write(crypto.public_key_pem(key.public_key()).decode())
+
+
+@proof_app.command("consistency")
+def proof_consistency(
+    stream: Annotated[str, typer.Option(help="The number (stream).")],
+    from_size: Annotated[int, typer.Option("--from", help="The smaller tree size (e.g. a bundle's snapshot).")],
+    to_size: Annotated[int | None, typer.Option("--to", help="The larger tree size (default: the newest "
+                                                             "checkpoint).")] = None,
+) -> None:
+    """Print an RFC 9162 consistency proof (JSON) between two tree sizes of a stream, for
+    `verify-bundle --latest NOTE --consistency FILE`."""
+    with _reading() as (_archive, access, reader):
+        answer = access.consistency(reader, stream, from_size, to_size)
+    sys.stdout.write(answer.body.decode() + "\n")
 
 
 @keys_app.command("history")

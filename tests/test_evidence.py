@@ -285,3 +285,59 @@ def test_signing_key_rotation_keeps_history_verifiable_and_refuses_the_retired_k
                    for f in fails), fails
     finally:
         archive.close()
+
+
+def test_a_bundle_is_checked_against_the_holders_newer_checkpoint_with_a_proof_from_the_archive(
+        make_settings: Callable[..., Settings], holder: Holder, webhook_body: Callable[[str], bytes],
+        tmp_path: Path) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from archiver import crypto
+    from exporters import verify_bundle as vb
+    from exporters.bundle import Custody, ExportScope
+    from exporters.sinks import DirectorySink
+    from strongroom.cli import app
+    from tests.conftest import subprocess_env
+
+    origin = "archive.firm.example/strongroom"
+    settings = make_settings(publish_urls=holder.url, head_interval_seconds=0, log_origin=origin)
+    archive = open_archive(settings)
+    stream = "1122334455667"
+    try:
+        _deliver(archive, webhook_body, 2)
+        out = tmp_path / "bundle"
+        result = archive.exporter().run(ExportScope("M-2"), DirectorySink(out), Custody("examiner@sec.example"), "t")
+        snap = result.manifest["snapshot"][stream]["tree_size"]
+        _deliver(archive, webhook_body, 2, start=2)
+        note = holder.notes[f"{origin}/{stream}"]
+        held = int(note.split("\n")[1])
+        assert held > snap
+        env = subprocess_env(settings)
+        got = CliRunner().invoke(app, ["proof", "consistency", "--stream", stream, "--from", str(snap), "--to",
+                                       str(held)], env=env)
+        assert got.exit_code == 0, got.output
+        proof = json.loads(got.output)
+        assert proof["from_size"] == snap and proof["to_size"] == held and proof["proof"]
+    finally:
+        archive.close()
+    key = vb.load_public_key(crypto.public_key_pem(archive.public_key))
+    latest = vb.Latest([note], origin, [], [])
+    fails = vb.verify(out, key, latest=latest)
+    assert any("no consistency proof" in f and f"--from {snap} --to {held}" in f for f in fails), fails
+    assert vb.verify(out, key, latest=vb.Latest([note], origin, [proof], [])) == []
+    bent = {**proof, "proof": ["00" * 32] + proof["proof"][1:]}
+    fails = vb.verify(out, key, latest=vb.Latest([note], origin, [bent], []))
+    assert any("is not consistent with the holder's checkpoint" in f for f in fails), fails
+    # the standalone verifier, with the files a regulator has
+    (tmp_path / "note").write_text(note)
+    (tmp_path / "proof.json").write_text(json.dumps(proof))
+    (tmp_path / "k.pem").write_bytes(crypto.public_key_pem(archive.public_key))
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "exporters/verify_bundle.py", str(out), str(tmp_path / "k.pem"),
+                           "--latest", str(tmp_path / "note"), "--consistency", str(tmp_path / "proof.json"),
+                           "--log-origin", origin], capture_output=True, text=True, cwd=Path(__file__).parents[1])
+    assert done.returncode == 0 and "bundle verifies" in done.stdout, done.stdout + done.stderr

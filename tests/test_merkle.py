@@ -114,3 +114,29 @@ def test_preconditions_name_the_numbers() -> None:
         merkle.verify_consistency(4, 3, [], bytes(32), bytes(32))
     with pytest.raises(ProofError, match="empty consistency proof"):
         merkle.verify_consistency(3, 4, [], bytes(32), bytes(32))
+
+
+@pytest.mark.parametrize("path", _cases("consistency"), ids=lambda p: f"{p.parent.name}/{p.stem}")
+def test_the_standalone_verifiers_consistency_check_on_the_same_vectors(path: Path) -> None:
+    """exporters/verify_bundle.py has its own RFC 9162 consistency check (a regulator runs it alone)."""
+    from exporters.verify_bundle import consistent
+
+    c = json.loads(path.read_text())
+    ok = consistent(c["size1"], c["size2"], [_b64(p) for p in c["proof"] or []], _b64(c["root1"]), _b64(c["root2"]))
+    assert ok is (not c["wantErr"]), c
+
+
+def test_the_standalone_check_accepts_our_own_proofs() -> None:
+    from exporters.verify_bundle import consistent
+
+    leaves = [merkle.hash_leaf(b"%d" % i) for i in range(70)]
+
+    def hash_range(lo: int, hi: int) -> bytes:
+        return merkle.root_of(leaves[lo:hi])
+
+    for size1 in range(1, 70):
+        for size2 in (size1, size1 + 1, 70):
+            proof = merkle.consistency_proof(size1, size2, hash_range) if size1 < size2 else []
+            assert consistent(size1, size2, proof, hash_range(0, size1), hash_range(0, size2))
+            if size1 < size2:
+                assert not consistent(size1, size2, proof, hash_range(0, size1), hash_range(0, size2 - 1))

@@ -6,7 +6,7 @@ from datetime import date
 
 from fastapi import APIRouter, Query, Request, Response
 
-from audit.access import READERS, Access
+from audit.access import READERS, TRAIL_READERS, Access
 from audit.http import json_response, principal, rule
 
 
@@ -29,5 +29,12 @@ def router(access: Access) -> APIRouter:
                    type: str | None = Query(None, max_length=64)) -> Response:
         """Compliance violations (consent, window, template, pricing) with their evidence."""
         return json_response(access.violations(principal(request), stream, type).body)
+
+    @r.get("/proofs/consistency", **rule(READERS | TRAIL_READERS, audited=True))
+    def consistency(request: Request, stream: str = Query(..., max_length=128), from_size: int = Query(..., ge=1),
+                    to_size: int | None = Query(None, ge=1)) -> Response:
+        """An RFC 9162 consistency proof between two tree sizes of a number's log (hashes only): what
+        a verifier needs to check a bundle's snapshot against a checkpoint an outside holder keeps."""
+        return json_response(access.consistency(principal(request), stream, from_size, to_size).body)
 
     return r

@@ -52,18 +52,19 @@ class Publisher:
 
     def publish(self, streams: dict[str, dict[str, Any]], key: Ed25519PrivateKey) -> int:
         """Tell every holder each stream's checkpoint it does not have yet. Returns notes delivered."""
-        sent = 0
+        sent, down = 0, set()
         for stream, head in sorted(streams.items()):
             note: str | None = None
             for url in self.urls:
-                if self._told.get((url, stream)) == head["tree_size"]:
-                    continue
+                if url in down or self._told.get((url, stream)) == head["tree_size"]:
+                    continue  # a holder that failed is not waited on again this round
                 note = note or note_for(self.log_origin, stream, head["tree_size"], head["root_hash"], key)
                 try:
                     httpx.post(url, content=note.encode(), headers={"Content-Type": CONTENT_TYPE},
                                timeout=self.timeout).raise_for_status()
                 except httpx.HTTPError as e:
                     log.warning("publish.failed", holder=url, stream=stream, error=type(e).__name__)
+                    down.add(url)
                     continue
                 self._told[(url, stream)] = head["tree_size"]
                 sent += 1

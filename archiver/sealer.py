@@ -392,8 +392,8 @@ class Sealer:
         key = checkpoint_key(seg.stream, seg.last_seq)
         previous = self._previous_checkpoint(seg)
         signing_key = self.signing_key
-        cp = Checkpoint(seg.stream, seg.last_seq + 1, seg.root_hash, seg.head_hash,
-                        format_ts(self.clock()), key_id(signing_key.public_key()), segment=seg.object_key, segment_sha256=seg.sha256,
+        cp = Checkpoint(seg.stream, seg.last_seq + 1, seg.root_hash, seg.head_hash, format_ts(self.clock()),
+                        key_id(signing_key.public_key()), segment=seg.object_key, segment_sha256=seg.sha256,
                         previous_sha256=previous.digest() if previous else None,
                         previous_size=previous.tree_size if previous else None)
         try:

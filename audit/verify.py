@@ -191,8 +191,11 @@ class Verifier:
         report.head.key = key
         try:
             data = self.store.get(key)
-            claimed = json.loads(data).get("head", {})
-            head = ArchiveHead.verified(data, self._key(str(claimed.get("key_id")), claimed.get("time")), key)
+            claimed = json.loads(data)["head"]
+            head = ArchiveHead.verified(data, self._key(str(claimed["key_id"]), str(claimed["time"])), key)
+        except (ValueError, KeyError, TypeError) as e:  # a hostile store: a finding, never a crash
+            report.failures.append(Failure(8, "?", key, f"malformed archive head: {type(e).__name__}"))
+            return None
         except (VerificationError, ObjectStoreError) as e:
             report.failures.append(Failure(8, "?", key, str(e)))
             return None

@@ -253,3 +253,11 @@ def test_validly_signed_but_malformed_checkpoint_is_reported_not_crashed(archive
     cp_path.write_bytes(SignedCheckpoint.sign(forged, archive.signing_key).to_json())
     report = _verify(archive, copy)
     assert not report.ok and any(f.item == str(cp_path.relative_to(copy)) for f in report.failures)
+
+
+@pytest.mark.parametrize("garbage", [b"[]", b"not json", b'{"head": 1}', b'{"head": {"key_id": "x"}}'])
+def test_a_malformed_archive_head_is_a_finding_not_a_crash(archive: Archive, copy: Path, garbage: bytes) -> None:
+    newest = sorted((copy / "heads").rglob("*.json"))[-1]
+    newest.write_bytes(garbage)
+    failures = _verify(archive, copy).failures
+    assert [(f.step, f.item) for f in failures] == [(8, str(newest.relative_to(copy)))], failures

@@ -447,9 +447,17 @@ class Exporter:
                 events.c.kind == "template_ledger", events.c.tenant.in_(tenants))
                 .order_by(events.c.event_time, events.c.id)) if self._provable(st, r)] if tenants else []
         for path, rows in (("ledgers/consent.jsonl", consent), ("ledgers/templates.jsonl", templates)):
-            lines = [_line({"record": self._evidence(st, r), **json.loads(self.keyring.open_record(r))})
-                     for r in rows]
+            lines = [_line({"record": self._evidence(st, r), **self._entry(r)}) for r in rows]
             b.put(path, b"".join(lines), count=len(lines))
+
+    def _entry(self, r: Any) -> dict[str, Any]:
+        """A ledger record's sealed entry; `{"erased": true}` once its subject was crypto-shredded
+        (the record is still proven; its key is gone, so none is disclosed)."""
+        try:
+            doc: dict[str, Any] = json.loads(self.keyring.open_record(r))
+        except KeyDestroyedError:
+            return {"erased": True}
+        return doc
 
     def _trail(self, b: _Bundle, st: _RunState, tenants: list[str] | None) -> None:
         """Audit-stream entries that named a record, conversation or number of the scope.

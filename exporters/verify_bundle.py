@@ -716,8 +716,8 @@ def _extract_failures(path: str, entry: dict[str, Any], proven: _Proven) -> list
     sealed = proven.by_id(rid) if rid is not None else None
     if sealed is None:
         return [f"{path}: entry {rid or entry.get('natural_key')} has no verified inclusion proof"]
-    if entry.get("redacted") is True and sealed.content is None:
-        return []  # an extract of what a tenant may see: the sealed record exists, its content is not disclosed
+    if sealed.content is None and (entry.get("redacted") is True or rest == {"erased": True}):
+        return []  # a tenant's extract, or an erased subject's entry: the sealed record exists, no key disclosed
     if sealed.content is None:
         return [f"{path}: entry {rid}: no content key disclosed for it"]
     return [] if _digest(rest) == sealed.content else [f"{path}: entry {rid}: differs from its sealed record"]
@@ -860,6 +860,23 @@ def _dat_rows(src: _Source, path: str) -> Iterator[dict[str, str]]:
         yield dict(zip(header, (c.strip("\u00fe") for c in row), strict=True))
 
 
+def _parquet_failures(pq: Any, src: _Source, proven: _Proven) -> list[str]:
+    failures = []
+    with src.open("records/records.parquet") as fh:
+        for batch in pq.ParquetFile(fh).iter_batches(columns=["id", "stream", "seq", "content_json"]):
+            for rid, stream, seq, cj in zip(*(batch.column(i).to_pylist() for i in range(4)), strict=True):
+                sealed = proven.get(stream, seq)
+                if sealed is None:
+                    failures.append(f"records/records.parquet: record {rid} has no verified inclusion proof")
+                    continue
+                try:
+                    content = json.loads(cj) if cj is not None else None
+                except ValueError:
+                    content = cj
+                failures += _content_failures("records/records.parquet", rid, content, sealed)
+    return failures
+
+
 def _renderings(src: _Source, listed: dict[str, Any], intact: set[str], proven: _Proven) -> list[str]:
     """Every rendering of a record's content equal to the sealed content: records.parquet, the RSMF
     events and text parts, the extracted text, the transcripts; every native a sealed media record's."""
@@ -870,18 +887,10 @@ def _renderings(src: _Source, listed: dict[str, Any], intact: set[str], proven: 
         except ImportError:
             pq = None  # without pyarrow, records.parquet is checked by its hash only (same rows as the JSONL)
         if pq is not None:
-            with src.open("records/records.parquet") as fh:
-                for batch in pq.ParquetFile(fh).iter_batches(columns=["id", "stream", "seq", "content_json"]):
-                    for rid, stream, seq, cj in zip(*(batch.column(i).to_pylist() for i in range(4)), strict=True):
-                        sealed = proven.get(stream, seq)
-                        if sealed is None:
-                            failures.append(f"records/records.parquet: record {rid} has no verified inclusion proof")
-                            continue
-                        try:
-                            content = json.loads(cj) if cj is not None else None
-                        except ValueError:
-                            content = cj
-                        failures += _content_failures("records/records.parquet", rid, content, sealed)
+            try:
+                failures += _parquet_failures(pq, src, proven)
+            except Exception as e:  # a damaged file is a finding, never a crash
+                failures.append(f"records/records.parquet: unreadable ({type(e).__name__}: {e})")
     checked_natives: set[str] = set()
     for path in sorted(p for p in intact if p.endswith(".dat")):
         try:

@@ -594,3 +594,30 @@ def test_reports_ledgers_and_trail_are_proven_and_a_report_is_recomputed_from_th
 
     fails = vb.verify(_forge(out, tmp_path / "d3", sk, {"audit/access_trail.jsonl": edit_trail}), key)
     assert any(f"audit/access_trail.jsonl: entry {first['record']}: differs" in x for x in fails), fails
+
+
+@pytest.mark.parametrize("sql_url", ["sqlite"], indirect=True)
+def test_an_erased_subjects_records_and_ledger_entries_are_proven_without_keys(
+        exp_archive: Archive, tmp_path: Path) -> None:
+    from datetime import UTC, datetime
+
+    exp_archive.schedules.store({"default_days": 1}, "test", datetime.now(UTC))  # no statutory obligation
+    ingest(exp_archive, p.inbound(p.text("wamid.z1", BOB, NOW, "erase me please")),
+           p.inbound(p.text("wamid.z2", BOB, NOW + 5, "STOP")), p.inbound(p.text("wamid.z3", ALICE, NOW + 9, "keep")))
+    exp_archive.process_pending()
+    assert exp_archive.consent().sync()  # the STOP is an opt-out on the consent ledger
+    exp_archive.process_pending()
+    assert exp_archive.erasure().request("dpo:dan", phone=BOB).outcome == "granted"
+    exp_archive.process_pending()
+    out = tmp_path / "bundle"
+    produce(exp_archive, out)
+    key = public_key(exp_archive)
+    assert vb.verify(out, key) == []
+    records = [json.loads(x) for x in (out / "records/records.jsonl").read_text().splitlines()]
+    erased = [r for r in records if r["content"] == {"erased": True}]
+    assert erased and any(r["content"] != {"erased": True} for r in records)
+    consent = [json.loads(x) for x in (out / "ledgers/consent.jsonl").read_text().splitlines()]
+    assert consent and all(c == {"record": c["record"], "erased": True} for c in consent)  # BOB's, shredded
+    proofs = {f"{x['stream']}/{x['seq']}": x for f in (out / "proofs").glob("*.jsonl")
+              for x in map(json.loads, f.read_text().splitlines())}
+    assert all(proofs[r["id"]]["content_key"] is None for r in erased)

@@ -29,6 +29,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from archiver.errors import Forbidden, RateLimited, StrongroomError, Unauthenticated
 from archiver.records import parse_instant_arg
 from audit.auth import MFA_ROLES, Principal
+from audit.denied import presented
 
 log = structlog.get_logger("strongroom.api")
 
@@ -132,6 +133,24 @@ def error_problem(e: StrongroomError) -> Response:
     return problem(e.status, e.code, str(e), e.title, headers=headers, **e.extensions())
 
 
+def note_denied(request: Request, status: int, code: str) -> None:
+    """A refused API request, counted for the sealed audit stream (`audit.denied`): 401, 403, 429,
+    and a 404 answered to an authenticated reader (another tenant's record looks missing)."""
+    denied = getattr(request.app.state, "denied", None)
+    p = getattr(request.state, "principal", None)
+    if denied is None or not request.url.path.startswith("/api/") or not (
+            status in (401, 403, 429) or (status == 404 and p is not None)):
+        return
+    if p is not None:
+        who = f"{p.via}:{p.id}:{p.name}"
+    elif getattr(request.state, "signing_in", None):
+        who = f"sign-in:{request.state.signing_in}"
+    else:
+        who = presented(request.headers.get("authorization"))
+    route = getattr(request.scope.get("route"), "path", None) or request.url.path
+    denied.note(who, request.client.host if request.client else "?", f"{request.method} {route}", code)
+
+
 def _validation_errors(e: RequestValidationError) -> list[dict[str, Any]]:
     """Where and why, never what: `input` and `ctx` can hold a submitted password or token."""
     return [{"loc": [str(part) for part in err.get("loc", ())], "msg": str(err.get("msg", "")),
@@ -158,9 +177,10 @@ def install_error_handlers(app: FastAPI) -> None:
     app.openapi = openapi  # type: ignore[method-assign]  # FastAPI's documented way to extend its schema
 
     @app.exception_handler(StrongroomError)
-    async def _ours(_request: Request, e: StrongroomError) -> Response:
+    async def _ours(request: Request, e: StrongroomError) -> Response:
         if e.status >= 500:
             log.error("api.error", code=e.code, error=type(e).__name__)
+        note_denied(request, e.status, e.code)
         return error_problem(e)
 
     @app.exception_handler(RequestValidationError)

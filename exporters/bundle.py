@@ -473,7 +473,7 @@ class Exporter:
         n = 0
         with b.file("audit/access_trail.jsonl", streaming=True) as w, self.engine.connect() as conn:
             for r in conn.execute(sa.select(events).where(events.c.stream == AUDIT_STREAM,
-                                                          events.c.kind.in_(["access", "audit"]))
+                                                          events.c.kind.in_(["access", "audit", "access_denied"]))
                                   .order_by(events.c.id)).yield_per(2000):
                 try:
                     doc = json.loads(self.keyring.open_record(r))

@@ -10,9 +10,11 @@ import structlog
 from fastapi import FastAPI
 
 from archiver.inbox import GroupCommitter
+from archiver.normalize import append_audit
 from archiver.webhook import webhook_router
 from audit.access import Access
 from audit.auth import RateLimiter
+from audit.denied import DENIED_KIND, DeniedLog
 from audit.http import BodyLimit, SecurityHeaders, install_error_handlers, rule
 from audit.routes import api_routers
 from audit.routes.auth import ANY_ROLE
@@ -32,6 +34,12 @@ def create_app(archive: Archive) -> FastAPI:
                       ExportLimits(settings.export_max_active, settings.export_max_stored,
                                    timedelta(days=settings.export_ttl_days)))
 
+    def seal_denied(batch: list[dict[str, object]]) -> None:
+        for details in batch:
+            append_audit(archive.engine, archive.keyring, DENIED_KIND, "denied", str(details["who"]), details)
+
+    denied = DeniedLog(seal_denied, window=settings.denied_window_seconds)
+
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         jobs.recover()  # exports a previous process left unfinished
@@ -39,6 +47,7 @@ def create_app(archive: Archive) -> FastAPI:
             yield
         finally:
             committer.close()
+            denied.close()
 
     # No interactive docs; the schema is served to authenticated callers only. The only routes
     # without a bearer token are the webhook (HMAC-signed), health, and the sign-in exchanges.
@@ -55,6 +64,7 @@ def create_app(archive: Archive) -> FastAPI:
     app.state.rate_limiter = RateLimiter(settings.api_rate_per_minute)
     app.state.login_limiter = RateLimiter(settings.login_rate_per_minute)
     app.state.export_jobs = jobs
+    app.state.denied = denied
     install_error_handlers(app)
 
     @app.get("/api/v1/openapi.json", tags=["meta"], include_in_schema=False, **rule(ANY_ROLE, audited=False))

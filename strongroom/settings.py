@@ -71,6 +71,9 @@ class Settings(BaseSettings):
     # believed; unset: the header is ignored and the peer address is the client's.
     trusted_proxies: str | None = None
     api_max_body_bytes: int = 1024 * 1024
+    # Refused requests (401/403/429, 404 to a reader) are sealed as counts per who/address/route/reason
+    # once per this many seconds (`audit/denied.py`).
+    denied_window_seconds: float = 60.0
     # Export bundles through the API, per principal: jobs under way, bundles kept, days kept.
     export_max_active: int = 2
     export_max_stored: int = 10

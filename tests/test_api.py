@@ -250,6 +250,7 @@ def _read_requests(world: World) -> dict[str, tuple[str, dict[str, Any]]]:
         "/api/v1/reports/completeness": ("auditor", {"day": datetime.fromtimestamp(T, UTC).date().isoformat()}),
         "/api/v1/reports/retention": ("regulator", {}),
         "/api/v1/violations": ("compliance", {}),
+        "/api/v1/proofs/consistency": ("auditor", {"stream": stream, "from_size": 1}),
         "/api/v1/audit-trail": ("regulator", {"limit": 5}),
         "/api/v1/admin/principals": ("admin", {}),
         "/api/v1/exports/{job_id}": ("auditor", {"_path": f"/api/v1/exports/{world.export_id}"}),

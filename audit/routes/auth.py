@@ -23,6 +23,7 @@ class LoginRequest(BaseModel):
 
 def _throttle(request: Request, name: str) -> None:
     """The sign-in limits: per address and per address + name (429 before any password is hashed)."""
+    request.state.signing_in = name  # who a refusal is counted under (`audit.http.note_denied`)
     client = request.client.host if request.client else "?"
     limiter = request.app.state.login_limiter
     if (wait := limiter.take(f"{client}|{name}")) or limiter.take(client):

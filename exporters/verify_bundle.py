@@ -31,11 +31,11 @@ hash verified are parsed further.
 from __future__ import annotations
 
 import base64
-import email
-import email.policy
+import binascii
 import hashlib
 import io
 import json
+import re
 import sqlite3
 import struct
 import sys
@@ -44,7 +44,7 @@ import zipfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from html.parser import HTMLParser
+from html import unescape
 from pathlib import Path
 from typing import IO, Any, NamedTuple
 
@@ -186,6 +186,15 @@ def open_sealed(record: dict[str, Any], key: bytes) -> Any:
 def _digest(value: Any) -> bytes:
     return hashlib.sha256(json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
                           .encode("utf-8", "surrogatepass")).digest()[:16]
+
+
+def _raw_digest(value: Any) -> bytes:
+    """Of the content's JSON as the exporter writes it (keys in sealed order, compact)."""
+    return _str_digest(json.dumps(value, ensure_ascii=False, separators=(",", ":")))
+
+
+def _str_digest(text: str) -> bytes:
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).digest()[:16]
 
 
 def _text_digest(text: str) -> bytes:
@@ -458,6 +467,29 @@ def _bound(rec: dict[str, Any]) -> bytes:
     return hashlib.sha256(json.dumps([rec.get(f) for f in BOUND_FIELDS] + [when]).encode()).digest()[:16]
 
 
+def record_key(rid: Any) -> tuple[str, int] | None:
+    """(stream, seq) of a record id as productions write it (``<stream>/<seq>``), or None."""
+    stream, _, seq = str(rid).rpartition("/")
+    return (stream, int(seq)) if stream and seq.isdigit() else None
+
+
+def _key(stream: Any, seq: Any) -> tuple[str, int] | None:
+    if isinstance(stream, str) and isinstance(seq, int) and not isinstance(seq, bool):
+        return stream, seq
+    return None
+
+
+def _batches(items: Iterator[Any], n: int = 2000) -> Iterator[list[Any]]:
+    batch: list[Any] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) >= n:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
 class Sealed(NamedTuple):
     """What was proven of one record: digests of its sealed metadata, of its decrypted content and of
     the text a production shows for it (None: no key disclosed), and a media record's native SHA-256."""
@@ -466,6 +498,7 @@ class Sealed(NamedTuple):
     content: bytes | None
     text: bytes | None
     native: str | None
+    content_raw: bytes | None = None  # of the content as the exporter writes it (records.parquet's column)
 
 
 class _Proven:
@@ -478,11 +511,11 @@ class _Proven:
         self.db = sqlite3.connect(str(Path(self._dir.name) / "proven.sqlite"), isolation_level=None)
         self.db.executescript("PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF; BEGIN;"
                               "CREATE TABLE proven (stream TEXT, seq INTEGER, bound BLOB, content BLOB, text BLOB,"
-                              " native TEXT, PRIMARY KEY (stream, seq)) WITHOUT ROWID;"
+                              " native TEXT, content_raw BLOB, PRIMARY KEY (stream, seq)) WITHOUT ROWID;"
                               "CREATE TABLE natives (sha256 TEXT PRIMARY KEY) WITHOUT ROWID;"
                               "CREATE TABLE messages (stream TEXT, day TEXT, wamid TEXT,"
                               " PRIMARY KEY (stream, day, wamid)) WITHOUT ROWID;")
-        self._pending: list[tuple[str, int, bytes | None, bytes | None, bytes | None, str | None]] = []
+        self._pending: list[tuple[str, int, bytes | None, bytes | None, bytes | None, str | None, bytes | None]] = []
 
     def add(self, stream: str, seq: int, sealed: Sealed) -> None:
         self._pending.append((stream, seq, *sealed))
@@ -490,7 +523,7 @@ class _Proven:
             self._flush()
 
     def _flush(self) -> None:
-        self.db.executemany("INSERT OR REPLACE INTO proven VALUES (?, ?, ?, ?, ?, ?)", self._pending)
+        self.db.executemany("INSERT OR REPLACE INTO proven VALUES (?, ?, ?, ?, ?, ?, ?)", self._pending)
         self.db.executemany("INSERT OR IGNORE INTO natives VALUES (?)", [(p[5],) for p in self._pending if p[5]])
         self._pending.clear()
 
@@ -500,24 +533,47 @@ class _Proven:
             self._flush()
         if not isinstance(stream, str) or not isinstance(seq, int) or isinstance(seq, bool):
             return None
-        row = self.db.execute("SELECT bound, content, text, native FROM proven WHERE stream = ? AND seq = ?",
-                              (stream, seq)).fetchone()
-        if row is None:
-            return None
-        bound, content, text, native = row
-        return Sealed(bound, content, text, native)
+        row = self.db.execute("SELECT bound, content, text, native, content_raw FROM proven WHERE stream = ? "
+                              "AND seq = ?", (stream, seq)).fetchone()
+        return Sealed(*row) if row is not None else None
+
+    def get_many(self, keys: list[tuple[str, int] | None]) -> dict[tuple[str, int], Sealed]:
+        """`get` for many records at once (one query per 900 of a stream, not one per record)."""
+        if self._pending:
+            self._flush()
+        by_stream: dict[str, list[int]] = {}
+        for k in keys:
+            if k is not None:
+                by_stream.setdefault(k[0], []).append(k[1])
+        out: dict[tuple[str, int], Sealed] = {}
+        for stream, seqs in by_stream.items():
+            for i in range(0, len(seqs), 900):
+                chunk = seqs[i:i + 900]
+                for seq, *row in self.db.execute(
+                        "SELECT seq, bound, content, text, native, content_raw FROM proven WHERE stream = ? AND seq IN "
+                        f"({','.join('?' * len(chunk))})", (stream, *chunk)):
+                    out[(stream, seq)] = Sealed(*row)
+        return out
 
     def by_id(self, rid: Any) -> Sealed | None:
         """`get` for a record id as productions write it: ``<stream>/<seq>``."""
-        stream, _, seq = str(rid).rpartition("/")
-        return self.get(stream, int(seq)) if seq.isdigit() else None
+        k = record_key(rid)
+        return self.get(*k) if k is not None else None
 
-    def add_message(self, rec: dict[str, Any]) -> None:
-        """A conversation message of records.jsonl, by number and UTC day (what a completeness report lists)."""
-        when = rec.get("event_time") or rec.get("received_at")
-        if rec.get("kind") == "message" and rec.get("conversation") and isinstance(rec.get("wamid"), str) and when:
-            day = datetime.fromisoformat(str(when).replace("Z", "+00:00")).astimezone(UTC).date().isoformat()
-            self.db.execute("INSERT OR IGNORE INTO messages VALUES (?, ?, ?)", (rec.get("stream"), day, rec["wamid"]))
+    def add_messages(self, recs: list[dict[str, Any]]) -> None:
+        """Conversation messages of records.jsonl, by number and UTC day (what a completeness report
+        lists); a record whose time does not parse is left out (its fields are checked elsewhere)."""
+        rows = []
+        for rec in recs:
+            when = rec.get("event_time") or rec.get("received_at")
+            if rec.get("kind") == "message" and rec.get("conversation") and isinstance(rec.get("wamid"), str) \
+                    and isinstance(rec.get("stream"), str) and isinstance(when, str):
+                try:
+                    day = datetime.fromisoformat(when.replace("Z", "+00:00")).astimezone(UTC).date().isoformat()
+                except ValueError:
+                    continue
+                rows.append((rec["stream"], day, rec["wamid"]))
+        self.db.executemany("INSERT OR IGNORE INTO messages VALUES (?, ?, ?)", rows)
 
     def messages(self, stream: str, day: str) -> set[str]:
         return {w for (w,) in self.db.execute("SELECT wamid FROM messages WHERE stream = ? AND day = ?", (stream, day))}
@@ -661,27 +717,14 @@ def _verify(bundle: Path, public_key: Ed25519PublicKey, proven: _Proven, tsa_roo
                 failures.append(f"{where}: {type(e).__name__}: {e}")
     n_records = n_messages = 0
     if "records/records.jsonl" in intact:
-        for rec in _json_lines(src, "records/records.jsonl", failures):
-            n_records += 1
-            n_messages += rec.get("kind") == "message" and rec.get("role") == "message"
-            try:
-                proven.add_message(rec)
-            except (ValueError, TypeError):
-                pass  # a malformed time is reported by the field comparison below
-            sealed = proven.get(rec.get("stream"), rec.get("seq"))
-            if sealed is None:
-                failures.append(f"records/records.jsonl: record {rec.get('id')} has no verified inclusion proof")
-                continue
-            failures += _content_failures("records/records.jsonl", rec.get("id"), rec.get("content"), sealed)
-            if sealed.bound is None:
-                continue  # disposed after retention: existence is proven, content is listed as withheld
-            try:
-                same = _bound(rec) == sealed.bound
-            except (ValueError, TypeError):
-                same = False
-            if not same:
-                failures.append(f"records/records.jsonl: record {rec.get('id')} differs from its sealed record "
-                                f"(fields {', '.join(BOUND_FIELDS)}, event_time)")
+        for batch in _batches(_json_lines(src, "records/records.jsonl", failures)):
+            proven.add_messages(batch)
+            found = proven.get_many([_key(r.get("stream"), r.get("seq")) for r in batch])
+            for rec in batch:
+                n_records += 1
+                n_messages += rec.get("kind") == "message" and rec.get("role") == "message"
+                k = _key(rec.get("stream"), rec.get("seq"))
+                failures += _record_failures(rec, found.get(k) if k is not None else None)
     failures += _renderings(src, listed, intact, proven)
     failures += _evidence_failures(src, intact, proven, manifest)
     counts = manifest.get("counts", {})
@@ -764,13 +807,30 @@ def _sealed(record: dict[str, Any] | None, pr: dict[str, Any]) -> Sealed:
         raise ValueError("no content_key beside the proof: the content cannot be checked against the seal")
     if record is None:
         return Sealed(None, None, None, None)
-    content = text = native = None
+    content = text = native = raw = None
     if pr["content_key"] is not None:
         value = open_sealed(record, base64.b64decode(pr["content_key"], validate=True))
-        content, text = _digest(value), _text_digest(shown_text(value))
+        content, text, raw = _digest(value), _text_digest(shown_text(value)), _raw_digest(value)
         if record.get("kind") == "media" and isinstance(value, dict) and isinstance(value.get("sha256"), str):
             native = value["sha256"]
-    return Sealed(_bound(record), content, text, native)
+    return Sealed(_bound(record), content, text, native, raw)
+
+
+def _record_failures(rec: dict[str, Any], sealed: Sealed | None) -> list[str]:
+    """A record of records.jsonl against what was proven of it: content and sealed metadata."""
+    where = f"records/records.jsonl: record {rec.get('id')}"
+    if sealed is None:
+        return [f"{where} has no verified inclusion proof"]
+    failures = _content_failures("records/records.jsonl", rec.get("id"), rec.get("content"), sealed)
+    if sealed.bound is None:
+        return failures  # disposed after retention: existence is proven, content is listed as withheld
+    try:
+        same = _bound(rec) == sealed.bound
+    except (ValueError, TypeError):
+        same = False
+    if not same:
+        failures.append(f"{where} differs from its sealed record (fields {', '.join(BOUND_FIELDS)}, event_time)")
+    return failures
 
 
 def _content_failures(path: str, rid: Any, content: Any, sealed: Sealed) -> list[str]:
@@ -799,41 +859,67 @@ def _text_failures(path: str, rid: Any, text: Any, sealed: Sealed | None) -> lis
         f"{path}: record {rid}: text differs from its sealed record (decrypted with the disclosed key)"]
 
 
-class _Pres(HTMLParser):
-    """(data-record, text) of every ``<pre data-record=…>`` of a transcript."""
+_PRE = re.compile(r"<pre\b([^>]*)>(.*?)</pre\s*>", re.IGNORECASE | re.DOTALL)
+_RECORD_ATTR = re.compile(r"""\bdata-record\s*=\s*(?:'([^']*)'|"([^"]*)")""", re.IGNORECASE)
 
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.found: list[tuple[str, str]] = []
-        self._open: tuple[str, list[str]] | None = None
 
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if tag == "pre":
-            rid = dict(attrs).get("data-record")
-            self._open = (rid, []) if rid is not None else None
+def transcript_bodies(html: str) -> list[tuple[str, str]]:
+    """(record id, text) of every ``<pre>`` of a transcript: where the exporter writes message
+    bodies, each naming its sealed record (one without a record id is a finding). The rest of the
+    page is presentation (names, times, badges) and is not checked. The exporter escapes every
+    body, so a body never holds ``</pre>``; a hand-edited page that hides one in a comment only
+    makes a check fail, never pass."""
+    out = []
+    for attrs, body in _PRE.findall(html):
+        m = _RECORD_ATTR.search(attrs)
+        rid = unescape(m.group(1) if m.group(1) is not None else m.group(2)) if m else "(none)"
+        out.append((rid, unescape(body)))
+    return out
 
-    def handle_endtag(self, tag: str) -> None:
-        if tag == "pre" and self._open is not None:
-            self.found.append((self._open[0], "".join(self._open[1])))
-            self._open = None
 
-    def handle_data(self, data: str) -> None:
-        if self._open is not None:
-            self._open[1].append(data)
+_BOUNDARY = re.compile(rb'^content-type:\s*multipart/mixed;\s*boundary="?([^"\r\n;]+)"?', re.IGNORECASE | re.MULTILINE)
+
+
+def _mime_parts(data: bytes) -> list[tuple[dict[str, str], bytes]]:
+    """(headers, decoded body) of each part of a one-level multipart/mixed message (RFC 2046): an
+    RSMF native as RFC 5322 frames it. Raises ValueError on anything else."""
+    head, sep, rest = data.partition(b"\r\n\r\n")
+    m = _BOUNDARY.search(head) if sep else None
+    if m is None:
+        raise ValueError("not a multipart/mixed message")
+    delimiter = b"--" + m.group(1)
+    chunks = rest.split(b"\r\n" + delimiter)
+    if not chunks[0].startswith(delimiter) or not chunks[-1].startswith(b"--"):
+        raise ValueError("malformed multipart body")
+    parts = []
+    for chunk in [chunks[0][len(delimiter):]] + chunks[1:-1]:
+        raw_headers, sep, body = chunk.lstrip(b"\r\n").partition(b"\r\n\r\n")
+        if not sep:
+            raise ValueError("a part without a blank line after its headers")
+        headers = {}
+        for line in raw_headers.decode("ascii").split("\r\n"):
+            name, colon, value = line.partition(":")
+            if not colon:
+                raise ValueError(f"malformed part header {line[:40]!r}")
+            headers[name.strip().lower()] = value.strip()
+        encoding = headers.get("content-transfer-encoding", "7bit").lower()
+        if encoding == "base64":
+            body = binascii.a2b_base64(body)
+        elif encoding == "quoted-printable":
+            body = binascii.a2b_qp(body)
+        parts.append((headers, body))
+    return parts
 
 
 def _rsmf_parts(data: bytes) -> tuple[str, dict[str, Any], dict[str, bytes]]:
     """(the text part, rsmf_manifest.json, the other files of rsmf.zip) of an RSMF native."""
-    msg = email.message_from_bytes(data, policy=email.policy.default)
     text, zipped = None, None
-    for part in msg.walk():
-        payload = part.get_payload(decode=True)
-        if not isinstance(payload, bytes):
-            continue  # the multipart container itself
-        if part.get_content_type() == "text/plain" and text is None:
-            text = payload.decode("utf-8")
-        elif part.get_filename() == "rsmf.zip":
-            zipped = payload
+    for headers, body in _mime_parts(data):
+        ctype = headers.get("content-type", "").split(";")[0].strip().lower()
+        if ctype == "text/plain" and text is None:
+            text = body.decode("utf-8")
+        elif 'filename="rsmf.zip"' in headers.get("content-disposition", ""):
+            zipped = body
     if text is None or zipped is None:
         raise ValueError("no text part or no rsmf.zip")
     with zipfile.ZipFile(io.BytesIO(zipped)) as z:
@@ -864,16 +950,21 @@ def _parquet_failures(pq: Any, src: _Source, proven: _Proven) -> list[str]:
     failures = []
     with src.open("records/records.parquet") as fh:
         for batch in pq.ParquetFile(fh).iter_batches(columns=["id", "stream", "seq", "content_json"]):
-            for rid, stream, seq, cj in zip(*(batch.column(i).to_pylist() for i in range(4)), strict=True):
-                sealed = proven.get(stream, seq)
+            rows = list(zip(*(batch.column(i).to_pylist() for i in range(4)), strict=True))
+            found = proven.get_many([_key(stream, seq) for _, stream, seq, _ in rows])
+            for rid, stream, seq, cj in rows:
+                sealed = found.get((stream, seq))
                 if sealed is None:
                     failures.append(f"records/records.parquet: record {rid} has no verified inclusion proof")
-                    continue
-                try:
-                    content = json.loads(cj) if cj is not None else None
-                except ValueError:
-                    content = cj
-                failures += _content_failures("records/records.parquet", rid, content, sealed)
+                elif sealed.content is None or cj is None:  # withheld: the column must say so
+                    try:
+                        content = json.loads(cj) if cj is not None else None
+                    except ValueError:
+                        content = cj
+                    failures += _content_failures("records/records.parquet", rid, content, sealed)
+                elif not isinstance(cj, str) or _str_digest(cj) != sealed.content_raw:
+                    failures.append(f"records/records.parquet: record {rid}: content differs from its sealed "
+                                    "record (decrypted with the disclosed key)")
     return failures
 
 
@@ -914,11 +1005,12 @@ def _renderings(src: _Source, listed: dict[str, Any], intact: set[str], proven: 
     for path in sorted(p for p in intact if p.endswith(".rsmf")):
         try:
             text, manifest, files = _rsmf_parts(src.read(path))
-            for ev in manifest.get("events", []):
-                if ev.get("type") != "message":
-                    continue
-                rid = next((c.get("value") for c in ev.get("custom", []) if c.get("name") == "record"), None)
-                failures += _text_failures(path, rid, ev.get("body", ""), proven.by_id(rid))
+            shown = [(next((c.get("value") for c in ev.get("custom", []) if c.get("name") == "record"), None),
+                      ev.get("body", "")) for ev in manifest.get("events", []) if ev.get("type") == "message"]
+            found = proven.get_many([record_key(rid) for rid, _ in shown])
+            for rid, body in shown:
+                k = record_key(rid)
+                failures += _text_failures(path, rid, body, found.get(k) if k is not None else None)
             expected = _rsmf_text(manifest)
             if _text_digest(text.replace("\r\n", "\n")) != _text_digest(expected):
                 failures.append(f"{path}: its text part differs from its events")
@@ -933,15 +1025,15 @@ def _renderings(src: _Source, listed: dict[str, Any], intact: set[str], proven: 
         except Exception as e:
             failures.append(f"{path}: unreadable RSMF ({type(e).__name__}: {e})")
     for path in sorted(p for p in intact if p.startswith("transcripts/") and p.endswith(".html")):
-        parser = _Pres()
         try:
-            parser.feed(src.read(path).decode("utf-8"))
-            parser.close()
+            bodies = transcript_bodies(src.read(path).decode("utf-8"))
         except Exception as e:
             failures.append(f"{path}: unreadable ({type(e).__name__}: {e})")
             continue
-        for rid, text in parser.found:
-            failures += _text_failures(path, rid, text, proven.by_id(rid))
+        found = proven.get_many([record_key(rid) for rid, _ in bodies])
+        for rid, text in bodies:
+            k = record_key(rid)
+            failures += _text_failures(path, rid, text, found.get(k) if k is not None else None)
     return failures
 
 

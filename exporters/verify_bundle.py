@@ -35,13 +35,14 @@ import binascii
 import hashlib
 import io
 import json
+import os
 import re
 import sqlite3
 import struct
 import sys
 import tempfile
 import zipfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from html import unescape
@@ -506,16 +507,34 @@ class _Proven:
     throw-away SQLite file (digests only, never content), so a bundle of any size verifies in the
     same memory."""
 
-    def __init__(self) -> None:
-        self._dir = tempfile.TemporaryDirectory(prefix="verify-bundle-")
-        self.db = sqlite3.connect(str(Path(self._dir.name) / "proven.sqlite"), isolation_level=None)
+    def __init__(self, path: str | None = None) -> None:
+        """A new store in a private temporary directory, or (`path`) a sealed one, read only (the
+        helper process that checks the renderings)."""
+        self._dir = None if path is not None else tempfile.TemporaryDirectory(prefix="verify-bundle-")
+        self._pending: list[tuple[str, int, bytes | None, bytes | None, bytes | None, str | None, bytes | None]] = []
+        if path is not None:
+            self.path = path
+            self.db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
+            self.mdb = self.db
+            return
+        assert self._dir is not None
+        self.path = str(Path(self._dir.name) / "proven.sqlite")
+        self.db = sqlite3.connect(self.path, isolation_level=None)
         self.db.executescript("PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF; BEGIN;"
                               "CREATE TABLE proven (stream TEXT, seq INTEGER, bound BLOB, content BLOB, text BLOB,"
                               " native TEXT, content_raw BLOB, PRIMARY KEY (stream, seq)) WITHOUT ROWID;"
-                              "CREATE TABLE natives (sha256 TEXT PRIMARY KEY) WITHOUT ROWID;"
-                              "CREATE TABLE messages (stream TEXT, day TEXT, wamid TEXT,"
-                              " PRIMARY KEY (stream, day, wamid)) WITHOUT ROWID;")
-        self._pending: list[tuple[str, int, bytes | None, bytes | None, bytes | None, str | None, bytes | None]] = []
+                              "CREATE TABLE natives (sha256 TEXT PRIMARY KEY) WITHOUT ROWID;")
+        # written while the helper reads the other file: no lock between them
+        self.mdb = sqlite3.connect(str(Path(self._dir.name) / "messages.sqlite"), isolation_level=None)
+        self.mdb.executescript("PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF; BEGIN;"
+                               "CREATE TABLE messages (stream TEXT, day TEXT, wamid TEXT,"
+                               " PRIMARY KEY (stream, day, wamid)) WITHOUT ROWID;")
+
+    def seal(self) -> None:
+        """Every proof is in: commit, so a helper process can read the proven records."""
+        if self._pending:
+            self._flush()
+        self.db.execute("COMMIT")
 
     def add(self, stream: str, seq: int, sealed: Sealed) -> None:
         self._pending.append((stream, seq, *sealed))
@@ -573,10 +592,11 @@ class _Proven:
                 except ValueError:
                     continue
                 rows.append((rec["stream"], day, rec["wamid"]))
-        self.db.executemany("INSERT OR IGNORE INTO messages VALUES (?, ?, ?)", rows)
+        self.mdb.executemany("INSERT OR IGNORE INTO messages VALUES (?, ?, ?)", rows)
 
     def messages(self, stream: str, day: str) -> set[str]:
-        return {w for (w,) in self.db.execute("SELECT wamid FROM messages WHERE stream = ? AND day = ?", (stream, day))}
+        return {w for (w,) in self.mdb.execute("SELECT wamid FROM messages WHERE stream = ? AND day = ?",
+                                               (stream, day))}
 
     def is_native(self, sha256: str) -> bool:
         if self._pending:
@@ -585,7 +605,9 @@ class _Proven:
 
     def close(self) -> None:
         self.db.close()
-        self._dir.cleanup()
+        self.mdb.close()
+        if self._dir is not None:
+            self._dir.cleanup()
 
 
 @dataclass
@@ -693,7 +715,30 @@ def _verify(bundle: Path, public_key: Ed25519PublicKey, proven: _Proven, tsa_roo
     if latest is not None:
         failures += _latest_failures(roots, history, latest)
 
-    # 5. records and their proofs
+    # 5. records and their proofs: inclusion here, the sealed content opened in the helper
+    helper = _Helper()
+    try:
+        return _verify_records(src, bundle, listed, intact, roots, manifest, proven, helper, failures)
+    finally:
+        helper.close()
+
+
+def _verify_records(src: _Source, bundle: Path, listed: dict[str, Any], intact: set[str],
+                    roots: dict[str, tuple[int, bytes]], manifest: dict[str, Any], proven: _Proven,
+                    helper: _Helper, failures: list[str]) -> list[str]:
+    pending: list[tuple[list[tuple[str, int, str]], Any]] = []
+
+    def collect(keep: int) -> None:
+        while len(pending) > keep:
+            keys, future = pending.pop(0)
+            for (stream, seq, where), got in zip(keys, future.result(), strict=True):
+                if isinstance(got, str):
+                    failures.append(f"{where}: {got}")
+                else:
+                    proven.add(stream, seq, got)
+
+    keys: list[tuple[str, int, str]] = []
+    items: list[tuple[bytes | None, dict[str, Any]]] = []
     for path in sorted(p for p in listed if p.startswith("proofs/") and p.endswith(".jsonl")):
         if path not in intact:
             continue
@@ -703,18 +748,29 @@ def _verify(bundle: Path, public_key: Ed25519PublicKey, proven: _Proven, tsa_roo
                 stream, seq = pr["stream"], int(pr["seq"])
                 size, root = roots[stream]
                 leaf = bytes.fromhex(pr["leaf_hash"])
-                record = None
+                raw = None
                 if pr.get("sealed_record") is not None:
                     raw = base64.b64decode(pr["sealed_record"], validate=True)
                     if hashlib.sha256(b"\x00" + raw).digest() != leaf:
                         raise ValueError("sealed record does not hash to its leaf")
-                    record = json.loads(raw)
                 if pr["tree_size"] != size or root_from_inclusion(seq, size, leaf, [bytes.fromhex(h) for h in
                                                                                     pr["path"]]) != root:
                     raise ValueError("inclusion proof does not lead to the signed checkpoint root")
-                proven.add(stream, seq, _sealed(record, pr))
             except Exception as e:
                 failures.append(f"{where}: {type(e).__name__}: {e}")
+                continue
+            keys.append((stream, seq, where))
+            items.append((raw, {k: pr[k] for k in ("content_key",) if k in pr}))
+            if len(items) >= 2000:
+                pending.append((keys, helper.submit(_sealed_batch, items)))
+                keys, items = [], []
+                collect(keep=2)  # at most two batches in flight
+    if items:
+        pending.append((keys, helper.submit(_sealed_batch, items)))
+    collect(keep=0)
+    proven.seal()
+    renderings = helper.submit(_renderings_of, str(bundle), listed, intact, proven.path) \
+        if helper.pool is not None else _Done(_renderings, src, listed, intact, proven)
     n_records = n_messages = 0
     if "records/records.jsonl" in intact:
         for batch in _batches(_json_lines(src, "records/records.jsonl", failures)):
@@ -725,8 +781,8 @@ def _verify(bundle: Path, public_key: Ed25519PublicKey, proven: _Proven, tsa_roo
                 n_messages += rec.get("kind") == "message" and rec.get("role") == "message"
                 k = _key(rec.get("stream"), rec.get("seq"))
                 failures += _record_failures(rec, found.get(k) if k is not None else None)
-    failures += _renderings(src, listed, intact, proven)
     failures += _evidence_failures(src, intact, proven, manifest)
+    failures += renderings.result()
     counts = manifest.get("counts", {})
     if counts.get("records") != n_records:
         failures.append(f"manifest.json: counts.records is {counts.get('records')}, records.jsonl has {n_records}")
@@ -944,6 +1000,65 @@ def _dat_rows(src: _Source, path: str) -> Iterator[dict[str, str]]:
     header = [c.strip("\u00fe") for c in rows[0]]
     for row in rows[1:]:
         yield dict(zip(header, (c.strip("\u00fe") for c in row), strict=True))
+
+
+def _renderings_of(bundle: str, listed: dict[str, Any], intact: set[str], proven_path: str) -> list[str]:
+    """`_renderings` in a helper process, over the sealed store of proven records."""
+    proven = _Proven(proven_path)
+    try:
+        return _renderings(_Source(Path(bundle)), listed, intact, proven)
+    finally:
+        proven.close()
+
+
+class _Done:
+    """A finished computation, in the shape of a future (the inline path of `_Helper`)."""
+
+    def __init__(self, fn: Callable[..., Any], *args: Any) -> None:
+        self._value = fn(*args)
+
+    def result(self) -> Any:
+        return self._value
+
+
+class _Helper:
+    """A second process for the heavy checks (decrypting sealed records, the renderings), so both
+    CPUs of a small machine work; everything runs inline on one CPU or where no process can be
+    started."""
+
+    def __init__(self) -> None:
+        self.pool: Any = None
+        if (os.cpu_count() or 1) > 1:
+            try:
+                import multiprocessing
+                from concurrent.futures import ProcessPoolExecutor
+
+                self.pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+            except (OSError, RuntimeError, ImportError):
+                self.pool = None
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Any:
+        if self.pool is not None:
+            try:
+                return self.pool.submit(fn, *args)
+            except RuntimeError:  # the pool broke: go on inline
+                self.pool = None
+        return _Done(fn, *args)
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown()
+
+
+def _sealed_batch(items: list[tuple[bytes | None, dict[str, Any]]]) -> list[Sealed | str]:
+    """`_sealed` for a batch of proof lines (in the helper process): each Sealed, or why not."""
+    out: list[Sealed | str] = []
+    for raw, pr in items:
+        try:
+            out.append(_sealed(json.loads(raw) if raw is not None else None, pr))
+        except Exception as e:
+            out.append(f"{type(e).__name__}: {e}")
+    return out
 
 
 def _parquet_failures(pq: Any, src: _Source, proven: _Proven) -> list[str]:

@@ -51,6 +51,18 @@ REGIMES: dict[str, Regime] = {r.tag: r for r in (
     Regime("MiFID", "MiFID II Art 16(7)", 5),
     Regime("MiFID-7", "MiFID II Art 16(7), extended to 7 years at the authority's request", 7),
     Regime("HIPAA", "HIPAA 45 CFR 164.316(b)(2)", 6),
+    # EU healthcare: member-state periods for patient records (a clinic tags its numbers with its
+    # own state's). Each runs from the sealing of a record here; the statutes count from the last
+    # treatment or stay, which is later for an ongoing patient: choose the longest that applies.
+    Regime("EU-HC-FR", "France, Code de la santé publique art. R1112-7 (hospital patient records: 20 years "
+                       "from the last stay)", 20),
+    Regime("EU-HC-DE", "Germany, BGB §630f(3) (patient records: 10 years after the treatment ends)", 10),
+    Regime("EU-HC-NL", "Netherlands, Burgerlijk Wetboek 7:454(3) (WGBO: medical records, 20 years)", 20),
+    Regime("EU-HC-AT", "Austria, Ärztegesetz 1998 §51(3) (physicians' records: 10 years)", 10),
+    Regime("EU-HC-ES", "Spain, Ley 41/2002 art. 17.1 (clinical documentation: at least 5 years from each "
+                       "discharge)", 5),
+    Regime("EU-HC-BE", "Belgium, Law of 22 April 2019 on the quality of healthcare practice, art. 35 (patient "
+                       "records: at least 30 years)", 30),
 )}
 
 
@@ -182,6 +194,11 @@ class Schedules:
         if row is None:
             return self.fallback.schedule()
         return RetentionSchedule.from_dict(json.loads(row.document), version=row.version)
+
+    def stored(self) -> bool:
+        """Has the firm stored a schedule (rather than running on the built-in default)?"""
+        with self.engine.connect() as conn:
+            return conn.execute(sa.select(retention_schedules.c.version).limit(1)).first() is not None
 
     def store(self, schedule_doc: dict[str, Any], actor: str, now: datetime) -> RetentionSchedule:
         """Validate and store a new version (numbered after the newest). Returns it."""

@@ -195,6 +195,7 @@ def serve() -> None:
     archive: Archive | None = None
     try:
         archive = _open(settings)
+        archive.require_schedule("serving")
         if archive.embedded is not None and archive.embedded.attached:
             err.print(f"[yellow]attached to the SeaweedFS already running on port {archive.embedded.s3_port} "
                       "for this data dir[/yellow] (started by another strongroom process: it keeps running "
@@ -291,6 +292,11 @@ def worker() -> None:
     from strongroom.runtime import Worker
 
     archive = _open()
+    try:
+        archive.require_schedule("running the worker")
+    except BaseException:
+        archive.close()
+        raise
     loop = Worker(archive, archive.settings.seal_interval_seconds)
     signal.signal(signal.SIGTERM, lambda *_: loop.stopping.set())
     signal.signal(signal.SIGINT, lambda *_: loop.stopping.set())

@@ -165,10 +165,23 @@ class Archive:
     def certifier(self) -> Certifier:
         return Certifier(self.engine, self.store, self.keyring, self.signing_key, self.certificate_retention())
 
-    def retention_run(self) -> RetentionRun:
+    def require_schedule(self, action: str) -> None:
+        """In regulated mode nothing irreversible runs on the built-in default period: the firm
+        states its obligations first (issue 16: an erasure on the default was once granted)."""
+        if self.settings.mode == "regulated" and not self.schedules.stored():
+            raise ConfigurationError(
+                f"regulated mode: no retention schedule is stored, so {action} is refused; store the firm's "
+                "schedule with `strongroom retention set SCHEDULE.json` (see `strongroom retention show`)")
+
+    def retention_run(self, acting: bool = True) -> RetentionRun:
+        """`acting`: it will dispose or shred (refused in regulated mode without a schedule); a
+        report of what is overdue is not."""
+        if acting:
+            self.require_schedule("a retention run")
         return RetentionRun(self.certifier(), self.holds())
 
     def erasure(self) -> Erasure:
+        self.require_schedule("erasure")
         return Erasure(self.certifier(), self.holds())
 
     def consent(self) -> ConsentLedger:

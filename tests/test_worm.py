@@ -5,6 +5,7 @@ moto lets COMPLIANCE retention be shortened, so none of this runs on moto.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from datetime import timedelta
 
@@ -169,3 +170,36 @@ def test_only_the_s3_gateway_answers_the_filer_master_and_volume_need_a_certific
     security = seaweed.dir / "security.toml"
     assert security.stat().st_mode & 0o777 == 0o600 and (seaweed.dir / "tls" / "node.key").stat().st_mode & 0o777 == 0o600
     assert not list((seaweed.dir / "tls").glob("ca*.key"))  # the CA's key is not kept: no one can issue another
+
+
+def test_regulated_mode_refuses_to_act_until_a_schedule_is_stored(make_settings: Callable[..., Settings]) -> None:
+    """Issue 16, item 3: on the built-in default nothing irreversible runs in regulated mode."""
+    import subprocess
+    import sys
+    from datetime import UTC, datetime
+
+    from archiver.errors import ConfigurationError
+    from strongroom import payloads as p
+    from tests.conftest import ingest, subprocess_env
+
+    open_archive(make_settings()).close()  # standard mode creates the bucket with a COMPLIANCE default
+    settings = make_settings(mode="regulated")
+    a = open_archive(settings)
+    try:
+        with pytest.raises(ConfigurationError, match="strongroom retention set"):
+            a.erasure()
+        with pytest.raises(ConfigurationError, match="a retention run is refused"):
+            a.retention_run()
+        assert a.retention_run(acting=False).overdue(datetime.now(UTC)) == []  # the report still answers
+        env = subprocess_env(settings) | {"STRONGROOM_MODE": "regulated"}
+        worker = subprocess.run([sys.executable, "-m", "strongroom", "worker"], env=env, capture_output=True,
+                                text=True, timeout=120)
+        assert worker.returncode == 7 and "strongroom retention set" in worker.stderr, worker.stderr
+
+        a.schedules.store({"default_tags": ["FINRA"]}, "compliance:carol", datetime.now(UTC))
+        ingest(a, p.inbound(p.text("wamid.r1", "16505550991", int(datetime.now(UTC).timestamp()) - 60, "keep")))
+        decision = a.erasure().request("dpo:dan", phone="16505550991")
+        assert decision.outcome == "refused" and decision.basis[0]["article"] == "17(3)(b)"
+        assert "FINRA" in json.dumps(decision.basis)
+    finally:
+        a.close()

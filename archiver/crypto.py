@@ -15,7 +15,7 @@ import hashlib
 import hmac
 import os
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes, serialization
@@ -66,13 +66,17 @@ def record_key(content_key: bytes, aad: bytes) -> bytes:
 
 
 class Kek(Protocol):
-    """Wraps and unwraps data keys. Implementations: `LocalKek` (file), KMS (production)."""
+    """Wraps and unwraps data keys. Implementations: `LocalKek` (one file), `KekRing` (the file
+    versions of a rotation), KMS and PKCS#11 (production; issue 16)."""
 
-    kek_id: str
+    @property
+    def kek_id(self) -> str: ...
 
-    def wrap(self, data_key: bytes, key_id: str) -> bytes: ...
+    def wrap_with_id(self, data_key: bytes, key_id: str) -> tuple[bytes, str]:
+        """The wrapped key and the id of the KEK version that wrapped it (stored beside it)."""
+        ...
 
-    def unwrap(self, wrapped: bytes, key_id: str) -> bytes: ...
+    def unwrap(self, wrapped: bytes, key_id: str, kek_id: str | None = None) -> bytes: ...
 
 
 class LocalKek:
@@ -92,11 +96,78 @@ class LocalKek:
         nonce = os.urandom(NONCE_SIZE)
         return nonce + self._aead.encrypt(nonce, data_key, key_id.encode())
 
-    def unwrap(self, wrapped: bytes, key_id: str) -> bytes:
+    def wrap_with_id(self, data_key: bytes, key_id: str) -> tuple[bytes, str]:
+        return self.wrap(data_key, key_id), self.kek_id
+
+    def unwrap(self, wrapped: bytes, key_id: str, kek_id: str | None = None) -> bytes:
+        if kek_id is not None and kek_id != self.kek_id:
+            raise DecryptionError(f"data key {key_id} is wrapped by KEK {kek_id}, not {self.kek_id}")
         try:
             return self._aead.decrypt(wrapped[:NONCE_SIZE], wrapped[NONCE_SIZE:], key_id.encode())
         except InvalidTag as e:
             raise DecryptionError(f"data key {key_id} does not unwrap under this KEK") from e
+
+
+class KekRing:
+    """The local KEK and, while a rotation is under way, its successor (`<kek file>.next`).
+
+    New data keys are wrapped by the successor as soon as it exists; a data key is unwrapped by
+    the version its row names. Both files are looked at (two `stat`s) at every use, so a rotation
+    started by another process takes effect here at once, and a destroyed version is gone from
+    this process too. `strongroom keys rotate-kek` re-wraps every data key, then replaces the KEK
+    file by its successor: the old version then exists nowhere, and neither does any data key it
+    alone wrapped — in a database backup included (crypto-shredding that survives backups)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.next_path = path.with_name(path.name + ".next")
+        self._stamp: tuple[Any, ...] | None = None
+        self._by_id: dict[str, LocalKek] = {}
+        self._wrapper: LocalKek | None = None
+
+    def _load(self) -> LocalKek:
+        def stamp(p: Path) -> tuple[int, int] | None:
+            try:
+                st = p.stat()
+            except FileNotFoundError:
+                return None
+            return st.st_ino, st.st_mtime_ns
+
+        now = (stamp(self.path), stamp(self.next_path))
+        if now != self._stamp or self._wrapper is None:
+            current = LocalKek.from_file(self.path)
+            successor = LocalKek.from_file(self.next_path) if now[1] is not None else None
+            self._by_id = {k.kek_id: k for k in (current, successor) if k is not None}
+            self._wrapper, self._stamp = successor or current, now
+        return self._wrapper
+
+    @property
+    def kek_id(self) -> str:
+        return self._load().kek_id
+
+    @property
+    def versions(self) -> list[str]:
+        self._load()
+        return list(self._by_id)
+
+    def wrap_with_id(self, data_key: bytes, key_id: str) -> tuple[bytes, str]:
+        kek = self._load()
+        return kek.wrap(data_key, key_id), kek.kek_id
+
+    def unwrap(self, wrapped: bytes, key_id: str, kek_id: str | None = None) -> bytes:
+        self._load()
+        if kek_id is None:
+            for kek in self._by_id.values():
+                try:
+                    return kek.unwrap(wrapped, key_id)
+                except DecryptionError:
+                    continue
+            raise DecryptionError(f"data key {key_id} does not unwrap under any KEK this archive holds")
+        version = self._by_id.get(kek_id)
+        if version is None:
+            raise DecryptionError(f"data key {key_id} is wrapped by KEK {kek_id}, which this archive no longer "
+                                  "holds (a rotation destroyed it)")
+        return version.unwrap(wrapped, key_id, kek_id)
 
 
 class BlindIndex:

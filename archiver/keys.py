@@ -13,15 +13,19 @@ import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 
+from archiver import failpoints
 from archiver.crypto import (
     KEY_SIZE,
     BlindIndex,
     DecryptionError,
     Kek,
+    KekRing,
     decrypt,
     derive_content_key,
     encrypt,
@@ -29,6 +33,7 @@ from archiver.crypto import (
 )
 from archiver.db import data_keys
 from archiver.errors import KeyDestroyedError, RaceError
+from archiver.leases import StreamLocks
 from archiver.records import content_aad
 from archiver.sqlutil import insert_ignore, utcnow
 
@@ -73,17 +78,17 @@ class KeyRing:
             KeyRaceError: another process stored a different key under one of these ids
                 first; the caller rolls back and rebuilds with the stored key.
         """
-        new: dict[str, bytes] = getattr(self._local, "new", None) or {}
+        new: dict[str, tuple[bytes, str]] = getattr(self._local, "new", None) or {}
         if not new:
             return
         now = utcnow()
         insert_ignore(conn, data_keys, [
-            {"key_id": k, "purpose": k.split(":", 1)[0], "wrapped": w, "kek_id": self.kek.kek_id, "created_at": now}
-            for k, w in new.items()
+            {"key_id": k, "purpose": k.split(":", 1)[0], "wrapped": w, "kek_id": kek_id, "created_at": now}
+            for k, (w, kek_id) in new.items()
         ])
         stored = {r.key_id: r.wrapped for r in conn.execute(
             sa.select(data_keys.c.key_id, data_keys.c.wrapped).where(data_keys.c.key_id.in_(list(new))))}
-        lost = [k for k, w in new.items() if stored.get(k) != w]
+        lost = [k for k, (w, _) in new.items() if stored.get(k) != w]
         if lost:
             raise KeyRaceError(lost)
         new.clear()
@@ -99,36 +104,42 @@ class KeyRing:
             cached = self._cache.get(key_id)
         if cached is not None:
             return cached
-        deferred: dict[str, bytes] | None = getattr(self._local, "new", None)
-        with self.engine.begin() as conn:
-            row = conn.execute(
-                sa.select(data_keys.c.wrapped, data_keys.c.destroyed_at).where(data_keys.c.key_id == key_id)
-            ).first()
-            if row is None:
-                if not create:
-                    raise KeyError(key_id)
-                if deferred is not None:
-                    key = os.urandom(KEY_SIZE)
-                    deferred[key_id] = self.kek.wrap(key, key_id)
-                    with self._lock:
-                        self._cache[key_id] = key
-                    return key
-                purpose = key_id.split(":", 1)[0]
-                wrapped = self.kek.wrap(os.urandom(KEY_SIZE), key_id)
+        deferred: dict[str, tuple[bytes, str]] | None = getattr(self._local, "new", None)
+        row = self._row(key_id)
+        if row is None:
+            if not create:
+                raise KeyError(key_id)
+            if deferred is not None:
+                key = os.urandom(KEY_SIZE)
+                deferred[key_id] = self.kek.wrap_with_id(key, key_id)
+                with self._lock:
+                    self._cache[key_id] = key
+                return key
+            wrapped, kek_id = self.kek.wrap_with_id(os.urandom(KEY_SIZE), key_id)
+            with self.engine.begin() as conn:
                 insert_ignore(conn, data_keys, [{
-                    "key_id": key_id, "purpose": purpose, "wrapped": wrapped,
-                    "kek_id": self.kek.kek_id, "created_at": utcnow(),
+                    "key_id": key_id, "purpose": key_id.split(":", 1)[0], "wrapped": wrapped,
+                    "kek_id": kek_id, "created_at": utcnow(),
                 }])
-                # Another process may have won the race: always use what is stored.
-                row = conn.execute(
-                    sa.select(data_keys.c.wrapped, data_keys.c.destroyed_at).where(data_keys.c.key_id == key_id)
-                ).one()
+            row = self._row(key_id)  # another process may have won the race: always use what is stored
+            assert row is not None
         if row.wrapped is None:
             raise KeyDestroyedError(f"data key {key_id} was destroyed at {row.destroyed_at}")
-        key = self.kek.unwrap(row.wrapped, key_id)
+        try:
+            key = self.kek.unwrap(row.wrapped, key_id, row.kek_id)
+        except DecryptionError:  # re-wrapped by a KEK rotation since the row was read: read it again
+            row = self._row(key_id)
+            if row is None or row.wrapped is None:
+                raise
+            key = self.kek.unwrap(row.wrapped, key_id, row.kek_id)
         with self._lock:
             self._cache[key_id] = key
         return key
+
+    def _row(self, key_id: str) -> Any:
+        with self.engine.connect() as conn:
+            return conn.execute(sa.select(data_keys.c.wrapped, data_keys.c.kek_id, data_keys.c.destroyed_at)
+                                .where(data_keys.c.key_id == key_id)).first()
 
     def content_key(self, key_ids: list[str], create: bool = True) -> bytes:
         ids = tuple(sorted(key_ids))
@@ -192,3 +203,77 @@ class KeyRing:
             self._cache.pop(key_id, None)
             for ids in [ids for ids in self._derived if key_id in ids]:
                 del self._derived[ids]
+
+
+# -- KEK rotation ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class KekRotation:
+    old_kek_ids: list[str]
+    new_kek_id: str
+    rewrapped: int
+    resumed: bool  # a rotation a crash had left under way was finished
+
+
+def rotate_kek(engine: sa.Engine, ring: KekRing, batch: int = 500) -> KekRotation:
+    """Re-wrap every data key under a new KEK version, then destroy the old version.
+
+    Resumable: the successor is written first (`<kek file>.next`, 0600, fsync'd); each batch of
+    rows is re-wrapped and committed (a row is updated only if it is still under the old
+    version, so none is re-wrapped twice); only when no row is left under an old version is the
+    KEK file overwritten and replaced by its successor. A crash anywhere leaves a state a rerun
+    finishes: old and new versions both present, rows under either. Shredded keys (no wrapped
+    value) need nothing: once the old version is gone, no backup can unwrap them either.
+    """
+    with StreamLocks(engine).hold("kek-rotation") as mine:
+        if not mine:
+            raise RaceError("another process is rotating the KEK")
+        return _rotate(engine, ring, batch)
+
+
+def _rotate(engine: sa.Engine, ring: KekRing, batch: int) -> KekRotation:
+    resumed = ring.next_path.exists()
+    if not resumed:
+        tmp = ring.next_path.with_name(ring.next_path.name + ".tmp")
+        tmp.unlink(missing_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.write(fd, os.urandom(KEY_SIZE))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, ring.next_path)
+    new_id = ring.kek_id  # the successor wraps from now on, in every process
+    old_ids = [k for k in ring.versions if k != new_id]
+    done = 0
+    while True:
+        with engine.begin() as conn:
+            rows = conn.execute(sa.select(data_keys.c.key_id, data_keys.c.wrapped, data_keys.c.kek_id).where(
+                data_keys.c.wrapped.is_not(None), data_keys.c.kek_id != new_id).limit(batch)).all()
+            for r in rows:
+                key = ring.unwrap(r.wrapped, r.key_id, r.kek_id)
+                wrapped, kek_id = ring.wrap_with_id(key, r.key_id)
+                done += conn.execute(sa.update(data_keys).where(data_keys.c.key_id == r.key_id,
+                                                                data_keys.c.kek_id == r.kek_id)
+                                     .values(wrapped=wrapped, kek_id=kek_id)).rowcount
+        failpoints.hit("kek.after_batch")
+        if len(rows) < batch:
+            break
+    with engine.connect() as conn:
+        left = conn.execute(sa.select(sa.func.count()).select_from(data_keys).where(
+            data_keys.c.wrapped.is_not(None), data_keys.c.kek_id != new_id)).scalar_one()
+    if left:
+        raise RaceError(f"{left} data keys are still wrapped by an old KEK version: run the rotation again")
+    _destroy(ring.path)
+    os.replace(ring.next_path, ring.path)
+    return KekRotation(old_ids, new_id, done, resumed)
+
+
+def _destroy(path: Path) -> None:
+    """Overwrite a key file before it is replaced (what a file can do; an HSM or KMS destroys properly)."""
+    size = path.stat().st_size
+    with path.open("r+b") as f:
+        f.write(b"\0" * size)
+        f.flush()
+        os.fsync(f.fileno())

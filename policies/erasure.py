@@ -158,6 +158,8 @@ class Erasure:
     def _shred(self, request_id: str, subject: str, actor: str, now: datetime, decision: Decision) -> Decision:
         key_id = subject_key_id(subject)
         with self.engine.begin() as conn:
+            wrapped_by = sorted(set(conn.execute(sa.select(data_keys.c.kek_id).where(
+                data_keys.c.key_id == key_id, data_keys.c.wrapped.is_not(None))).scalars()))
             conn.execute(sa.update(data_keys).where(data_keys.c.key_id == key_id, data_keys.c.wrapped.is_not(None))
                          .values(wrapped=None, destroyed_at=now))
             # whatever this person sends from now on belongs to a new subject with a new key
@@ -173,7 +175,12 @@ class Erasure:
         body = {"format": "strongroom.key-destruction/1", "request_id": request_id, "subject": subject,
                 "key_ids": [key_id], "destroyed_at": now.isoformat(), "actor": actor,
                 "records_made_unreadable": n_records, "media_made_unreadable": n_media,
-                "identity_bindings": bindings, "decision": decision.outcome}
+                "identity_bindings": bindings, "decision": decision.outcome,
+                # the key is gone from the database now; from its backups once these KEK versions are
+                "wrapped_by_kek": wrapped_by,
+                "unrecoverable_from_backups": "once every KEK version listed is destroyed: by `strongroom keys "
+                                              "rotate-kek` (sealed as keys.rotate_kek.finished naming it), or in "
+                                              "the HSM or KMS that holds it"}
         key = f"certificates/erasure/{request_id}.json"
         self.certifier.issue(key, "key_destruction_certificate", "shred", actor, body, now)
         with self.engine.begin() as conn:

@@ -933,6 +933,22 @@ def keys_history() -> None:
     sys.stdout.write(json.dumps(doc, indent=2) + "\n")
 
 
+@keys_app.command("rotate-kek")
+def keys_rotate_kek(
+    batch: Annotated[int, typer.Option(help="Data keys re-wrapped per transaction.", min=1)] = 500,
+) -> None:
+    """Re-wrap every data key under a new key-encryption key, then destroy the old one. Resumable:
+    after a crash, run it again. Once the old KEK is gone, a data key shredded before (an erased
+    subject's) cannot be recovered from any database backup; back the database up again after
+    a rotation (older backups need the destroyed KEK)."""
+    with _session() as archive:
+        result = archive.rotate_kek(_actor(), batch)
+    out.print(f"{result.rewrapped} data keys re-wrapped under KEK {result.new_kek_id}; destroyed "
+              f"{', '.join(result.old_kek_ids) or 'nothing'}" + (" (a rotation left under way was finished)"
+                                                               if result.resumed else ""))
+    out.print("back up the database again: backups made before this rotation need the destroyed KEK")
+
+
 @keys_app.command("rotate-signing")
 def keys_rotate_signing() -> None:
     """Replace the checkpoint-signing key. The old key retires a few seconds from now by a statement

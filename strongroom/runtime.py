@@ -20,12 +20,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from archiver import crypto
 from archiver.db import make_engine, migrate, streams
-from archiver.errors import ConfigurationError, StrongroomError
+from archiver.errors import ConfigurationError, InvalidInput, StrongroomError
 from archiver.heads import StoredHead
 from archiver.inbox import Inbox
-from archiver.keys import KeyRing
+from archiver.keys import KekRotation, KeyRing, rotate_kek
 from archiver.media import GraphClient, MediaFetcher, MediaPolicy
-from archiver.normalize import AUDIT_STREAM, Normalizer
+from archiver.normalize import AUDIT_STREAM, Normalizer, append_audit
 from archiver.objectstore import S3ObjectStore
 from archiver.outbound import SendLog
 from archiver.publish import Publisher
@@ -164,6 +164,20 @@ class Archive:
 
     def certifier(self) -> Certifier:
         return Certifier(self.engine, self.store, self.keyring, self.signing_key, self.certificate_retention())
+
+    def rotate_kek(self, actor: str, batch: int = 500) -> KekRotation:
+        """`archiver.keys.rotate_kek` with its start and end sealed on the audit stream."""
+        ring = self.keyring.kek
+        if not isinstance(ring, crypto.KekRing):
+            raise InvalidInput("this archive's KEK is not a local key file: rotate it in its HSM or KMS")
+        append_audit(self.engine, self.keyring, "audit", "keys.rotate_kek.started", actor,
+                     {"kek_versions": ring.versions, "resuming": ring.next_path.exists()})
+        result = rotate_kek(self.engine, ring, batch)
+        append_audit(self.engine, self.keyring, "audit", "keys.rotate_kek.finished", actor,
+                     {"old_kek_ids": result.old_kek_ids, "new_kek_id": result.new_kek_id,
+                      "rewrapped": result.rewrapped, "resumed": result.resumed, "destroyed": result.old_kek_ids})
+        self.sealer().seal_stream(AUDIT_STREAM)
+        return result
 
     def require_schedule(self, action: str) -> None:
         """In regulated mode nothing irreversible runs on the built-in default period: the firm
@@ -309,7 +323,8 @@ def open_archive(settings: Settings, start_embedded: bool = True) -> Archive:
         if embedded is not None:
             embedded.stop()
         raise
-    kek = crypto.LocalKek.from_file(settings.key_path("kek"))
+    kek = crypto.KekRing(settings.key_path("kek"))
+    kek.kek_id  # noqa: B018 - read now: a missing or unreadable KEK file fails the start, not the first write
     blind = crypto.BlindIndex(crypto.read_secret_file(settings.key_path("blind_index")))
     return Archive(
         settings=settings, engine=engine, store=store, keyring=KeyRing(engine, kek, blind),
@@ -361,6 +376,18 @@ class Worker:
             self.log.error("retention.overdue", count=len(result.overdue))
         self._retention_at = now
 
+    def kek_rotation_if_due(self) -> None:
+        """Rotate the KEK when it is older than STRONGROOM_KEK_ROTATION_DAYS: a shredded key is then
+        unrecoverable from backups within that bound."""
+        days = self.archive.settings.kek_rotation_days
+        ring = self.archive.keyring.kek
+        if days <= 0 or not isinstance(ring, crypto.KekRing):
+            return
+        age = datetime.now(UTC) - datetime.fromtimestamp(ring.path.stat().st_mtime, UTC)
+        if age >= timedelta(days=days) or ring.next_path.exists():  # due, or one a crash left under way
+            result = self.archive.rotate_kek("system:kek-rotation")
+            self.log.info("kek.rotated", new_kek_id=result.new_kek_id, rewrapped=result.rewrapped)
+
     RETRY_DUTY = timedelta(minutes=5)  # a failed scheduled duty is tried again after this
 
     def _duty(self, name: str, call: Callable[[], T]) -> T | None:
@@ -384,6 +411,7 @@ class Worker:
         while not self.stopping.is_set():
             self._duty("reconcile", self.reconcile_if_due)
             self._duty("retention", self.retention_if_due)
+            self._duty("kek", self.kek_rotation_if_due)
             sealed = self._duty("seal", lambda: self.archive.process_pending(rounds=8))  # ~32 MB, then a stop check
             failures = failures + 1 if sealed is None else 0
             # bounded follow-up work, so a stop signal is honoured within a round

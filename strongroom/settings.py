@@ -79,6 +79,9 @@ class Settings(BaseSettings):
     export_max_stored: int = 10
     export_ttl_days: float = 7.0
 
+    # Rotate the local KEK (re-wrap every data key, destroy the old KEK) when it is older than this
+    # many days (0: only `strongroom keys rotate-kek`): a shredded key leaves the backups within it.
+    kek_rotation_days: float = 0.0
     kek_file: Path | None = None
     signing_key_file: Path | None = None
     blind_index_key_file: Path | None = None

@@ -47,6 +47,7 @@ from policies.completeness import latest_reports
 from policies.consent import ConsentLedger
 from policies.disposition import RetentionRun
 from policies.holds import Hold, Holds
+from policies.proposals import Proposals
 from policies.retention import Schedules
 from policies.templates import TemplateLedger
 
@@ -83,6 +84,9 @@ class Services(Protocol):
     def search_index(self) -> SearchIndex: ...
     def accounts(self) -> Accounts: ...
     def send_log(self) -> SendLog: ...
+    def proposals(self) -> Proposals: ...
+    @property
+    def settings(self) -> Any: ...
 
 
 class AuditUnavailable(Unavailable):
@@ -359,6 +363,13 @@ class Access:
         found = [v for v in self.archive.compliance().list(stream, kind) if self.visible_stream(p, v["stream"])]
         return self.answer(p, "violations", {"stream": stream, "type": kind}, {"violations": found}, len(found),
                            [v["natural_key"] for v in found])
+
+    def proposals(self, p: Principal, state: str | None = None) -> Answer:
+        """Four-eyes proposals and their decisions (summaries only)."""
+        self.allow(p, COMPLIANCE | ADMIN)
+        found = self.archive.proposals().list(state)
+        return self.answer(p, "proposals", {"state": state}, {"proposals": found}, len(found),
+                           [f["id"] for f in found])
 
     def audit_trail(self, p: Principal, start: datetime | None = None, end: datetime | None = None,
                     limit: int = 1000, after: int = 0) -> Answer:

@@ -78,6 +78,7 @@ users_app = _group("users", "Human accounts (password + TOTP) of the auditor API
 apikey_app = _group("apikey", "Service API keys (ingest, auditor) of the auditor API.")
 numbers_app = _group("numbers", "Business numbers and the tenant (WABA) each belongs to.")
 proof_app = _group("proof", "Proofs a verifier outside the archive asks for.")
+proposals_app = _group("proposals", "Four eyes: irreversible decisions proposed by one person, approved by another.")
 quarantine_app = _group("quarantine", "Signed bodies set aside because they could not be archived as records.")
 out = Console(soft_wrap=True)  # paths and URLs stay on one line, copyable
 err = Console(stderr=True, soft_wrap=True)
@@ -526,6 +527,7 @@ def retention_set(path: Annotated[Path, typer.Argument(help="JSON schedule docum
     except (OSError, ValueError) as e:
         raise InvalidInput(f"{path}: {e}") from e
     with _session() as archive:
+        _four_eyes(archive, "retention_schedule")
         try:
             schedule = archive.schedules.store(doc, _actor(), datetime.now(UTC))
         except (TypeError, AttributeError, KeyError) as e:  # a document of the wrong shape
@@ -574,6 +576,7 @@ def hold_place(
 def hold_release(hold_id: str, reason: Annotated[str, typer.Option(help="Why (recorded).")]) -> None:
     """Release a hold (objects stay held while another active hold covers them)."""
     with _session() as archive:
+        _four_eyes(archive, "hold_release")
         lifted = archive.holds().release(hold_id, _actor(), reason)
         archive.sealer().seal_all()
     _emit({"hold": hold_id, "lifted": lifted})
@@ -595,6 +598,7 @@ def erasure_request(
 ) -> None:
     """Decide an erasure request: shred now, or refuse under Art 17(3)(b)/(e) and restrict."""
     with _session() as archive:
+        _four_eyes(archive, "erasure")
         decision = archive.erasure().request(_actor(), phone=phone, bsuid=bsuid, subject=subject)
         archive.sealer().seal_all()
         archive.search_index().update()  # a shredded subject leaves the search index too
@@ -904,6 +908,69 @@ def keys_public(
     sys.stdout.write(crypto.public_key_pem(key.public_key()).decode())
 
 
+def _decider(archive: Archive) -> Any:
+    """The signed-in principal who proposes or decides (never the shell's anonymous operator)."""
+
+    p: Principal = _principal(archive)
+    if p.via == "cli":
+        raise InvalidInput("four-eyes decisions are made by named people: sign in first (`strongroom login`)")
+    return p
+
+
+@proposals_app.command("add")
+def proposals_add(
+    action: Annotated[str, typer.Argument(help="erasure, retention_schedule, hold_release, kek_rotation or "
+                                               "signing_rotation.")],
+    reason: Annotated[str, typer.Option(help="Why (sealed with the proposal).")],
+    phone: Annotated[str | None, typer.Option(help="erasure: the data subject's phone number.")] = None,
+    bsuid: Annotated[str | None, typer.Option(help="erasure: their BSUID.")] = None,
+    subject: Annotated[str | None, typer.Option(help="erasure: their subject id.")] = None,
+    schedule: Annotated[Path | None, typer.Option(help="retention_schedule: the JSON schedule document.")] = None,
+    hold: Annotated[str | None, typer.Option(help="hold_release: the hold id.")] = None,
+    hours: Annotated[float, typer.Option(help="Hours a second person has to decide.", min=0.01)] = 72.0,
+) -> None:
+    """Propose an irreversible decision; it is carried out when a second person approves it."""
+    from datetime import timedelta
+
+    params: dict[str, Any] = {k: v for k, v in (("phone", phone), ("bsuid", bsuid), ("subject", subject),
+                                                 ("hold", hold)) if v is not None}
+    if hold is not None:
+        params["release_reason"] = reason
+    if schedule is not None:
+        params["schedule"] = json.loads(schedule.read_text())
+    with _session() as archive:
+        made = archive.proposals().propose(_decider(archive), action, params, reason, timedelta(hours=hours))
+        archive.sealer().seal_stream("audit")
+    out.print_json(json.dumps(made, default=str))
+
+
+@proposals_app.command("list")
+def proposals_list(state: Annotated[str | None, typer.Option(help="Only proposals in this state.")] = None) -> None:
+    """Proposals and their decisions (summaries only: parameters that name a person stay encrypted)."""
+    with _session() as archive:
+        found = archive.proposals().list(state)
+    out.print_json(json.dumps(found, default=str))
+
+
+@proposals_app.command("approve")
+def proposals_approve(proposal: str, reason: Annotated[str, typer.Option(help="Why (sealed).")]) -> None:
+    """Approve someone else's proposal: it is carried out now. Exit 1 if carrying it out failed."""
+    with _session() as archive:
+        done = archive.proposals().approve(_decider(archive), proposal, reason)
+        archive.sealer().seal_all()
+    out.print_json(json.dumps(done, default=str))
+    raise typer.Exit(0 if done["state"] == "executed" else 1)
+
+
+@proposals_app.command("reject")
+def proposals_reject(proposal: str, reason: Annotated[str, typer.Option(help="Why (sealed).")]) -> None:
+    """Reject a proposal."""
+    with _session() as archive:
+        done = archive.proposals().reject(_decider(archive), proposal, reason)
+        archive.sealer().seal_stream("audit")
+    out.print_json(json.dumps(done, default=str))
+
+
 @proof_app.command("consistency")
 def proof_consistency(
     stream: Annotated[str, typer.Option(help="The number (stream).")],
@@ -933,6 +1000,13 @@ def keys_history() -> None:
     sys.stdout.write(json.dumps(doc, indent=2) + "\n")
 
 
+def _four_eyes(archive: Archive, action: str) -> None:
+    """In regulated mode an irreversible command is a proposal a second person approves."""
+    if archive.settings.mode == "regulated":
+        raise InvalidInput(f"regulated mode: this needs four eyes; propose it (`strongroom login`, then "
+                           f"`strongroom proposals add {action} ...`) for a second person to approve")
+
+
 @keys_app.command("rotate-kek")
 def keys_rotate_kek(
     batch: Annotated[int, typer.Option(help="Data keys re-wrapped per transaction.", min=1)] = 500,
@@ -942,6 +1016,7 @@ def keys_rotate_kek(
     subject's) cannot be recovered from any database backup; back the database up again after
     a rotation (older backups need the destroyed KEK)."""
     with _session() as archive:
+        _four_eyes(archive, "kek_rotation")
         result = archive.rotate_kek(_actor(), batch)
     out.print(f"{result.rewrapped} data keys re-wrapped under KEK {result.new_kek_id}; destroyed "
               f"{', '.join(result.old_kek_ids) or 'nothing'}" + (" (a rotation left under way was finished)"
@@ -955,49 +1030,12 @@ def keys_rotate_signing() -> None:
     both keys sign (WORM, timestamped when TSAs are configured): history signed before stays valid,
     anything it signs after is refused. The old private key is moved to keys/retired/: keep it
     offline or destroy it; give the new public key (or `keys history`) to those who verify."""
-    from datetime import timedelta
-
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
-    from archiver import keyhistory
-    from archiver.checkpoint import key_id
-    from archiver.sqlutil import utcnow
-    from archiver.timestamps import Timestamper
-    from audit import trail
-
     with _session() as archive:
-        path = archive.settings.key_path("signing")
-        old = archive.signing_key
-        new = Ed25519PrivateKey.generate()
-        tmp = path.with_suffix(".new")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(new.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                      serialization.NoEncryption()))
-            f.flush()
-            os.fsync(f.fileno())
-        now = utcnow()
-        try:  # kept as long as anything the old key signed could be (a century: it holds no personal data)
-            skey, data = keyhistory.store_rotation(archive.store, old, new, now, now + timedelta(days=36525))
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        retired = path.parent / "retired" / f"signing-{key_id(old.public_key())}.pem"
-        retired.parent.mkdir(mode=0o700, exist_ok=True)
-        os.link(path, retired)
-        os.replace(tmp, path)  # running processes sign with the new key from their next signature
-        stamps = 0
-        if archive.settings.tsa_urls:
-            stamps = Timestamper(archive.settings.tsa_urls.split(",")).stamp_head(
-                archive.store, skey, data, now + timedelta(days=36525))
-        trail.record(archive.engine, archive.keyring, "keys.rotate_signing", _actor(),
-                     {"old_key_id": key_id(old.public_key()), "new_key_id": key_id(new.public_key()),
-                      "statement": skey, "timestamps": stamps})
-        archive.sealer().seal_stream(trail.AUDIT_STREAM)
-    out.print(f"signing key {key_id(old.public_key())} retires (statement {skey}); "
-              f"key {key_id(new.public_key())} signs from now on")
-    out.print(f"the retired private key is at {retired}: keep it offline or destroy it")
+        _four_eyes(archive, "signing_rotation")
+        done = archive.rotate_signing(_actor())
+    out.print(f"signing key {done['old_key_id']} retires (statement {done['statement']}); "
+              f"key {done['new_key_id']} signs from now on")
+    out.print(f"the retired private key is at {done['retired_file']}: keep it offline or destroy it")
 
 
 RoleOpt = Annotated[str, typer.Option(help="ingest, auditor, compliance, admin or regulator.")]

@@ -12,7 +12,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
-from typing import TextIO, TypeVar
+from typing import Any, TextIO, TypeVar
 
 import sqlalchemy as sa
 import structlog
@@ -42,6 +42,7 @@ from policies.consent import DEFAULT_OPT_OUT_KEYWORDS, ConsentLedger
 from policies.disposition import Certifier, RetentionRun
 from policies.erasure import Erasure
 from policies.holds import Holds
+from policies.proposals import Proposals
 from policies.retention import RetentionPolicy, Schedules
 from policies.templates import TemplateLedger
 from strongroom.embedded import EmbeddedSeaweedFS
@@ -178,6 +179,65 @@ class Archive:
                       "rewrapped": result.rewrapped, "resumed": result.resumed, "destroyed": result.old_kek_ids})
         self.sealer().seal_stream(AUDIT_STREAM)
         return result
+
+    def rotate_signing(self, actor: str) -> dict[str, Any]:
+        """A new signing key; the old one retires by a statement both sign (`archiver.keyhistory`),
+        timestamped when TSAs are configured. The old private key moves to keys/retired/."""
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+        from archiver import keyhistory
+        from archiver.checkpoint import key_id
+
+        path = self.settings.key_path("signing")
+        old, new = self.signing_key, Ed25519PrivateKey.generate()
+        tmp = path.with_suffix(".new")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(new.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                      serialization.NoEncryption()))
+            f.flush()
+            os.fsync(f.fileno())
+        now = datetime.now(UTC)
+        until = now + timedelta(days=36525)  # as long as anything the old key signed (no personal data)
+        try:
+            statement, data = keyhistory.store_rotation(self.store, old, new, now, until)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        retired = path.parent / "retired" / f"signing-{key_id(old.public_key())}.pem"
+        retired.parent.mkdir(mode=0o700, exist_ok=True)
+        os.link(path, retired)
+        os.replace(tmp, path)  # running processes sign with the new key from their next signature
+        stamps = 0
+        if self.settings.tsa_urls:
+            stamps = Timestamper(self.settings.tsa_urls.split(","), self.settings.tsa_timeout_seconds).stamp_head(
+                self.store, statement, data, until)
+        done = {"old_key_id": key_id(old.public_key()), "new_key_id": key_id(new.public_key()),
+                "statement": statement, "timestamps": stamps}
+        append_audit(self.engine, self.keyring, "audit", "keys.rotate_signing", actor, done)
+        self.sealer().seal_stream(AUDIT_STREAM)
+        return {**done, "retired_file": str(retired)}
+
+    def proposals(self) -> Proposals:
+        return Proposals(self.engine, self.keyring, self.execute_proposal)
+
+    def execute_proposal(self, action: str, params: dict[str, Any], actor: str) -> dict[str, Any]:
+        """Carry out an approved proposal (`policies.proposals`); the outcome, without personal data."""
+        if action == "erasure":
+            return self.erasure().request(actor, phone=params.get("phone"), bsuid=params.get("bsuid"),
+                                          subject=params.get("subject")).as_dict()
+        if action == "retention_schedule":
+            return {"version": self.schedules.store(params["schedule"], actor, datetime.now(UTC)).version}
+        if action == "hold_release":
+            lifted = self.holds().release(params["hold"], actor, params.get("release_reason") or "approved proposal")
+            return {"hold": params["hold"], "lifted": len(lifted)}
+        if action == "kek_rotation":
+            r = self.rotate_kek(actor)
+            return {"new_kek_id": r.new_kek_id, "destroyed": r.old_kek_ids, "rewrapped": r.rewrapped}
+        if action == "signing_rotation":
+            return {k: v for k, v in self.rotate_signing(actor).items() if k != "retired_file"}
+        raise InvalidInput(f"unknown action {action!r}")
 
     def require_schedule(self, action: str) -> None:
         """In regulated mode nothing irreversible runs on the built-in default period: the firm

@@ -252,6 +252,7 @@ def _read_requests(world: World) -> dict[str, tuple[str, dict[str, Any]]]:
         "/api/v1/violations": ("compliance", {}),
         "/api/v1/proofs/consistency": ("auditor", {"stream": stream, "from_size": 1}),
         "/api/v1/audit-trail": ("regulator", {"limit": 5}),
+        "/api/v1/proposals": ("admin", {}),
         "/api/v1/admin/principals": ("admin", {}),
         "/api/v1/exports/{job_id}": ("auditor", {"_path": f"/api/v1/exports/{world.export_id}"}),
         "/api/v1/exports/{job_id}/download": ("auditor", {"_path": f"/api/v1/exports/{world.export_id}/download"}),

@@ -50,6 +50,9 @@ def router(access: Access) -> APIRouter:
     @r.post("/holds/{hold_id}/release", **rule(COMPLIANCE, audited=False))
     def hold_release(request: Request, hold_id: str, body: ReleaseRequest) -> Response:
         p = principal(request)
+        if archive.settings.mode == "regulated":
+            raise Forbidden("regulated mode: a hold release needs four eyes: POST /api/v1/proposals "
+                            '{"action": "hold_release", "params": {"hold": ...}} for a second person to approve')
         holds = archive.holds()
         h = holds.get(hold_id)
         if not access.hold_visible(p, h.scope):

@@ -5,7 +5,8 @@ granted reads. A refused request (401, 403, a 404 to an authenticated reader —
 record looks exactly like a missing one —, 429 at sign-in or from the rate limit) is counted under
 (who, address, route, reason): `who` is the principal when one was authenticated, else the
 presented credential's kind and a short hash of it (never the secret), or the name a sign-in gave.
-Once a minute the counts go to the audit stream as ``access_denied`` events, one per key with its
+Once a minute (at the next refusal after the window, and from a timer while the app is served) the
+counts go to the audit stream as ``access_denied`` events, one per key with its
 count and first and last time (the audit-trail route and bundles' trails show them).
 
 An attacker cannot flood the stream: a window holds at most `max_keys` distinct keys; what comes
@@ -72,7 +73,6 @@ class DeniedLog:
                 self._counts[key] = _Count(1, now, now)
             else:
                 c.n, c.last = c.n + 1, now
-        self._start()
         if time.monotonic() - self._started >= self.window:
             self.flush()
 
@@ -98,12 +98,12 @@ class DeniedLog:
             return 0
         return len(batch)
 
-    def _start(self) -> None:
-        if self._thread is None:
-            with self._lock:
-                if self._thread is None:
-                    self._thread = threading.Thread(target=self._run, name="denied-log", daemon=True)
-                    self._thread.start()
+    def start(self) -> None:
+        """Flush once per window even when no refusal comes to trigger it (the served app's lifespan)."""
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="denied-log", daemon=True)
+                self._thread.start()
 
     def _run(self) -> None:
         while not self._stop.wait(self.window):

@@ -322,6 +322,7 @@ def consistent(size1: int, size2: int, proof: list[bytes], root1: bytes, root2: 
 
 
 ROTATION_ORIGIN = "strongroom.key-rotation/1"
+EVIDENCE_KINDS = ("consent", "template_ledger")  # their extracts (ledgers/) are compared key-order-free
 
 
 class KeyHistory:
@@ -815,7 +816,7 @@ def _extract_failures(path: str, entry: dict[str, Any], proven: _Proven) -> list
     sealed = proven.by_id(rid) if rid is not None else None
     if sealed is None:
         return [f"{path}: entry {rid or entry.get('natural_key')} has no verified inclusion proof"]
-    if sealed.content is None and (entry.get("redacted") is True or rest == {"erased": True}):
+    if sealed.content_raw is None and (entry.get("redacted") is True or rest == {"erased": True}):
         return []  # a tenant's extract, or an erased subject's entry: the sealed record exists, no key disclosed
     if sealed.content is None:
         return [f"{path}: entry {rid}: no content key disclosed for it"]
@@ -866,9 +867,14 @@ def _sealed(record: dict[str, Any] | None, pr: dict[str, Any]) -> Sealed:
     content = text = native = raw = None
     if pr["content_key"] is not None:
         value = open_sealed(record, base64.b64decode(pr["content_key"], validate=True))
-        content, text, raw = _digest(value), _text_digest(shown_text(value)), _raw_digest(value)
-        if record.get("kind") == "media" and isinstance(value, dict) and isinstance(value.get("sha256"), str):
+        raw = _raw_digest(value)  # what records.jsonl and records.parquet are compared with
+        kind = record.get("kind")
+        if kind == "message":  # what RSMF events and transcripts show
+            text = _text_digest(shown_text(value))
+        elif kind == "media" and isinstance(value, dict) and isinstance(value.get("sha256"), str):
             native = value["sha256"]
+        elif record.get("stream") == "audit" or kind in EVIDENCE_KINDS:  # extracts, key order not kept
+            content = _digest(value)
     return Sealed(_bound(record), content, text, native, raw)
 
 
@@ -890,13 +896,13 @@ def _record_failures(rec: dict[str, Any], sealed: Sealed | None) -> list[str]:
 
 
 def _content_failures(path: str, rid: Any, content: Any, sealed: Sealed) -> list[str]:
-    if sealed.content is None:
+    if sealed.content_raw is None:
         if not _withheld(content):
             return [f"{path}: record {rid} lists content its bundle discloses no key for (only withheld content "
                     "may be listed without one)"]
         return []
-    try:
-        same = _digest(content) == sealed.content
+    try:  # listed as the exporter writes it: the sealed JSON's keys in their order
+        same = _raw_digest(content) == sealed.content_raw
     except (TypeError, ValueError):
         same = False
     return [] if same else [f"{path}: record {rid}: content differs from its sealed record (decrypted with the "
@@ -1071,7 +1077,7 @@ def _parquet_failures(pq: Any, src: _Source, proven: _Proven) -> list[str]:
                 sealed = found.get((stream, seq))
                 if sealed is None:
                     failures.append(f"records/records.parquet: record {rid} has no verified inclusion proof")
-                elif sealed.content is None or cj is None:  # withheld: the column must say so
+                elif sealed.content_raw is None or cj is None:  # withheld: the column must say so
                     try:
                         content = json.loads(cj) if cj is not None else None
                     except ValueError:

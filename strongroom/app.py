@@ -43,6 +43,7 @@ def create_app(archive: Archive) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         jobs.recover()  # exports a previous process left unfinished
+        denied.start()
         try:
             yield
         finally:

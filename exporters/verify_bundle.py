@@ -503,6 +503,11 @@ class Sealed(NamedTuple):
     content_raw: bytes | None = None  # of the content as the exporter writes it (records.parquet's column)
 
 
+_IN = 500
+_GET_MANY = ("SELECT seq, bound, content, text, native, content_raw FROM proven WHERE stream = ? AND seq IN "
+             f"({','.join('?' * _IN)})")
+
+
 class _Proven:
     """The records whose inclusion proof verified, with digests of what was sealed: kept in a
     throw-away SQLite file (digests only, never content), so a bundle of any size verifies in the
@@ -567,11 +572,10 @@ class _Proven:
                 by_stream.setdefault(k[0], []).append(k[1])
         out: dict[tuple[str, int], Sealed] = {}
         for stream, seqs in by_stream.items():
-            for i in range(0, len(seqs), 900):
-                chunk = seqs[i:i + 900]
-                for seq, *row in self.db.execute(
-                        "SELECT seq, bound, content, text, native, content_raw FROM proven WHERE stream = ? AND seq IN "
-                        f"({','.join('?' * len(chunk))})", (stream, *chunk)):
+            for i in range(0, len(seqs), _IN):
+                chunk = seqs[i:i + _IN]
+                chunk += [-1] * (_IN - len(chunk))  # one statement text, prepared once (no seq is -1)
+                for seq, *row in self.db.execute(_GET_MANY, (stream, *chunk)):
                     out[(stream, seq)] = Sealed(*row)
         return out
 

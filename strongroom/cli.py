@@ -901,7 +901,12 @@ def keys_public(
     from archiver.notes import vkey as note_vkey
 
     settings = _settings()
-    key = crypto.load_signing_key(settings.key_path("signing"))
+    if settings.key_provider == "pkcs11":
+        from archiver.pkcs11 import Pkcs11Signer, token
+
+        key: Any = Pkcs11Signer(token(settings.pkcs11_module, settings.pkcs11_token, settings.pkcs11_pin_value()))
+    else:
+        key = crypto.load_signing_key(settings.key_path("signing"))
     if vkey:
         sys.stdout.write(note_vkey(settings.log_origin, key.public_key()) + "\n")
         return

@@ -28,6 +28,7 @@ from archiver.media import GraphClient, MediaFetcher, MediaPolicy
 from archiver.normalize import AUDIT_STREAM, Normalizer, append_audit
 from archiver.objectstore import S3ObjectStore
 from archiver.outbound import SendLog
+from archiver.pkcs11 import Pkcs11Kek, Pkcs11Signer, Pkcs11SigningKey, token
 from archiver.publish import Publisher
 from archiver.sealer import Sealer
 from archiver.timestamps import Timestamper
@@ -82,10 +83,10 @@ def configure_logging(level: str, stream: TextIO | None = None) -> None:
 def bootstrap_keys(settings: Settings) -> list[str]:
     """First run: create the KEK, signing key, blind-index key (and embedded secrets). 0600."""
     created = []
-    for name in ("kek", "blind_index"):
+    for name in ("kek", "blind_index") if settings.key_provider == "file" else ("blind_index",):
         if crypto.ensure_secret_file(settings.key_path(name)):
             created.append(str(settings.key_path(name)))
-    if crypto.ensure_signing_key(settings.key_path("signing")):
+    if settings.key_provider == "file" and crypto.ensure_signing_key(settings.key_path("signing")):
         created.append(str(settings.key_path("signing")))
     if settings.embedded_s3:
         for name in ("app_secret", "verify_token"):
@@ -103,7 +104,7 @@ class Archive:
     engine: sa.Engine
     store: S3ObjectStore
     keyring: KeyRing
-    key_file: crypto.SigningKeyFile
+    key_file: crypto.SigningKeyFile | Pkcs11SigningKey
     retention: RetentionPolicy
     embedded: EmbeddedSeaweedFS | None = None
     created_keys: list[str] = field(default_factory=list)  # key files this start created (first run)
@@ -183,6 +184,8 @@ class Archive:
     def rotate_signing(self, actor: str) -> dict[str, Any]:
         """A new signing key; the old one retires by a statement both sign (`archiver.keyhistory`),
         timestamped when TSAs are configured. The old private key moves to keys/retired/."""
+        if self.settings.key_provider != "file":
+            raise InvalidInput("the signing key lives in the HSM: rotate it there (a new key pair on the token)")
         from cryptography.hazmat.primitives import serialization
         from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -383,12 +386,18 @@ def open_archive(settings: Settings, start_embedded: bool = True) -> Archive:
         if embedded is not None:
             embedded.stop()
         raise
-    kek = crypto.KekRing(settings.key_path("kek"))
-    kek.kek_id  # noqa: B018 - read now: a missing or unreadable KEK file fails the start, not the first write
+    kek: crypto.Kek
+    key_file: crypto.SigningKeyFile | Pkcs11SigningKey
+    if settings.key_provider == "pkcs11":
+        hsm = token(settings.pkcs11_module, settings.pkcs11_token, settings.pkcs11_pin_value())
+        kek, key_file = Pkcs11Kek(hsm), Pkcs11SigningKey(Pkcs11Signer(hsm))
+    else:
+        kek, key_file = crypto.KekRing(settings.key_path("kek")), crypto.SigningKeyFile(settings.key_path("signing"))
+    kek.kek_id  # noqa: B018 - read now: a missing or unreadable KEK fails the start, not the first write
     blind = crypto.BlindIndex(crypto.read_secret_file(settings.key_path("blind_index")))
     return Archive(
         settings=settings, engine=engine, store=store, keyring=KeyRing(engine, kek, blind),
-        key_file=crypto.SigningKeyFile(settings.key_path("signing")),
+        key_file=key_file,
         retention=RetentionPolicy(days=settings.retention_days), embedded=embedded, created_keys=created,
     )
 

@@ -82,6 +82,13 @@ class Settings(BaseSettings):
     # Rotate the local KEK (re-wrap every data key, destroy the old KEK) when it is older than this
     # many days (0: only `strongroom keys rotate-kek`): a shredded key leaves the backups within it.
     kek_rotation_days: float = 0.0
+    # Where the KEK and the signing key live: key files under <data dir>/keys (the embedded default),
+    # or a PKCS#11 token (an HSM; SoftHSM2 in the tests), see archiver/pkcs11.py.
+    key_provider: Literal["file", "pkcs11"] = "file"
+    pkcs11_module: Path = Path("/usr/lib/softhsm/libsofthsm2.so")
+    pkcs11_token: str = "strongroom"
+    pkcs11_pin: SecretStr | None = None
+    pkcs11_pin_file: Path | None = None
     kek_file: Path | None = None
     signing_key_file: Path | None = None
     blind_index_key_file: Path | None = None
@@ -128,6 +135,13 @@ class Settings(BaseSettings):
         explicit = {"kek": self.kek_file, "signing": self.signing_key_file, "blind_index": self.blind_index_key_file}
         default = {"kek": "kek.key", "signing": "signing-ed25519.pem", "blind_index": "blind-index.key"}
         return explicit[name] or self.keys_dir / default[name]
+
+    def pkcs11_pin_value(self) -> str:
+        if self.pkcs11_pin is not None and self.pkcs11_pin.get_secret_value():
+            return self.pkcs11_pin.get_secret_value()
+        if self.pkcs11_pin_file is not None:
+            return self.pkcs11_pin_file.read_text().strip()
+        raise ConfigurationError("the pkcs11 key provider needs STRONGROOM_PKCS11_PIN or STRONGROOM_PKCS11_PIN_FILE")
 
     def graph_token_value(self) -> str | None:
         """The Graph API token from its variable or file; None when media fetching is not configured."""

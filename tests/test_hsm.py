@@ -1,0 +1,118 @@
+"""Keys in an HSM (issue 16, item 1): the whole pipeline with the PKCS#11 provider on a real
+SoftHSM2 token (Debian `softhsm2`, installed by .ci/run): seal, verify, erasure, export,
+verify-bundle, with the KEK and the Ed25519 signing key created on the token non-extractable."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from archiver import crypto
+from archiver.db import data_keys, events
+from archiver.errors import KeyDestroyedError
+from exporters import verify_bundle as vb
+from exporters.bundle import Custody, ExportScope
+from exporters.sinks import DirectorySink
+from strongroom import payloads as p
+from strongroom.runtime import open_archive
+from strongroom.settings import Settings
+from tests.conftest import ingest
+
+SOFTHSM = Path("/usr/lib/softhsm/libsofthsm2.so")
+T = int(datetime.now(UTC).timestamp()) - 3600
+
+
+@pytest.fixture(scope="module")
+def tokens(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    if not SOFTHSM.exists() or shutil.which("softhsm2-util") is None:
+        pytest.fail("SoftHSM2 is not installed (apt-get install softhsm2; .ci/run does it)")
+    d = tmp_path_factory.mktemp("softhsm")
+    (d / "tokens").mkdir()
+    conf = d / "softhsm2.conf"
+    conf.write_text(f"directories.tokendir = {d / 'tokens'}\nobjectstore.backend = file\nlog.level = ERROR\n")
+    os.environ["SOFTHSM2_CONF"] = str(conf)  # read when the library initialises, once per process
+    yield d
+
+
+def _token(label: str) -> None:
+    subprocess.run(["softhsm2-util", "--init-token", "--free", "--label", label, "--so-pin", "12345678",
+                    "--pin", "87654321"], check=True, capture_output=True, env=os.environ)
+
+
+@pytest.mark.parametrize("sql_url", ["sqlite"], indirect=True)
+def test_the_pipeline_with_keys_in_a_softhsm2_token(tokens: Path, make_settings: Callable[..., Settings],
+                                                   tmp_path: Path) -> None:
+    label = f"sr-{uuid.uuid4().hex[:8]}"
+    _token(label)
+    settings = make_settings(key_provider="pkcs11", pkcs11_module=SOFTHSM, pkcs11_token=label,
+                             pkcs11_pin="87654321")
+    a = open_archive(settings)
+    try:
+        assert not settings.key_path("kek").exists() and not settings.key_path("signing").exists()
+        a.schedules.store({"default_days": 1}, "test", datetime.now(UTC))
+        ingest(a, p.inbound(p.text("wamid.h1", "16505550881", T, "sealed under the HSM")),
+               p.inbound(p.text("wamid.h2", "16505550882", T + 1, "erase me")))
+        a.process_pending()
+        with a.engine.connect() as conn:
+            keks = set(conn.execute(sa.select(data_keys.c.kek_id)).scalars())
+        assert keks == {a.keyring.kek.kek_id} and next(iter(keks)).startswith(f"pkcs11:{label}:")
+        report = a.verifier().verify(a.expected_sizes())
+        assert report.ok, [str(f) for f in report.failures]
+        assert a.erasure().request("dpo:dan", phone="16505550882").outcome == "granted"
+        a.process_pending()
+        out = tmp_path / "bundle"
+        a.exporter().run(ExportScope("HSM-1"), DirectorySink(out), Custody("examiner@sec.example"), "t")
+        assert vb.verify(out, vb.load_public_key(crypto.public_key_pem(a.public_key))) == []
+        with a.engine.connect() as conn:
+            erased = conn.execute(sa.select(events).where(events.c.wamid == "wamid.h2")).one()
+            kept = conn.execute(sa.select(events).where(events.c.wamid == "wamid.h1")).one()
+        with pytest.raises(KeyDestroyedError):
+            a.keyring.open_record(erased)
+        assert b"sealed under the HSM" in a.keyring.open_record(kept)
+
+        # the keys never leave the token: non-extractable, sensitive, and the signer refuses to export
+        import pkcs11
+        from pkcs11 import Attribute, ObjectClass
+
+        session = a.keyring.kek.t.session  # type: ignore[attr-defined]
+        for cls, name in ((ObjectClass.SECRET_KEY, "strongroom-kek"), (ObjectClass.PRIVATE_KEY, "strongroom-signing")):
+            key = session.get_key(object_class=cls, label=name)
+            assert key[Attribute.EXTRACTABLE] is False and key[Attribute.SENSITIVE] is True
+            with pytest.raises(pkcs11.exceptions.PKCS11Error):
+                key[Attribute.VALUE]
+        with pytest.raises(Exception, match="cannot be exported"):
+            a.signing_key.private_bytes_raw()
+    finally:
+        a.close()
+
+    # a fresh process of the same archive finds its keys on the token and reads what it sealed
+    again = open_archive(settings)
+    try:
+        assert again.verifier().verify(again.expected_sizes()).ok
+        with again.engine.connect() as conn:
+            kept = conn.execute(sa.select(events).where(events.c.wamid == "wamid.h1")).one()
+        assert b"sealed under the HSM" in again.keyring.open_record(kept)
+        assert json.loads(again.keyring.open_record(kept))
+    finally:
+        again.close()
+
+
+def test_a_wrong_pin_or_token_fails_the_start_by_name(tokens: Path, make_settings: Callable[..., Settings]) -> None:
+    from archiver.errors import ConfigurationError
+
+    label = f"sr-{uuid.uuid4().hex[:8]}"
+    _token(label)
+    with pytest.raises(ConfigurationError, match=label):
+        open_archive(make_settings(key_provider="pkcs11", pkcs11_module=SOFTHSM, pkcs11_token=label,
+                                   pkcs11_pin="00000000"))
+    with pytest.raises(ConfigurationError, match="needs STRONGROOM_PKCS11_PIN"):
+        open_archive(make_settings(key_provider="pkcs11", pkcs11_module=SOFTHSM, pkcs11_token=label))

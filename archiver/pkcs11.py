@@ -1,4 +1,6 @@
-"""Keys inside an HSM (PKCS#11, `python-pkcs11`): the KEK as an AES-256 key and the Ed25519
+"""Key providers outside the data dir: an HSM (PKCS#11, `python-pkcs11`) and AWS KMS (`KmsKek`, below).
+
+In the HSM (PKCS#11, `python-pkcs11`): the KEK as an AES-256 key and the Ed25519
 signing key, both created on the token non-extractable and sensitive, used only through it.
 
 `STRONGROOM_KEY_PROVIDER=pkcs11` with `STRONGROOM_PKCS11_MODULE` (the vendor's library; SoftHSM2's
@@ -172,3 +174,41 @@ class Pkcs11SigningKey:
 
     def get(self) -> Ed25519PrivateKey:
         return self.signer
+
+
+class KmsKek:
+    """The KEK as an AWS KMS key (`STRONGROOM_KEY_PROVIDER=kms`, `STRONGROOM_KMS_KEY_ID`): each data
+    key is encrypted by KMS with its id as the encryption context, so a wrapped key moved to
+    another row does not decrypt. The key material never leaves KMS; disabling or scheduling the
+    key's deletion there is the destruction a KEK rotation ends with. (KMS has no Ed25519: the
+    signing key stays a file or moves to a PKCS#11 token.)"""
+
+    def __init__(self, key_id: str, region: str, endpoint_url: str | None = None) -> None:
+        import boto3
+
+        self.client = boto3.client("kms", region_name=region, endpoint_url=endpoint_url)
+        try:
+            meta = self.client.describe_key(KeyId=key_id)["KeyMetadata"]
+        except Exception as e:
+            raise ConfigurationError(f"KMS key {key_id}: {type(e).__name__} (STRONGROOM_KMS_KEY_ID, credentials)") from e
+        if meta.get("KeyUsage") != "ENCRYPT_DECRYPT" or meta.get("KeyState") != "Enabled":
+            raise ConfigurationError(f"KMS key {key_id} is not an enabled ENCRYPT_DECRYPT key")
+        self._arn = meta["Arn"]
+
+    @property
+    def kek_id(self) -> str:
+        return f"kms:{self._arn}"
+
+    def wrap_with_id(self, data_key: bytes, key_id: str) -> tuple[bytes, str]:
+        blob = self.client.encrypt(KeyId=self._arn, Plaintext=data_key,
+                                   EncryptionContext={"strongroom_key_id": key_id})["CiphertextBlob"]
+        return bytes(blob), self.kek_id
+
+    def unwrap(self, wrapped: bytes, key_id: str, kek_id: str | None = None) -> bytes:
+        if kek_id is not None and kek_id != self.kek_id:
+            raise DecryptionError(f"data key {key_id} is wrapped by KEK {kek_id}, not {self.kek_id}")
+        try:
+            return bytes(self.client.decrypt(CiphertextBlob=wrapped, KeyId=self._arn,
+                                             EncryptionContext={"strongroom_key_id": key_id})["Plaintext"])
+        except self.client.exceptions.InvalidCiphertextException as e:
+            raise DecryptionError(f"data key {key_id} does not unwrap under {self.kek_id}") from e

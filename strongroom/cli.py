@@ -901,7 +901,7 @@ def keys_public(
     from archiver.notes import vkey as note_vkey
 
     settings = _settings()
-    if settings.key_provider == "pkcs11":
+    if settings.key_provider == "pkcs11":  # (with kms the signing key is still a file)
         from archiver.pkcs11 import Pkcs11Signer, token
 
         key: Any = Pkcs11Signer(token(settings.pkcs11_module, settings.pkcs11_token, settings.pkcs11_pin_value()))

@@ -28,7 +28,7 @@ from archiver.media import GraphClient, MediaFetcher, MediaPolicy
 from archiver.normalize import AUDIT_STREAM, Normalizer, append_audit
 from archiver.objectstore import S3ObjectStore
 from archiver.outbound import SendLog
-from archiver.pkcs11 import Pkcs11Kek, Pkcs11Signer, Pkcs11SigningKey, token
+from archiver.pkcs11 import KmsKek, Pkcs11Kek, Pkcs11Signer, Pkcs11SigningKey, token
 from archiver.publish import Publisher
 from archiver.sealer import Sealer
 from archiver.timestamps import Timestamper
@@ -86,7 +86,7 @@ def bootstrap_keys(settings: Settings) -> list[str]:
     for name in ("kek", "blind_index") if settings.key_provider == "file" else ("blind_index",):
         if crypto.ensure_secret_file(settings.key_path(name)):
             created.append(str(settings.key_path(name)))
-    if settings.key_provider == "file" and crypto.ensure_signing_key(settings.key_path("signing")):
+    if settings.key_provider != "pkcs11" and crypto.ensure_signing_key(settings.key_path("signing")):
         created.append(str(settings.key_path("signing")))
     if settings.embedded_s3:
         for name in ("app_secret", "verify_token"):
@@ -391,6 +391,11 @@ def open_archive(settings: Settings, start_embedded: bool = True) -> Archive:
     if settings.key_provider == "pkcs11":
         hsm = token(settings.pkcs11_module, settings.pkcs11_token, settings.pkcs11_pin_value())
         kek, key_file = Pkcs11Kek(hsm), Pkcs11SigningKey(Pkcs11Signer(hsm))
+    elif settings.key_provider == "kms":
+        if not settings.kms_key_id:
+            raise ConfigurationError("the kms key provider needs STRONGROOM_KMS_KEY_ID")
+        kek = KmsKek(settings.kms_key_id, settings.kms_region, settings.kms_endpoint_url)
+        key_file = crypto.SigningKeyFile(settings.key_path("signing"))
     else:
         kek, key_file = crypto.KekRing(settings.key_path("kek")), crypto.SigningKeyFile(settings.key_path("signing"))
     kek.kek_id  # noqa: B018 - read now: a missing or unreadable KEK fails the start, not the first write

@@ -84,7 +84,10 @@ class Settings(BaseSettings):
     kek_rotation_days: float = 0.0
     # Where the KEK and the signing key live: key files under <data dir>/keys (the embedded default),
     # or a PKCS#11 token (an HSM; SoftHSM2 in the tests), see archiver/pkcs11.py.
-    key_provider: Literal["file", "pkcs11"] = "file"
+    key_provider: Literal["file", "pkcs11", "kms"] = "file"  # kms: the KEK in AWS KMS, the signing key a file
+    kms_key_id: str | None = None
+    kms_region: str = "us-east-1"
+    kms_endpoint_url: str | None = None
     pkcs11_module: Path = Path("/usr/lib/softhsm/libsofthsm2.so")
     pkcs11_token: str = "strongroom"
     pkcs11_pin: SecretStr | None = None

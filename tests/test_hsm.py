@@ -116,3 +116,39 @@ def test_a_wrong_pin_or_token_fails_the_start_by_name(tokens: Path, make_setting
                                    pkcs11_pin="00000000"))
     with pytest.raises(ConfigurationError, match="needs STRONGROOM_PKCS11_PIN"):
         open_archive(make_settings(key_provider="pkcs11", pkcs11_module=SOFTHSM, pkcs11_token=label))
+
+
+@pytest.mark.parametrize("sql_url", ["sqlite"], indirect=True)
+def test_the_kek_in_aws_kms_on_moto(make_settings: Callable[..., Settings]) -> None:
+    """Unit test on moto (KMS's API shape; SeaweedFS, at 127.0.0.1, is passed through to the real store)."""
+    import boto3
+    from moto import mock_aws
+
+    from archiver.crypto import DecryptionError
+
+    with mock_aws(config={"core": {"passthrough": {"urls": [r"http://127\.0\.0\.1:\d+.*"]}}}):
+        kms = boto3.client("kms", region_name="us-east-1")
+        meta = kms.create_key(KeyUsage="ENCRYPT_DECRYPT", Description="strongroom KEK")["KeyMetadata"]
+        arn = meta["Arn"]
+        settings = make_settings(key_provider="kms", kms_key_id=arn)
+        a = open_archive(settings)
+        try:
+            assert not settings.key_path("kek").exists()
+            ingest(a, p.inbound(p.text("wamid.m1", "16505550891", T, "wrapped by KMS")))
+            a.process_pending()
+            with a.engine.connect() as conn:
+                rows = conn.execute(sa.select(data_keys)).all()
+                msg = conn.execute(sa.select(events).where(events.c.wamid == "wamid.m1")).one()
+            assert rows and {r.kek_id for r in rows} == {f"kms:{arn}"}
+            assert b"wrapped by KMS" in a.keyring.open_record(msg)
+            assert a.verifier().verify(a.expected_sizes()).ok
+            # a wrapped key moved to another id does not decrypt (the encryption context binds it)
+            with pytest.raises(DecryptionError):
+                a.keyring.kek.unwrap(rows[0].wrapped, "subj:someone-else", rows[0].kek_id)
+        finally:
+            a.close()
+        kms.disable_key(KeyId=meta["KeyId"])
+        from archiver.errors import ConfigurationError
+
+        with pytest.raises(ConfigurationError, match="not an enabled"):
+            open_archive(settings)

@@ -118,37 +118,63 @@ def test_a_wrong_pin_or_token_fails_the_start_by_name(tokens: Path, make_setting
         open_archive(make_settings(key_provider="pkcs11", pkcs11_module=SOFTHSM, pkcs11_token=label))
 
 
+KMS_CHECK = r"""
+import json, sys
+import boto3, sqlalchemy as sa
+from moto import mock_aws
+from archiver.crypto import DecryptionError
+from archiver.db import data_keys, events
+from archiver.errors import ConfigurationError
+from strongroom import payloads as p
+from strongroom.runtime import open_archive
+from strongroom.settings import Settings
+from tests.conftest import ingest
+
+settings_doc, t = json.loads(sys.argv[1]), int(sys.argv[2])
+with mock_aws(config={"core": {"passthrough": {"urls": [r"http://127\.0\.0\.1:\d+.*"]}}}):
+    kms = boto3.client("kms", region_name="us-east-1")
+    meta = kms.create_key(KeyUsage="ENCRYPT_DECRYPT", Description="strongroom KEK")["KeyMetadata"]
+    settings = Settings(**settings_doc, key_provider="kms", kms_key_id=meta["Arn"])
+    import tests.conftest
+    tests.conftest.sign.__defaults__ = (settings.secret("app_secret"),)  # this archive's, not this process's
+    a = open_archive(settings)
+    try:
+        assert not settings.key_path("kek").exists()
+        ingest(a, p.inbound(p.text("wamid.m1", "16505550891", t, "wrapped by KMS")))
+        a.process_pending()
+        with a.engine.connect() as conn:
+            rows = conn.execute(sa.select(data_keys)).all()
+            msg = conn.execute(sa.select(events).where(events.c.wamid == "wamid.m1")).one()
+        assert rows and {r.kek_id for r in rows} == {"kms:" + meta["Arn"]}, rows
+        assert b"wrapped by KMS" in a.keyring.open_record(msg)
+        assert a.verifier().verify(a.expected_sizes()).ok
+        try:  # a wrapped key moved to another id does not decrypt (the encryption context binds it)
+            a.keyring.kek.unwrap(rows[0].wrapped, "subj:someone-else", rows[0].kek_id)
+            raise AssertionError("unwrapped under another id")
+        except DecryptionError:
+            pass
+    finally:
+        a.close()
+    kms.disable_key(KeyId=meta["KeyId"])
+    try:
+        open_archive(settings)
+        raise AssertionError("started on a disabled KMS key")
+    except ConfigurationError as e:
+        assert "not an enabled" in str(e), e
+print("kms ok")
+"""
+
+
 @pytest.mark.parametrize("sql_url", ["sqlite"], indirect=True)
 def test_the_kek_in_aws_kms_on_moto(make_settings: Callable[..., Settings]) -> None:
-    """Unit test on moto (KMS's API shape; SeaweedFS, at 127.0.0.1, is passed through to the real store)."""
-    import boto3
-    from moto import mock_aws
+    """Unit test on moto (KMS's API shape; SeaweedFS, at 127.0.0.1, passed through to the real store),
+    in a child process: moto's patching of botocore must not reach the other tests of this worker."""
+    import sys
 
-    from archiver.crypto import DecryptionError
-
-    with mock_aws(config={"core": {"passthrough": {"urls": [r"http://127\.0\.0\.1:\d+.*"]}}}):
-        kms = boto3.client("kms", region_name="us-east-1")
-        meta = kms.create_key(KeyUsage="ENCRYPT_DECRYPT", Description="strongroom KEK")["KeyMetadata"]
-        arn = meta["Arn"]
-        settings = make_settings(key_provider="kms", kms_key_id=arn)
-        a = open_archive(settings)
-        try:
-            assert not settings.key_path("kek").exists()
-            ingest(a, p.inbound(p.text("wamid.m1", "16505550891", T, "wrapped by KMS")))
-            a.process_pending()
-            with a.engine.connect() as conn:
-                rows = conn.execute(sa.select(data_keys)).all()
-                msg = conn.execute(sa.select(events).where(events.c.wamid == "wamid.m1")).one()
-            assert rows and {r.kek_id for r in rows} == {f"kms:{arn}"}
-            assert b"wrapped by KMS" in a.keyring.open_record(msg)
-            assert a.verifier().verify(a.expected_sizes()).ok
-            # a wrapped key moved to another id does not decrypt (the encryption context binds it)
-            with pytest.raises(DecryptionError):
-                a.keyring.kek.unwrap(rows[0].wrapped, "subj:someone-else", rows[0].kek_id)
-        finally:
-            a.close()
-        kms.disable_key(KeyId=meta["KeyId"])
-        from archiver.errors import ConfigurationError
-
-        with pytest.raises(ConfigurationError, match="not an enabled"):
-            open_archive(settings)
+    settings = make_settings()
+    doc = {k: (v.get_secret_value() if hasattr(v, "get_secret_value") else str(v) if isinstance(v, Path) else v)
+           for k, v in settings.model_dump().items() if v is not None and k not in ("key_provider", "kms_key_id")}
+    done = subprocess.run([sys.executable, "-c", KMS_CHECK, json.dumps(doc), str(T)], capture_output=True,
+                          text=True, timeout=300, cwd=Path(__file__).parents[1],
+                          env={k: v for k, v in os.environ.items() if not k.startswith("STRONGROOM_")})
+    assert done.returncode == 0 and "kms ok" in done.stdout, done.stdout[-2000:] + done.stderr[-3000:]

@@ -360,21 +360,34 @@ def _print_report(report: Report) -> None:
         err.print("[red]nothing to verify[/red]: no sealed segments or checkpoints found")
 
 
-def _latest_notes(paths: list[Path], witnesses: list[str], origin: str, key: Any) -> dict[str, Any]:
-    """The --latest notes, each checked (our signature, every --witness cosignature), by stream."""
+def _latest_notes(paths: list[Path], witnesses: list[str], origin: str, key: Any, store: Any) -> dict[str, Any]:
+    """The --latest notes, each checked (signed by a key of the archive's history, cosigned by
+    every --witness), by stream."""
+    from archiver import keyhistory
     from archiver.notes import parse_vkey, verify_note
     from archiver.publish import stream_of
 
+    if not paths:
+        return {}
     try:
         wit = [(name, wkey) for name, _kind, wkey in map(parse_vkey, witnesses)]
     except ValueError as e:
         raise InvalidInput(f"--witness: {e}") from e
+    try:
+        keys = list(keyhistory.load(store, key).keys.values())
+    except ValueError:
+        keys = [key]  # `verify` reports the broken history itself
     out: dict[str, Any] = {}
     for path in paths:
-        try:
-            note = verify_note(path.read_text(), origin, key, wit)
-        except (OSError, ValueError) as e:
-            raise InvalidInput(f"--latest {path}: {e}") from e
+        note, error = None, ""
+        for candidate in keys:
+            try:
+                note = verify_note(path.read_text(), origin, candidate, wit)
+                break
+            except (OSError, ValueError) as e:
+                error = str(e)
+        if note is None:
+            raise InvalidInput(f"--latest {path}: {error}")
         name = stream_of(note.origin, origin)
         if name is None:
             raise InvalidInput(f"--latest {path}: origin {note.origin!r} is not one of {origin}/<stream>")
@@ -414,14 +427,15 @@ def verify(
         if public_key is None:
             raise InvalidInput("--from-dir needs --public-key")
         key = crypto.load_public_key(public_key.read_bytes())
-        notes = _latest_notes(latest or [], witness or [], origin, key)
-        report = Verifier(DirectoryObjectStore(from_dir), key, check_locks=False, tsa_roots=roots).verify(
+        copy = DirectoryObjectStore(from_dir)
+        notes = _latest_notes(latest or [], witness or [], origin, key, copy)
+        report = Verifier(copy, key, check_locks=False, tsa_roots=roots).verify(
             only=stream, latest=notes)
         _print_report(report)
         raise typer.Exit(0 if report.ok else 1)
     with _session() as archive:
         key = crypto.load_public_key(public_key.read_bytes()) if public_key else archive.public_key
-        notes = _latest_notes(latest or [], witness or [], origin, key)
+        notes = _latest_notes(latest or [], witness or [], origin, key, archive.store)
         report = Verifier(archive.store, key, tsa_roots=roots).verify(expected_sizes=archive.expected_sizes(),
                                                                       only=stream, latest=notes)
         trail.record(archive.engine, archive.keyring, "verify", _actor(),

@@ -73,8 +73,8 @@ class DeniedLog:
                 self._counts[key] = _Count(1, now, now)
             else:
                 c.n, c.last = c.n + 1, now
-        if time.monotonic() - self._started >= self.window:
-            self.flush()
+        if self._thread is None and time.monotonic() - self._started >= self.window:
+            self.flush()  # unserved (a test, a script): inline; served, the timer flushes off the event loop
 
     def flush(self) -> int:
         """Seal what was counted (one event per key). Returns the events written."""

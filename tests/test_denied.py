@@ -86,3 +86,20 @@ def test_a_failed_write_keeps_the_counts_for_the_next_flush() -> None:
     log.note("a", "1.2.3.4", "GET /x", "forbidden")
     assert log.flush() == 0 and log.flush() == 1
     log.close()
+
+
+def test_a_served_log_is_flushed_by_its_timer_not_by_the_request() -> None:
+    import threading
+    import time
+
+    sealed: list[tuple[str, dict[str, object]]] = []
+    log = DeniedLog(lambda batch: sealed.extend((threading.current_thread().name, d) for d in batch), window=0.2)
+    log.start()
+    log.note("anonymous", "198.51.100.9", "GET /api/v1/search", "unauthenticated")
+    time.sleep(0.1)
+    log.note("anonymous", "198.51.100.9", "GET /api/v1/search", "unauthenticated")
+    deadline = time.monotonic() + 5
+    while not sealed and time.monotonic() < deadline:
+        time.sleep(0.05)
+    log.close()
+    assert [(name, d["count"]) for name, d in sealed] == [("denied-log", 2)]

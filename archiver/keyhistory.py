@@ -17,13 +17,12 @@ from typing import Any
 
 import rfc8785
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from archiver.checkpoint import key_id
 from archiver.errors import ConflictError
 from archiver.objectstore import ObjectStore
 from archiver.records import format_ts
-from exporters.verify_bundle import ROTATION_ORIGIN, KeyHistory
+from exporters.verify_bundle import ROTATION_ORIGIN, KeyHistory, _raw_key
 
 __all__ = ["PREFIX", "KeyHistory", "load", "rotation_statement", "statements"]
 
@@ -47,7 +46,7 @@ def load(store: ObjectStore, anchor: Ed25519PublicKey) -> KeyHistory:
 
 
 def _raw(key: Ed25519PublicKey) -> str:
-    return base64.b64encode(key.public_bytes(Encoding.Raw, PublicFormat.Raw)).decode()
+    return base64.b64encode(_raw_key(key)).decode()
 
 
 def rotation_statement(old: Ed25519PrivateKey, new: Ed25519PrivateKey, sequence: int, retires_at: datetime) -> bytes:

@@ -17,7 +17,6 @@ import base64
 import struct
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 # Reading and checking notes is the standalone verifier's (a regulator runs that file alone).
 from exporters.verify_bundle import (
@@ -25,6 +24,7 @@ from exporters.verify_bundle import (
     DASH,
     ED25519,
     NoteCheckpoint,
+    _raw_key,
     key_hash,
     parse_vkey,
     verify_note,
@@ -34,13 +34,9 @@ __all__ = ["COSIGNATURE_V1", "ED25519", "NoteCheckpoint", "body", "cosign", "key
            "verify_note", "vkey"]
 
 
-def _raw(key: Ed25519PublicKey) -> bytes:
-    return key.public_bytes(Encoding.Raw, PublicFormat.Raw)
-
-
 def vkey(name: str, key: Ed25519PublicKey, kind: int = ED25519) -> str:
     """The verifier key string: ``<name>+<key hash hex>+<base64(type ‖ public key)>``."""
-    return f"{name}+{key_hash(name, key, kind).hex()}+{base64.b64encode(bytes([kind]) + _raw(key)).decode()}"
+    return f"{name}+{key_hash(name, key, kind).hex()}+{base64.b64encode(bytes([kind]) + _raw_key(key)).decode()}"
 
 
 def body(origin: str, tree_size: int, root: bytes) -> str:

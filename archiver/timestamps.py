@@ -14,25 +14,19 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
 import httpx
 import structlog
 from cryptography import x509
-from rfc3161_client import (
-    HashAlgorithm,
-    PKIStatus,
-    TimestampRequestBuilder,
-    TimeStampResponse,
-    VerificationError,
-    VerifierBuilder,
-    decode_timestamp_response,
-)
+from rfc3161_client import HashAlgorithm, PKIStatus, TimestampRequestBuilder, decode_timestamp_response
 
 from archiver.errors import ConfigurationError
 from archiver.objectstore import ObjectStore
+from exporters.verify_bundle import Stamp, check_token  # one check, in the standalone verifier
+
+__all__ = ["PREFIX", "Stamp", "Timestamper", "check_token", "head_of", "load_certificates", "token_key"]
 
 log = structlog.get_logger("strongroom.timestamps")
 PREFIX = "timestamps/"
@@ -96,33 +90,3 @@ def load_certificates(paths: Iterable[Path]) -> list[x509.Certificate]:
         except (OSError, ValueError) as e:
             raise ConfigurationError(f"{p}: not a PEM certificate file ({e})") from e
     return certs
-
-
-@dataclass(frozen=True)
-class Stamp:
-    tsa: str  # the TSA certificate's subject
-    time: datetime
-
-
-def check_token(der: bytes, data: bytes, roots: list[x509.Certificate]) -> Stamp:
-    """Verify one token over `data` against the given TSA roots.
-
-    Raises:
-        ValueError: malformed, for other data, or from a TSA none of `roots` vouches for.
-    """
-    try:
-        resp: TimeStampResponse = decode_timestamp_response(der)
-    except ValueError as e:
-        raise ValueError(f"not an RFC 3161 response: {e}") from e
-    if hashlib.sha256(data).digest() != resp.tst_info.message_imprint.message:
-        raise ValueError("the token stamps other data (its message imprint is not this object's SHA-256)")
-    errors = []
-    for root in roots:
-        try:
-            VerifierBuilder().add_root_certificate(root).build().verify_message(resp, data)
-        except VerificationError as e:
-            errors.append(str(e)[:120])
-            continue
-        leaf = next((x509.load_der_x509_certificate(c) for c in resp.signed_data.certificates), None)
-        return Stamp(leaf.subject.rfc4514_string() if leaf else root.subject.rfc4514_string(), resp.tst_info.gen_time)
-    raise ValueError("from a TSA none of the given certificates vouches for" + (f" ({errors[0]})" if errors else ""))

@@ -295,6 +295,22 @@ def verify_note(note: str, name: str, key: Ed25519PublicKey,
     return NoteCheckpoint(origin, size, root, tuple(cosigned))
 
 
+def verify_note_by_any(note: str, name: str, keys: list[Ed25519PublicKey],
+                       witnesses: Sequence[tuple[str, Ed25519PublicKey]] = ()) -> NoteCheckpoint:
+    """`verify_note` under whichever of the archive's keys (its key history) signed it.
+
+    Raises:
+        ValueError: signed by none of them (the last key's reason), or a witness's cosignature missing.
+    """
+    error = ValueError("no key to check the note with")
+    for key in keys:
+        try:
+            return verify_note(note, name, key, witnesses)
+        except ValueError as e:
+            error = e
+    raise error
+
+
 def consistent(size1: int, size2: int, proof: list[bytes], root1: bytes, root2: bytes) -> bool:
     """RFC 9162 §2.1.4.2: does `proof` show the tree of `size1`/`root1` is a prefix of `size2`/`root2`?"""
     if size1 == size2:
@@ -1167,15 +1183,10 @@ def _latest_failures(roots: dict[str, tuple[int, bytes]], history: KeyHistory, l
     given), for a stream of the bundle, and consistent with the bundle's snapshot of it."""
     failures = []
     for i, text in enumerate(latest.notes, start=1):
-        note, errors = None, []
-        for pk in history.keys.values():
-            try:
-                note = verify_note(text, latest.log_origin, pk, latest.witnesses)
-                break
-            except ValueError as e:
-                errors.append(str(e))
-        if note is None:
-            failures.append(f"latest #{i}: the holder's checkpoint does not verify ({errors[-1] if errors else ''})")
+        try:
+            note = verify_note_by_any(text, latest.log_origin, list(history.keys.values()), latest.witnesses)
+        except ValueError as e:
+            failures.append(f"latest #{i}: the holder's checkpoint does not verify ({e})")
             continue
         prefix = latest.log_origin + "/"
         stream = note.origin[len(prefix):] if note.origin.startswith(prefix) else None
@@ -1229,7 +1240,7 @@ def _head_failures(src: _Source, manifest: dict[str, Any], intact: set[str], his
     if tsa_roots is None:
         return failures
     try:
-        from rfc3161_client import VerificationError, VerifierBuilder, decode_timestamp_response
+        import rfc3161_client  # noqa: F401 - `check_token` needs it
     except ImportError:
         return failures + ["timestamps: checking them needs the rfc3161-client package (pip install rfc3161-client)"]
     good = 0
@@ -1238,24 +1249,47 @@ def _head_failures(src: _Source, manifest: dict[str, Any], intact: set[str], his
             failures.append(f"{token}: not a file of the bundle whose hash verified")
             continue
         try:
-            resp = decode_timestamp_response(src.read(token))
-            if resp.tst_info.message_imprint.message != hashlib.sha256(data).digest():
-                raise ValueError("the token stamps other data than the archive head")
-            errors = []
-            for root_cert in tsa_roots:
-                try:
-                    VerifierBuilder().add_root_certificate(root_cert).build().verify_message(resp, data)
-                    break
-                except VerificationError as e:
-                    errors.append(str(e)[:100])
-            else:
-                raise ValueError("from a TSA none of the given certificates vouches for")
+            check_token(src.read(token), data, tsa_roots)
             good += 1
         except Exception as e:
             failures.append(f"{token}: timestamp does not verify ({e})")
     if not good:
         failures.append(f"{path}: no timestamp from the given TSAs")
     return failures
+
+
+@dataclass(frozen=True)
+class Stamp:
+    tsa: str  # the TSA certificate's subject
+    time: datetime
+
+
+def check_token(der: bytes, data: bytes, roots: list[Any]) -> Stamp:
+    """Verify one RFC 3161 token (a DER TimeStampResp) over `data` against the given TSA roots
+    (x509 certificates). Needs the `rfc3161-client` package.
+
+    Raises:
+        ValueError: malformed, for other data, or from a TSA none of `roots` vouches for.
+    """
+    from cryptography import x509
+    from rfc3161_client import VerificationError, VerifierBuilder, decode_timestamp_response
+
+    try:
+        resp = decode_timestamp_response(der)
+    except ValueError as e:
+        raise ValueError(f"not an RFC 3161 response: {e}") from e
+    if hashlib.sha256(data).digest() != resp.tst_info.message_imprint.message:
+        raise ValueError("the token stamps other data (its message imprint is not this object's SHA-256)")
+    errors = []
+    for root in roots:
+        try:
+            VerifierBuilder().add_root_certificate(root).build().verify_message(resp, data)
+        except VerificationError as e:
+            errors.append(str(e)[:120])
+            continue
+        leaf = next((x509.load_der_x509_certificate(c) for c in resp.signed_data.certificates), None)
+        return Stamp(leaf.subject.rfc4514_string() if leaf else root.subject.rfc4514_string(), resp.tst_info.gen_time)
+    raise ValueError("from a TSA none of the given certificates vouches for" + (f" ({errors[0]})" if errors else ""))
 
 
 def load_public_key(pem: bytes) -> Ed25519PublicKey:

@@ -364,8 +364,9 @@ def _latest_notes(paths: list[Path], witnesses: list[str], origin: str, key: Any
     """The --latest notes, each checked (signed by a key of the archive's history, cosigned by
     every --witness), by stream."""
     from archiver import keyhistory
-    from archiver.notes import parse_vkey, verify_note
+    from archiver.notes import parse_vkey
     from archiver.publish import stream_of
+    from exporters.verify_bundle import verify_note_by_any
 
     if not paths:
         return {}
@@ -379,15 +380,10 @@ def _latest_notes(paths: list[Path], witnesses: list[str], origin: str, key: Any
         keys = [key]  # `verify` reports the broken history itself
     out: dict[str, Any] = {}
     for path in paths:
-        note, error = None, ""
-        for candidate in keys:
-            try:
-                note = verify_note(path.read_text(), origin, candidate, wit)
-                break
-            except (OSError, ValueError) as e:
-                error = str(e)
-        if note is None:
-            raise InvalidInput(f"--latest {path}: {error}")
+        try:
+            note = verify_note_by_any(path.read_text(), origin, keys, wit)
+        except (OSError, ValueError) as e:
+            raise InvalidInput(f"--latest {path}: {e}") from e
         name = stream_of(note.origin, origin)
         if name is None:
             raise InvalidInput(f"--latest {path}: origin {note.origin!r} is not one of {origin}/<stream>")

@@ -157,6 +157,7 @@ class Sealer:
         self.timestamper = timestamper
         self.publisher = publisher
         self._head_at: datetime | None = None  # when this sealer last wrote the archive head
+        self._last_cp: dict[str, Checkpoint] = {}  # stream -> the checkpoint this sealer last published
 
     @property
     def signing_key(self) -> Ed25519PrivateKey:
@@ -396,6 +397,7 @@ class Sealer:
                         key_id(signing_key.public_key()), segment=seg.object_key, segment_sha256=seg.sha256,
                         previous_sha256=previous.digest() if previous else None,
                         previous_size=previous.tree_size if previous else None)
+        published = cp  # what the store holds under `key` (the one stored before a crash, if any)
         try:
             # a checkpoint is kept at least as long as the segment it signs (and is never disposed)
             self.store.put_locked(key, SignedCheckpoint.sign(cp, signing_key).to_json(),
@@ -407,9 +409,11 @@ class Sealer:
             s = stored.checkpoint
             if (s.tree_size, s.root_hash, s.head_hash) != (cp.tree_size, cp.root_hash, cp.head_hash):
                 raise ConflictError(key, cp.root_hash, s.root_hash) from None
+            published = s
         failpoints.hit("sealer.after_checkpoint_put")
         with self.engine.begin() as conn:
             conn.execute(sa.update(segments).where(segments.c.id == seg_id).values(checkpoint_key=key))
+        self._last_cp[seg.stream] = published
 
     def write_head(self, force: bool = False) -> StoredHead | None:
         """The archive head (stamped by the TSAs, when configured), after a pass that sealed
@@ -437,6 +441,9 @@ class Sealer:
         """The checkpoint of the segment before `seg` (published first: checkpoints go out in order)."""
         if seg.first_seq == 0:
             return None
+        mine = self._last_cp.get(seg.stream)
+        if mine is not None and mine.tree_size == seg.first_seq:
+            return mine  # the one this sealer just published: no read of the store on the hot path
         with self.engine.connect() as conn:
             prev = conn.execute(sa.select(segments.c.id, segments.c.checkpoint_key).where(
                 segments.c.stream == seg.stream, segments.c.last_seq == seg.first_seq - 1)).one()

@@ -22,10 +22,10 @@ from typing import Any
 
 import rfc8785
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from archiver.crypto import PublicKey, Signer, verify_signature
 from archiver.errors import CheckpointSignatureError
+from exporters.verify_bundle import _key_id
 
 ORIGIN_V1 = "strongroom.checkpoint/1"
 ORIGIN = "strongroom.checkpoint/2"
@@ -33,9 +33,9 @@ ORIGINS = (ORIGIN_V1, ORIGIN)
 V2_FIELDS = ("segment", "segment_sha256", "previous_sha256", "previous_size")
 
 
-def key_id(public_key: Ed25519PublicKey) -> str:
-    raw = public_key.public_bytes(Encoding.Raw, PublicFormat.Raw)
-    return hashlib.sha256(raw).hexdigest()[:16]
+def key_id(public_key: PublicKey) -> str:
+    """SHA-256 of the raw Ed25519 key (or of an ECDSA key's DER SPKI), 16 hex digits."""
+    return _key_id(public_key)
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +75,7 @@ class SignedCheckpoint:
     signature: bytes
 
     @classmethod
-    def sign(cls, cp: Checkpoint, private_key: Ed25519PrivateKey) -> SignedCheckpoint:
+    def sign(cls, cp: Checkpoint, private_key: Signer) -> SignedCheckpoint:
         return cls(cp, private_key.sign(cp.signed_bytes()))
 
     def to_json(self) -> bytes:
@@ -99,7 +99,7 @@ class SignedCheckpoint:
             raise CheckpointSignatureError(item, f"malformed checkpoint: {e}") from e
         return cls(cp, sig)
 
-    def verify(self, public_key: Ed25519PublicKey, item: str = "checkpoint") -> None:
+    def verify(self, public_key: PublicKey, item: str = "checkpoint") -> None:
         if self.checkpoint.origin not in ORIGINS:
             raise CheckpointSignatureError(item, f"unknown origin {self.checkpoint.origin!r}")
         if self.checkpoint.key_id != key_id(public_key):
@@ -107,6 +107,6 @@ class SignedCheckpoint:
                 item, f"signed by key {self.checkpoint.key_id}, expected {key_id(public_key)}"
             )
         try:
-            public_key.verify(self.signature, self.checkpoint.signed_bytes())
+            verify_signature(public_key, self.signature, self.checkpoint.signed_bytes())
         except InvalidSignature as e:
             raise CheckpointSignatureError(item, "signature does not verify") from e

@@ -19,11 +19,26 @@ from typing import Any, Protocol
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from archiver.errors import ConfigurationError, StrongroomError
+
+# One set of signature checks, in the standalone verifier (re-exported here)
+from exporters.verify_bundle import PublicKey as PublicKey
+from exporters.verify_bundle import load_public_key as _load_public_key
+from exporters.verify_bundle import verify_signature as verify_signature
+
+
+class Signer(Protocol):
+    """What signs checkpoints, heads, notes, certificates and manifests: a key in this process
+    (Ed25519, `load_signing_key`), on an HSM (`archiver.providers.Pkcs11Signer`, Ed25519) or in AWS KMS
+    (`archiver.providers.KmsSigner`, ECDSA P-256). The signature's algorithm is the key's."""
+
+    def sign(self, data: bytes) -> bytes: ...
+
+    def public_key(self) -> PublicKey: ...
 
 NONCE_SIZE = 12
 KEY_SIZE = 32
@@ -222,11 +237,34 @@ def read_secret_file(path: Path) -> bytes:
     return path.read_bytes()
 
 
+def public_key_path(signing_key_path: Path) -> Path:
+    """Where the signing key's public half is kept beside it (``….pub``): what a process that
+    does not sign (a read-only CLI command, a reviewer's workstation) uses instead of the key."""
+    return signing_key_path.with_suffix(".pub")
+
+
+def write_public_key(signing_key_path: Path, public_key: PublicKey) -> None:
+    """Write (or replace, atomically) the ``.pub`` beside the signing key."""
+    path = public_key_path(signing_key_path)
+    tmp = path.with_suffix(".pub.tmp")
+    tmp.unlink(missing_ok=True)
+    _write_new_0600(tmp, public_key_pem(public_key))  # (0600 like all of keys/: hand it out with `keys public`)
+    os.replace(tmp, path)
+
+
 def ensure_signing_key(path: Path) -> bool:
-    """Create an Ed25519 private key (PKCS#8 PEM, 0600) unless it exists. True if created."""
+    """Create an Ed25519 private key (PKCS#8 PEM, 0600) and its ``.pub`` unless it exists. True if created.
+
+    An existing key without a ``.pub`` (a data dir from before there were any) gets one."""
     if path.exists():
+        if not public_key_path(path).exists():
+            write_public_key(path, load_signing_key(path).public_key())
         return False
-    pem = Ed25519PrivateKey.generate().private_bytes(
+    if public_key_path(path).exists():  # never a new key beside the published one's public half
+        raise ConfigurationError(f"the signing key {path} is missing but its public key {public_key_path(path)} "
+                                 "is here: restore the key from its backup (read-only commands run without it)")
+    key = Ed25519PrivateKey.generate()
+    pem = key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
@@ -235,6 +273,7 @@ def ensure_signing_key(path: Path) -> bool:
         _write_new_0600(path, pem)
     except FileExistsError:
         return False
+    write_public_key(path, key.public_key())
     return True
 
 
@@ -245,31 +284,54 @@ def load_signing_key(path: Path) -> Ed25519PrivateKey:
     return key
 
 
+class SignerUnavailable(ConfigurationError):
+    """This process was opened without the signing key (a read-only command) and was asked to sign."""
+
+
 class SigningKeyFile:
     """The signing key, read again when its file changes: a rotation (`strongroom keys
-    rotate-signing`) takes effect in processes already running at their next signature."""
+    rotate-signing`) takes effect in processes already running at their next signature.
 
-    def __init__(self, path: Path) -> None:
+    With ``signing=False`` (read-only commands) the private key is never read: `public_key`
+    comes from the ``.pub`` beside it and `get` refuses."""
+
+    def __init__(self, path: Path, signing: bool = True) -> None:
         self.path = path
+        self.signing = signing
         self._stamp: tuple[int, int] | None = None
         self._key: Ed25519PrivateKey | None = None
 
     def get(self) -> Ed25519PrivateKey:
+        if not self.signing:
+            raise SignerUnavailable("this command runs without the signing key (it only reads); the worker "
+                                    "seals what it recorded")
         st = self.path.stat()
         stamp = (st.st_ino, st.st_mtime_ns)
         if self._key is None or stamp != self._stamp:
             self._key, self._stamp = load_signing_key(self.path), stamp
         return self._key
 
+    def public_key(self) -> PublicKey:
+        pub = public_key_path(self.path)
+        if self.signing:
+            return self.get().public_key()
+        if pub.exists():
+            return load_public_key(pub.read_bytes())
+        if self.path.exists():  # a data dir from before there were .pub files (its next start writes one)
+            return load_signing_key(self.path).public_key()
+        raise ConfigurationError(f"{pub} does not exist: copy it from the archive's host "
+                                 "(`strongroom keys public`) to run read-only commands here")
 
-def public_key_pem(public_key: Ed25519PublicKey) -> bytes:
+
+def public_key_pem(public_key: PublicKey) -> bytes:
     return public_key.public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
 
 
-def load_public_key(pem: bytes) -> Ed25519PublicKey:
-    key = serialization.load_pem_public_key(pem)
-    if not isinstance(key, Ed25519PublicKey):
-        raise ConfigurationError("not an Ed25519 public key")
-    return key
+def load_public_key(pem: bytes) -> PublicKey:
+    """An archive's public key (Ed25519, or ECDSA P-256 for a key in KMS) from PEM."""
+    try:
+        return _load_public_key(pem)
+    except ValueError as e:
+        raise ConfigurationError("not an Ed25519 or ECDSA P-256 public key") from e

@@ -23,10 +23,10 @@ from typing import Any
 import rfc8785
 import sqlalchemy as sa
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from ulid import ULID
 
 from archiver.checkpoint import key_id
+from archiver.crypto import PublicKey, Signer, verify_signature
 from archiver.db import segments
 from archiver.errors import CheckpointSignatureError
 from archiver.objectstore import ObjectStore
@@ -47,12 +47,12 @@ class ArchiveHead:
         return rfc8785.dumps({"origin": self.origin, "time": self.time, "key_id": self.key_id,
                               "streams": self.streams})
 
-    def sign(self, key: Ed25519PrivateKey) -> bytes:
+    def sign(self, key: Signer) -> bytes:
         doc = {"head": json.loads(self.signed_bytes()), "signature": base64.b64encode(key.sign(self.signed_bytes())).decode()}
         return json.dumps(doc, indent=2, sort_keys=True).encode() + b"\n"
 
     @classmethod
-    def verified(cls, data: bytes, public_key: Ed25519PublicKey, item: str) -> ArchiveHead:
+    def verified(cls, data: bytes, public_key: PublicKey, item: str) -> ArchiveHead:
         """Parse and check a stored head. Raises `CheckpointSignatureError` naming `item`."""
         try:
             doc = json.loads(data)
@@ -69,7 +69,7 @@ class ArchiveHead:
         if head.key_id != key_id(public_key):
             raise CheckpointSignatureError(item, f"signed by key {head.key_id}, expected {key_id(public_key)}")
         try:
-            public_key.verify(sig, head.signed_bytes())
+            verify_signature(public_key, sig, head.signed_bytes())
         except InvalidSignature as e:
             raise CheckpointSignatureError(item, "signature does not verify") from e
         return head
@@ -97,7 +97,7 @@ class StoredHead:
     head: ArchiveHead
 
 
-def write_head(engine: sa.Engine, store: ObjectStore, signing_key: Ed25519PrivateKey,
+def write_head(engine: sa.Engine, store: ObjectStore, signing_key: Signer,
                retain_until: Callable[[str, datetime], tuple[datetime, str]], now: datetime) -> StoredHead | None:
     """Sign and store the archive head as of now (None: nothing sealed yet)."""
     streams = current(engine)

@@ -16,9 +16,9 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import rfc8785
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from archiver.checkpoint import key_id
+from archiver.crypto import PublicKey, Signer
 from archiver.errors import ConflictError
 from archiver.objectstore import ObjectStore
 from archiver.records import format_ts
@@ -36,7 +36,7 @@ def statements(store: ObjectStore) -> list[bytes]:
     return [store.get(k) for k in sorted(store.list_keys(PREFIX))]
 
 
-def load(store: ObjectStore, anchor: Ed25519PublicKey) -> KeyHistory:
+def load(store: ObjectStore, anchor: PublicKey) -> KeyHistory:
     """The archive's key history from its stored rotation statements, linked to `anchor`.
 
     Raises:
@@ -45,11 +45,11 @@ def load(store: ObjectStore, anchor: Ed25519PublicKey) -> KeyHistory:
     return KeyHistory(anchor, statements(store))
 
 
-def _raw(key: Ed25519PublicKey) -> str:
+def _raw(key: PublicKey) -> str:
     return base64.b64encode(_raw_key(key)).decode()
 
 
-def rotation_statement(old: Ed25519PrivateKey, new: Ed25519PrivateKey, sequence: int, retires_at: datetime) -> bytes:
+def rotation_statement(old: Signer, new: Signer, sequence: int, retires_at: datetime) -> bytes:
     st: dict[str, Any] = {"origin": ROTATION_ORIGIN, "sequence": sequence, "time": format_ts(retires_at),
           "old_key": _raw(old.public_key()), "old_key_id": key_id(old.public_key()),
           "new_key": _raw(new.public_key()), "new_key_id": key_id(new.public_key())}
@@ -59,7 +59,7 @@ def rotation_statement(old: Ed25519PrivateKey, new: Ed25519PrivateKey, sequence:
     return json.dumps(doc, indent=2, sort_keys=True).encode() + b"\n"
 
 
-def store_rotation(store: ObjectStore, old: Ed25519PrivateKey, new: Ed25519PrivateKey, now: datetime,
+def store_rotation(store: ObjectStore, old: Signer, new: Signer, now: datetime,
                    retain_until: datetime) -> tuple[str, bytes]:
     """Sign and store the statement retiring `old` for `new` (GRACE from now). Returns (key, bytes).
 

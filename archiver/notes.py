@@ -2,7 +2,9 @@
 
 Each stream is a transparency log in the sense of C2SP ``tlog-checkpoint``: its checkpoint is
 the note body ``<origin>\\n<tree size>\\n<base64 root hash>\\n`` signed per C2SP ``signed-note``
-with the archive's Ed25519 key (key ID ``SHA-256(name ‖ "\\n" ‖ 0x01 ‖ public key)[:4]``). A
+with the archive's key: Ed25519 (type 0x01, key ID ``SHA-256(name ‖ "\\n" ‖ 0x01 ‖ public key)[:4]``) or,
+for a key in AWS KMS, ECDSA P-256 (type 0x02, as github.com/transparency-dev/witness signs: key ID
+the first four bytes of SHA-256 of the DER SPKI, the signature DER over SHA-256 of the text). A
 witness that follows the log cosigns it per C2SP ``tlog-cosignature`` (``cosignature/v1``,
 key ID with 0x04, a big-endian u64 timestamp before the signature); `verify_note` checks those
 cosignatures for the witness keys it is given.
@@ -16,26 +18,32 @@ from __future__ import annotations
 import base64
 import struct
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from archiver.crypto import PublicKey, Signer
 
 # Reading and checking notes is the standalone verifier's (a regulator runs that file alone).
 from exporters.verify_bundle import (
     COSIGNATURE_V1,
     DASH,
+    ECDSA,
     ED25519,
     NoteCheckpoint,
     _raw_key,
     key_hash,
+    note_kind,
     parse_vkey,
+    parse_witness,
     verify_note,
 )
 
-__all__ = ["COSIGNATURE_V1", "ED25519", "NoteCheckpoint", "body", "cosign", "key_hash", "parse_vkey", "sign_note",
+__all__ = ["COSIGNATURE_V1", "ECDSA", "ED25519", "NoteCheckpoint", "body", "cosign", "key_hash", "parse_vkey", "parse_witness", "sign_note",
            "verify_note", "vkey"]
 
 
-def vkey(name: str, key: Ed25519PublicKey, kind: int = ED25519) -> str:
-    """The verifier key string: ``<name>+<key hash hex>+<base64(type ‖ public key)>``."""
+def vkey(name: str, key: PublicKey, kind: int | None = None) -> str:
+    """The verifier key string: ``<name>+<key hash hex>+<base64(type ‖ public key)>`` (type: the key's)."""
+    kind = note_kind(key) if kind is None else kind
     return f"{name}+{key_hash(name, key, kind).hex()}+{base64.b64encode(bytes([kind]) + _raw_key(key)).decode()}"
 
 
@@ -45,7 +53,7 @@ def body(origin: str, tree_size: int, root: bytes) -> str:
     return f"{origin}\n{tree_size}\n{base64.b64encode(root).decode()}\n"
 
 
-def sign_note(text: str, name: str, key: Ed25519PrivateKey) -> str:
+def sign_note(text: str, name: str, key: Signer) -> str:
     sig = key.sign(text.encode())
     return text + "\n" + DASH + name + " " + base64.b64encode(key_hash(name, key.public_key()) + sig).decode() + "\n"
 

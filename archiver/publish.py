@@ -17,8 +17,8 @@ from typing import Any
 
 import httpx
 import structlog
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from archiver.crypto import Signer
 from archiver.errors import ConfigurationError
 from archiver.notes import body, sign_note
 
@@ -36,7 +36,7 @@ def stream_of(origin_line: str, log_origin: str) -> str | None:
     return origin_line[len(prefix):] if origin_line.startswith(prefix) else None
 
 
-def note_for(log_origin: str, stream: str, tree_size: int, root_hex: str, key: Ed25519PrivateKey) -> str:
+def note_for(log_origin: str, stream: str, tree_size: int, root_hex: str, key: Signer) -> str:
     return sign_note(body(origin(log_origin, stream), tree_size, bytes.fromhex(root_hex)), log_origin, key)
 
 
@@ -50,7 +50,7 @@ class Publisher:
         self.timeout = timeout
         self._told: dict[tuple[str, str], int] = {}  # (holder, stream) -> the tree size it has
 
-    def publish(self, streams: dict[str, dict[str, Any]], key: Ed25519PrivateKey) -> int:
+    def publish(self, streams: dict[str, dict[str, Any]], key: Signer) -> int:
         """Tell every holder each stream's checkpoint it does not have yet. Returns notes delivered."""
         sent, down = 0, set()
         for stream, head in sorted(streams.items()):

@@ -30,10 +30,10 @@ from typing import Any
 
 import sqlalchemy as sa
 import structlog
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from archiver import failpoints
 from archiver.checkpoint import Checkpoint, SignedCheckpoint, key_id
+from archiver.crypto import Signer
 from archiver.db import events, inbox, merkle_tiles, segments, streams
 from archiver.errors import ConflictError, ObjectExistsError, ObjectNotFoundError, ObjectStoreError
 from archiver.heads import StoredHead, write_head
@@ -137,7 +137,7 @@ class Sealer:
         self,
         engine: sa.Engine,
         store: ObjectStore,
-        signing_key: Ed25519PrivateKey | Callable[[], Ed25519PrivateKey],
+        signing_key: Signer | Callable[[], Signer],
         retain_until: Callable[[str, datetime], tuple[datetime, str]],
         batch_max: int = 50_000,
         clock: Callable[[], datetime] = utcnow,
@@ -160,7 +160,7 @@ class Sealer:
         self._last_cp: dict[str, Checkpoint] = {}  # stream -> the checkpoint this sealer last published
 
     @property
-    def signing_key(self) -> Ed25519PrivateKey:
+    def signing_key(self) -> Signer:
         return self._signing_key()
 
     # -- public -----------------------------------------------------------------------------

@@ -27,8 +27,8 @@ from typing import Any, Protocol
 
 import sqlalchemy as sa
 import structlog
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from archiver.crypto import PublicKey
 from archiver.db import events, segments, stream_tenant
 from archiver.errors import Forbidden, InvalidInput, NotFound, Unavailable
 from archiver.keys import KeyRing
@@ -73,7 +73,7 @@ class Services(Protocol):
     @property
     def store(self) -> ObjectStore: ...
     @property
-    def public_key(self) -> Ed25519PublicKey: ...
+    def public_key(self) -> PublicKey: ...
     @property
     def schedules(self) -> Schedules: ...
     def holds(self) -> Holds: ...

@@ -9,7 +9,7 @@ bad seq:
       across segments, and the segment's metadata agrees with its rows;
   (3) Merkle root — the RFC 6962 root recomputed over all records so far equals the root (and
       the head hash) in the checkpoint of that tree size;
-  (4) checkpoint signature — Ed25519 over the checkpoint with our key;
+  (4) checkpoint signature — Ed25519 (ECDSA P-256 for a key in KMS) over the checkpoint with our key;
   (5) Object Lock — every object is COMPLIANCE-locked and has exactly one version (no overwrite
       or delete marker on top of it);
   (6) consistency — checkpoints grow strictly and each is a prefix of the next (RFC 9162
@@ -46,10 +46,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cryptography import x509
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from archiver import keyhistory
 from archiver.checkpoint import ORIGIN_V1, SignedCheckpoint
+from archiver.crypto import PublicKey
 from archiver.errors import ObjectStoreError, VerificationError
 from archiver.heads import ArchiveHead
 from archiver.heads import newest as newest_head
@@ -118,7 +118,7 @@ class Report:
 
 
 class Verifier:
-    def __init__(self, store: ObjectStore, public_key: Ed25519PublicKey, check_locks: bool = True,
+    def __init__(self, store: ObjectStore, public_key: PublicKey, check_locks: bool = True,
                  tsa_roots: list[x509.Certificate] | None = None) -> None:
         self.store = store
         self.public_key = public_key
@@ -177,7 +177,7 @@ class Verifier:
         """Disposition certificates that verify under a key of the history, and those under none."""
         return load_certificates(self.store, list(self.history.keys.values()))
 
-    def _key(self, key_id: str, signed_at: str | None) -> Ed25519PublicKey:
+    def _key(self, key_id: str, signed_at: str | None) -> PublicKey:
         try:
             return self.history.key_for(key_id, signed_at)
         except ValueError as e:

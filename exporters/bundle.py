@@ -41,11 +41,11 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 import sqlalchemy as sa
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from ulid import ULID
 
 from archiver import keyhistory
 from archiver.checkpoint import key_id
+from archiver.crypto import Signer
 from archiver.db import events, segments, stream_tenants
 from archiver.errors import KeyDestroyedError
 from archiver.heads import StoredHead
@@ -149,7 +149,7 @@ class _Bundle:
 
 
 class Exporter:
-    def __init__(self, engine: sa.Engine, keyring: KeyRing, store: ObjectStore, signing_key: Ed25519PrivateKey,
+    def __init__(self, engine: sa.Engine, keyring: KeyRing, store: ObjectStore, signing_key: Signer,
                  index: SearchIndex, bates_prefix: str = "SR", volume_documents: int | None = None,
                  period: str = "day", head: Callable[[], StoredHead | None] | None = None) -> None:
         """`head` writes (and has the TSAs stamp) a fresh archive head: the snapshot is taken from

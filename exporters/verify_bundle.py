@@ -6,10 +6,11 @@ Standalone on purpose: it needs only the Python standard library and ``cryptogra
     python verify_bundle.py BUNDLE_DIR_OR_ZIP strongroom.pub
 
 It checks, and names whatever fails:
-1. ``manifest.sig``: Ed25519 over the exact bytes of ``manifest.json``;
+1. ``manifest.sig``: the archive's signature over the exact bytes of ``manifest.json`` (Ed25519,
+   or ECDSA P-256 with SHA-256 where the archive's key is in AWS KMS; the key's type decides);
 2. every file the manifest lists: present, same size, same SHA-256; and no file it does not list;
 3. record counts: JSONL lines, DAT rows, OPT lines, Parquet rows, and the manifest's totals;
-4. every signed checkpoint of the snapshot (Ed25519, key id, origin);
+4. every signed checkpoint of the snapshot (signature, key id, origin);
 5. every record: an RFC 6962 inclusion proof from SHA-256(0x00 ‖ sealed record) to its number's
    checkpoint root, and the record's metadata in ``records.jsonl`` equal to the sealed record's;
 6. every record's content, bound to the seal: the sealed ciphertext is decrypted with the record's
@@ -50,9 +51,21 @@ from pathlib import Path
 from typing import IO, Any, NamedTuple
 
 from cryptography.exceptions import InvalidSignature, InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat, load_pem_public_key
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    PublicFormat,
+    load_der_public_key,
+    load_pem_public_key,
+)
+
+# The archive signs with Ed25519 (file or HSM key) or, where the key is in AWS KMS (which has no
+# Ed25519), ECDSA P-256 with SHA-256. Every signature names its key by id; the key's type says
+# which algorithm checks it.
+PublicKey = Ed25519PublicKey | ec.EllipticCurvePublicKey
 
 ALLOWED_EXTRA = {"manifest.json", "manifest.sig", "transfers.jsonl"}
 MAX_MANIFEST = 64 * 1024 * 1024  # a production of millions of records has a manifest of a few MB
@@ -209,29 +222,78 @@ def _withheld(content: Any) -> bool:
 
 # -- C2SP checkpoints (signed notes) and RFC 9162 consistency --------------------------------------
 
-ED25519, COSIGNATURE_V1 = 0x01, 0x04
+ED25519, ECDSA, COSIGNATURE_V1 = 0x01, 0x02, 0x04
 DASH = "\u2014 "  # em dash and space: the start of a note's signature line
 
 
-def _raw_key(pk: Ed25519PublicKey) -> bytes:
-    return pk.public_bytes(Encoding.Raw, PublicFormat.Raw)
+def _raw_key(pk: PublicKey) -> bytes:
+    """A public key's bytes: Ed25519's 32 (RFC 8032); an ECDSA key's DER SubjectPublicKeyInfo."""
+    if isinstance(pk, Ed25519PublicKey):
+        return pk.public_bytes(Encoding.Raw, PublicFormat.Raw)
+    return pk.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
 
 
-def key_hash(name: str, key: Ed25519PublicKey, kind: int = ED25519) -> bytes:
+def decode_key(raw: bytes) -> PublicKey:
+    """The inverse of `_raw_key`: 32 bytes are Ed25519, anything else must be a P-256 SPKI.
+
+    Raises:
+        ValueError: neither.
+    """
+    if len(raw) == 32:
+        return Ed25519PublicKey.from_public_bytes(raw)
+    key = load_der_public_key(raw)
+    if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, ec.SECP256R1):
+        raise ValueError("a signing key is Ed25519 or ECDSA P-256")
+    return key
+
+
+def verify_signature(pk: PublicKey, signature: bytes, data: bytes) -> None:
+    """Check `signature` over `data` by `pk` (Ed25519, or DER ECDSA P-256 over SHA-256).
+
+    Raises:
+        InvalidSignature: it does not verify.
+    """
+    if isinstance(pk, Ed25519PublicKey):
+        pk.verify(signature, data)
+    else:
+        pk.verify(signature, data, ec.ECDSA(hashes.SHA256()))
+
+
+def note_kind(key: PublicKey) -> int:
+    """The C2SP signed-note signature type of the archive's key (0x01 Ed25519, 0x02 ECDSA)."""
+    return ED25519 if isinstance(key, Ed25519PublicKey) else ECDSA
+
+
+def key_hash(name: str, key: PublicKey, kind: int | None = None) -> bytes:
+    """The C2SP note key ID: SHA-256(name ‖ LF ‖ type ‖ key)[:4]; for ECDSA (type 0x02, as
+    github.com/transparency-dev/witness has it) SHA-256 of the DER SPKI alone."""
+    kind = note_kind(key) if kind is None else kind
+    if kind == ECDSA:
+        return hashlib.sha256(_raw_key(key)).digest()[:4]
     return hashlib.sha256(name.encode() + b"\n" + bytes([kind]) + _raw_key(key)).digest()[:4]
 
 
-def parse_vkey(text: str) -> tuple[str, int, Ed25519PublicKey]:
+def parse_vkey(text: str) -> tuple[str, int, PublicKey]:
     """(name, signature type, public key) of a verifier key. Raises `ValueError`."""
     try:
         name, hash_hex, b64 = text.strip().split("+", 2)  # a key name holds no "+"; base64 may
         raw = base64.b64decode(b64, validate=True)
-        kind, key = raw[0], Ed25519PublicKey.from_public_bytes(raw[1:])
+        kind, key = raw[0], decode_key(raw[1:])
     except (ValueError, IndexError) as e:
         raise ValueError(f"not a verifier key: {text[:60]!r}") from e
-    if kind not in (ED25519, COSIGNATURE_V1) or key_hash(name, key, kind).hex() != hash_hex:
+    if kind != note_kind(key) and not (kind == COSIGNATURE_V1 and isinstance(key, Ed25519PublicKey)):
+        raise ValueError(f"verifier key {name!r}: signature type {kind:#04x} does not fit its key")
+    if key_hash(name, key, kind).hex() != hash_hex:
         raise ValueError(f"verifier key {name!r}: its key hash does not match its key")
     return name, kind, key
+
+
+def parse_witness(text: str) -> tuple[str, Ed25519PublicKey]:
+    """(name, key) of a witness's verifier key: an Ed25519 key (cosignature/v1). Raises `ValueError`."""
+    name, _kind, key = parse_vkey(text)
+    if not isinstance(key, Ed25519PublicKey):
+        raise ValueError(f"witness key {name!r}: a cosignature/v1 witness key is Ed25519")
+    return name, key
 
 
 @dataclass(frozen=True)
@@ -242,7 +304,7 @@ class NoteCheckpoint:
     cosigned_by: tuple[str, ...]  # the witnesses (of those given) whose cosignature verified
 
 
-def verify_note(note: str, name: str, key: Ed25519PublicKey,
+def verify_note(note: str, name: str, key: PublicKey,
                 witnesses: Sequence[tuple[str, Ed25519PublicKey]] = ()) -> NoteCheckpoint:
     """Parse a checkpoint note and check our signature on it, and the cosignature of each of
     `witnesses` (name, key) — every one given must have cosigned.
@@ -278,7 +340,7 @@ def verify_note(note: str, name: str, key: Ed25519PublicKey,
     if ours is None:
         raise ValueError(f"no signature by {name} (key hash {key_hash(name, key).hex()})")
     try:
-        key.verify(ours, text.encode())
+        verify_signature(key, ours, text.encode())
     except InvalidSignature as e:
         raise ValueError(f"the signature by {name} does not verify") from e
     cosigned = []
@@ -295,7 +357,7 @@ def verify_note(note: str, name: str, key: Ed25519PublicKey,
     return NoteCheckpoint(origin, size, root, tuple(cosigned))
 
 
-def verify_note_by_any(note: str, name: str, keys: list[Ed25519PublicKey],
+def verify_note_by_any(note: str, name: str, keys: list[PublicKey],
                        witnesses: Sequence[tuple[str, Ed25519PublicKey]] = ()) -> NoteCheckpoint:
     """`verify_note` under whichever of the archive's keys (its key history) signed it.
 
@@ -351,8 +413,8 @@ class KeyHistory:
     before that key's retirement.
     """
 
-    def __init__(self, anchor: Ed25519PublicKey, statements: list[bytes] | None = None) -> None:
-        self.keys: dict[str, Ed25519PublicKey] = {}
+    def __init__(self, anchor: PublicKey, statements: list[bytes] | None = None) -> None:
+        self.keys: dict[str, PublicKey] = {}
         self.retired: dict[str, str] = {}  # key id -> the time it retired (ISO-8601 UTC)
         self.statements: list[dict[str, Any]] = []
         chain: list[dict[str, Any]] = []
@@ -361,13 +423,13 @@ class KeyHistory:
             st = doc["statement"]
             if st.get("origin") != ROTATION_ORIGIN:
                 raise ValueError("not a key rotation statement")
-            old = Ed25519PublicKey.from_public_bytes(base64.b64decode(st["old_key"], validate=True))
-            new = Ed25519PublicKey.from_public_bytes(base64.b64decode(st["new_key"], validate=True))
+            old = decode_key(base64.b64decode(st["old_key"], validate=True))
+            new = decode_key(base64.b64decode(st["new_key"], validate=True))
             if _key_id(old) != st["old_key_id"] or _key_id(new) != st["new_key_id"]:
                 raise ValueError(f"rotation {st.get('sequence')}: key ids do not match the keys")
             try:
-                old.verify(base64.b64decode(doc["old_signature"]), _canonical(st))
-                new.verify(base64.b64decode(doc["new_signature"]), _canonical(st))
+                verify_signature(old, base64.b64decode(doc["old_signature"]), _canonical(st))
+                verify_signature(new, base64.b64decode(doc["new_signature"]), _canonical(st))
             except InvalidSignature as e:
                 raise ValueError(f"rotation {st.get('sequence')}: not signed by both keys") from e
             chain.append({**st, "_old": old, "_new": new})
@@ -387,10 +449,10 @@ class KeyHistory:
         self.current_id = chain[-1]["new_key_id"] if chain else _key_id(anchor)
 
     @property
-    def current(self) -> Ed25519PublicKey:
+    def current(self) -> PublicKey:
         return self.keys[self.current_id]
 
-    def key_for(self, key_id: str, signed_at: str | None) -> Ed25519PublicKey:
+    def key_for(self, key_id: str, signed_at: str | None) -> PublicKey:
         """The key `key_id`, if a signature it made at `signed_at` is acceptable.
 
         Raises:
@@ -438,8 +500,9 @@ def _count(src: _Source, path: str) -> int | None:
     return None
 
 
-def _key_id(pk: Ed25519PublicKey) -> str:
-    return hashlib.sha256(pk.public_bytes(Encoding.Raw, PublicFormat.Raw)).hexdigest()[:16]
+def _key_id(pk: PublicKey) -> str:
+    """The id signatures name their key by: SHA-256 of `_raw_key`, 16 hex digits."""
+    return hashlib.sha256(_raw_key(pk)).hexdigest()[:16]
 
 
 def _canonical(doc: dict[str, Any]) -> bytes:
@@ -641,7 +704,7 @@ class Latest:
     witnesses: list[tuple[str, Ed25519PublicKey]]
 
 
-def verify(bundle: Path, public_key: Ed25519PublicKey, tsa_roots: list[Any] | None = None,
+def verify(bundle: Path, public_key: PublicKey, tsa_roots: list[Any] | None = None,
            latest: Latest | None = None) -> list[str]:
     """Every failure found, each naming the file or record; empty when the bundle verifies.
 
@@ -657,7 +720,7 @@ def verify(bundle: Path, public_key: Ed25519PublicKey, tsa_roots: list[Any] | No
         proven.close()
 
 
-def _verify(bundle: Path, public_key: Ed25519PublicKey, proven: _Proven, tsa_roots: list[Any] | None = None,
+def _verify(bundle: Path, public_key: PublicKey, proven: _Proven, tsa_roots: list[Any] | None = None,
             latest: Latest | None = None) -> list[str]:
     src = _Source(bundle)
     failures: list[str] = []
@@ -673,7 +736,7 @@ def _verify(bundle: Path, public_key: Ed25519PublicKey, proven: _Proven, tsa_roo
     try:
         claimed = json.loads(data)
         signer = history.key_for(str(claimed.get("key_id")), claimed.get("produced_at_utc"))
-        signer.verify(base64.b64decode(src.read("manifest.sig", 1024).strip(), validate=True), data)
+        verify_signature(signer, base64.b64decode(src.read("manifest.sig", 1024).strip(), validate=True), data)
     except (InvalidSignature, ValueError, AttributeError):
         return ["manifest.json: signature does not verify with this public key or its key history "
                 "(manifest edited or wrong key)"]
@@ -724,8 +787,8 @@ def _verify(bundle: Path, public_key: Ed25519PublicKey, proven: _Proven, tsa_roo
             cp = doc["checkpoint"]
             if cp.get("origin") not in CHECKPOINT_ORIGINS:
                 raise ValueError("foreign origin")
-            history.key_for(cp.get("key_id"), cp.get("time")).verify(base64.b64decode(doc["signature"]),
-                                                                      _canonical(cp))
+            verify_signature(history.key_for(cp.get("key_id"), cp.get("time")),
+                             base64.b64decode(doc["signature"]), _canonical(cp))
             if cp["stream"] != stream or cp["tree_size"] != snap["tree_size"]:
                 raise ValueError("checkpoint is for another stream or size")
             roots[stream] = (cp["tree_size"], bytes.fromhex(cp["root_hash"]))
@@ -1229,7 +1292,7 @@ def _head_failures(src: _Source, manifest: dict[str, Any], intact: set[str], his
         head, sig = signed["head"], base64.b64decode(signed["signature"], validate=True)
         if head.get("origin") != HEAD_ORIGIN:
             raise ValueError("foreign origin")
-        history.key_for(head.get("key_id"), head.get("time")).verify(sig, _canonical(head))
+        verify_signature(history.key_for(head.get("key_id"), head.get("time")), sig, _canonical(head))
     except Exception as e:
         return [f"{path}: archive head does not verify ({type(e).__name__}: {e})"]
     for stream, (size, root) in sorted(roots.items()):
@@ -1292,11 +1355,12 @@ def check_token(der: bytes, data: bytes, roots: list[Any]) -> Stamp:
     raise ValueError("from a TSA none of the given certificates vouches for" + (f" ({errors[0]})" if errors else ""))
 
 
-def load_public_key(pem: bytes) -> Ed25519PublicKey:
+def load_public_key(pem: bytes) -> PublicKey:
+    """The archive's public key from PEM: Ed25519, or ECDSA P-256 (a key in AWS KMS). Raises `ValueError`."""
     key = load_pem_public_key(pem)
-    if not isinstance(key, Ed25519PublicKey):
-        raise ValueError("not an Ed25519 public key")
-    return key
+    if not isinstance(key, Ed25519PublicKey | ec.EllipticCurvePublicKey):
+        raise ValueError("not an Ed25519 or ECDSA P-256 public key")
+    return decode_key(_raw_key(key))
 
 
 def load_certificates(paths: list[str]) -> list[Any]:
@@ -1325,7 +1389,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--latest needs --log-origin")
     latest = Latest([Path(n).read_text() for n in args.latest], args.log_origin,
                     [json.loads(Path(c).read_text()) for c in args.consistency],
-                    [(name, key) for name, _kind, key in map(parse_vkey, args.witness)]) if args.latest else None
+                    [parse_witness(w) for w in args.witness]) if args.latest else None
     failures = verify(Path(args.bundle), load_public_key(Path(args.public_key).read_bytes()),
                       load_certificates(args.tsa_cert) if args.tsa_cert else None, latest)
     for f in failures:

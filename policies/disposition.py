@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -31,10 +32,10 @@ from typing import Any
 import rfc8785
 import sqlalchemy as sa
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from ulid import ULID
 
 from archiver.checkpoint import key_id
+from archiver.crypto import PublicKey, Signer, verify_signature
 from archiver.db import events, media, segments
 from archiver.errors import AccessDeniedError, ObjectNotFoundError, VerificationError
 from archiver.keys import KeyRing
@@ -55,19 +56,19 @@ def certificate_key(cert_id: str) -> str:
     return f"dispositions/{cert_id}.json"
 
 
-def sign_document(body: dict[str, Any], signing_key: Ed25519PrivateKey) -> bytes:
-    """``{"body": …, "key_id": …, "signature": base64 Ed25519 over RFC 8785 of body}``."""
+def sign_document(body: dict[str, Any], signing_key: Signer) -> bytes:
+    """``{"body": …, "key_id": …, "signature": base64 signature over RFC 8785 of body}``."""
     sig = signing_key.sign(rfc8785.dumps(body))
     return rfc8785.dumps({"body": body, "key_id": key_id(signing_key.public_key()),
                           "signature": base64.b64encode(sig).decode()})
 
 
-def open_document(data: bytes, public_key: Ed25519PublicKey, what: str) -> dict[str, Any]:
+def open_document(data: bytes, public_key: PublicKey, what: str) -> dict[str, Any]:
     """The body of a signed document, or VerificationError naming `what`."""
     try:
         doc = json.loads(data)
         body = doc["body"]
-        public_key.verify(base64.b64decode(doc["signature"]), rfc8785.dumps(body))
+        verify_signature(public_key, base64.b64decode(doc["signature"]), rfc8785.dumps(body))
     except (ValueError, KeyError, TypeError, InvalidSignature) as e:
         raise VerificationError(f"{what}: signature does not verify with the archive's key") from e
     if not isinstance(body, dict):
@@ -83,11 +84,11 @@ class Certifier:
     engine: sa.Engine
     store: ObjectStore
     keyring: KeyRing
-    signing_key: Ed25519PrivateKey
+    signer: Callable[[], Signer]  # the key in force, fetched when a certificate is issued
     retain_until: datetime  # certificates are kept as long as the archive's own audit records
 
     def issue(self, key: str, kind: str, action: str, actor: str, body: dict[str, Any], now: datetime) -> None:
-        self.store.put_locked(key, sign_document(body, self.signing_key), self.retain_until)
+        self.store.put_locked(key, sign_document(body, self.signer()), self.retain_until)
         append_audit(self.engine, self.keyring, kind, action, actor, body, now)
 
 
@@ -249,7 +250,7 @@ class RetentionRun:
         return out
 
 
-def load_certificates(store: ObjectStore, public_keys: Ed25519PublicKey | list[Ed25519PublicKey],
+def load_certificates(store: ObjectStore, public_keys: PublicKey | list[PublicKey],
                       ) -> tuple[list[dict[str, Any]], list[str]]:
     """Every disposition certificate in the store that verifies (under one of `public_keys`: the
     archive's key history), and the keys of any that do not."""

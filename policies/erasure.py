@@ -17,7 +17,8 @@ The decision is sealed on the audit stream either way:
   and attachment about the subject — alone or with others — becomes unreadable; the hash chain
   and Merkle proofs still verify because they cover ciphertext.
 
-Regimes marked ``default`` or ``GDPR-max`` are not statutory obligations and never block.
+Regimes marked ``default``, ``GDPR`` (the storage-limitation tag) or ``GDPR-max`` are not statutory
+obligations and never block.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ def statutory(rule: str | None) -> bool:
     if not rule:
         return False
     version, _, regime = rule.rpartition(":")
-    if regime == "GDPR-max":
+    if regime in ("GDPR", "GDPR-max"):  # a ceiling on keeping, not an obligation to keep
         return False
     if regime == "default":
         return version in ("", "v0")

@@ -1,8 +1,11 @@
 """Retention: how long each sealed object is locked, from a versioned, assignable schedule.
 
 A schedule assigns regime tags to tenants (WABAs), numbers (streams) and record classes; every
-tag that applies counts, and the longest statutory period wins. GDPR's "no longer than
-necessary" is a *maximum* (`gdpr_max_days`) and applies only where no statutory minimum does.
+tag that applies counts, and the longest statutory period wins. GDPR's storage limitation
+(Art 5(1)(e): "no longer than necessary") is a *maximum*, not a minimum: the tag ``GDPR`` on a
+tenant, number or class keeps its records for the schedule's `gdpr_max_days` and no longer, unless
+a statutory tag applies to them too (Art 17(3)(b): a legal obligation to keep them wins). Without
+the tag, `gdpr_max_days` still applies where no tag at all does.
 With no schedule stored, the configured default period applies (`RetentionPolicy`).
 
 Periods are calendar years from the instant an object is sealed (a record is sealed after it
@@ -41,6 +44,7 @@ class Regime:
     citation: str
     years: int
     online_years: int | None = None  # "easily accessible" window, where the rule has one
+    maximum: bool = False  # a ceiling (GDPR storage limitation), never a statutory minimum
 
 
 REGIMES: dict[str, Regime] = {r.tag: r for r in (
@@ -63,7 +67,11 @@ REGIMES: dict[str, Regime] = {r.tag: r for r in (
                        "discharge)", 5),
     Regime("EU-HC-BE", "Belgium, Law of 22 April 2019 on the quality of healthcare practice, art. 35 (patient "
                        "records: at least 30 years)", 30),
+    # A ceiling, not a minimum: records under it are kept for the schedule's gdpr_max_days.
+    Regime("GDPR", "GDPR Art 5(1)(e) storage limitation (personal data kept no longer than necessary for its "
+                   "purpose: the schedule's gdpr_max_days)", 0, maximum=True),
 )}
+STATUTORY = tuple(t for t, r in REGIMES.items() if not r.maximum)
 
 
 def add_years(at: datetime, years: int) -> datetime:
@@ -114,6 +122,10 @@ class RetentionSchedule:
                 raise InvalidInput(f"unknown retention tag(s) {sorted(unknown)}; known: {sorted(REGIMES)}")
         if self.gdpr_max_days is not None and self.gdpr_max_days <= 0:
             raise InvalidInput("gdpr_max_days must be positive")
+        used = {t for tags in (self.default_tags, *self.tenants.values(), *self.numbers.values(),
+                               *self.classes.values()) for t in tags}
+        if "GDPR" in used and self.gdpr_max_days is None:
+            raise InvalidInput("the GDPR tag keeps records for gdpr_max_days: set it (the purpose's period, in days)")
         if self.default_days < 0 or (self.default_days == 0 and self.extra_seconds <= 0):
             raise InvalidInput("a retention period must be positive")
 
@@ -125,9 +137,12 @@ class RetentionSchedule:
 
     def decide(self, stream: str, tenant: str | None, sealed_at: datetime) -> Decision:
         tags = self.tags_for(stream, tenant)
-        if tags:  # statutory minimums: the longest wins; GDPR's maximum does not cut them
-            governing = max((REGIMES[t] for t in tags), key=lambda r: (r.years, r.tag))
+        statutory = [REGIMES[t] for t in tags if not REGIMES[t].maximum]
+        if statutory:  # statutory minimums: the longest wins; GDPR's maximum does not cut them
+            governing = max(statutory, key=lambda r: (r.years, r.tag))
             until, rule = add_years(sealed_at, governing.years), governing.tag
+        elif tags and self.gdpr_max_days is not None:  # tagged GDPR (the only non-statutory tag)
+            until, rule = sealed_at + timedelta(days=self.gdpr_max_days), "GDPR"
         elif self.gdpr_max_days is not None:
             until, rule = sealed_at + timedelta(days=self.gdpr_max_days), "GDPR-max"
         else:

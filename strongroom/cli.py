@@ -101,12 +101,12 @@ def _settings() -> Settings:
     return Settings()
 
 
-def _open(settings: Settings | None = None) -> Archive:
+def _open(settings: Settings | None = None, signing: bool = True) -> Archive:
     from strongroom.runtime import configure_logging, open_archive
 
     settings = settings or _settings()
     configure_logging(settings.log_level)
-    archive = open_archive(settings)
+    archive = open_archive(settings, signing=signing)
     if archive.created_keys:  # the first run of any command on this data dir
         err.print(f"[bold yellow]new keys:[/bold yellow] {', '.join(archive.created_keys)}")
         err.print("[yellow]Back up keys/ now, off this machine (an encrypted copy, in two places): without the "
@@ -116,9 +116,12 @@ def _open(settings: Settings | None = None) -> Archive:
 
 
 @contextmanager
-def _session() -> Iterator[Archive]:
-    """An open archive for one command, closed (and its embedded store stopped) afterwards."""
-    archive = _open()
+def _session(signing: bool = True) -> Iterator[Archive]:
+    """An open archive for one command, closed (and its embedded store stopped) afterwards.
+
+    `signing=False` for commands that only read: they never load the private signing key (a
+    reviewer's host needs only the ``.pub``), and the worker seals the access events they record."""
+    archive = _open(signing=signing)
     try:
         yield archive
     finally:
@@ -150,18 +153,22 @@ def _principal(archive: Archive) -> Principal:
 
 
 @contextmanager
-def _reading() -> Iterator[tuple[Archive, Access, Principal]]:
-    """An archive, its access layer and the reader, for a command that shows archived data."""
+def _reading(signing: bool = False) -> Iterator[tuple[Archive, Access, Principal]]:
+    """An archive, its access layer and the reader, for a command that shows archived data.
+
+    Without the signing key (the default: reading needs none) the access event is committed and
+    the worker seals it at its next round; a command that signs (export) seals it itself."""
     from audit.access import Access
 
-    with _session() as archive:
+    with _session(signing) as archive:
         try:
             yield archive, Access(archive), _principal(archive)
         finally:
-            try:  # the access event is committed; seal it now rather than at the worker's next round
-                archive.sealer().seal_stream("audit")
-            except Exception as e:  # never hide the command's own outcome behind this
-                err.print(f"[yellow]the audit stream will be sealed by the worker ({type(e).__name__})[/yellow]")
+            if archive.can_sign:
+                try:  # the access event is committed; seal it now rather than at the worker's next round
+                    archive.sealer().seal_stream("audit")
+                except Exception as e:  # never hide the command's own outcome behind this
+                    err.print(f"[yellow]the audit stream will be sealed by the worker ({type(e).__name__})[/yellow]")
 
 
 StreamOpt = Annotated[str, typer.Option(help="The business number (phone number id).")]
@@ -364,14 +371,14 @@ def _latest_notes(paths: list[Path], witnesses: list[str], origin: str, key: Any
     """The --latest notes, each checked (signed by a key of the archive's history, cosigned by
     every --witness), by stream."""
     from archiver import keyhistory
-    from archiver.notes import parse_vkey
+    from archiver.notes import parse_witness
     from archiver.publish import stream_of
     from exporters.verify_bundle import verify_note_by_any
 
     if not paths:
         return {}
     try:
-        wit = [(name, wkey) for name, _kind, wkey in map(parse_vkey, witnesses)]
+        wit = [parse_witness(w) for w in witnesses]
     except ValueError as e:
         raise InvalidInput(f"--witness: {e}") from e
     try:
@@ -429,14 +436,13 @@ def verify(
             only=stream, latest=notes)
         _print_report(report)
         raise typer.Exit(0 if report.ok else 1)
-    with _session() as archive:
+    with _session(signing=False) as archive:
         key = crypto.load_public_key(public_key.read_bytes()) if public_key else archive.public_key
         notes = _latest_notes(latest or [], witness or [], origin, key, archive.store)
         report = Verifier(archive.store, key, tsa_roots=roots).verify(expected_sizes=archive.expected_sizes(),
                                                                       only=stream, latest=notes)
         trail.record(archive.engine, archive.keyring, "verify", _actor(),
                      {"ok": report.ok, "records": report.records, "failures": [str(f) for f in report.failures]})
-        archive.sealer().seal_stream(trail.AUDIT_STREAM)
         _print_report(report)
     raise typer.Exit(0 if report.ok else 1)
 
@@ -476,7 +482,7 @@ def completeness(
     as_json: Annotated[bool, typer.Option("--json", help="Print the reports as JSON.")] = False,
 ) -> None:
     """Reconcile one day: record gaps (unarchived references, missing history chunks, disconnects,
-    app silence), seal the completeness report on the audit stream, and print it.
+    app silence), record the completeness report on the audit stream (the worker seals it), and print it.
 
     Exit status 0 when every stream is complete for the day, 1 when any gap or warning is open.
     """
@@ -488,7 +494,6 @@ def completeness(
     with _reading() as (archive, access, reader):
         archive.process_pending()  # reconcile against everything already received
         made = [r.as_dict() for r in archive.reconciler().run(the_day, streams=stream)]
-        archive.sealer().seal_all()
         reports = access.completeness(reader, the_day, reports=lambda _day: made).result["reports"]
     if as_json:
         _emit({"day": the_day.isoformat(), "reports": reports})
@@ -837,7 +842,7 @@ def export(
         sink = DirectorySink(out_dir)
     except FileExistsError as e:
         raise InvalidInput(str(e)) from e
-    with _reading() as (archive, access, reader):
+    with _reading(signing=True) as (archive, access, reader):  # the manifest is signed
         archive.process_pending()  # the exporter brings the search index up to date when there is a query
         if participant:
             found, nobody = archive.exporter().participants(participant, scope.start, scope.end, reader.tenants)
@@ -880,7 +885,7 @@ def verify_bundle(
     from exporters import verify_bundle as vb
 
     try:
-        witnesses = [(name, key) for name, _kind, key in map(vb.parse_vkey, witness or [])]
+        witnesses = [vb.parse_witness(w) for w in witness or []]
     except ValueError as e:
         raise InvalidInput(f"--witness: {e}") from e
     held = vb.Latest([n.read_text() for n in latest], log_origin or _settings().log_origin,
@@ -909,18 +914,14 @@ def keys_public(
     """Print the checkpoint-signing public key (PEM): all a third party needs to verify."""
     from archiver import crypto
     from archiver.notes import vkey as note_vkey
+    from strongroom.runtime import signer_of
 
     settings = _settings()
-    if settings.key_provider == "pkcs11":  # (with kms the signing key is still a file)
-        from archiver.pkcs11 import Pkcs11Signer, token
-
-        key: Any = Pkcs11Signer(token(settings.pkcs11_module, settings.pkcs11_token, settings.pkcs11_pin_value()))
-    else:
-        key = crypto.load_signing_key(settings.key_path("signing"))
+    key = signer_of(settings, signing=False).public_key()  # the .pub, the token's public key or KMS's
     if vkey:
-        sys.stdout.write(note_vkey(settings.log_origin, key.public_key()) + "\n")
+        sys.stdout.write(note_vkey(settings.log_origin, key) + "\n")
         return
-    sys.stdout.write(crypto.public_key_pem(key.public_key()).decode())
+    sys.stdout.write(crypto.public_key_pem(key).decode())
 
 
 def _decider(archive: Archive) -> Any:
@@ -962,7 +963,7 @@ def proposals_add(
 @proposals_app.command("list")
 def proposals_list(state: Annotated[str | None, typer.Option(help="Only proposals in this state.")] = None) -> None:
     """Proposals and their decisions (summaries only: parameters that name a person stay encrypted)."""
-    with _session() as archive:
+    with _session(signing=False) as archive:
         found = archive.proposals().list(state)
     out.print_json(json.dumps(found, default=str))
 
@@ -1005,7 +1006,7 @@ def keys_history() -> None:
     """Print the signing-key history: every key, when it retired, and the rotation statements (JSON)."""
     from archiver import crypto, keyhistory
 
-    with _session() as archive:
+    with _session(signing=False) as archive:
         raw = keyhistory.statements(archive.store)
         history = keyhistory.load(archive.store, archive.public_key)
     doc = {"current_key_id": history.current_id,
@@ -1144,7 +1145,7 @@ def numbers_list() -> None:
 
     from archiver.db import stream_tenants
 
-    with _session() as archive, archive.engine.connect() as conn:
+    with _session(signing=False) as archive, archive.engine.connect() as conn:
         rows = conn.execute(sa.select(stream_tenants).order_by(stream_tenants.c.tenant, stream_tenants.c.stream))
         _emit([dict(r._mapping) for r in rows])
 
@@ -1157,7 +1158,7 @@ def quarantine_list() -> None:
     from archiver.db import inbox
     from archiver.normalize import QUARANTINED
 
-    with _session() as archive, archive.engine.connect() as conn:
+    with _session(signing=False) as archive, archive.engine.connect() as conn:
         rows = conn.execute(sa.select(inbox.c.id, inbox.c.received_at, inbox.c.size, inbox.c.normalized_at)
                             .where(inbox.c.state == QUARANTINED).order_by(inbox.c.id)).all()
     _emit({"quarantined": len(rows), "bodies": [{"inbox_id": r.id, "received_at": r.received_at, "bytes": r.size,

@@ -16,7 +16,6 @@ from typing import Any, TextIO, TypeVar
 
 import sqlalchemy as sa
 import structlog
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from archiver import crypto
 from archiver.db import make_engine, migrate, streams
@@ -28,7 +27,7 @@ from archiver.media import GraphClient, MediaFetcher, MediaPolicy
 from archiver.normalize import AUDIT_STREAM, Normalizer, append_audit
 from archiver.objectstore import S3ObjectStore
 from archiver.outbound import SendLog
-from archiver.pkcs11 import KmsKek, Pkcs11Kek, Pkcs11Signer, Pkcs11SigningKey, token
+from archiver.providers import FixedSigner, KmsKek, KmsSigner, Pkcs11Kek, Pkcs11Signer, token
 from archiver.publish import Publisher
 from archiver.sealer import Sealer
 from archiver.timestamps import Timestamper
@@ -80,14 +79,19 @@ def configure_logging(level: str, stream: TextIO | None = None) -> None:
     )
 
 
-def bootstrap_keys(settings: Settings) -> list[str]:
-    """First run: create the KEK, signing key, blind-index key (and embedded secrets). 0600."""
+def bootstrap_keys(settings: Settings, signing: bool = True) -> list[str]:
+    """First run: create the KEK, signing key, blind-index key (and embedded secrets). 0600.
+
+    A process that does not sign (`signing=False`) on a host that holds only the signing key's
+    ``.pub`` never creates a signing key of its own."""
     created = []
     for name in ("kek", "blind_index") if settings.key_provider == "file" else ("blind_index",):
         if crypto.ensure_secret_file(settings.key_path(name)):
             created.append(str(settings.key_path(name)))
-    if settings.key_provider != "pkcs11" and crypto.ensure_signing_key(settings.key_path("signing")):
-        created.append(str(settings.key_path("signing")))
+    signing_path = settings.key_path("signing")
+    reader_host = not signing and crypto.public_key_path(signing_path).exists()
+    if settings.key_provider == "file" and not reader_host and crypto.ensure_signing_key(signing_path):
+        created.append(str(signing_path))
     if settings.embedded_s3:
         for name in ("app_secret", "verify_token"):
             explicit = getattr(settings, name) is not None or getattr(settings, f"{name}_file") is not None
@@ -104,7 +108,7 @@ class Archive:
     engine: sa.Engine
     store: S3ObjectStore
     keyring: KeyRing
-    key_file: crypto.SigningKeyFile | Pkcs11SigningKey
+    key_file: crypto.SigningKeyFile | FixedSigner
     retention: RetentionPolicy
     embedded: EmbeddedSeaweedFS | None = None
     created_keys: list[str] = field(default_factory=list)  # key files this start created (first run)
@@ -121,13 +125,19 @@ class Archive:
         return decision.retain_until, decision.label
 
     @property
-    def signing_key(self) -> Ed25519PrivateKey:
+    def signing_key(self) -> crypto.Signer:
         """The signing key in force (re-read after a rotation)."""
         return self.key_file.get()
 
     @property
-    def public_key(self) -> Ed25519PublicKey:
-        return self.signing_key.public_key()
+    def public_key(self) -> crypto.PublicKey:
+        """The public half of the key in force (read without the private key where it can be)."""
+        return self.key_file.public_key()
+
+    @property
+    def can_sign(self) -> bool:
+        """False for an archive opened by a read-only command (`open_archive(signing=False)`)."""
+        return self.key_file.signing
 
     @property
     def inbox(self) -> Inbox:
@@ -165,7 +175,7 @@ class Archive:
         return self.retain_until("audit", datetime.now(UTC))[0]
 
     def certifier(self) -> Certifier:
-        return Certifier(self.engine, self.store, self.keyring, self.signing_key, self.certificate_retention())
+        return Certifier(self.engine, self.store, self.keyring, self.key_file.get, self.certificate_retention())
 
     def rotate_kek(self, actor: str, batch: int = 500) -> KekRotation:
         """`archiver.keys.rotate_kek` with its start and end sealed on the audit stream."""
@@ -212,6 +222,7 @@ class Archive:
         retired.parent.mkdir(mode=0o700, exist_ok=True)
         os.link(path, retired)
         os.replace(tmp, path)  # running processes sign with the new key from their next signature
+        crypto.write_public_key(path, new.public_key())
         stamps = 0
         if self.settings.tsa_urls:
             stamps = Timestamper(self.settings.tsa_urls.split(","), self.settings.tsa_timeout_seconds).stamp_head(
@@ -303,7 +314,13 @@ class Archive:
         return SearchIndex(self.settings.data_dir / "index" / "search.duckdb", self.engine, self.keyring)
 
     def sealer(self) -> Sealer:
-        """This process's sealer (one, so archive heads keep their interval across passes)."""
+        """This process's sealer (one, so archive heads keep their interval across passes).
+
+        Raises:
+            crypto.SignerUnavailable: this archive was opened without the signing key.
+        """
+        if not self.can_sign:  # refused before anything is written, not at the checkpoint
+            self.key_file.get()
         if self._sealer is None:
             s = self.settings
             self._sealer = Sealer(self.engine, self.store, self.key_file.get, self.retain_until,
@@ -339,14 +356,16 @@ class Archive:
         Interleaved so a long history import is sealed as it goes rather than at the end.
         Returns the number of records sealed.
         """
-        normalizer, sealer, fetcher = self.normalizer(), self.sealer(), self.media_fetcher()
+        normalizer, fetcher = self.normalizer(), self.media_fetcher()
+        sealer = self.sealer() if self.can_sign else None
         sealed = 0
         try:
             for _ in itertools.count() if rounds is None else range(rounds):
                 normalized = normalizer.run_once(max_bytes=self.settings.normalize_batch_bytes)
                 while fetcher.run_once():
                     pass
-                sealed += sealer.seal_all()
+                if sealer is not None:  # (a read-only command normalises; the worker seals)
+                    sealed += sealer.seal_all()
                 if not normalized:
                     break
         finally:
@@ -359,11 +378,29 @@ class Archive:
             self.embedded.stop()
 
 
-def open_archive(settings: Settings, start_embedded: bool = True) -> Archive:
-    """Keys, storage and schema ready; refuses to run in regulated mode without COMPLIANCE lock."""
+def signer_of(settings: Settings, signing: bool = True) -> crypto.SigningKeyFile | FixedSigner:
+    """The archive's signer from its settings: a key file, a key on the PKCS#11 token, or a KMS key.
+    `signing=False`: only its public half will be used (`get` refuses)."""
+    if settings.key_provider == "pkcs11":
+        hsm = token(settings.pkcs11_module, settings.pkcs11_token, settings.pkcs11_pin_value())
+        return FixedSigner(Pkcs11Signer(hsm), signing)
+    if settings.key_provider == "kms":
+        if not settings.kms_signing_key_id:
+            raise ConfigurationError("the kms key provider needs STRONGROOM_KMS_SIGNING_KEY_ID "
+                                     "(an ECC_NIST_P256 SIGN_VERIFY key)")
+        return FixedSigner(KmsSigner(settings.kms_signing_key_id, settings.kms_region, settings.kms_endpoint_url),
+                           signing)
+    return crypto.SigningKeyFile(settings.key_path("signing"), signing)
+
+
+def open_archive(settings: Settings, start_embedded: bool = True, signing: bool = True) -> Archive:
+    """Keys, storage and schema ready; refuses to run in regulated mode without COMPLIANCE lock.
+
+    `signing=False`: this process only reads (and records its reads); it never touches the private
+    signing key, and whatever asks it to sign gets `crypto.SignerUnavailable`."""
     os.umask(0o077)  # the database, index, exports and logs this process creates are its user's alone
     settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    created = bootstrap_keys(settings)
+    created = bootstrap_keys(settings, signing)
     embedded = None
     if settings.embedded_s3:
         embedded = EmbeddedSeaweedFS(settings.data_dir, settings.embedded_s3_port)
@@ -387,17 +424,15 @@ def open_archive(settings: Settings, start_embedded: bool = True) -> Archive:
             embedded.stop()
         raise
     kek: crypto.Kek
-    key_file: crypto.SigningKeyFile | Pkcs11SigningKey
     if settings.key_provider == "pkcs11":
-        hsm = token(settings.pkcs11_module, settings.pkcs11_token, settings.pkcs11_pin_value())
-        kek, key_file = Pkcs11Kek(hsm), Pkcs11SigningKey(Pkcs11Signer(hsm))
+        kek = Pkcs11Kek(token(settings.pkcs11_module, settings.pkcs11_token, settings.pkcs11_pin_value()))
     elif settings.key_provider == "kms":
         if not settings.kms_key_id:
-            raise ConfigurationError("the kms key provider needs STRONGROOM_KMS_KEY_ID")
+            raise ConfigurationError("the kms key provider needs STRONGROOM_KMS_KEY_ID (the KEK)")
         kek = KmsKek(settings.kms_key_id, settings.kms_region, settings.kms_endpoint_url)
-        key_file = crypto.SigningKeyFile(settings.key_path("signing"))
     else:
-        kek, key_file = crypto.KekRing(settings.key_path("kek")), crypto.SigningKeyFile(settings.key_path("signing"))
+        kek = crypto.KekRing(settings.key_path("kek"))
+    key_file = signer_of(settings, signing)
     kek.kek_id  # noqa: B018 - read now: a missing or unreadable KEK fails the start, not the first write
     blind = crypto.BlindIndex(crypto.read_secret_file(settings.key_path("blind_index")))
     return Archive(

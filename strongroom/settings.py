@@ -83,9 +83,11 @@ class Settings(BaseSettings):
     # many days (0: only `strongroom keys rotate-kek`): a shredded key leaves the backups within it.
     kek_rotation_days: float = 0.0
     # Where the KEK and the signing key live: key files under <data dir>/keys (the embedded default),
-    # or a PKCS#11 token (an HSM; SoftHSM2 in the tests), see archiver/pkcs11.py.
-    key_provider: Literal["file", "pkcs11", "kms"] = "file"  # kms: the KEK in AWS KMS, the signing key a file
+    # a PKCS#11 token (an HSM; SoftHSM2 in the tests) or AWS KMS (the KEK a symmetric key, the signing
+    # key an ECC_NIST_P256 one: signatures are then ECDSA P-256), see archiver/providers.py.
+    key_provider: Literal["file", "pkcs11", "kms"] = "file"
     kms_key_id: str | None = None
+    kms_signing_key_id: str | None = None
     kms_region: str = "us-east-1"
     kms_endpoint_url: str | None = None
     pkcs11_module: Path = Path("/usr/lib/softhsm/libsofthsm2.so")

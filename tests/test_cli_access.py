@@ -5,6 +5,7 @@ roles and tenants of a signed-in person apply on the CLI exactly as on the API."
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -114,3 +115,48 @@ def test_cli_reads_are_the_signed_in_persons_with_their_role_and_tenants(
     accounts.logout(json.loads(session.read_text())["token"])  # ended elsewhere: the CLI says so, reads nothing
     ended = cli.invoke(app, ["hold", "list"], env=env)
     assert ended.exit_code == 4 and "strongroom login" in ended.output
+
+
+@pytest.mark.parametrize("sql_url", ["sqlite"], indirect=True)
+def test_read_only_commands_run_without_the_private_signing_key(
+        archive: Archive, make_settings: Callable[..., Settings], tmp_path: Path) -> None:
+    """A reviewer's host holds the signing key's .pub, not the key: every read-only command runs there,
+    none makes a key of its own, the access events wait for the worker, and whatever must sign refuses."""
+    from archiver import crypto
+
+    ingest(archive, p.inbound(p.text("wamid.k1", ALICE, T, "please confirm the trade")))
+    settings = make_settings()
+    key = settings.key_path("signing")
+    pub = crypto.public_key_path(key)
+    assert pub.exists() and pub.stat().st_mode & 0o777 == 0o600
+    assert crypto.load_public_key(pub.read_bytes()) == archive.public_key
+    away = tmp_path / "signing-key-elsewhere.pem"
+    os.replace(key, away)
+    env = subprocess_env(settings) | {"STRONGROOM_SESSION_FILE": str(tmp_path / "no-session.json")}
+    cli = CliRunner()
+    try:
+        audit_size = archive.expected_sizes().get("audit", 0)
+        reads = [["search", "trade"], ["hold", "list"], ["retention", "show"], ["violations", "--json"],
+                 ["completeness", "--day", DAY, "--json"], ["verify"], ["keys", "history"], ["proposals", "list"],
+                 ["query", "SELECT count(*) AS n FROM records"], ["numbers", "list"]]
+        before = len(_access_events(archive))
+        for args in reads:
+            result = cli.invoke(app, args, env=env)
+            assert result.exit_code in (0, 1), (args, result.output)
+        assert len(_access_events(archive)) == before + 6  # one per audited read (the first six), recorded
+        public = cli.invoke(app, ["keys", "public"], env=env)
+        assert public.exit_code == 0 and public.stdout.encode() == pub.read_bytes()
+        assert not key.exists(), "a read-only command made a signing key of its own"
+        assert archive.expected_sizes().get("audit", 0) == audit_size  # nothing sealed: no key here
+
+        for args in (["seal"], ["export", "--out", str(tmp_path / "b"), "--matter", "M-9", "--requested-by", "x"]):
+            refused = cli.invoke(app, args, env=env)
+            assert refused.exit_code != 0 and "signing key" in refused.output, (args, refused.output)
+        assert not key.exists()
+    finally:
+        os.replace(away, key)
+    assert archive.sealer().seal_all() > 0  # the worker (here: this process, with the key) seals them
+    with archive.engine.connect() as conn:
+        unsealed = conn.execute(sa.select(sa.func.count()).select_from(events)
+                                .where(events.c.natural_key.like("access:%"), events.c.seq.is_(None))).scalar()
+    assert unsealed == 0

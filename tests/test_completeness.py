@@ -142,7 +142,7 @@ def test_capture_gaps_and_unknown_kinds_are_counted_in_the_report(
     assert {r.type for r in _gaps(archive).values()} == {"content_withheld", "history_declined"}
 
 
-def test_the_cli_reconciles_seals_and_prints_the_report(archive: Archive, make_settings: Callable[..., Settings]) -> None:
+def test_the_cli_reconciles_records_and_prints_the_report(archive: Archive, make_settings: Callable[..., Settings]) -> None:
     ingest(archive, *(b for k, b in _scenario().items() if k != "m3"))
     env = subprocess_env(make_settings()) | {"STRONGROOM_RECONCILE_GRACE_SECONDS": "0"}
     result = CliRunner().invoke(app, ["completeness", "--day", DAY.isoformat(), "--json"], env=env)

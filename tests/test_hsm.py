@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -119,39 +120,96 @@ def test_a_wrong_pin_or_token_fails_the_start_by_name(tokens: Path, make_setting
 
 
 KMS_CHECK = r"""
-import json, sys
+import base64, hashlib, json, sys
+from datetime import UTC, datetime
+from pathlib import Path
 import boto3, sqlalchemy as sa
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
 from moto import mock_aws
+from archiver import crypto
 from archiver.crypto import DecryptionError
 from archiver.db import data_keys, events
-from archiver.errors import ConfigurationError
+from archiver.errors import ConfigurationError, KeyDestroyedError
+from archiver.notes import ECDSA, body, parse_vkey, sign_note, verify_note, vkey
+from archiver.providers import KmsSigner
+from exporters import verify_bundle as vb
+from exporters.bundle import Custody, ExportScope
+from exporters.sinks import DirectorySink
 from strongroom import payloads as p
 from strongroom.runtime import open_archive
 from strongroom.settings import Settings
 from tests.conftest import ingest
+from tests.test_hsm import teach_moto_digest_signing
 
-settings_doc, t = json.loads(sys.argv[1]), int(sys.argv[2])
+settings_doc, t, out = json.loads(sys.argv[1]), int(sys.argv[2]), Path(sys.argv[3])
 with mock_aws(config={"core": {"passthrough": {"urls": [r"http://127\.0\.0\.1:\d+.*"]}}}):
     kms = boto3.client("kms", region_name="us-east-1")
     meta = kms.create_key(KeyUsage="ENCRYPT_DECRYPT", Description="strongroom KEK")["KeyMetadata"]
-    settings = Settings(**settings_doc, key_provider="kms", kms_key_id=meta["Arn"])
+    sign_meta = kms.create_key(KeyUsage="SIGN_VERIFY", KeySpec="ECC_NIST_P256",
+                               Description="strongroom signing")["KeyMetadata"]
+    # moto signs a DIGEST message as if it were the message; the signer's own check refuses that
+    signer = KmsSigner(sign_meta["Arn"], "us-east-1")
+    signer.sign(b"a checkpoint")  # RAW (up to 4 KiB): fine on moto as on KMS
+    try:
+        signer.sign(b"m" * 5000)
+        raise AssertionError("a signature that does not verify was accepted")
+    except ConfigurationError as e:
+        assert "does not verify" in str(e), e
+    teach_moto_digest_signing()
+    settings = Settings(**settings_doc, key_provider="kms", kms_key_id=meta["Arn"],
+                        kms_signing_key_id=sign_meta["Arn"])
     import tests.conftest
     tests.conftest.sign.__defaults__ = (settings.secret("app_secret"),)  # this archive's, not this process's
     a = open_archive(settings)
     try:
-        assert not settings.key_path("kek").exists()
-        ingest(a, p.inbound(p.text("wamid.m1", "16505550891", t, "wrapped by KMS")))
+        assert not settings.key_path("kek").exists() and not settings.key_path("signing").exists()
+        assert isinstance(a.public_key, ec.EllipticCurvePublicKey)
+        a.schedules.store({"default_days": 1}, "test", datetime.now(UTC))
+        ingest(a, p.inbound(p.text("wamid.m1", "16505550891", t, "wrapped by KMS")),
+               p.inbound(p.text("wamid.m2", "16505550892", t + 1, "erase me")))
         a.process_pending()
         with a.engine.connect() as conn:
             rows = conn.execute(sa.select(data_keys)).all()
             msg = conn.execute(sa.select(events).where(events.c.wamid == "wamid.m1")).one()
         assert rows and {r.kek_id for r in rows} == {"kms:" + meta["Arn"]}, rows
         assert b"wrapped by KMS" in a.keyring.open_record(msg)
-        assert a.verifier().verify(a.expected_sizes()).ok
+        report = a.verifier().verify(a.expected_sizes())
+        assert report.ok, [str(f) for f in report.failures]
         try:  # a wrapped key moved to another id does not decrypt (the encryption context binds it)
             a.keyring.kek.unwrap(rows[0].wrapped, "subj:someone-else", rows[0].kek_id)
             raise AssertionError("unwrapped under another id")
         except DecryptionError:
+            pass
+        # every checkpoint is an ECDSA P-256 signature by the KMS key
+        cp_key = next(k for k in a.store.list_keys("checkpoints/"))
+        cp = json.loads(a.store.get(cp_key))
+        a.public_key.verify(base64.b64decode(cp["signature"]), vb._canonical(cp["checkpoint"]),
+                            ec.ECDSA(hashes.SHA256()))
+        # the erasure certificate, the bundle manifest (over 4 KiB: a DIGEST signature) and the checks
+        assert a.erasure().request("dpo:dan", phone="16505550892").outcome == "granted"
+        a.process_pending()
+        a.exporter().run(ExportScope("KMS-1"), DirectorySink(out), Custody("examiner@sec.example"), "t")
+        assert (out / "manifest.json").stat().st_size > 4096
+        pem = crypto.public_key_pem(a.public_key)
+        assert b"BEGIN PUBLIC KEY" in pem
+        assert vb.verify(out, vb.load_public_key(pem)) == []
+        with a.engine.connect() as conn:
+            erased = conn.execute(sa.select(events).where(events.c.wamid == "wamid.m2")).one()
+        try:
+            a.keyring.open_record(erased)
+            raise AssertionError("an erased subject's record opened")
+        except KeyDestroyedError:
+            pass
+        # a C2SP note signed by the KMS key: signature type 0x02, checked by the verifier key alone
+        text = body("archive.example/strongroom/x", 3, hashlib.sha256(b"r").digest())
+        note = sign_note(text, "archive.example/strongroom", a.signing_key)
+        name, kind, key = parse_vkey(vkey("archive.example/strongroom", a.public_key))
+        assert kind == ECDSA and verify_note(note, name, key).tree_size == 3
+        try:
+            verify_note(note.replace("\n3\n", "\n4\n"), name, key)
+            raise AssertionError("an edited note verified")
+        except ValueError:
             pass
     finally:
         a.close()
@@ -165,16 +223,41 @@ print("kms ok")
 """
 
 
+def teach_moto_digest_signing() -> None:
+    """moto 5.2 ignores ``MessageType=DIGEST`` in KMS ``Sign`` (it signs the 32-byte digest as a
+    message); KMS signs the digest as the hash of the message. Make moto do what KMS does."""
+    import base64
+
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec, utils
+    from moto.kms.responses import KmsResponse
+
+    raw_sign = KmsResponse.sign
+
+    def sign(self: Any) -> str:
+        if self._get_param("MessageType") != "DIGEST":
+            return raw_sign(self)
+        key = self.kms_backend.describe_key(self._get_param("KeyId"))
+        sig = key.private_key.private_key.sign(self._get_param("Message"),
+                                               ec.ECDSA(utils.Prehashed(hashes.SHA256())))
+        return json.dumps({"KeyId": key.arn, "Signature": base64.b64encode(sig).decode(),
+                           "SigningAlgorithm": self._get_param("SigningAlgorithm")})
+
+    KmsResponse.sign = sign  # type: ignore[method-assign]
+
+
 @pytest.mark.parametrize("sql_url", ["sqlite"], indirect=True)
-def test_the_kek_in_aws_kms_on_moto(make_settings: Callable[..., Settings]) -> None:
-    """Unit test on moto (KMS's API shape; SeaweedFS, at 127.0.0.1, passed through to the real store),
+def test_the_pipeline_with_keys_in_aws_kms_on_moto(make_settings: Callable[..., Settings], tmp_path: Path) -> None:
+    """The KEK and the (ECDSA P-256) signing key in KMS: seal, verify, erasure, export, verify-bundle.
+    Unit test on moto (KMS's API shape; SeaweedFS, at 127.0.0.1, passed through to the real store),
     in a child process: moto's patching of botocore must not reach the other tests of this worker."""
     import sys
 
     settings = make_settings()
     doc = {k: (v.get_secret_value() if hasattr(v, "get_secret_value") else str(v) if isinstance(v, Path) else v)
-           for k, v in settings.model_dump().items() if v is not None and k not in ("key_provider", "kms_key_id")}
-    done = subprocess.run([sys.executable, "-c", KMS_CHECK, json.dumps(doc), str(T)], capture_output=True,
-                          text=True, timeout=300, cwd=Path(__file__).parents[1],
+           for k, v in settings.model_dump().items()
+           if v is not None and k not in ("key_provider", "kms_key_id", "kms_signing_key_id")}
+    done = subprocess.run([sys.executable, "-c", KMS_CHECK, json.dumps(doc), str(T), str(tmp_path / "bundle")],
+                          capture_output=True, text=True, timeout=300, cwd=Path(__file__).parents[1],
                           env={k: v for k, v in os.environ.items() if not k.startswith("STRONGROOM_")})
     assert done.returncode == 0 and "kms ok" in done.stdout, done.stdout[-2000:] + done.stderr[-3000:]

@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from typer.testing import CliRunner
 
 from archiver.db import events, segments
-from archiver.errors import AccessDeniedError, KeyDestroyedError
+from archiver.errors import AccessDeniedError, InvalidInput, KeyDestroyedError
 from archiver.sqlutil import Row
 from policies.disposition import load_certificates, open_document
 from policies.holds import HoldError, Scope
@@ -60,6 +60,36 @@ def test_the_longest_statutory_period_wins_and_gdpr_caps_only_the_rest() -> None
     assert add_years(datetime(2028, 2, 29, tzinfo=UTC), 1) == datetime(2029, 3, 1, tzinfo=UTC)
     with pytest.raises(ValueError, match="unknown retention tag"):
         RetentionSchedule(default_tags=("SOX",))
+
+
+def test_the_gdpr_tag_is_a_ceiling_that_a_statutory_tag_overrides() -> None:
+    at = datetime(2026, 6, 1, tzinfo=UTC)
+    s = RetentionSchedule(numbers={"clinic": ("GDPR",), "both": ("GDPR", "EU-HC-DE")}, gdpr_max_days=90)
+    gdpr = s.decide("clinic", None, at)
+    assert (gdpr.governing, (gdpr.retain_until - at).days, gdpr.tags) == ("GDPR", 90, ("GDPR",))
+    both = s.decide("both", None, at)  # a legal obligation to keep (Art 17(3)(b)) wins over the ceiling
+    assert (both.governing, both.retain_until.year) == ("EU-HC-DE", 2036)
+    assert not s.decide("other", None, at).tags and s.decide("other", None, at).governing == "GDPR-max"
+    with pytest.raises(InvalidInput, match="gdpr_max_days"):
+        RetentionSchedule(tenants={"waba1": ("GDPR",)})
+
+
+def test_erasure_is_granted_under_the_gdpr_tag_and_refused_where_a_statutory_tag_also_applies(
+        archive: Archive) -> None:
+    archive.schedules.store({"numbers": {p.PNID: ["GDPR"]}, "gdpr_max_days": 30}, "test", datetime.now(UTC))
+    ingest(archive, p.inbound(p.text("wamid.g1", ALICE, T, "appointment on Tuesday")))
+    [seg] = [s for s in _segments(archive) if s.stream == p.PNID]
+    assert seg.retention_rule == "v1:GDPR"
+    lock = archive.store.retention(seg.object_key, seg.version_id)
+    assert (lock.retain_until - datetime.now(UTC)).days in (29, 30)
+    assert archive.erasure().request("dpo:dan", phone=ALICE).outcome == "granted"
+
+    archive.schedules.store({"numbers": {p.PNID: ["GDPR"]}, "tenants": {p.WABA: ["EU-HC-FR"]},
+                             "gdpr_max_days": 30}, "test", datetime.now(UTC))
+    ingest(archive, p.inbound(p.text("wamid.g2", BOB, T + 5, "test results")))
+    refused = archive.erasure().request("dpo:dan", phone=BOB)
+    assert refused.outcome == "refused" and refused.basis[0]["article"] == "17(3)(b)"
+    assert refused.basis[0]["rules"] == ["v2:EU-HC-FR"]
 
 
 def test_a_sec_bd_and_mifid_record_gets_five_years_and_a_change_keeps_existing_locks(archive: Archive) -> None:

@@ -1,4 +1,5 @@
-"""Key providers outside the data dir: an HSM (PKCS#11, `python-pkcs11`) and AWS KMS (`KmsKek`, below).
+"""Key providers outside the data dir: an HSM (PKCS#11, `python-pkcs11`) and AWS KMS (`KmsKek`,
+`KmsSigner`, below).
 
 In the HSM (PKCS#11, `python-pkcs11`): the KEK as an AES-256 key and the Ed25519
 signing key, both created on the token non-extractable and sensitive, used only through it.
@@ -15,14 +16,16 @@ A PKCS#11 session is not for concurrent use: each operation takes the one sessio
 
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
 from pathlib import Path
 from typing import Any
 
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from archiver.crypto import NONCE_SIZE, DecryptionError
+from archiver.crypto import NONCE_SIZE, DecryptionError, PublicKey, Signer, SignerUnavailable, verify_signature
 from archiver.errors import ConfigurationError
 
 KEK_LABEL, SIGNING_LABEL = "strongroom-kek", "strongroom-signing"
@@ -166,22 +169,11 @@ class Pkcs11Signer(Ed25519PrivateKey):
         return self
 
 
-class Pkcs11SigningKey:
-    """`Archive.key_file`'s shape for the HSM: the signer in force (rotation happens on the token)."""
-
-    def __init__(self, signer: Pkcs11Signer) -> None:
-        self.signer = signer
-
-    def get(self) -> Ed25519PrivateKey:
-        return self.signer
-
-
 class KmsKek:
     """The KEK as an AWS KMS key (`STRONGROOM_KEY_PROVIDER=kms`, `STRONGROOM_KMS_KEY_ID`): each data
     key is encrypted by KMS with its id as the encryption context, so a wrapped key moved to
     another row does not decrypt. The key material never leaves KMS; disabling or scheduling the
-    key's deletion there is the destruction a KEK rotation ends with. (KMS has no Ed25519: the
-    signing key stays a file or moves to a PKCS#11 token.)"""
+    key's deletion there is the destruction a KEK rotation ends with."""
 
     def __init__(self, key_id: str, region: str, endpoint_url: str | None = None) -> None:
         import boto3
@@ -212,3 +204,78 @@ class KmsKek:
                                              EncryptionContext={"strongroom_key_id": key_id})["Plaintext"])
         except self.client.exceptions.InvalidCiphertextException as e:
             raise DecryptionError(f"data key {key_id} does not unwrap under {self.kek_id}") from e
+
+
+KMS_RAW_MAX = 4096  # KMS signs a message of at most this many bytes itself; a longer one by its digest
+
+
+class KmsSigner:
+    """The signing key as an AWS KMS asymmetric key (`STRONGROOM_KMS_SIGNING_KEY_ID`; KeySpec
+    ``ECC_NIST_P256``, KeyUsage ``SIGN_VERIFY``). KMS has no Ed25519 here, so the archive's
+    signatures are ECDSA P-256 over SHA-256 (DER), its public key a P-256 SPKI; both verifiers and
+    C2SP notes (signature type 0x02) take either kind of key.
+
+    A message of up to 4 KiB is sent as ``RAW``, a longer one (a bundle manifest) as its SHA-256
+    ``DIGEST``: the same signature either way. Every signature KMS returns is checked against the
+    key's public half before it is used, so a misbehaving endpoint (or a key swapped under the same
+    alias) fails the write instead of storing a signature nobody can verify.
+    """
+
+    ALGORITHM = "ECDSA_SHA_256"
+
+    def __init__(self, key_id: str, region: str, endpoint_url: str | None = None) -> None:
+        import boto3
+
+        from exporters.verify_bundle import decode_key
+
+        self.client = boto3.client("kms", region_name=region, endpoint_url=endpoint_url)
+        try:
+            meta = self.client.describe_key(KeyId=key_id)["KeyMetadata"]
+            der = self.client.get_public_key(KeyId=meta["Arn"])["PublicKey"]
+        except Exception as e:
+            raise ConfigurationError(f"KMS signing key {key_id}: {type(e).__name__} "
+                                     "(STRONGROOM_KMS_SIGNING_KEY_ID, credentials)") from e
+        if (meta.get("KeyUsage") != "SIGN_VERIFY" or meta.get("KeySpec") != "ECC_NIST_P256"
+                or meta.get("KeyState") != "Enabled"):
+            raise ConfigurationError(f"KMS signing key {key_id} is not an enabled ECC_NIST_P256 SIGN_VERIFY key")
+        try:
+            self._public = decode_key(bytes(der))
+        except ValueError as e:
+            raise ConfigurationError(f"KMS signing key {key_id}: its public key is not P-256") from e
+        self.arn: str = meta["Arn"]
+
+    def sign(self, data: bytes) -> bytes:
+        data = bytes(data)
+        if len(data) <= KMS_RAW_MAX:
+            message, kind = data, "RAW"
+        else:
+            message, kind = hashlib.sha256(data).digest(), "DIGEST"
+        sig = bytes(self.client.sign(KeyId=self.arn, Message=message, MessageType=kind,
+                                     SigningAlgorithm=self.ALGORITHM)["Signature"])
+        try:
+            verify_signature(self._public, sig, data)
+        except InvalidSignature:
+            raise ConfigurationError(f"KMS key {self.arn} returned a signature its public key does not verify "
+                                     f"({kind} message): nothing was signed") from None
+        return sig
+
+    def public_key(self) -> PublicKey:
+        return self._public
+
+
+class FixedSigner:
+    """`Archive.key_file`'s shape for a signer outside the data dir (HSM, KMS): the one in force.
+    With ``signing=False`` (read-only commands) `get` refuses; only the public half is used."""
+
+    def __init__(self, signer: Signer, signing: bool = True) -> None:
+        self.signer = signer
+        self.signing = signing
+
+    def get(self) -> Signer:
+        if not self.signing:
+            raise SignerUnavailable("this command runs without the signing key (it only reads); the worker "
+                                    "seals what it recorded")
+        return self.signer
+
+    def public_key(self) -> PublicKey:
+        return self.signer.public_key()

@@ -169,6 +169,33 @@ class KekRing:
         kek = self._load()
         return kek.wrap(data_key, key_id), kek.kek_id
 
+    def begin_rotation(self, to: str | None = None) -> bool:
+        """Write the successor (``.next``, 0600, fsync'd) unless it is there (True: a rotation resumed)."""
+        if to is not None:
+            raise ConfigurationError("a local KEK is rotated to a key generated here (no --to)")
+        if self.next_path.exists():
+            return True
+        tmp = self.next_path.with_name(self.next_path.name + ".tmp")
+        tmp.unlink(missing_ok=True)
+        _write_new_0600(tmp, os.urandom(KEY_SIZE))
+        os.replace(tmp, self.next_path)
+        return False
+
+    def retire(self) -> tuple[list[str], str]:
+        """Overwrite the KEK file and replace it by its successor: the old version exists nowhere."""
+        from datetime import UTC, datetime
+
+        if not self.next_path.exists():
+            return [], datetime.now(UTC).isoformat(timespec="seconds")
+        old = [k for k in self.versions if k != self.kek_id]
+        size = self.path.stat().st_size  # (what a file can do; an HSM or KMS destroys properly)
+        with self.path.open("r+b") as f:
+            f.write(b"\0" * size)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(self.next_path, self.path)
+        return old, datetime.now(UTC).isoformat(timespec="seconds")
+
     def unwrap(self, wrapped: bytes, key_id: str, kek_id: str | None = None) -> bytes:
         self._load()
         if kek_id is None:
@@ -310,6 +337,37 @@ class SigningKeyFile:
         if self._key is None or stamp != self._stamp:
             self._key, self._stamp = load_signing_key(self.path), stamp
         return self._key
+
+    # -- rotation (`strongroom keys rotate-signing`): successor, then promote or abandon ----------
+
+    @property
+    def _next_path(self) -> Path:
+        return self.path.with_suffix(".new")
+
+    def successor(self, to: str | None = None) -> Ed25519PrivateKey:
+        """A new key, written beside the key in force (``….new``, 0600, fsync'd), not yet in force."""
+        if to is not None:
+            raise ConfigurationError("a signing key file is rotated to a key generated here (no --to)")
+        new = Ed25519PrivateKey.generate()
+        self._next_path.unlink(missing_ok=True)  # one a failed rotation left behind is never reused
+        _write_new_0600(self._next_path, new.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                           serialization.NoEncryption()))
+        return new
+
+    def promote(self) -> str:
+        """The successor in force; the old private key moves to ``retired/`` (keep it offline or destroy it)."""
+        from exporters.verify_bundle import _key_id
+
+        old = self.get()
+        retired = self.path.parent / "retired" / f"signing-{_key_id(old.public_key())}.pem"
+        retired.parent.mkdir(mode=0o700, exist_ok=True)
+        os.link(self.path, retired)
+        os.replace(self._next_path, self.path)  # running processes sign with it from their next signature
+        write_public_key(self.path, self.get().public_key())
+        return f"moved to {retired}"
+
+    def abandon(self) -> None:
+        self._next_path.unlink(missing_ok=True)
 
     def public_key(self) -> PublicKey:
         pub = public_key_path(self.path)

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import sqlalchemy as sa
 
@@ -25,7 +25,6 @@ from archiver.crypto import (
     BlindIndex,
     DecryptionError,
     Kek,
-    KekRing,
     decrypt,
     derive_content_key,
     encrypt,
@@ -214,66 +213,72 @@ class KekRotation:
     new_kek_id: str
     rewrapped: int
     resumed: bool  # a rotation a crash had left under way was finished
+    destroyed_at: str = ""  # when the old versions are gone (a KMS key: its scheduled deletion date)
 
 
-def rotate_kek(engine: sa.Engine, ring: KekRing, batch: int = 500) -> KekRotation:
+class RotatableKek(Kek, Protocol):
+    """A KEK that can be rotated: `KekRing` (files), `Pkcs11Kek` (on the token), `KmsKek` (by alias)."""
+
+    @property
+    def versions(self) -> list[str]: ...
+
+    def begin_rotation(self, to: str | None = None) -> bool:
+        """Put a successor in place that wraps from now on; True if one was there already (resumed)."""
+        ...
+
+    def retire(self) -> tuple[list[str], str]:
+        """Destroy every version but the successor; (their ids, when they are gone)."""
+        ...
+
+
+SETTLE_SECONDS = 2.0  # after the last pass, for a wrap another process began under the old version
+
+
+def rotate_kek(engine: sa.Engine, kek: RotatableKek, batch: int = 500, to: str | None = None) -> KekRotation:
     """Re-wrap every data key under a new KEK version, then destroy the old version.
 
-    Resumable: the successor is written first (`<kek file>.next`, 0600, fsync'd); each batch of
-    rows is re-wrapped and committed (a row is updated only if it is still under the old
-    version, so none is re-wrapped twice); only when no row is left under an old version is the
-    KEK file overwritten and replaced by its successor. A crash anywhere leaves a state a rerun
-    finishes: old and new versions both present, rows under either. Shredded keys (no wrapped
-    value) need nothing: once the old version is gone, no backup can unwrap them either.
+    Resumable: the successor is put in place first (a `<kek file>.next`, 0600 and fsync'd; a key
+    labelled ``….next`` on the token; the KMS alias moved to `to`) and wraps from then on in every
+    process; each batch of rows is re-wrapped and committed (a row is updated only if it is still
+    under an old version, so none is re-wrapped twice); only when no row is left under an old
+    version is it destroyed. A crash anywhere leaves a state a rerun finishes. Shredded keys (no
+    wrapped value) need nothing: once the old version is gone, no backup can unwrap them either.
     """
     with StreamLocks(engine).hold("kek-rotation") as mine:
         if not mine:
             raise RaceError("another process is rotating the KEK")
-        return _rotate(engine, ring, batch)
+        return _rotate(engine, kek, batch, to)
 
 
-def _rotate(engine: sa.Engine, ring: KekRing, batch: int) -> KekRotation:
-    resumed = ring.next_path.exists()
-    if not resumed:
-        tmp = ring.next_path.with_name(ring.next_path.name + ".tmp")
-        tmp.unlink(missing_ok=True)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            os.write(fd, os.urandom(KEY_SIZE))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, ring.next_path)
-    new_id = ring.kek_id  # the successor wraps from now on, in every process
-    old_ids = [k for k in ring.versions if k != new_id]
-    done = 0
+def _rotate(engine: sa.Engine, kek: RotatableKek, batch: int, to: str | None) -> KekRotation:
+    resumed = kek.begin_rotation(to)
+    new_id = kek.kek_id  # the successor wraps from now on, in every process
+    old_ids = [k for k in kek.versions if k != new_id]
+    done, passes = 0, 0
     while True:
-        with engine.begin() as conn:
-            rows = conn.execute(sa.select(data_keys.c.key_id, data_keys.c.wrapped, data_keys.c.kek_id).where(
-                data_keys.c.wrapped.is_not(None), data_keys.c.kek_id != new_id).limit(batch)).all()
-            for r in rows:
-                key = ring.unwrap(r.wrapped, r.key_id, r.kek_id)
-                wrapped, kek_id = ring.wrap_with_id(key, r.key_id)
-                done += conn.execute(sa.update(data_keys).where(data_keys.c.key_id == r.key_id,
-                                                                data_keys.c.kek_id == r.kek_id)
-                                     .values(wrapped=wrapped, kek_id=kek_id)).rowcount
-        failpoints.hit("kek.after_batch")
-        if len(rows) < batch:
+        while True:
+            with engine.begin() as conn:
+                rows = conn.execute(sa.select(data_keys.c.key_id, data_keys.c.wrapped, data_keys.c.kek_id).where(
+                    data_keys.c.wrapped.is_not(None), data_keys.c.kek_id != new_id).limit(batch)).all()
+                for r in rows:
+                    key = kek.unwrap(r.wrapped, r.key_id, r.kek_id)
+                    wrapped, kek_id = kek.wrap_with_id(key, r.key_id)
+                    done += conn.execute(sa.update(data_keys).where(data_keys.c.key_id == r.key_id,
+                                                                    data_keys.c.kek_id == r.kek_id)
+                                         .values(wrapped=wrapped, kek_id=kek_id)).rowcount
+            failpoints.hit("kek.after_batch")
+            if len(rows) < batch:
+                break
+        passes += 1
+        time.sleep(SETTLE_SECONDS if passes == 1 else 0)
+        with engine.connect() as conn:
+            left = conn.execute(sa.select(sa.func.count()).select_from(data_keys).where(
+                data_keys.c.wrapped.is_not(None), data_keys.c.kek_id != new_id)).scalar_one()
+        if not left:
             break
-    with engine.connect() as conn:
-        left = conn.execute(sa.select(sa.func.count()).select_from(data_keys).where(
-            data_keys.c.wrapped.is_not(None), data_keys.c.kek_id != new_id)).scalar_one()
-    if left:
-        raise RaceError(f"{left} data keys are still wrapped by an old KEK version: run the rotation again")
-    _destroy(ring.path)
-    os.replace(ring.next_path, ring.path)
-    return KekRotation(old_ids, new_id, done, resumed)
+        if passes >= 3:
+            raise RaceError(f"{left} data keys are still wrapped by an old KEK version: run the rotation again")
+    destroyed, when = kek.retire()
+    return KekRotation(sorted(set(old_ids) | set(destroyed)), new_id, done, resumed, when)
 
 
-def _destroy(path: Path) -> None:
-    """Overwrite a key file before it is replaced (what a file can do; an HSM or KMS destroys properly)."""
-    size = path.stat().st_size
-    with path.open("r+b") as f:
-        f.write(b"\0" * size)
-        f.flush()
-        os.fsync(f.fileno())

@@ -79,9 +79,9 @@ def _hold_check(p: dict[str, Any]) -> None:
         raise InvalidInput("a hold release names the hold (`hold`) and may give a `release_reason`")
 
 
-def _no_params(p: dict[str, Any]) -> None:
-    if p:
-        raise InvalidInput("this action takes no parameters")
+def _rotation_check(p: dict[str, Any]) -> None:
+    if set(p) - {"to"} or not isinstance(p.get("to", ""), str):
+        raise InvalidInput("a key rotation takes at most `to` (for a key in KMS: the new key)")
 
 
 ACTIONS: dict[str, Action] = {
@@ -90,9 +90,10 @@ ACTIONS: dict[str, Action] = {
     "retention_schedule": Action(frozenset({"compliance"}), lambda p: "store a new retention schedule "
                                  f"(default tags {sorted(p['schedule'].get('default_tags') or [])})", _schedule_check),
     "hold_release": Action(frozenset({"compliance"}), lambda p: f"release legal hold {p['hold']}", _hold_check),
-    "kek_rotation": Action(frozenset({"admin"}), lambda p: "rotate the key-encryption key (destroys the old one)",
-                           _no_params),
-    "signing_rotation": Action(frozenset({"admin"}), lambda p: "rotate the checkpoint-signing key", _no_params),
+    "kek_rotation": Action(frozenset({"admin"}), lambda p: "rotate the key-encryption key (destroys the old one)"
+                           + (f" to {p['to']}" if p.get("to") else ""), _rotation_check),
+    "signing_rotation": Action(frozenset({"admin"}), lambda p: "rotate the checkpoint-signing key"
+                               + (f" to {p['to']}" if p.get("to") else ""), _rotation_check),
 }
 
 

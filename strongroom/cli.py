@@ -943,13 +943,14 @@ def proposals_add(
     subject: Annotated[str | None, typer.Option(help="erasure: their subject id.")] = None,
     schedule: Annotated[Path | None, typer.Option(help="retention_schedule: the JSON schedule document.")] = None,
     hold: Annotated[str | None, typer.Option(help="hold_release: the hold id.")] = None,
+    to: Annotated[str | None, typer.Option(help="kek_rotation / signing_rotation in KMS: the new key.")] = None,
     hours: Annotated[float, typer.Option(help="Hours a second person has to decide.", min=0.01)] = 72.0,
 ) -> None:
     """Propose an irreversible decision; it is carried out when a second person approves it."""
     from datetime import timedelta
 
     params: dict[str, Any] = {k: v for k, v in (("phone", phone), ("bsuid", bsuid), ("subject", subject),
-                                                 ("hold", hold)) if v is not None}
+                                                 ("hold", hold), ("to", to)) if v is not None}
     if hold is not None:
         params["release_reason"] = reason
     if schedule is not None:
@@ -1026,6 +1027,8 @@ def _four_eyes(archive: Archive, action: str) -> None:
 @keys_app.command("rotate-kek")
 def keys_rotate_kek(
     batch: Annotated[int, typer.Option(help="Data keys re-wrapped per transaction.", min=1)] = 500,
+    to: Annotated[str | None, typer.Option(help="KMS only: the new key (the settings name the KEK by an alias, "
+                                                "which moves to it).")] = None,
 ) -> None:
     """Re-wrap every data key under a new key-encryption key, then destroy the old one. Resumable:
     after a crash, run it again. Once the old KEK is gone, a data key shredded before (an erased
@@ -1033,25 +1036,29 @@ def keys_rotate_kek(
     a rotation (older backups need the destroyed KEK)."""
     with _session() as archive:
         _four_eyes(archive, "kek_rotation")
-        result = archive.rotate_kek(_actor(), batch)
+        result = archive.rotate_kek(_actor(), batch, to)
     out.print(f"{result.rewrapped} data keys re-wrapped under KEK {result.new_kek_id}; destroyed "
-              f"{', '.join(result.old_kek_ids) or 'nothing'}" + (" (a rotation left under way was finished)"
-                                                               if result.resumed else ""))
+              f"{', '.join(result.old_kek_ids) or 'nothing'}" + (f" (gone at {result.destroyed_at})"
+                                                               if result.old_kek_ids else "")
+              + (" (a rotation left under way was finished)" if result.resumed else ""))
     out.print("back up the database again: backups made before this rotation need the destroyed KEK")
 
 
 @keys_app.command("rotate-signing")
-def keys_rotate_signing() -> None:
+def keys_rotate_signing(
+    to: Annotated[str | None, typer.Option(help="KMS only: the new ECC_NIST_P256 key (the settings name the "
+                                                "signing key by an alias, which moves to it).")] = None,
+) -> None:
     """Replace the checkpoint-signing key. The old key retires a few seconds from now by a statement
     both keys sign (WORM, timestamped when TSAs are configured): history signed before stays valid,
-    anything it signs after is refused. The old private key is moved to keys/retired/: keep it
-    offline or destroy it; give the new public key (or `keys history`) to those who verify."""
+    anything it signs after is refused. A key file's old private key is moved to keys/retired/ (keep
+    it offline or destroy it), a token's old pair is destroyed on it, an old KMS key is disabled; give
+    the new public key (or `keys history`) to those who verify."""
     with _session() as archive:
         _four_eyes(archive, "signing_rotation")
-        done = archive.rotate_signing(_actor())
+        done = archive.rotate_signing(_actor(), to)
     out.print(f"signing key {done['old_key_id']} retires (statement {done['statement']}); "
-              f"key {done['new_key_id']} signs from now on")
-    out.print(f"the retired private key is at {done['retired_file']}: keep it offline or destroy it")
+              f"key {done['new_key_id']} signs from now on; the old key: {done['old_key']}")
 
 
 RoleOpt = Annotated[str, typer.Option(help="ingest, auditor, compliance, admin or regulator.")]

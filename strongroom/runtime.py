@@ -177,61 +177,47 @@ class Archive:
     def certifier(self) -> Certifier:
         return Certifier(self.engine, self.store, self.keyring, self.key_file.get, self.certificate_retention())
 
-    def rotate_kek(self, actor: str, batch: int = 500) -> KekRotation:
-        """`archiver.keys.rotate_kek` with its start and end sealed on the audit stream."""
-        ring = self.keyring.kek
-        if not isinstance(ring, crypto.KekRing):
-            raise InvalidInput("this archive's KEK is not a local key file: rotate it in its HSM or KMS")
+    def rotate_kek(self, actor: str, batch: int = 500, to: str | None = None) -> KekRotation:
+        """`archiver.keys.rotate_kek` with its start and end sealed on the audit stream (`to`: the
+        new KMS key, for a KEK in KMS)."""
+        kek: Any = self.keyring.kek
         append_audit(self.engine, self.keyring, "audit", "keys.rotate_kek.started", actor,
-                     {"kek_versions": ring.versions, "resuming": ring.next_path.exists()})
-        result = rotate_kek(self.engine, ring, batch)
+                     {"kek_versions": kek.versions, "to": to})
+        result = rotate_kek(self.engine, kek, batch, to)
         append_audit(self.engine, self.keyring, "audit", "keys.rotate_kek.finished", actor,
                      {"old_kek_ids": result.old_kek_ids, "new_kek_id": result.new_kek_id,
-                      "rewrapped": result.rewrapped, "resumed": result.resumed, "destroyed": result.old_kek_ids})
+                      "rewrapped": result.rewrapped, "resumed": result.resumed, "destroyed": result.old_kek_ids,
+                      "destroyed_at": result.destroyed_at})
         self.sealer().seal_stream(AUDIT_STREAM)
         return result
 
-    def rotate_signing(self, actor: str) -> dict[str, Any]:
+    def rotate_signing(self, actor: str, to: str | None = None) -> dict[str, Any]:
         """A new signing key; the old one retires by a statement both sign (`archiver.keyhistory`),
-        timestamped when TSAs are configured. The old private key moves to keys/retired/."""
-        if self.settings.key_provider != "file":
-            raise InvalidInput("the signing key lives in the HSM: rotate it there (a new key pair on the token)")
-        from cryptography.hazmat.primitives import serialization
-        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
+        timestamped when TSAs are configured. Where the key lives decides the rest: a key file's old
+        private key moves to keys/retired/, a token's old pair is destroyed on the token, a KMS key
+        (`to`: the new one, the settings naming an alias) is disabled once the alias points at `to`."""
         from archiver import keyhistory
         from archiver.checkpoint import key_id
 
-        path = self.settings.key_path("signing")
-        old, new = self.signing_key, Ed25519PrivateKey.generate()
-        tmp = path.with_suffix(".new")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(new.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                      serialization.NoEncryption()))
-            f.flush()
-            os.fsync(f.fileno())
+        old = self.signing_key
+        new = self.key_file.successor(to)
         now = datetime.now(UTC)
         until = now + timedelta(days=36525)  # as long as anything the old key signed (no personal data)
         try:
             statement, data = keyhistory.store_rotation(self.store, old, new, now, until)
         except BaseException:
-            tmp.unlink(missing_ok=True)
+            self.key_file.abandon()
             raise
-        retired = path.parent / "retired" / f"signing-{key_id(old.public_key())}.pem"
-        retired.parent.mkdir(mode=0o700, exist_ok=True)
-        os.link(path, retired)
-        os.replace(tmp, path)  # running processes sign with the new key from their next signature
-        crypto.write_public_key(path, new.public_key())
+        ids = {"old_key_id": key_id(old.public_key()), "new_key_id": key_id(new.public_key())}
+        fate = self.key_file.promote()  # (on a token the successor's label changes: `new` is not used after)
         stamps = 0
         if self.settings.tsa_urls:
             stamps = Timestamper(self.settings.tsa_urls.split(","), self.settings.tsa_timeout_seconds).stamp_head(
                 self.store, statement, data, until)
-        done = {"old_key_id": key_id(old.public_key()), "new_key_id": key_id(new.public_key()),
-                "statement": statement, "timestamps": stamps}
+        done = {**ids, "statement": statement, "timestamps": stamps, "old_key": fate}
         append_audit(self.engine, self.keyring, "audit", "keys.rotate_signing", actor, done)
         self.sealer().seal_stream(AUDIT_STREAM)
-        return {**done, "retired_file": str(retired)}
+        return done
 
     def proposals(self) -> Proposals:
         return Proposals(self.engine, self.keyring, self.execute_proposal)
@@ -247,10 +233,10 @@ class Archive:
             lifted = self.holds().release(params["hold"], actor, params.get("release_reason") or "approved proposal")
             return {"hold": params["hold"], "lifted": len(lifted)}
         if action == "kek_rotation":
-            r = self.rotate_kek(actor)
+            r = self.rotate_kek(actor, to=params.get("to"))
             return {"new_kek_id": r.new_kek_id, "destroyed": r.old_kek_ids, "rewrapped": r.rewrapped}
         if action == "signing_rotation":
-            return {k: v for k, v in self.rotate_signing(actor).items() if k != "retired_file"}
+            return self.rotate_signing(actor, params.get("to"))
         raise InvalidInput(f"unknown action {action!r}")
 
     def require_schedule(self, action: str) -> None:

@@ -45,8 +45,21 @@ def tokens(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 
 def _token(label: str) -> None:
+    """A new token. The library lists the tokens it found when it was initialised: close what this
+    process has open on it and initialise it again, as a service started after the token would be."""
+    import pkcs11
+
+    from archiver import providers
+
     subprocess.run(["softhsm2-util", "--init-token", "--free", "--label", label, "--so-pin", "12345678",
                     "--pin", "87654321"], check=True, capture_output=True, env=os.environ)
+    with providers._OPEN_LOCK:
+        for t in providers._OPEN.values():
+            t.close()
+        providers._OPEN.clear()
+    lib = pkcs11.lib(str(SOFTHSM))
+    if lib.initialized:
+        lib.reinitialize()
 
 
 @pytest.mark.parametrize("sql_url", ["sqlite"], indirect=True)
@@ -107,14 +120,78 @@ def test_the_pipeline_with_keys_in_a_softhsm2_token(tokens: Path, make_settings:
         again.close()
 
 
+@pytest.mark.parametrize("sql_url", ["sqlite"], indirect=True)
+def test_the_kek_and_the_signing_key_rotate_on_the_token(tokens: Path, make_settings: Callable[..., Settings],
+                                                          sql_url: str, tmp_path: Path) -> None:
+    """Both keys rotate on the token: the old KEK object is destroyed (a backup's wrapped key for a
+    subject erased since stays unreadable), the old signing pair is destroyed and history verifies."""
+    import sqlite3
+
+    import pkcs11
+    from pkcs11 import Attribute, ObjectClass
+
+    label = f"sr-{uuid.uuid4().hex[:8]}"
+    _token(label)
+    settings = make_settings(key_provider="pkcs11", pkcs11_module=SOFTHSM, pkcs11_token=label, pkcs11_pin="87654321")
+    db_file, backup = sql_url.removeprefix("sqlite:///"), tmp_path / "backup.db"
+    a = open_archive(settings)
+    try:
+        a.schedules.store({"default_days": 1}, "test", datetime.now(UTC))
+        ingest(a, p.inbound(p.text("wamid.r1", "16505550883", T, "kept across rotations")),
+               p.inbound(p.text("wamid.r2", "16505550884", T + 1, "erased before the rotation")))
+        a.process_pending()
+        old_kek, old_signing = a.keyring.kek.kek_id, crypto.public_key_pem(a.public_key)
+        with sqlite3.connect(db_file) as src, sqlite3.connect(backup) as dst:
+            src.backup(dst)  # last night's backup
+        assert a.erasure().request("dpo:dan", phone="16505550884").outcome == "granted"
+
+        rotated = a.rotate_kek("admin:ann")
+        assert rotated.old_kek_ids == [old_kek] and rotated.new_kek_id != old_kek and rotated.rewrapped >= 1
+        session = a.keyring.kek.t.session  # type: ignore[attr-defined]
+        keks = list(session.get_objects({Attribute.CLASS: ObjectClass.SECRET_KEY}))
+        assert [k[Attribute.LABEL] for k in keks] == ["strongroom-kek"]  # the old one destroyed, the new one named
+        assert keks[0][Attribute.EXTRACTABLE] is False
+        with a.engine.connect() as conn:
+            assert set(conn.execute(sa.select(data_keys.c.kek_id).where(data_keys.c.wrapped.is_not(None)))
+                       .scalars()) == {rotated.new_kek_id}
+
+        done = a.rotate_signing("admin:ann")
+        assert done["old_key"] == "destroyed on the token" and done["new_key_id"] != done["old_key_id"]
+        assert crypto.public_key_pem(a.public_key) != old_signing
+        privs = list(session.get_objects({Attribute.CLASS: ObjectClass.PRIVATE_KEY}))
+        assert len(privs) == 1 and privs[0][Attribute.LABEL] == "strongroom-signing"
+        with pytest.raises(pkcs11.exceptions.PKCS11Error):
+            privs[0][Attribute.VALUE]
+        ingest(a, p.inbound(p.text("wamid.r3", "16505550883", T + 2, "sealed by the new key")))
+        a.process_pending()
+        report = a.verifier().verify(a.expected_sizes())
+        assert report.ok, [str(f) for f in report.failures]
+    finally:
+        a.close()
+
+    with sqlite3.connect(backup) as src, sqlite3.connect(db_file) as dst:
+        src.backup(dst)  # the backup restored: the erased subject's key is in it, under the destroyed KEK
+    restored = open_archive(settings)
+    try:
+        with restored.engine.connect() as conn:
+            erased = conn.execute(sa.select(events).where(events.c.wamid == "wamid.r2")).one()
+        with pytest.raises(crypto.DecryptionError, match="no longer holds"):
+            restored.keyring.open_record(erased)
+    finally:
+        restored.close()
+
+
 def test_a_wrong_pin_or_token_fails_the_start_by_name(tokens: Path, make_settings: Callable[..., Settings]) -> None:
     from archiver.errors import ConfigurationError
 
     label = f"sr-{uuid.uuid4().hex[:8]}"
     _token(label)
-    with pytest.raises(ConfigurationError, match=label):
+    with pytest.raises(ConfigurationError, match=f"{label}.*PinIncorrect"):
         open_archive(make_settings(key_provider="pkcs11", pkcs11_module=SOFTHSM, pkcs11_token=label,
                                    pkcs11_pin="00000000"))
+    with pytest.raises(ConfigurationError, match="NoSuchToken"):
+        open_archive(make_settings(key_provider="pkcs11", pkcs11_module=SOFTHSM, pkcs11_token=label + "-absent",
+                                   pkcs11_pin="87654321"))
     with pytest.raises(ConfigurationError, match="needs STRONGROOM_PKCS11_PIN"):
         open_archive(make_settings(key_provider="pkcs11", pkcs11_module=SOFTHSM, pkcs11_token=label))
 
@@ -140,7 +217,7 @@ from strongroom import payloads as p
 from strongroom.runtime import open_archive
 from strongroom.settings import Settings
 from tests.conftest import ingest
-from tests.test_hsm import teach_moto_digest_signing
+from tests.test_hsm import teach_moto_digest_signing, teach_moto_key_states
 
 settings_doc, t, out = json.loads(sys.argv[1]), int(sys.argv[2]), Path(sys.argv[3])
 with mock_aws(config={"core": {"passthrough": {"urls": [r"http://127\.0\.0\.1:\d+.*"]}}}):
@@ -157,8 +234,11 @@ with mock_aws(config={"core": {"passthrough": {"urls": [r"http://127\.0\.0\.1:\d
     except ConfigurationError as e:
         assert "does not verify" in str(e), e
     teach_moto_digest_signing()
-    settings = Settings(**settings_doc, key_provider="kms", kms_key_id=meta["Arn"],
-                        kms_signing_key_id=sign_meta["Arn"])
+    teach_moto_key_states()
+    kms.create_alias(AliasName="alias/strongroom-kek", TargetKeyId=meta["KeyId"])
+    kms.create_alias(AliasName="alias/strongroom-signing", TargetKeyId=sign_meta["KeyId"])
+    settings = Settings(**settings_doc, key_provider="kms", kms_key_id="alias/strongroom-kek",
+                        kms_signing_key_id="alias/strongroom-signing")
     import tests.conftest
     tests.conftest.sign.__defaults__ = (settings.secret("app_secret"),)  # this archive's, not this process's
     a = open_archive(settings)
@@ -187,6 +267,8 @@ with mock_aws(config={"core": {"passthrough": {"urls": [r"http://127\.0\.0\.1:\d
         a.public_key.verify(base64.b64decode(cp["signature"]), vb._canonical(cp["checkpoint"]),
                             ec.ECDSA(hashes.SHA256()))
         # the erasure certificate, the bundle manifest (over 4 KiB: a DIGEST signature) and the checks
+        with a.engine.connect() as conn:
+            backup = conn.execute(sa.select(data_keys).where(data_keys.c.wrapped.is_not(None))).all()
         assert a.erasure().request("dpo:dan", phone="16505550892").outcome == "granted"
         a.process_pending()
         a.exporter().run(ExportScope("KMS-1"), DirectorySink(out), Custody("examiner@sec.example"), "t")
@@ -211,9 +293,46 @@ with mock_aws(config={"core": {"passthrough": {"urls": [r"http://127\.0\.0\.1:\d
             raise AssertionError("an edited note verified")
         except ValueError:
             pass
+
+        # KEK rotation: the alias moves, every data key is re-wrapped, the old key is scheduled for deletion
+        kek2 = kms.create_key(KeyUsage="ENCRYPT_DECRYPT", Description="strongroom KEK 2")["KeyMetadata"]
+        r = a.rotate_kek("admin:ann", to=kek2["Arn"])
+        assert r.old_kek_ids == ["kms:" + meta["Arn"]] and r.new_kek_id == "kms:" + kek2["Arn"], r
+        old_state = kms.describe_key(KeyId=meta["Arn"])["KeyMetadata"]
+        assert old_state["KeyState"] == "PendingDeletion" and r.destroyed_at.startswith(
+            old_state["DeletionDate"].date().isoformat())
+        with a.engine.connect() as conn:
+            assert set(conn.execute(sa.select(data_keys.c.kek_id).where(data_keys.c.wrapped.is_not(None)))
+                       .scalars()) == {r.new_kek_id}
+        erased_key = next(row for row in backup if row.key_id not in {
+            k for k in a.engine.connect().execute(sa.select(data_keys.c.key_id)
+                                                  .where(data_keys.c.wrapped.is_not(None))).scalars()})
+        try:  # last night's backup holds the erased subject's key, under a key KMS no longer uses
+            a.keyring.kek.unwrap(erased_key.wrapped, erased_key.key_id, erased_key.kek_id)
+            raise AssertionError("a shredded key came back from a backup")
+        except DecryptionError:
+            pass
+        assert a.rotate_kek("admin:ann", to=kek2["Arn"]).resumed  # a rerun finds it done
+
+        # signing rotation: the alias moves to the new key, the old one is disabled, history verifies
+        sign2 = kms.create_key(KeyUsage="SIGN_VERIFY", KeySpec="ECC_NIST_P256")["KeyMetadata"]
+        done = a.rotate_signing("admin:ann", to=sign2["Arn"])
+        assert kms.describe_key(KeyId=sign_meta["Arn"])["KeyMetadata"]["KeyState"] == "Disabled"
+        ingest(a, p.inbound(p.text("wamid.m3", "16505550891", t + 2, "signed by the second KMS key")))
+        a.process_pending()
+        fresh = open_archive(settings)
+        try:
+            with fresh.engine.connect() as conn:
+                kept = conn.execute(sa.select(events).where(events.c.wamid == "wamid.m1")).one()
+            assert b"wrapped by KMS" in fresh.keyring.open_record(kept)
+            assert crypto.public_key_pem(fresh.public_key) != pem and done["new_key_id"] != done["old_key_id"]
+            report = fresh.verifier().verify(fresh.expected_sizes())
+            assert report.ok, [str(f) for f in report.failures]
+        finally:
+            fresh.engine.dispose()
     finally:
         a.close()
-    kms.disable_key(KeyId=meta["KeyId"])
+    kms.disable_key(KeyId=kek2["KeyId"])
     try:
         open_archive(settings)
         raise AssertionError("started on a disabled KMS key")
@@ -221,6 +340,30 @@ with mock_aws(config={"core": {"passthrough": {"urls": [r"http://127\.0\.0\.1:\d
         assert "not an enabled" in str(e), e
 print("kms ok")
 """
+
+
+def teach_moto_key_states() -> None:
+    """moto 5.2 decrypts and signs with a key that is disabled or pending deletion; KMS refuses
+    (KMSInvalidStateException / DisabledException). Make moto refuse as KMS does."""
+    from moto.core.exceptions import JsonRESTError
+    from moto.kms.models import KmsBackend
+
+    def refusing(name: str) -> None:
+        real = getattr(KmsBackend, name)
+
+        def call(self: Any, *args: Any, **kwargs: Any) -> Any:
+            result = real(self, *args, **kwargs)
+            arn = result[1] if name == "decrypt" else result[0]
+            key = self.keys[self.any_id_to_key_id(arn)]
+            if key.key_state != "Enabled":
+                raise JsonRESTError("DisabledException" if key.key_state == "Disabled" else
+                                    "KMSInvalidStateException", f"{arn} is {key.key_state}")
+            return result
+
+        setattr(KmsBackend, name, call)
+
+    refusing("decrypt")
+    refusing("sign")
 
 
 def teach_moto_digest_signing() -> None:

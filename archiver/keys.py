@@ -9,6 +9,8 @@ business-level records of one number, ``inbox:<YYYY-MM>`` for raw bodies waiting
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import threading
 import time
@@ -175,6 +177,21 @@ class KeyRing:
                 continue
             return candidate
         raise DecryptionError("ciphertext failed authentication")
+
+    def key_for_sealed(self, sealed: bytes | None) -> bytes | None:
+        """The key that opens one sealed record's content (`record_key_of` on its canonical bytes),
+        what a bundle or a record page discloses so its content can be checked against the seal;
+        None when there is nothing to open (no content kept, erased, disposed)."""
+        if sealed is None:
+            return None
+        rec = json.loads(sealed)
+        if rec.get("content") is None or rec.get("nonce") is None:
+            return None
+        try:
+            return self.record_key_of(rec["stream"], rec["natural_key"], rec["subject_key_id"],
+                                      base64.b64decode(rec["nonce"]), base64.b64decode(rec["content"]))
+        except KeyDestroyedError:
+            return None
 
     def open_content(self, stream: str, natural_key: str, subject_key_id: str, nonce: bytes,
                      content: bytes) -> bytes:

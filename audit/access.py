@@ -207,6 +207,30 @@ class Access:
                                          "cursor": cursor},
                            result, page.total, [f"{h['stream']}/{h['seq']}" for h in page.items])
 
+    def search_scope(self, p: Principal, q: str, filters: dict[str, Any] | None = None,
+                     start: datetime | None = None, end: datetime | None = None, cap: int = 10_000) -> list[str]:
+        """The conversations every hit of a search belongs to (to place a hold on the search), within
+        the reader's tenants; one access event (hashes of the ids, never the query's hits' content).
+
+        Raises:
+            InvalidInput: more than `cap` conversations (narrow the search, or hold by number).
+        """
+        self.allow(p, READERS)
+        index, cursor, found = self.archive.search_index(), None, set[str]()
+        tenants = set(p.tenants) if p.tenants is not None else None
+        while True:
+            page = index.search(q, tenants=tenants, limit=500, cursor=cursor, filters=filters or {}, start=start, end=end)
+            found.update(h["conversation"] for h in page.items if h.get("conversation"))
+            if len(found) > cap:
+                raise InvalidInput(f"the search spans more than {cap} conversations: narrow it, or hold by number")
+            cursor = page.next_cursor
+            if not cursor:
+                break
+        conversations = sorted(found)
+        self.answer(p, "search.scope", {"q": q, "filters": filters or {}, "from": _iso(start), "to": _iso(end)},
+                    {"conversations": conversations}, len(conversations), conversations)
+        return conversations
+
     def record(self, p: Principal, stream: str, seq: int) -> Answer:
         """One record, decrypted, with its inclusion proof to the newest signed checkpoint."""
         self.allow(p, READERS)
@@ -260,6 +284,9 @@ class Access:
             if canon is not None:  # the canonical sealed bytes: ciphertext only, so a third party can hash them
                 out["sealed_record"] = base64.b64encode(canon).decode()
                 out["sealed_record_matches_leaf"] = hash_leaf(canon) == leaf
+                key = self.keyring.key_for_sealed(canon)  # opens this record's ciphertext (and, since
+                # records have their own keys, no other): the reader can check the content against the seal
+                out["content_key"] = base64.b64encode(key).decode() if key is not None else None
         return out
 
     def thread(self, p: Principal, conversation: str, stream: str | None = None, start: datetime | None = None,

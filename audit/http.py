@@ -138,7 +138,7 @@ def note_denied(request: Request, status: int, code: str) -> None:
     and a 404 answered to an authenticated reader (another tenant's record looks missing)."""
     denied = getattr(request.app.state, "denied", None)
     p = getattr(request.state, "principal", None)
-    if denied is None or not request.url.path.startswith("/api/") or not (
+    if denied is None or not request.url.path.startswith(("/api/", "/console/")) or not (
             status in (401, 403, 429) or (status == 404 and p is not None)):
         return
     if p is not None:
@@ -181,6 +181,10 @@ def install_error_handlers(app: FastAPI) -> None:
         if e.status >= 500:
             log.error("api.error", code=e.code, error=type(e).__name__)
         note_denied(request, e.status, e.code)
+        pages = getattr(request.app.state, "error_page", None)  # the console answers with a page
+        if pages is not None and request.url.path.startswith("/console/"):
+            response: Response = pages(request, e)
+            return response
         return error_problem(e)
 
     @app.exception_handler(RequestValidationError)

@@ -343,7 +343,7 @@ class Exporter:
                 for (seq, leaf, proof), (seq2, sealed) in zip(proofs.inclusions(stream, st.spool.seqs(stream), size),
                                                               self._sealed(stream, st.spool.seqs(stream)), strict=True):
                     assert seq == seq2
-                    key = None if f"{stream}/{seq}" in st.sealed_only else self._record_key(sealed)
+                    key = None if f"{stream}/{seq}" in st.sealed_only else self.keyring.key_for_sealed(sealed)
                     w.write(b'{"stream":%s,"seq":%d,"tree_size":%d,"leaf_hash":"%s","path":[%s],"sealed_record":%s,'
                             b'"content_key":%s}\n' % (
                         json.dumps(stream).encode(), seq, size, leaf.hex().encode(),
@@ -352,20 +352,6 @@ class Exporter:
                         b'"%s"' % base64.b64encode(key) if key is not None else b"null"))
                     n += 1
             b.counts[path] = n
-
-    def _record_key(self, sealed: bytes | None) -> bytes | None:
-        """The key that opens this one sealed record's content (so a verifier decrypts it and checks
-        every rendering of it); None when there is no content to open (erased, disposed, none kept)."""
-        if sealed is None:
-            return None
-        rec = json.loads(sealed)
-        if rec.get("content") is None or rec.get("nonce") is None:
-            return None
-        try:
-            return self.keyring.record_key_of(rec["stream"], rec["natural_key"], rec["subject_key_id"],
-                                              base64.b64decode(rec["nonce"]), base64.b64decode(rec["content"]))
-        except KeyDestroyedError:
-            return None
 
     def _sealed(self, stream: str, seqs: Iterator[int]) -> Iterator[tuple[int, bytes | None]]:
         """(seq, canonical sealed bytes) for `seqs` (ascending), one segment in memory at a time,

@@ -9,6 +9,7 @@ from datetime import timedelta
 import structlog
 from fastapi import FastAPI
 
+from archiver import crypto
 from archiver.inbox import GroupCommitter
 from archiver.normalize import append_audit
 from archiver.webhook import webhook_router
@@ -60,6 +61,12 @@ def create_app(archive: Archive) -> FastAPI:
     for router in api_routers(access):
         app.include_router(router)
     app.include_router(export_router(jobs, access))
+    from console.web import install_console
+
+    key_path = settings.secrets_dir / "console_key"
+    crypto.ensure_secret_file(key_path)
+    install_console(app, access, jobs, crypto.read_secret_file(key_path), settings.console_idle_seconds,
+                    settings.console_secure_cookies)
     # what the routes read from app.state: accounts and limiters (`audit.http.rule`), export jobs
     app.state.accounts = archive.accounts()
     app.state.rate_limiter = RateLimiter(settings.api_rate_per_minute)

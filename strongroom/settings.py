@@ -64,6 +64,10 @@ class Settings(BaseSettings):
     oidc_role_claim: str = "strongroom_role"
     oidc_tenants_claim: str = "strongroom_tenants"
     session_ttl_seconds: float = 8 * 3600
+    # The console (/console): a session idle this long is over (the absolute limit is the TTL above);
+    # Secure cookies even when a TLS-terminating proxy forwards plain HTTP.
+    console_idle_seconds: float = 30 * 60
+    console_secure_cookies: bool = False
     api_rate_per_minute: int = 600
     login_rate_per_minute: int = 10
     login_hash_concurrency: int = 2  # password hashes at once (scrypt: 32 MiB each); the rest queue

@@ -45,6 +45,8 @@ CANARY = "CANARY-api-\u00e9t\u00e9-4d1e"
 ISSUER, AUDIENCE = "https://idp.example.test/", "strongroom-api"
 PUBLIC = {"/healthz", "/webhooks/whatsapp", "/api/v1/auth/session",  # webhook: HMAC; session, enrol: the
           "/api/v1/auth/enrol"}  # credential exchanges
+# The console's sign-in page and exchange, and its vendored static files (no archived data).
+PUBLIC_CONSOLE = {"/console/login", "/console/static/{name}"}
 
 
 def _b_body(*msgs: dict[str, Any]) -> bytes:
@@ -194,7 +196,7 @@ def _call(world: World, route: APIRoute, token: str | None, params: dict[str, An
         path = path.replace("{" + name + "}", "1" if name == "seq" else "x")
     method = sorted(route.methods)[0]
     headers = {"Authorization": f"Bearer {token}"} if token else {}
-    return world.client.request(method, path, params=params, json=body, headers=headers)
+    return world.client.request(method, path, params=params, json=body, headers=headers, follow_redirects=False)
 
 
 def test_every_route_has_a_rule_and_only_health_webhook_and_sign_in_are_public(world: World) -> None:
@@ -207,6 +209,15 @@ def test_every_route_has_a_rule_and_only_health_webhook_and_sign_in_are_public(w
         assert isinstance(route, APIRoute), f"{path}: not an API route (static files, mounts, docs are not allowed)"
         roles, _ = _rule(route)
         assert roles, f"{sorted(route.methods)} {path} has no access rule: declare one with audit.http.rule()"
+        if (route.openapi_extra or {}).get("x-strongroom-console"):  # cookie sessions (tests/test_console.py)
+            if path in PUBLIC_CONSOLE:
+                continue
+            r = _call(world, route, None)
+            assert (r.status_code == 303 and r.headers["location"] == "/console/login") or r.status_code == 401, \
+                f"{path} answered {r.status_code} without a session"
+            bearer = _call(world, route, world.tokens["compliance"])  # a bearer token is not a console session
+            assert bearer.status_code in (303, 401), f"{path} took a bearer token"
+            continue
         r = _call(world, route, None)
         assert r.status_code == 401, f"{path} answered {r.status_code} without credentials"
         assert r.headers["www-authenticate"] == "Bearer"
@@ -220,8 +231,8 @@ def test_rbac_matrix_over_every_route_and_role(world: World) -> None:
     checked = 0
     for route in _api_routes(world):
         roles, _ = _rule(route)
-        if route.path in PUBLIC:
-            continue
+        if route.path in PUBLIC or (route.openapi_extra or {}).get("x-strongroom-console"):
+            continue  # (the console's own matrix, over its cookie sessions: tests/test_console.py)
         for role, token in world.tokens.items():
             r = _call(world, route, token)
             refused_by_role = r.status_code == 403 and f"role {role} may not call" in r.text
@@ -261,8 +272,9 @@ def _read_requests(world: World) -> dict[str, tuple[str, dict[str, Any]]]:
 
 def test_every_read_route_writes_exactly_one_access_event_before_answering(world: World) -> None:
     reads = _read_requests(world)
-    audited = [r for r in _api_routes(world) if _rule(r)[1]]
+    audited = [r for r in _api_routes(world) if _rule(r)[1] and not (r.openapi_extra or {}).get("x-strongroom-console")]
     assert {r.path for r in audited} == set(reads), "every audited route needs a sample request here"
+    # (the console's pages are checked in a browser, one access event per page: tests/test_console.py)
     for route in audited:
         role, params = reads[route.path]
         params = dict(params)

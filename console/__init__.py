@@ -1,0 +1,1 @@
+"""The review console: server-rendered pages at /console on the access layer (`console.web`)."""

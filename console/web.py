@@ -1,0 +1,460 @@
+"""The review console: server-rendered pages (Jinja2 + a vendored htmx) on the access layer.
+
+Every page that shows archived data calls exactly one `audit.access.Access` read, so it writes
+exactly one access event, as the API would. Who may open a page is declared with `page(roles)`
+(published like the API's `rule`, so the route table test sees it); an unauthenticated visitor is
+sent to the sign-in page, never shown anything.
+
+- **Sessions**: the API's session token (`Accounts.login`: name + password + TOTP) in an
+  HttpOnly, SameSite=Strict cookie scoped to /console (Secure when the request came over TLS or
+  `STRONGROOM_CONSOLE_SECURE_COOKIES` is set). The absolute timeout is the session's own
+  (`STRONGROOM_SESSION_TTL_SECONDS`); the idle timeout (`STRONGROOM_CONSOLE_IDLE_SECONDS`) is a
+  second cookie, an HMAC of the session and its last use, so it holds across processes.
+- **CSRF**: every state-changing request carries a token (a form field, or the ``X-CSRF-Token``
+  header htmx sends) equal to HMAC(console key, session token); the sign-in form carries a
+  double-submit token. A request without it is refused (403) before anything happens.
+- **CSP**: ``default-src 'self'``, no inline script or style, no eval (htmx is configured without
+  it by a meta tag). Query text and phone numbers travel in POST bodies, never in URLs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+import time
+import unicodedata
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import jinja2
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
+from markupsafe import Markup, escape
+
+from archiver import crypto
+from archiver.errors import Forbidden, InvalidInput, NotFound, RateLimited, StrongroomError, Unauthenticated
+from archiver.records import parse_instant_arg
+from audit import searchlang
+from audit.access import COMPLIANCE, READERS, Access, hold_view
+from audit.auth import MFA_ROLES, ROLES, Principal
+from exporters.bundle import Custody, ExportScope
+from exporters.jobs import ExportJobs
+from policies.holds import Scope
+
+HERE = Path(__file__).parent
+STATIC = HERE / "static"
+PREFIX = "/console"
+SESSION_COOKIE, SEEN_COOKIE, PRE_COOKIE = "sr_console", "sr_console_seen", "sr_console_pre"
+CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+       "font-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'; object-src 'none'")
+STATIC_TYPES = {".js": "text/javascript", ".css": "text/css", ".svg": "image/svg+xml"}
+EXPORTERS = frozenset({"auditor", "regulator"})
+ANY = frozenset(ROLES)
+PAGE = 50
+FILTERS = ("stream", "direction", "origin", "type", "template")
+
+
+class NeedsSignIn(Exception):
+    """No valid console session: the visitor is sent to the sign-in page."""
+
+
+async def form_of(request: Request) -> dict[str, str]:
+    """A POST's form fields (text only; the console takes no uploads)."""
+    if request.method in ("GET", "HEAD"):
+        return {}
+    raw = await request.form(max_files=0, max_fields=100, max_part_size=64 * 1024)
+    return {k: v for k, v in raw.items() if isinstance(v, str)}
+
+
+def page(roles: frozenset[str], audited: bool) -> dict[str, Any]:
+    """Route options of a console page: who may open it (published as the API's `rule` is)."""
+
+    async def authorize(request: Request) -> None:
+        console: Console = request.app.state.console
+        request.state.form = await form_of(request)  # (the CSRF token is checked before anything runs)
+        request.state.principal = console.principal(request, roles)
+
+    return {"dependencies": [Depends(authorize)], "include_in_schema": False,
+            "openapi_extra": {"x-strongroom-roles": sorted(roles), "x-strongroom-audited": audited,
+                              "x-strongroom-console": True}}
+
+
+def public_page(reason: str) -> dict[str, Any]:
+    return {"include_in_schema": False,
+            "openapi_extra": {"x-strongroom-roles": [reason], "x-strongroom-audited": False,
+                              "x-strongroom-console": True}}
+
+
+# -- hit highlighting -----------------------------------------------------------------------------
+
+
+def _positive_terms(node: Any, negated: bool = False) -> list[tuple[str, ...]]:
+    """The words and phrases a query looks for (not those under NOT)."""
+    if isinstance(node, searchlang.Term):
+        return [] if negated else [node.words]
+    if isinstance(node, searchlang.Not):
+        return _positive_terms(node.node, not negated)
+    if isinstance(node, searchlang.Bool):
+        return [t for n in node.nodes for t in _positive_terms(n, negated)]
+    if isinstance(node, searchlang.Near):
+        return _positive_terms(node.left, negated) + _positive_terms(node.right, negated)
+    return []
+
+
+_WORD = re.compile(r"\w+(?:['’]\w+)*", re.UNICODE)
+
+
+def highlight(text: str, query: str | None) -> Markup:
+    """`text`, escaped, with every occurrence of the query's words and phrases in ``<mark>``."""
+    if not query:
+        return Markup(escape(text))
+    try:
+        terms = _positive_terms(searchlang.parse(query))
+    except StrongroomError:
+        return Markup(escape(text))
+    spans = [(m.start(), m.end(), unicodedata.normalize("NFKC", m.group()).casefold()) for m in _WORD.finditer(text)]
+    marked = [False] * len(spans)
+    for words in terms:
+        globs = [searchlang.Glob(w) if any(c in w for c in "*?=") else None for w in words]
+        for i in range(len(spans) - len(words) + 1):
+            if all((g.match(spans[i + k][2]) if g else spans[i + k][2] == words[k]) for k, g in enumerate(globs)):
+                for k in range(len(words)):
+                    marked[i + k] = True
+    out, at = [], 0
+    for (start, end, _), hit in zip(spans, marked, strict=True):
+        if hit:
+            out.append(str(escape(text[at:start])) + "<mark>" + str(escape(text[start:end])) + "</mark>")
+            at = end
+    out.append(str(escape(text[at:])))
+    return Markup("".join(out))
+
+
+# -- what a message shows -------------------------------------------------------------------------
+
+ORIGINS = {"api": "Cloud API", "app": "Business App", "history": "History import", "agent": "AI agent",
+           "send_log": "Send log"}
+
+
+def message_body(record: dict[str, Any]) -> str:
+    """The text a reviewer reads for a record (its body, caption, or what kind of message it is)."""
+    from exporters.verify_bundle import shown_text
+
+    content = record.get("content")
+    text = shown_text(content) if isinstance(content, dict) else ""
+    if text:
+        return text
+    return f"[{record.get('type') or record.get('kind')}]"
+
+
+def _when(value: Any) -> str:
+    if not value:
+        return ""
+    try:
+        t = datetime.fromisoformat(str(value))
+    except ValueError:
+        return str(value)
+    return t.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+# -- the console ----------------------------------------------------------------------------------
+
+
+class Console:
+    def __init__(self, access: Access, jobs: ExportJobs, key: bytes, idle_seconds: float,
+                 secure_cookies: bool) -> None:
+        self.access, self.jobs, self.key = access, jobs, key
+        self.idle_seconds, self.secure_cookies = idle_seconds, secure_cookies
+        self.env = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True,
+                                      undefined=jinja2.StrictUndefined)
+        self.env.filters.update(when=_when, body=message_body, origin=lambda o: ORIGINS.get(o or "", o or "?"))
+        self.env.globals.update(highlight=highlight, prefix=PREFIX)
+        pub = crypto.public_key_pem(access.archive.public_key).decode()
+        self.public_key_pem = pub
+        from archiver.checkpoint import key_id
+
+        self.key_id = key_id(access.archive.public_key)
+
+    # sessions ---------------------------------------------------------------------------------
+
+    def _mac(self, *parts: str) -> str:
+        return hmac.new(self.key, "|".join(parts).encode(), hashlib.sha256).hexdigest()
+
+    def csrf(self, token: str) -> str:
+        return self._mac("csrf", token)
+
+    def principal(self, request: Request, roles: frozenset[str]) -> Principal:
+        token = request.cookies.get(SESSION_COOKIE)
+        if not token:
+            raise NeedsSignIn()
+        seen = request.cookies.get(SEEN_COOKIE, "")
+        at, _, mac = seen.partition(".")
+        if not at.isdigit() or not hmac.compare_digest(mac, self._mac("seen", token, at)) \
+                or time.time() - int(at) > self.idle_seconds:
+            raise NeedsSignIn()
+        try:
+            p: Principal = request.app.state.accounts.authenticate(f"Bearer {token}")
+        except Unauthenticated as e:
+            raise NeedsSignIn() from e
+        if p.via != "session":
+            raise NeedsSignIn()
+        if request.method not in ("GET", "HEAD"):
+            sent = request.headers.get("x-csrf-token") or request.state.form.get("csrf", "")
+            if not hmac.compare_digest(str(sent), self.csrf(token)):
+                raise Forbidden("this request did not carry the page's CSRF token: reload the page")
+        request.state.principal, request.state.token = p, token  # (a refusal page still shows who is signed in)
+        wait = request.app.state.rate_limiter.take(f"principal:{p.id}")
+        if wait:
+            raise RateLimited("rate limit exceeded", wait)
+        if p.role not in roles:
+            raise Forbidden(f"role {p.role} may not open this page")
+        if p.role in MFA_ROLES and not p.mfa:
+            raise Forbidden(f"role {p.role} needs multi-factor authentication")
+        return p
+
+    def set_session(self, response: Response, request: Request, token: str | None) -> None:
+        secure = self.secure_cookies or request.url.scheme == "https"
+        if token is None:
+            for name in (SESSION_COOKIE, SEEN_COOKIE):
+                response.delete_cookie(name, path=PREFIX, secure=secure, httponly=True, samesite="strict")
+            return
+        response.set_cookie(SESSION_COOKIE, token, path=PREFIX, secure=secure, httponly=True, samesite="strict")
+        self.touch(response, request, token)
+
+    def touch(self, response: Response, request: Request, token: str) -> None:
+        at = str(int(time.time()))
+        response.set_cookie(SEEN_COOKIE, f"{at}.{self._mac('seen', token, at)}", path=PREFIX, httponly=True,
+                            samesite="strict", secure=self.secure_cookies or request.url.scheme == "https")
+
+    # rendering --------------------------------------------------------------------------------
+
+    def render(self, request: Request, name: str, status: int = 200, **values: Any) -> HTMLResponse:
+        p: Principal | None = getattr(request.state, "principal", None)
+        token = getattr(request.state, "token", None)
+        html = self.env.get_template(name).render(
+            me=p, csrf=self.csrf(token) if token else "", readers=READERS, compliance=COMPLIANCE,
+            exporters=EXPORTERS, key_id=self.key_id, **values)
+        response = HTMLResponse(html, status_code=status, headers={"Content-Security-Policy": CSP})
+        if token:
+            self.touch(response, request, token)
+        return response
+
+
+def _filters(form: dict[str, str]) -> dict[str, str]:
+    out = {}
+    for name in FILTERS:
+        value = (form.get(name) or "").strip()
+        if value:
+            out["template_name" if name == "template" else name] = value[:512]
+    return out
+
+
+def _range(form: dict[str, str]) -> tuple[datetime | None, datetime | None]:
+    def day(name: str) -> datetime | None:
+        value = (form.get(name) or "").strip()
+        return parse_instant_arg(value + "T00:00:00+00:00", name) if value else None
+
+    return day("from"), day("to")
+
+
+def console_router(console: Console) -> APIRouter:
+    r = APIRouter(prefix=PREFIX)
+    access, archive = console.access, console.access.archive
+
+    def me(request: Request) -> Principal:
+        p: Principal = request.state.principal
+        return p
+
+    # signing in -------------------------------------------------------------------------------
+
+    @r.get("/login", response_class=HTMLResponse, **public_page("sign-in page"))
+    def login_page(request: Request) -> Response:
+        pre = secrets.token_urlsafe(24)
+        response = console.render(request, "login.html", pre=pre, error=None)
+        response.set_cookie(PRE_COOKIE, pre, path=PREFIX, httponly=True, samesite="strict",
+                            secure=console.secure_cookies or request.url.scheme == "https")
+        return response
+
+    @r.post("/login", response_class=HTMLResponse, **public_page("credentials"))
+    async def login(request: Request) -> Response:
+        form = await form_of(request)
+        pre = request.cookies.get(PRE_COOKIE, "")
+        if not pre or not hmac.compare_digest(pre, form.get("pre", "")):
+            raise Forbidden("the sign-in form did not carry its CSRF token: reload the page")
+        name = form.get("name", "")[:200]
+        request.state.signing_in = name
+        client = request.client.host if request.client else "?"
+        limiter = request.app.state.login_limiter
+        if (wait := limiter.take(f"{client}|{name}")) or limiter.take(client):
+            raise RateLimited("too many sign-in attempts", wait)
+        try:
+            token, _expires = request.app.state.accounts.login(name, form.get("password", "")[:200],
+                                                               form.get("otp", "")[:8])
+        except Unauthenticated:
+            return console.render(request, "login.html", status=401, pre=pre,
+                                  error="Those credentials were not accepted.")
+        done = RedirectResponse(f"{PREFIX}/", status_code=303)
+        console.set_session(done, request, token)
+        done.delete_cookie(PRE_COOKIE, path=PREFIX)
+        return done
+
+    @r.post("/logout", **page(ANY, audited=False))
+    def logout(request: Request) -> Response:
+        request.app.state.accounts.logout(request.state.token)
+        response = RedirectResponse(f"{PREFIX}/login", status_code=303)
+        console.set_session(response, request, None)
+        return response
+
+    # home -------------------------------------------------------------------------------------
+
+    @r.get("/", response_class=HTMLResponse, **page(ANY, audited=False))
+    def home(request: Request) -> Response:
+        if me(request).role in READERS:
+            return RedirectResponse(f"{PREFIX}/search", status_code=303)
+        return console.render(request, "home.html")
+
+    # search -----------------------------------------------------------------------------------
+
+    @r.get("/search", response_class=HTMLResponse, **page(READERS, audited=False))
+    def search_page(request: Request) -> Response:
+        return console.render(request, "search.html", form={}, result=None, error=None)
+
+    @r.post("/search", response_class=HTMLResponse,
+            **page(READERS, audited=True))
+    def search(request: Request) -> Response:
+        form = request.state.form
+        q = form.get("q", "").strip()[:2000]
+        error: dict[str, Any] | None = None
+        result = None
+        if q:
+            try:
+                start, end = _range(form)
+                result = access.search(me(request), q, PAGE, form.get("cursor") or None, _filters(form),
+                                       start, end).result
+            except searchlang.QuerySyntaxError as e:
+                error = {"reason": e.reason, "before": e.query[:e.position], "after": e.query[e.position:]}
+            except InvalidInput as e:
+                error = {"reason": str(e), "before": "", "after": ""}
+        template = "search_results.html" if request.headers.get("hx-request") else "search.html"
+        return console.render(request, template, form=form, q=q, result=result, error=error,
+                              status=400 if error else 200)
+
+    # threads and records ----------------------------------------------------------------------
+
+    @r.get("/thread/{conversation}", response_class=HTMLResponse, **page(READERS, audited=True))
+    def thread(request: Request, conversation: str, hit: str | None = None) -> Response:
+        if not re.fullmatch(r"[0-9A-Za-z_-]{1,64}", conversation):
+            raise NotFound("no such conversation")
+        t = access.thread(me(request), conversation, None, None, None, 5000, None).result
+        if not t["items"]:
+            raise NotFound("no such conversation")
+        return console.render(request, "thread.html", thread=t, hit=hit or "")
+
+    @r.get("/record/{stream}/{seq}", response_class=HTMLResponse, **page(READERS, audited=True))
+    def record(request: Request, stream: str, seq: int) -> Response:
+        if len(stream) > 128 or not 0 <= seq < 2**63:
+            raise NotFound("no such record")
+        view = access.record(me(request), stream, seq).result
+        return console.render(request, "record.html", rec=view, public_key_pem=console.public_key_pem)
+
+    # holds ------------------------------------------------------------------------------------
+
+    @r.get("/holds", response_class=HTMLResponse, **page(READERS, audited=True))
+    def holds(request: Request) -> Response:
+        return console.render(request, "holds.html", holds=access.holds(me(request)).result["holds"])
+
+    @r.post("/holds", **page(COMPLIANCE, audited=True))
+    def hold_search(request: Request) -> Response:
+        """Place a legal hold on every conversation the search finds (whole conversations: wider
+        than the hits, never narrower), within the search's date range."""
+        form, p = request.state.form, me(request)
+        matter, q = form.get("matter", "").strip()[:200], form.get("q", "").strip()[:2000]
+        if not matter or not q:
+            raise InvalidInput("a hold from a search needs a matter and the search")
+        start, end = _range(form)
+        conversations = access.search_scope(p, q, _filters(form), start, end)
+        if not conversations:
+            raise InvalidInput("the search finds nothing to hold")
+        h = archive.holds().place(matter, Scope(subjects=conversations, start=start.isoformat() if start else None,
+                                                end=end.isoformat() if end else None), p.actor)
+        return RedirectResponse(f"{PREFIX}/holds#hold-{hold_view(h)['id']}", status_code=303)
+
+    # exports ----------------------------------------------------------------------------------
+
+    @r.post("/exports", **page(EXPORTERS, audited=False))
+    def export_search(request: Request) -> Response:
+        form, p = request.state.form, me(request)
+        matter, q = form.get("matter", "").strip()[:200], form.get("q", "").strip()[:2000] or None
+        if not matter:
+            raise InvalidInput("an export needs a matter")
+        if q is not None:
+            searchlang.parse(q)
+        start, end = _range(form)
+        filters = _filters(form)
+        scope = ExportScope(matter, q, sorted(p.tenants) if p.tenants is not None else None,
+                            [filters["stream"]] if "stream" in filters else [], [], start, end)
+        job_id = console.jobs.submit(scope, Custody(form.get("requested_by", "").strip()[:200] or p.actor),
+                                     p.actor, p.id)
+        return RedirectResponse(f"{PREFIX}/exports/{job_id}", status_code=303)
+
+    def own(request: Request, job_id: str) -> dict[str, Any]:
+        job = console.jobs.get(job_id)
+        if job is None or job["principal_id"] != me(request).id:
+            raise NotFound("no such export")
+        return job
+
+    @r.get("/exports/{job_id}", response_class=HTMLResponse, **page(EXPORTERS, audited=False))
+    def export_page(request: Request, job_id: str) -> Response:
+        """The job's state and counts (no archived content: not an access event, like the progress bar)."""
+        job = own(request, job_id)
+        template = "export_status.html" if request.headers.get("hx-request") else "export.html"
+        return console.render(request, template, job=job)
+
+    @r.get("/exports/{job_id}/download", **page(EXPORTERS, audited=True))
+    def export_download(request: Request, job_id: str) -> Response:
+        job = own(request, job_id)
+        if job["state"] != "done":
+            raise InvalidInput(f"the export is {job['state']}")
+        p = me(request)
+        access.event(p, "export.download", {"export_id": job_id}, job["manifest_sha256"],
+                     (job["counts"] or {}).get("records", 0), [job_id])
+        console.jobs.record_transfer(job_id, p.actor, "download through the console")
+        return StreamingResponse(console.jobs.download(job_id), media_type="application/zip", headers={
+            "Content-Disposition": f'attachment; filename="strongroom-export-{job_id}.zip"'})
+
+    # static files (vendored, no archived data) ------------------------------------------------
+
+    @r.get("/static/{name}", **public_page("static files"))
+    def static(name: str) -> Response:
+        path = STATIC / name
+        if not re.fullmatch(r"[a-z0-9][a-z0-9.-]{0,60}", name) or path.suffix not in STATIC_TYPES \
+                or not path.is_file():
+            raise NotFound("no such file")
+        return Response(path.read_bytes(), media_type=STATIC_TYPES[path.suffix],
+                        headers={"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"})
+
+    return r
+
+
+def install_console(app: FastAPI, access: Access, jobs: ExportJobs, key: bytes, idle_seconds: float,
+                    secure_cookies: bool) -> None:
+    """Serve the console at /console: its router, and HTML answers for its errors."""
+    console = Console(access, jobs, key, idle_seconds, secure_cookies)
+    app.state.console = console
+    app.state.error_page = error_page
+    app.include_router(console_router(console))
+
+    @app.exception_handler(NeedsSignIn)
+    async def _sign_in(request: Request, _e: NeedsSignIn) -> Response:
+        if request.method in ("GET", "HEAD"):
+            return RedirectResponse(f"{PREFIX}/login", status_code=303)
+        return console.render(request, "error.html", status=401, title="Signed out",
+                              detail="Your session has ended. Sign in again.")
+
+
+def error_page(request: Request, e: StrongroomError) -> Response:
+    """A project error on a console page, as a page (the API answers problem documents)."""
+    console: Console = request.app.state.console
+    return console.render(request, "error.html", status=e.status, title=e.title, detail=str(e))

@@ -1,0 +1,348 @@
+"""The review console in a real browser: Playwright driving Debian's Chromium (no browser download)
+against the app on SQLite + SeaweedFS, served by uvicorn on a local port.
+
+A compliance officer signs in with TOTP, searches, reads the thread (an app echo, a history
+message, an edit, a revoke), has the record checked in the browser with WebCrypto, and places a
+hold from the search; a tenant-scoped auditor exports the search and the download verifies with
+the offline verifier; the auditor never sees the other tenant; an admin sees no content. Every page
+is checked for CSP violations and by axe-core (serious or critical issues fail), and every page
+that shows archived data writes exactly one access event. Screenshots go to tmp (and to
+docs/console/ with STRONGROOM_UPDATE_SCREENSHOTS=1).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyotp
+import pytest
+import sqlalchemy as sa
+
+from archiver import crypto
+from archiver.db import events
+from exporters import verify_bundle as vb
+from strongroom import demo
+from strongroom import payloads as p
+from strongroom.runtime import Archive, open_archive
+from strongroom.settings import Settings
+from tests.conftest import ingest
+
+CHROMIUM = Path("/usr/bin/chromium")
+AXE = Path(__file__).parent / "vendor" / "axe.min.js"
+SHOTS = Path(__file__).parents[1] / "docs" / "console"
+OTHER_WABA, OTHER_PNID = "987654321098765", "555000111222333"
+CSP_PROBE = ("window.__csp = []; document.addEventListener('securitypolicyviolation', "
+             "e => window.__csp.push(e.violatedDirective + ' ' + e.blockedURI));")
+
+
+@dataclass
+class Site:
+    archive: Archive
+    url: str
+    users: dict[str, dict[str, str]]
+    shots: Path
+    app: Any
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _other_tenant(wamid: str, ts: int, words: str) -> bytes:
+    msg = p.text(wamid, "447700900123", ts, words)
+    value = {"contacts": [{"profile": {"name": "Zed"}, "wa_id": msg["from"]}], "messages": [msg]}
+    return p.body(p.envelope(p.change("messages", value, pnid=OTHER_PNID), waba=OTHER_WABA))
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[Site]:
+    if not CHROMIUM.exists():
+        pytest.fail("Debian's chromium is not installed (apt-get install chromium; .ci/run does it)")
+    import uvicorn
+
+    from strongroom.app import create_app
+
+    make_settings: Callable[..., Settings] = request.getfixturevalue("module_settings")
+    archive = open_archive(make_settings())
+    now = int(time.time())
+    bodies = [b for _, b in demo.day_bodies(now)]
+    bodies += [p.inbound(p.text("wamid.C.R1", demo.ANA, now - 1800, "my account number is ACME-0042, please ignore"),
+                         name="Ana"),
+               p.inbound({"from": demo.ANA, "id": "wamid.C.R2", "timestamp": str(now - 1700), "type": "revoke",
+                          "revoke": {"original_message_id": "wamid.C.R1"}}, name="Ana"),
+               _other_tenant("wamid.C.Z1", now - 1600, "ACME shares for the other tenant")]
+    ingest(archive, *bodies)
+    archive.search_index().update()
+    accounts = archive.accounts()
+    users = {}
+    for name, role, tenants in (("cora", "compliance", None), ("audrey", "auditor", [p.WABA]), ("adam", "admin", None),
+                                ("m-compliance", "compliance", None), ("m-auditor", "auditor", [p.WABA]),
+                                ("m-admin", "admin", None), ("m-regulator", "regulator", None)):
+        users[name] = accounts.create_user(name, role, tenants, "test", approved=True)
+    port = _free_port()
+    app = create_app(archive)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
+        time.sleep(0.05)
+    shots = tmp_path_factory.mktemp("shots")
+    try:
+        yield Site(archive, f"http://127.0.0.1:{port}", users, shots, app)
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        archive.close()
+        if os.environ.get("STRONGROOM_UPDATE_SCREENSHOTS") == "1":
+            SHOTS.mkdir(parents=True, exist_ok=True)
+            for shot in shots.glob("*.png"):
+                shutil.copy(shot, SHOTS / shot.name)
+
+
+@pytest.fixture(scope="module")
+def module_settings(tmp_path_factory: pytest.TempPathFactory, seaweed: Any) -> Callable[..., Settings]:
+    import uuid
+
+    from tests.conftest import APP_SECRET, VERIFY_TOKEN
+
+    root = tmp_path_factory.mktemp("console")
+    bucket = f"t-{uuid.uuid4().hex[:16]}"
+
+    def make(**overrides: object) -> Settings:
+        values: dict[str, object] = dict(
+            data_dir=root / "data", database_url=f"sqlite:///{root / 'strongroom.db'}", s3_endpoint=seaweed.endpoint,
+            s3_bucket=bucket, s3_access_key=seaweed.access_key, s3_secret_key=seaweed.secret_key,
+            app_secret=APP_SECRET, verify_token=VERIFY_TOKEN, retention_days=1, head_interval_seconds=0)
+        values.update(overrides)
+        return Settings(**values)  # type: ignore[arg-type]
+
+    return make
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox", "--disable-dev-shm-usage"])
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+def _access_actions(archive: Archive) -> list[str]:
+    with archive.engine.connect() as conn:
+        rows = conn.execute(sa.select(events).where(events.c.natural_key.like("access:%"))
+                            .order_by(events.c.id)).all()
+    return [json.loads(archive.keyring.open_record(r))["action"] for r in rows]
+
+
+class Visit:
+    """One person's browser session, checking every page it lands on."""
+
+    def __init__(self, site: Site, browser: Any, who: str) -> None:
+        self.site, self.who = site, who
+        self.context = browser.new_context(viewport={"width": 1280, "height": 800}, accept_downloads=True,
+                                           base_url=site.url)
+        self.context.add_init_script(CSP_PROBE)
+        self.page = self.context.new_page()
+        self.axe = AXE.read_text()
+
+    def check(self, shot: str | None = None) -> None:
+        page = self.page
+        page.wait_for_load_state("load")
+        assert page.evaluate("window.__csp") == [], f"CSP violations on {page.url}"
+        page.evaluate(self.axe)  # through the devtools protocol: the page's CSP does not apply to it
+        found = page.evaluate("axe.run(document, {resultTypes: ['violations']}).then(r => r.violations"
+                              ".filter(v => v.impact === 'serious' || v.impact === 'critical')"
+                              ".map(v => v.id + ': ' + v.nodes.map(n => n.target.join(' ')).join(', ')))")
+        assert found == [], f"axe on {page.url}: {found}"
+        if shot:
+            page.screenshot(path=str(self.site.shots / f"{shot}.png"), full_page=True)
+
+    def sign_in(self) -> None:
+        user = self.site.users[self.who]
+        self.page.goto("/console/search")
+        assert self.page.url.endswith("/console/login")  # not signed in: sent to the sign-in page
+        self.check("sign-in")
+        self.page.fill("#name", self.who)
+        self.page.fill("#password", user["password"])
+        self.page.fill("#otp", pyotp.TOTP(user["totp_secret"]).now())
+        self.page.click("button[type=submit]")
+        self.page.wait_for_load_state("load")
+
+    def one_access_event(self, action: str, step: Callable[[], None]) -> None:
+        before = _access_actions(self.site.archive)
+        step()
+        self.page.wait_for_load_state("load")
+        after = _access_actions(self.site.archive)
+        assert after[len(before):] == [action], f"{self.page.url}: {after[len(before):]}, expected [{action!r}]"
+
+
+def test_a_compliance_officer_searches_reads_verifies_and_holds(site: Site, browser: Any) -> None:
+    v = Visit(site, browser, "cora")
+    page = v.page
+    v.sign_in()
+    assert page.url.endswith("/console/search")
+    v.check()
+
+    page.fill("#q", "ACME")
+    v.one_access_event("search", lambda: page.click("#search-form button[type=submit]"))
+    assert "?q" not in page.url and "ACME" not in page.url  # the query never travels in a URL
+    v.check("search")
+    assert page.locator(".count").inner_text().startswith("5 messages")  # the other tenant's too: compliance
+    assert page.locator(".hit mark").first.inner_text() == "ACME"
+
+    hit = page.locator(".hit", has_text="please buy 100 shares").first
+    v.one_access_event("thread", lambda: hit.get_by_role("link", name="Open conversation").click())
+    v.check("thread")
+    thread = page.locator(".thread")
+    assert thread.locator(".bubble.is-hit").count() == 1
+    assert thread.locator(".badge.origin-app").count() >= 1  # the broker's replies from the Business App
+    assert thread.locator(".badge.origin-history").count() >= 1  # the chat from three weeks ago
+    assert "Edited at" in thread.inner_text() and "please buy 120 shares" in thread.inner_text()
+    revoked = thread.locator(".bubble.revoked")
+    assert "my account number is ACME-0042" in revoked.inner_text() and "Deleted by the sender" in revoked.inner_text()
+
+    v.one_access_event("record", lambda: thread.locator(".bubble.is-hit").get_by_role(
+        "link", name="record and proof").click())
+    page.wait_for_selector("#verification[data-state]")
+    status = page.locator("#verification")
+    assert status.get_attribute("data-state") == "verified", status.inner_text()
+    assert status.inner_text().startswith("Verified on this device") and "the text shown is the sealed content" in \
+        status.inner_text()
+    v.check("record")
+
+    page.goto("/console/search")
+    page.fill("#q", "ACME")
+    page.click("#search-form button[type=submit]")
+    page.wait_for_load_state("load")
+    page.fill("#hold-matter", "SEC v. Example 26-cv-114")
+    before = _access_actions(site.archive)
+    page.get_by_role("button", name="Place a legal hold on this search").click()
+    page.wait_for_load_state("load")
+    assert _access_actions(site.archive)[len(before):] == ["search.scope", "holds.list"]
+    assert page.url.split("#")[0].endswith("/console/holds")
+    row = page.locator("tr", has_text="SEC v. Example 26-cv-114")
+    assert "in force" in row.inner_text() and "2 conversations" in row.inner_text()
+    v.check("holds")
+
+    # a state-changing request without the page's CSRF token is refused, and changes nothing
+    holds_before = len(site.archive.holds().all())
+    refused = v.context.request.post(f"{site.url}/console/holds", form={"matter": "forged", "q": "ACME"})
+    assert refused.status == 403 and "CSRF" in refused.text()
+    assert len(site.archive.holds().all()) == holds_before
+    v.context.close()
+
+
+def test_a_tenant_scoped_auditor_exports_the_search_and_the_download_verifies(site: Site, browser: Any,
+                                                                              tmp_path: Path) -> None:
+    v = Visit(site, browser, "audrey")
+    page = v.page
+    v.sign_in()
+    page.fill("#q", "ACME")
+    v.one_access_event("search", lambda: page.click("#search-form button[type=submit]"))
+    text = page.locator("#results").inner_text()
+    assert page.locator(".count").inner_text().startswith("4 messages") and "other tenant" not in text
+    assert page.get_by_role("button", name="Place a legal hold on this search").count() == 0  # not compliance
+
+    page.fill("#export-matter", "FINRA 2026-114")
+    page.fill("#export-for", "FINRA examination 2026-114")
+    page.get_by_role("button", name="Export this search").click()
+    page.wait_for_selector("a:has-text('Download the bundle')", timeout=120_000)  # htmx polls the job
+    v.check("export")
+    before = _access_actions(site.archive)
+    with page.expect_download() as got:
+        page.click("a:has-text('Download the bundle')")
+    bundle = tmp_path / "bundle.zip"
+    got.value.save_as(bundle)
+    assert _access_actions(site.archive)[len(before):] == ["export.download"]
+    assert vb.verify(bundle, vb.load_public_key(crypto.public_key_pem(site.archive.public_key))) == []
+
+    # the other tenant's conversation is as missing as one that does not exist
+    with site.archive.engine.connect() as conn:
+        other = conn.execute(sa.select(events.c.conversation).where(events.c.wamid == "wamid.C.Z1")).scalar_one()
+    response = page.goto(f"/console/thread/{other}")
+    assert response is not None and response.status == 404
+    assert "other tenant" not in page.content()
+    v.check()
+    v.context.close()
+
+
+def test_an_admin_signs_in_and_sees_no_archived_content(site: Site, browser: Any) -> None:
+    v = Visit(site, browser, "adam")
+    v.sign_in()
+    assert v.page.url.endswith("/console/")
+    assert "does not read archived content" in v.page.content()
+    v.check()
+    before = _access_actions(site.archive)
+    response = v.page.goto("/console/search")
+    assert response is not None and response.status == 403
+    assert _access_actions(site.archive) == before
+    v.check()
+    v.page.get_by_role("button", name="Sign out").click()
+    v.page.wait_for_load_state("load")
+    assert v.page.url.endswith("/console/login")
+    response = v.page.goto("/console/")
+    assert v.page.url.endswith("/console/login")  # the session is over
+    v.context.close()
+
+
+def test_every_console_page_declares_its_roles_and_refuses_the_others(site: Site) -> None:
+    """The console's RBAC matrix, generated from its routes, over real cookie sessions (one per role)."""
+    import httpx
+    from fastapi.routing import APIRoute
+
+    def walk(routes: list[Any]) -> Iterator[Any]:
+        for r in routes:
+            inner = getattr(r, "original_router", None)
+            yield from walk(inner.routes) if inner is not None else [r]
+
+    routes = [r for r in walk(site.app.routes) if isinstance(r, APIRoute)
+              and (r.openapi_extra or {}).get("x-strongroom-console")
+              and r.path not in ("/console/login", "/console/static/{name}")]
+    assert {r.path for r in routes} >= {"/console/search", "/console/thread/{conversation}", "/console/holds",
+                                        "/console/record/{stream}/{seq}", "/console/exports"}
+    console = site.app.state.console
+    checked = 0
+    for who in ("m-compliance", "m-auditor", "m-admin", "m-regulator"):
+        user = site.users[who]
+        with httpx.Client(base_url=site.url, follow_redirects=False) as client:
+            client.get("/console/login")
+            signed = client.post("/console/login", data={"pre": client.cookies["sr_console_pre"], "name": who,
+                                                         "password": user["password"],
+                                                         "otp": pyotp.TOTP(user["totp_secret"]).now()})
+            assert signed.status_code == 303, signed.text
+            role = who.removeprefix("m-")
+            csrf = console.csrf(client.cookies["sr_console"])
+            for route in routes:
+                path = route.path
+                for name in route.param_convertors:
+                    path = path.replace("{" + name + "}", "1" if name == "seq" else "x")
+                method = sorted(route.methods - {"HEAD"})[0]
+                if route.path == "/console/logout":
+                    continue  # (it ends the session every role may end)
+                r = client.request(method, path, data={"csrf": csrf} if method == "POST" else None)
+                roles = route.openapi_extra["x-strongroom-roles"]
+                by_role = r.status_code == 403 and "may not open this page" in r.text
+                assert r.status_code != 303 or r.headers.get("location") != "/console/login", (who, path)
+                if role in roles:
+                    assert not by_role, f"{role} refused on {method} {path}"
+                else:
+                    assert by_role, f"{role} reached {method} {path}: {r.status_code}"
+                checked += 1
+    assert checked >= 4 * 8

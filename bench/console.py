@@ -1,0 +1,99 @@
+"""Console page time: the search page and the thread page, against their API twins in the same run.
+
+The archive holds N messages (a busy number's six-month history import, 2,000 contacts). Each page
+is requested in-process (ASGI, no network) as a signed-in compliance officer; what is timed is the
+server's whole answer: session check, the audited read (one access event), rendering. The peer is
+the auditor API's JSON route for the same read (`GET /api/v1/search`, `GET /api/v1/conversations/…`):
+the ratio is what the HTML costs on top.
+
+    python bench/console.py [--messages 1000000] [--repeat 40]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyotp
+import sqlalchemy as sa
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from _common import PROCESS_PENDING, REPO, child_env, commit_history, env_database_url, temp_archive  # noqa: E402
+
+
+def _pct(xs: list[float], q: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(q * len(xs)))]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--messages", type=int, default=100_000)
+    ap.add_argument("--repeat", type=int, default=40)
+    args = ap.parse_args()
+    from fastapi.testclient import TestClient
+
+    from archiver.db import events
+    from strongroom.app import create_app
+
+    with temp_archive(env_database_url(), login_rate_per_minute=1000, api_rate_per_minute=100_000) as archive:
+        t0 = time.perf_counter()
+        env = child_env(archive)
+        commit_history(env, args.messages, 1000)
+        subprocess.run([sys.executable, "-c", PROCESS_PENDING], env=env, cwd=REPO, check=True,
+                       stdout=subprocess.DEVNULL)
+        archive.search_index().update()
+        print(f"{args.messages:,} messages archived and indexed in {time.perf_counter() - t0:.0f} s")
+        user = archive.accounts().create_user("bench", "compliance", None, "bench", approved=True)
+        client = TestClient(create_app(archive), base_url="http://127.0.0.1")
+        client.get("/console/login")
+        code = pyotp.TOTP(user["totp_secret"]).now()
+        r = client.post("/console/login", data={"pre": client.cookies["sr_console_pre"], "name": "bench",
+                                                "password": user["password"], "otp": code}, follow_redirects=False)
+        assert r.status_code == 303, r.text
+        token, _ = archive.accounts().login("bench", user["password"], pyotp.TOTP(user["totp_secret"]).at(
+            time.time() + 30))
+        api = {"Authorization": f"Bearer {token}"}
+        csrf = client.app.state.console.csrf(client.cookies["sr_console"])  # type: ignore[attr-defined]
+        with archive.engine.connect() as conn:
+            busiest = conn.execute(sa.select(events.c.conversation, sa.func.count()).where(
+                events.c.kind == "message").group_by(events.c.conversation)
+                .order_by(sa.func.count().desc()).limit(1)).first()
+        assert busiest is not None
+        conv, size = busiest
+        queries = ["confirm", "statement", '"order for 300 shares"', "merci OR ok", "trade w/3 confirm"]
+
+        def timed(fn: object) -> list[float]:
+            out = []
+            for i in range(args.repeat):
+                t = time.perf_counter()
+                resp = fn(i)  # type: ignore[operator]
+                out.append((time.perf_counter() - t) * 1000)
+                assert resp.status_code == 200, resp.text[:300]
+            return out
+
+        pages = {
+            "search page (POST /console/search)": timed(lambda i: client.post(
+                "/console/search", data={"csrf": csrf, "q": queries[i % len(queries)]})),
+            "search API (GET /api/v1/search)": timed(lambda i: client.get(
+                "/api/v1/search", params={"q": queries[i % len(queries)]}, headers=api)),
+            f"thread page ({size} messages)": timed(lambda i: client.get(f"/console/thread/{conv}")),
+            "thread API (GET /api/v1/conversations/…)": timed(lambda i: client.get(
+                f"/api/v1/conversations/{conv}", headers=api)),
+        }
+    for name, xs in pages.items():
+        print(f"{name:45s} p50 {statistics.median(xs):7.1f} ms   p95 {_pct(xs, 0.95):7.1f} ms")
+    names = list(pages)
+    for page, peer in ((names[0], names[1]), (names[2], names[3])):
+        print(f"{page}: p95 {_pct(pages[page], 0.95) / _pct(pages[peer], 0.95):.2f}x its API twin "
+              f"(goal: page p95 < 300 ms)")
+
+
+if __name__ == "__main__":
+    main()

@@ -384,6 +384,51 @@ class Access:
                            {"at": now, "schedule": schedule, "overdue": overdue}, len(overdue),
                            [o["key"] for o in overdue])
 
+    def dashboard(self, p: Principal, days: int = 30, now: datetime | None = None) -> Answer:
+        """Per number the reader sees: messages per day by origin over `days`, open gaps, days since
+        the app side was last heard from (WhatsApp unlinks coexistence at about 14), the last sealed
+        segment, open violations; and the archive's last verification. Counts only, no content."""
+        self.allow(p, READERS)
+        now = now or datetime.now(UTC)
+        since = now - timedelta(days=days)
+        day = sa.func.date(events.c.event_time)
+        with self.engine.connect() as conn:
+            numbers = [s for s in conn.execute(sa.select(segments.c.stream).where(segments.c.stream != AUDIT_STREAM)
+                                               .distinct()).scalars()
+                       if not s.startswith("waba-") and self.visible_stream(p, s)]  # (account streams: no messages)
+            per_day = conn.execute(sa.select(events.c.stream, day.label("day"), events.c.origin, sa.func.count())
+                                   .where(events.c.kind == "message", events.c.event_time >= since,
+                                          events.c.stream.in_(numbers))
+                                   .group_by(events.c.stream, day, events.c.origin)).all()
+            app_last = dict(conn.execute(sa.select(events.c.stream, sa.func.max(events.c.event_time)).where(
+                events.c.origin == "app", events.c.stream.in_(numbers)).group_by(events.c.stream)).all())
+            sealed_last = dict(conn.execute(sa.select(segments.c.stream, sa.func.max(segments.c.created_at)).where(
+                segments.c.stream.in_(numbers)).group_by(segments.c.stream)).all())
+            gaps = conn.execute(sa.select(events.c.stream, events.c.natural_key, events.c.status).where(
+                events.c.kind.in_(("gap", "gap_closed")), events.c.stream.in_(numbers))).all()
+            verified = conn.execute(sa.select(sa.func.max(events.c.event_time)).where(
+                events.c.stream == AUDIT_STREAM, events.c.type == "verify")).scalar()
+            violations: dict[str, int] = dict(conn.execute(sa.select(events.c.stream, sa.func.count()).where(
+                events.c.kind == "violation", events.c.stream.in_(numbers)).group_by(events.c.stream)).all())
+        closed = {(g.stream, g.natural_key.removeprefix("gap_closed:")) for g in gaps if g.status == "closed"}
+        dates = [(since + timedelta(days=i + 1)).date().isoformat() for i in range(days)]
+        out = []
+        for stream in sorted(numbers):
+            series: dict[str, dict[str, int]] = {d: {} for d in dates}
+            for r in per_day:
+                if r.stream == stream and str(r.day) in series:
+                    series[str(r.day)][r.origin or "?"] = int(r[3])
+            last_app = as_utc(app_last.get(stream))
+            out.append({
+                "stream": stream, "tenant": self.tenant(stream), "per_day": series,
+                "messages": sum(sum(v.values()) for v in series.values()),
+                "open_gaps": sum(1 for g in gaps if g.stream == stream and g.status == "open"
+                                 and (stream, g.natural_key.removeprefix("gap:")) not in closed),
+                "app_silent_days": (now - last_app).days if last_app else None,
+                "last_sealed": as_utc(sealed_last.get(stream)), "violations": violations.get(stream, 0)})
+        result = {"at": now, "days": days, "numbers": out, "last_verification": as_utc(verified)}
+        return self.answer(p, "dashboard", {"days": days}, result, len(out), [n["stream"] for n in out])
+
     def violations(self, p: Principal, stream: str | None = None, kind: str | None = None) -> Answer:
         """Compliance violations (consent, window, template, pricing) with their evidence."""
         self.allow(p, READERS)

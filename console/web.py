@@ -40,6 +40,7 @@ from archiver.records import parse_instant_arg
 from audit import searchlang
 from audit.access import COMPLIANCE, READERS, Access, hold_view
 from audit.auth import MFA_ROLES, ROLES, Principal
+from audit.http import note_denied
 from exporters.bundle import Custody, ExportScope
 from exporters.jobs import ExportJobs
 from policies.holds import Scope
@@ -159,6 +160,25 @@ def _when(value: Any) -> str:
     return t.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
+def bars(per_day: dict[str, dict[str, int]], width: int = 600, height: int = 90) -> list[dict[str, Any]]:
+    """Stacked bars (one per day, a segment per origin) for a server-rendered SVG chart."""
+    days = sorted(per_day)
+    top = max([sum(v.values()) for v in per_day.values()] + [1])
+    step = width / max(len(days), 1)
+    out: list[dict[str, Any]] = []
+    for i, d in enumerate(days):
+        y = float(height)
+        for origin in ("api", "app", "history", "agent", *sorted(set(per_day[d]) - {"api", "app", "history", "agent"})):
+            n = per_day[d].get(origin, 0)
+            if not n:
+                continue
+            h = max(1.0, n / top * (height - 4))
+            y -= h
+            out.append({"x": round(i * step + 1, 1), "y": round(y, 1), "w": round(step - 2, 1), "h": round(h, 1),
+                        "origin": origin, "title": f"{d}: {n} via {ORIGINS.get(origin, origin)}"})
+    return out
+
+
 # -- the console ----------------------------------------------------------------------------------
 
 
@@ -170,7 +190,7 @@ class Console:
         self.env = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True,
                                       undefined=jinja2.StrictUndefined)
         self.env.filters.update(when=_when, body=message_body, origin=lambda o: ORIGINS.get(o or "", o or "?"))
-        self.env.globals.update(highlight=highlight, prefix=PREFIX)
+        self.env.globals.update(highlight=highlight, prefix=PREFIX, bars=bars)
         pub = crypto.public_key_pem(access.archive.public_key).decode()
         self.public_key_pem = pub
         from archiver.checkpoint import key_id
@@ -259,6 +279,21 @@ def _range(form: dict[str, str]) -> tuple[datetime | None, datetime | None]:
     return day("from"), day("to")
 
 
+QUERY_FIELDS = {"stream": "number", "direction": "direction", "origin": "origin", "type": "type",
+                "template_name": "template"}
+
+
+def as_query(q: str | None, filters: dict[str, str]) -> str | None:
+    """A search and its filters as one query of the language (what an export's scope takes), so an
+    export of a filtered search holds exactly what the search found."""
+    parts = [f"({q})"] if q else []
+    for name, value in sorted(filters.items()):
+        if '"' in value or "\\" in value:
+            raise InvalidInput(f"the {QUERY_FIELDS[name]} filter cannot hold a quotation mark")
+        parts.append(f'{QUERY_FIELDS[name]}:"{value}"')
+    return " AND ".join(parts) or None
+
+
 def console_router(console: Console) -> APIRouter:
     r = APIRouter(prefix=PREFIX)
     access, archive = console.access, console.access.archive
@@ -293,12 +328,48 @@ def console_router(console: Console) -> APIRouter:
             token, _expires = request.app.state.accounts.login(name, form.get("password", "")[:200],
                                                                form.get("otp", "")[:8])
         except Unauthenticated:
+            note_denied(request, 401, "unauthenticated")  # a failed sign-in is evidence, as on the API
             return console.render(request, "login.html", status=401, pre=pre,
                                   error="Those credentials were not accepted.")
         done = RedirectResponse(f"{PREFIX}/", status_code=303)
         console.set_session(done, request, token)
         done.delete_cookie(PRE_COOKIE, path=PREFIX)
         return done
+
+    @r.get("/enrol", response_class=HTMLResponse, **public_page("enrolment page"))
+    def enrol_page(request: Request) -> Response:
+        pre = secrets.token_urlsafe(24)
+        response = console.render(request, "enrol.html", pre=pre, error=None, done=None)
+        response.set_cookie(PRE_COOKIE, pre, path=PREFIX, httponly=True, samesite="strict",
+                            secure=console.secure_cookies or request.url.scheme == "https")
+        return response
+
+    @r.post("/enrol", response_class=HTMLResponse, **public_page("credentials"))
+    async def enrol(request: Request) -> Response:
+        """First sign-in: the one-time code an administrator handed over becomes this person's password
+        and authenticator secret, shown once, to them (a QR code for the authenticator app)."""
+        import segno
+
+        form = await form_of(request)
+        pre = request.cookies.get(PRE_COOKIE, "")
+        if not pre or not hmac.compare_digest(pre, form.get("pre", "")):
+            raise Forbidden("the enrolment form did not carry its CSRF token: reload the page")
+        name = form.get("name", "")[:200]
+        request.state.signing_in = name
+        client = request.client.host if request.client else "?"
+        limiter = request.app.state.login_limiter
+        if (wait := limiter.take(f"{client}|{name}")) or limiter.take(client):
+            raise RateLimited("too many sign-in attempts", wait)
+        try:
+            done = request.app.state.accounts.enrol(name, form.get("code", "").strip()[:200])
+        except Unauthenticated:
+            note_denied(request, 401, "unauthenticated")
+            return console.render(request, "enrol.html", status=401, pre=pre, done=None,
+                                  error="That name and enrolment code were not accepted.")
+        qr = Markup(segno.make(done["totp_uri"], error="m").svg_inline(scale=5, title="Authenticator QR code"))
+        response = console.render(request, "enrol.html", pre=pre, error=None, done=done, qr=qr)
+        response.delete_cookie(PRE_COOKIE, path=PREFIX)
+        return response
 
     @r.post("/logout", **page(ANY, audited=False))
     def logout(request: Request) -> Response:
@@ -314,6 +385,10 @@ def console_router(console: Console) -> APIRouter:
         if me(request).role in READERS:
             return RedirectResponse(f"{PREFIX}/search", status_code=303)
         return console.render(request, "home.html")
+
+    @r.get("/dashboard", response_class=HTMLResponse, **page(READERS, audited=True))
+    def dashboard(request: Request) -> Response:
+        return console.render(request, "dashboard.html", board=access.dashboard(me(request)).result)
 
     # search -----------------------------------------------------------------------------------
 
@@ -389,12 +464,11 @@ def console_router(console: Console) -> APIRouter:
         matter, q = form.get("matter", "").strip()[:200], form.get("q", "").strip()[:2000] or None
         if not matter:
             raise InvalidInput("an export needs a matter")
-        if q is not None:
-            searchlang.parse(q)
         start, end = _range(form)
-        filters = _filters(form)
-        scope = ExportScope(matter, q, sorted(p.tenants) if p.tenants is not None else None,
-                            [filters["stream"]] if "stream" in filters else [], [], start, end)
+        query = as_query(q, _filters(form))
+        if query is not None:
+            searchlang.parse(query)  # a syntax error is an error now, not a failed job later
+        scope = ExportScope(matter, query, sorted(p.tenants) if p.tenants is not None else None, [], [], start, end)
         job_id = console.jobs.submit(scope, Custody(form.get("requested_by", "").strip()[:200] or p.actor),
                                      p.actor, p.id)
         return RedirectResponse(f"{PREFIX}/exports/{job_id}", status_code=303)

@@ -200,6 +200,14 @@ def test_a_compliance_officer_searches_reads_verifies_and_holds(site: Site, brow
     assert page.url.endswith("/console/search")
     v.check()
 
+    v.one_access_event("dashboard", lambda: page.get_by_role("link", name="Dashboard").click())
+    v.check("dashboard")
+    number = page.locator("section.number", has_text=f"Number {p.PNID}")
+    assert "open gap" in number.inner_text() or "no open gaps" in number.inner_text()
+    assert number.locator("rect.bar.origin-app").count() >= 1 and number.locator("rect.bar.origin-api").count() >= 1
+    assert page.locator("section.number", has_text=f"Number {OTHER_PNID}").count() == 1  # compliance: every tenant
+
+    page.get_by_role("link", name="Search").click()
     page.fill("#q", "ACME")
     v.one_access_event("search", lambda: page.click("#search-form button[type=submit]"))
     assert "?q" not in page.url and "ACME" not in page.url  # the query never travels in a URL
@@ -254,6 +262,9 @@ def test_a_tenant_scoped_auditor_exports_the_search_and_the_download_verifies(si
     v = Visit(site, browser, "audrey")
     page = v.page
     v.sign_in()
+    page.goto("/console/dashboard")
+    assert page.locator("section.number").count() == 1 and OTHER_PNID not in page.content()  # her tenant only
+    page.goto("/console/search")
     page.fill("#q", "ACME")
     v.one_access_event("search", lambda: page.click("#search-form button[type=submit]"))
     text = page.locator("#results").inner_text()
@@ -314,7 +325,7 @@ def test_every_console_page_declares_its_roles_and_refuses_the_others(site: Site
 
     routes = [r for r in walk(site.app.routes) if isinstance(r, APIRoute)
               and (r.openapi_extra or {}).get("x-strongroom-console")
-              and r.path not in ("/console/login", "/console/static/{name}")]
+              and r.path not in ("/console/login", "/console/enrol", "/console/static/{name}")]
     assert {r.path for r in routes} >= {"/console/search", "/console/thread/{conversation}", "/console/holds",
                                         "/console/record/{stream}/{seq}", "/console/exports"}
     console = site.app.state.console
@@ -346,3 +357,54 @@ def test_every_console_page_declares_its_roles_and_refuses_the_others(site: Site
                     assert by_role, f"{role} reached {method} {path}: {r.status_code}"
                 checked += 1
     assert checked >= 4 * 8
+
+
+def test_highlighting_marks_what_the_query_looks_for_and_escapes_everything() -> None:
+    from console.web import highlight
+
+    assert str(highlight("Buy <b>ACME</b> now, not acmes", "acme")) == \
+        "Buy &lt;b&gt;<mark>ACME</mark>&lt;/b&gt; now, not acmes"
+    assert str(highlight("please confirm the trade today", '"confirm the trade" AND NOT today')) == \
+        "please <mark>confirm</mark> <mark>the</mark> <mark>trade</mark> today"
+    assert str(highlight("investing and investors", "invest*")) == "<mark>investing</mark> and <mark>investors</mark>"
+    assert str(highlight("a (b", "(")) == "a (b"  # a query that does not parse marks nothing
+
+
+def test_an_export_of_a_filtered_search_carries_its_filters_in_the_query() -> None:
+    from archiver.errors import InvalidInput
+    from audit import searchlang
+    from console.web import as_query
+
+    q = as_query("ACME OR trade", {"direction": "inbound", "origin": "app", "template_name": "trade confirm"})
+    assert q == '(ACME OR trade) AND direction:"inbound" AND origin:"app" AND template:"trade confirm"'
+    assert searchlang.parse(q).describe() == \
+        "((acme OR trade) AND direction:inbound AND origin:app AND template:trade confirm)"
+    assert as_query(None, {}) is None
+    with pytest.raises(InvalidInput, match="quotation mark"):
+        as_query("x", {"type": 'a" OR "b'})
+
+
+def test_a_person_enrols_in_the_browser_and_signs_in_with_what_only_they_saw(site: Site, browser: Any) -> None:
+    made = site.archive.accounts().create_user("erin", "auditor", [p.WABA], "admin:adam", approved=True, enrol=True)
+    v = Visit(site, browser, "erin")
+    page = v.page
+    page.goto("/console/login")
+    page.get_by_role("link", name="First time here? Use your enrolment code.").click()
+    v.check("enrol")
+    page.fill("#name", "erin")
+    page.fill("#code", made["enrolment_code"])
+    page.get_by_role("button", name="Continue").click()
+    page.wait_for_load_state("load")
+    password, secret = page.locator("#password").inner_text(), page.locator("#totp-secret").inner_text()
+    assert page.locator("figure.qr svg path").count() == 1  # the QR code of the otpauth URI
+    v.check()
+    again = v.context.request.post(f"{site.url}/console/enrol", form={"name": "erin", "code": made["enrolment_code"]})
+    assert again.status in (401, 403)  # the code is good once (and the form needs its token)
+    page.goto("/console/login")
+    page.fill("#name", "erin")
+    page.fill("#password", password)
+    page.fill("#otp", pyotp.TOTP(secret).now())
+    page.click("button[type=submit]")
+    page.wait_for_load_state("load")
+    assert page.url.endswith("/console/search")
+    v.context.close()

@@ -237,6 +237,25 @@ class OidcVerifier:
                 return k
         raise AuthError("unknown signing key")
 
+    def id_token(self, token: str, client_id: str, nonce: str) -> dict[str, Any]:
+        """The claims of an OIDC ID token issued to `client_id` for the sign-in that sent `nonce`
+        (signature by the issuer's key set, issuer, audience, expiry, nonce).
+
+        Raises:
+            AuthError: anything else.
+        """
+        try:
+            jwk = self._key(token)
+            algorithms = [jwk.algorithm_name] if jwk.algorithm_name in self.ALGORITHMS else []
+            claims: dict[str, Any] = jwt.decode(token, jwk.key, algorithms=algorithms, audience=client_id,
+                                                issuer=self.issuer, leeway=30,
+                                                options={"require": ["exp", "iat", "sub", "iss", "aud", "nonce"]})
+        except (jwt.PyJWTError, jwt.PyJWKClientError, ValueError) as e:
+            raise AuthError(f"invalid ID token: {type(e).__name__}") from e
+        if not hmac.compare_digest(str(claims.get("nonce")), nonce):
+            raise AuthError("the ID token is not for this sign-in (nonce)")
+        return claims
+
     def principal(self, token: str) -> Principal:
         try:
             jwk = self._key(token)  # the key decides the algorithm: a token cannot pick a weaker one

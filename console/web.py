@@ -25,6 +25,7 @@ import re
 import secrets
 import time
 import unicodedata
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,8 @@ HERE = Path(__file__).parent
 STATIC = HERE / "static"
 PREFIX = "/console"
 SESSION_COOKIE, SEEN_COOKIE, PRE_COOKIE = "sr_console", "sr_console_seen", "sr_console_pre"
+SSO_COOKIE = "sr_console_sso"  # the sign-in under way: state, nonce, PKCE verifier (HMAC'd, 10 minutes)
+SSO_SECONDS = 600
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
        "font-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'; object-src 'none'")
 STATIC_TYPES = {".js": "text/javascript", ".css": "text/css", ".svg": "image/svg+xml"}
@@ -67,7 +70,10 @@ async def form_of(request: Request) -> dict[str, str]:
     if request.method in ("GET", "HEAD"):
         return {}
     raw = await request.form(max_files=0, max_fields=100, max_part_size=64 * 1024)
-    return {k: v for k, v in raw.items() if isinstance(v, str)}
+    form = {k: v for k, v in raw.items() if isinstance(v, str)}
+    if any("\x00" in v for v in form.values()):
+        raise InvalidInput("NUL characters are not accepted")
+    return form
 
 
 def page(roles: frozenset[str], audited: bool) -> dict[str, Any]:
@@ -182,10 +188,20 @@ def bars(per_day: dict[str, dict[str, int]], width: int = 600, height: int = 90)
 # -- the console ----------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Sso:
+    """Single sign-on by OIDC authorization code + PKCE (S256) against the configured issuer."""
+
+    client_id: str
+    client_secret: str | None
+    authorization_endpoint: str
+    token_endpoint: str
+
+
 class Console:
     def __init__(self, access: Access, jobs: ExportJobs, key: bytes, idle_seconds: float,
-                 secure_cookies: bool) -> None:
-        self.access, self.jobs, self.key = access, jobs, key
+                 secure_cookies: bool, sso: Sso | None = None) -> None:
+        self.access, self.jobs, self.key, self.sso = access, jobs, key, sso
         self.idle_seconds, self.secure_cookies = idle_seconds, secure_cookies
         self.env = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True,
                                       undefined=jinja2.StrictUndefined)
@@ -218,7 +234,7 @@ class Console:
             p: Principal = request.app.state.accounts.authenticate(f"Bearer {token}")
         except Unauthenticated as e:
             raise NeedsSignIn() from e
-        if p.via != "session":
+        if p.via not in ("session", "oidc"):  # (an API key is not a person's console session)
             raise NeedsSignIn()
         if request.method not in ("GET", "HEAD"):
             sent = request.headers.get("x-csrf-token") or request.state.form.get("csrf", "")
@@ -307,7 +323,7 @@ def console_router(console: Console) -> APIRouter:
     @r.get("/login", response_class=HTMLResponse, **public_page("sign-in page"))
     def login_page(request: Request) -> Response:
         pre = secrets.token_urlsafe(24)
-        response = console.render(request, "login.html", pre=pre, error=None)
+        response = console.render(request, "login.html", pre=pre, error=None, sso=console.sso is not None)
         response.set_cookie(PRE_COOKIE, pre, path=PREFIX, httponly=True, samesite="strict",
                             secure=console.secure_cookies or request.url.scheme == "https")
         return response
@@ -329,7 +345,7 @@ def console_router(console: Console) -> APIRouter:
                                                                form.get("otp", "")[:8])
         except Unauthenticated:
             note_denied(request, 401, "unauthenticated")  # a failed sign-in is evidence, as on the API
-            return console.render(request, "login.html", status=401, pre=pre,
+            return console.render(request, "login.html", status=401, pre=pre, sso=console.sso is not None,
                                   error="Those credentials were not accepted.")
         done = RedirectResponse(f"{PREFIX}/", status_code=303)
         console.set_session(done, request, token)
@@ -370,6 +386,71 @@ def console_router(console: Console) -> APIRouter:
         response = console.render(request, "enrol.html", pre=pre, error=None, done=done, qr=qr)
         response.delete_cookie(PRE_COOKIE, path=PREFIX)
         return response
+
+    @r.get("/login/sso", **public_page("sign-in by single sign-on"))
+    def sso_start(request: Request) -> Response:
+        """Send the browser to the issuer (authorization code + PKCE S256, a fresh state and nonce)."""
+        from authlib.oauth2.rfc6749.parameters import prepare_grant_uri
+        from authlib.oauth2.rfc7636 import create_s256_code_challenge
+
+        sso = console.sso
+        if sso is None:
+            raise NotFound("single sign-on is not configured")
+        state, nonce, verifier = secrets.token_urlsafe(24), secrets.token_urlsafe(24), secrets.token_urlsafe(48)
+        url = prepare_grant_uri(sso.authorization_endpoint, sso.client_id, "code",
+                                redirect_uri=str(request.url_for("sso_callback")), scope="openid", state=state,
+                                nonce=nonce, code_challenge=create_s256_code_challenge(verifier),
+                                code_challenge_method="S256")
+        response = RedirectResponse(url, status_code=303)
+        at = str(int(time.time()))
+        payload = ".".join((state, nonce, verifier, at))
+        # Lax, not Strict: the issuer sends the browser back with a top-level cross-site navigation
+        response.set_cookie(SSO_COOKIE, f"{payload}.{console._mac('sso', payload)}", path=PREFIX, httponly=True,
+                            samesite="lax", max_age=SSO_SECONDS,
+                            secure=console.secure_cookies or request.url.scheme == "https")
+        return response
+
+    @r.get("/login/sso/callback", name="sso_callback", response_class=HTMLResponse, **public_page("credentials"))
+    def sso_callback(request: Request, code: str = "", state: str = "", error: str = "") -> Response:
+        """The issuer's answer: check the state, exchange the code with the PKCE verifier, check the ID
+        token (nonce) and the access token (role, tenants, MFA), and start the console session."""
+        import httpx
+
+        sso, accounts = console.sso, request.app.state.accounts
+        if sso is None or accounts.oidc is None:
+            raise NotFound("single sign-on is not configured")
+        parts = request.cookies.get(SSO_COOKIE, "").split(".")
+        if len(parts) != 5 or not hmac.compare_digest(parts[4], console._mac("sso", ".".join(parts[:4]))) \
+                or not parts[3].isdigit() or time.time() - int(parts[3]) > SSO_SECONDS \
+                or not hmac.compare_digest(parts[0], state[:100]):
+            raise Forbidden("this sign-in was not started here, or took too long: start again")
+        _, nonce, verifier, _ = parts[:4]
+        if error or not code:
+            note_denied(request, 401, "unauthenticated")
+            return console.render(request, "error.html", status=401, title="Not signed in",
+                                  detail="The identity provider did not sign you in.")
+        form = {"grant_type": "authorization_code", "code": code[:2000], "client_id": sso.client_id,
+                "redirect_uri": str(request.url_for("sso_callback")), "code_verifier": verifier}
+        if sso.client_secret:
+            form["client_secret"] = sso.client_secret
+        try:
+            answer = httpx.post(sso.token_endpoint, data=form, timeout=10.0)
+            tokens = answer.json() if answer.status_code == 200 else {}
+            accounts.oidc.id_token(str(tokens.get("id_token", "")), sso.client_id, nonce)
+            access_token = str(tokens.get("access_token", ""))
+            p: Principal = accounts.authenticate(f"Bearer {access_token}")
+        except (httpx.HTTPError, ValueError, Unauthenticated):
+            note_denied(request, 401, "unauthenticated")
+            return console.render(request, "error.html", status=401, title="Not signed in",
+                                  detail="The identity provider's answer was not accepted.")
+        if p.via != "oidc":
+            raise Forbidden("single sign-on gives OIDC tokens only")
+        # a page of ours, not a redirect: the session cookie (SameSite=Strict) is sent on the next,
+        # same-site navigation, not on a redirect that ends a cross-site one
+        done = console.render(request, "sso_done.html", who=p.name)
+        console.set_session(done, request, access_token)
+        done.delete_cookie(SSO_COOKIE, path=PREFIX)
+        return done
 
     @r.post("/logout", **page(ANY, audited=False))
     def logout(request: Request) -> Response:
@@ -513,9 +594,9 @@ def console_router(console: Console) -> APIRouter:
 
 
 def install_console(app: FastAPI, access: Access, jobs: ExportJobs, key: bytes, idle_seconds: float,
-                    secure_cookies: bool) -> None:
+                    secure_cookies: bool, sso: Sso | None = None) -> None:
     """Serve the console at /console: its router, and HTML answers for its errors."""
-    console = Console(access, jobs, key, idle_seconds, secure_cookies)
+    console = Console(access, jobs, key, idle_seconds, secure_cookies, sso)
     app.state.console = console
     app.state.error_page = error_page
     app.include_router(console_router(console))

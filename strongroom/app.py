@@ -65,8 +65,15 @@ def create_app(archive: Archive) -> FastAPI:
 
     key_path = settings.secrets_dir / "console_key"
     crypto.ensure_secret_file(key_path)
+    sso = None
+    if settings.oidc_client_id and settings.oidc_authorization_endpoint and settings.oidc_token_endpoint:
+        from console.web import Sso
+
+        sso = Sso(settings.oidc_client_id,
+                  settings.oidc_client_secret.get_secret_value() if settings.oidc_client_secret else None,
+                  settings.oidc_authorization_endpoint, settings.oidc_token_endpoint)
     install_console(app, access, jobs, crypto.read_secret_file(key_path), settings.console_idle_seconds,
-                    settings.console_secure_cookies)
+                    settings.console_secure_cookies, sso)
     # what the routes read from app.state: accounts and limiters (`audit.http.rule`), export jobs
     app.state.accounts = archive.accounts()
     app.state.rate_limiter = RateLimiter(settings.api_rate_per_minute)
@@ -86,6 +93,7 @@ def create_app(archive: Archive) -> FastAPI:
         return {"status": "ok"}
 
     app.add_middleware(BodyLimit, limit=settings.api_max_body_bytes, prefix="/api/")
+    app.add_middleware(BodyLimit, limit=64 * 1024, prefix="/console/")  # the console posts small forms only
     if settings.trusted_proxies:  # only then is X-Forwarded-For the client (uvicorn's own handling is off)
         from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 

@@ -1074,12 +1074,17 @@ def _accounts_call(call: Any) -> Any:
 
 
 @users_app.command("add")
-def users_add(name: str, role: RoleOpt, tenant: TenantsOpt = None) -> None:
-    """Create a person's account. Prints the password and TOTP secret once: hand them over securely.
+def users_add(name: str, role: RoleOpt, tenant: TenantsOpt = None,
+              enrol: Annotated[bool, typer.Option("--enrol", help="Print a one-time enrolment code instead: the "
+                                                           "person turns it into their password and authenticator "
+                                                           "at /console/enrol, and nobody else sees those.")] = False,
+              ) -> None:
+    """Create a person's account. Prints the password and TOTP secret once: hand them over securely
+    (or, with --enrol, a one-time code the person redeems themselves).
 
     The first admin is created here (on the server); later accounts via the API or here. A
     `regulator` account is the break-glass path for the designated third party (R-26)."""
-    created = _accounts_call(lambda a: a.create_user(name, role, tenant, _actor(), approved=True))
+    created = _accounts_call(lambda a: a.create_user(name, role, tenant, _actor(), approved=True, enrol=enrol))
     _emit(created)
     err.print("[yellow]shown once:[/yellow] only a scrypt hash of the password and an encrypted TOTP secret are kept")
 

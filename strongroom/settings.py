@@ -63,6 +63,12 @@ class Settings(BaseSettings):
     oidc_jwks_url: str | None = None
     oidc_role_claim: str = "strongroom_role"
     oidc_tenants_claim: str = "strongroom_tenants"
+    # The console's single sign-on (OIDC authorization code + PKCE) with the issuer above: this
+    # client's id (and secret, for a confidential client) and the issuer's two endpoints.
+    oidc_client_id: str | None = None
+    oidc_client_secret: SecretStr | None = None
+    oidc_authorization_endpoint: str | None = None
+    oidc_token_endpoint: str | None = None
     session_ttl_seconds: float = 8 * 3600
     # The console (/console): a session idle this long is over (the absolute limit is the TTL above);
     # Secure cookies even when a TLS-terminating proxy forwards plain HTTP.

@@ -46,7 +46,8 @@ ISSUER, AUDIENCE = "https://idp.example.test/", "strongroom-api"
 PUBLIC = {"/healthz", "/webhooks/whatsapp", "/api/v1/auth/session",  # webhook: HMAC; session, enrol: the
           "/api/v1/auth/enrol"}  # credential exchanges
 # The console's sign-in page and exchange, and its vendored static files (no archived data).
-PUBLIC_CONSOLE = {"/console/login", "/console/enrol", "/console/static/{name}"}
+PUBLIC_CONSOLE = {"/console/login", "/console/enrol", "/console/login/sso", "/console/login/sso/callback",
+                  "/console/static/{name}"}
 
 
 def _b_body(*msgs: dict[str, Any]) -> bytes:

@@ -51,6 +51,7 @@ class Site:
     users: dict[str, dict[str, str]]
     shots: Path
     app: Any
+    idp: Any
 
 
 def _free_port() -> int:
@@ -72,9 +73,14 @@ def site(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureReques
     import uvicorn
 
     from strongroom.app import create_app
+    from tests.oidc_provider import OidcProvider
 
     make_settings: Callable[..., Settings] = request.getfixturevalue("module_settings")
-    archive = open_archive(make_settings())
+    jwks = tmp_path_factory.mktemp("idp") / "jwks.json"
+    idp = OidcProvider(jwks)
+    archive = open_archive(make_settings(
+        oidc_issuer=idp.issuer, oidc_audience=idp.audience, oidc_jwks_file=jwks, oidc_client_id=idp.client_id,
+        oidc_authorization_endpoint=f"{idp.issuer}/authorize", oidc_token_endpoint=f"{idp.issuer}/token"))
     now = int(time.time())
     bodies = [b for _, b in demo.day_bodies(now)]
     bodies += [p.inbound(p.text("wamid.C.R1", demo.ANA, now - 1800, "my account number is ACME-0042, please ignore"),
@@ -101,11 +107,12 @@ def site(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureReques
         time.sleep(0.05)
     shots = tmp_path_factory.mktemp("shots")
     try:
-        yield Site(archive, f"http://127.0.0.1:{port}", users, shots, app)
+        yield Site(archive, f"http://127.0.0.1:{port}", users, shots, app, idp)
     finally:
         server.should_exit = True
         thread.join(10)
         archive.close()
+        idp.close()
         if os.environ.get("STRONGROOM_UPDATE_SCREENSHOTS") == "1":
             SHOTS.mkdir(parents=True, exist_ok=True)
             for shot in shots.glob("*.png"):
@@ -325,7 +332,8 @@ def test_every_console_page_declares_its_roles_and_refuses_the_others(site: Site
 
     routes = [r for r in walk(site.app.routes) if isinstance(r, APIRoute)
               and (r.openapi_extra or {}).get("x-strongroom-console")
-              and r.path not in ("/console/login", "/console/enrol", "/console/static/{name}")]
+              and r.path not in ("/console/login", "/console/enrol", "/console/login/sso", "/console/login/sso/callback",
+                                 "/console/static/{name}")]
     assert {r.path for r in routes} >= {"/console/search", "/console/thread/{conversation}", "/console/holds",
                                         "/console/record/{stream}/{seq}", "/console/exports"}
     console = site.app.state.console
@@ -385,7 +393,16 @@ def test_an_export_of_a_filtered_search_carries_its_filters_in_the_query() -> No
 
 
 def test_a_person_enrols_in_the_browser_and_signs_in_with_what_only_they_saw(site: Site, browser: Any) -> None:
-    made = site.archive.accounts().create_user("erin", "auditor", [p.WABA], "admin:adam", approved=True, enrol=True)
+    from typer.testing import CliRunner
+
+    from strongroom.cli import app as cli
+    from tests.conftest import subprocess_env
+
+    added = CliRunner().invoke(cli, ["users", "add", "erin", "--role", "auditor", "--tenant", p.WABA, "--enrol"],
+                               env=subprocess_env(site.archive.settings))
+    assert added.exit_code == 0, added.output
+    made = json.loads(added.stdout)
+    assert made["enrolment_code"] and "password" not in made and "totp_secret" not in made  # nobody else sees them
     v = Visit(site, browser, "erin")
     page = v.page
     page.goto("/console/login")
@@ -408,3 +425,47 @@ def test_a_person_enrols_in_the_browser_and_signs_in_with_what_only_they_saw(sit
     page.wait_for_load_state("load")
     assert page.url.endswith("/console/search")
     v.context.close()
+
+
+def test_a_console_form_with_a_nul_or_an_oversized_body_is_refused_before_anything_runs(site: Site) -> None:
+    import httpx
+
+    with httpx.Client(base_url=site.url, follow_redirects=False) as client:
+        client.get("/console/login")
+        pre = client.cookies["sr_console_pre"]
+        nul = client.post("/console/login", data={"pre": pre, "name": "cora\x00", "password": "x", "otp": "123456"})
+        assert nul.status_code == 400
+        big = client.post("/console/login", data={"pre": pre, "name": "x" * 70_000, "password": "x", "otp": "1"})
+        assert big.status_code == 413
+
+
+def test_single_sign_on_by_oidc_authorization_code_and_pkce(site: Site, browser: Any) -> None:
+    site.idp.claims = {"sub": "olga", "strongroom_role": "auditor", "strongroom_tenants": [p.WABA],
+                       "amr": ["pwd", "otp"]}
+    v = Visit(site, browser, "olga")
+    page = v.page
+    page.goto("/console/login")
+    page.get_by_role("link", name="Sign in with single sign-on").click()
+    page.wait_for_url("**/console/search")
+    assert f"olga@{site.idp.issuer}" in page.locator("header").inner_text()
+    [exchange] = site.idp.token_requests[-1:]
+    assert exchange["code_verifier"] and exchange["grant_type"] == "authorization_code"  # PKCE, checked by the issuer
+    page.fill("#q", "ACME")
+    before = _access_actions(site.archive)
+    page.click("#search-form button[type=submit]")
+    page.wait_for_load_state("load")
+    assert _access_actions(site.archive)[len(before):] == ["search"]
+    assert "other tenant" not in page.locator("#results").inner_text()  # the token's tenants apply
+    v.check()
+
+    # an answer this browser did not ask for (or asked for already) is refused
+    forged = page.goto(f"/console/login/sso/callback?code={exchange['code']}&state=forged")
+    assert forged is not None and forged.status == 403
+    v.context.close()
+
+    # a token without a strongroom role signs nobody in
+    site.idp.claims = {"sub": "mallory", "strongroom_tenants": [p.WABA]}
+    w = Visit(site, browser, "mallory")
+    w.page.goto("/console/login/sso")
+    assert w.page.locator("h1").inner_text() == "Not signed in"
+    w.context.close()

@@ -139,6 +139,26 @@ def highlight(text: str, query: str | None) -> Markup:
     return Markup("".join(out))
 
 
+def thread_hits(items: list[dict[str, Any]], q: str) -> list[str]:
+    """The ids of the thread's messages (or their edits) that `q` matches, in thread order."""
+    try:
+        node = searchlang.parse(q)
+    except StrongroomError:
+        return []
+    out = []
+    for it in items:
+        r = it["record"]
+        if "marker" in it:
+            continue
+        fields = {"direction": r.get("direction"), "origin": r.get("origin"), "type": r.get("type"),
+                  "template": r.get("template_name"), "status": r.get("status"), "number": r.get("stream"),
+                  "conversation": r.get("conversation")}
+        texts = [message_body(r)] + [message_body(v) for v in it.get("versions", [])]
+        if any(searchlang.matches(node, text, fields) for text in texts):
+            out.append(r["id"])
+    return out
+
+
 # -- what a message shows -------------------------------------------------------------------------
 
 ORIGINS = {"api": "Cloud API", "app": "Business App", "history": "History import", "agent": "AI agent",
@@ -499,14 +519,25 @@ def console_router(console: Console) -> APIRouter:
 
     # threads and records ----------------------------------------------------------------------
 
-    @r.get("/thread/{conversation}", response_class=HTMLResponse, **page(READERS, audited=True))
-    def thread(request: Request, conversation: str, hit: str | None = None) -> Response:
+    def show_thread(request: Request, conversation: str, hit: str, q: str) -> Response:
         if not re.fullmatch(r"[0-9A-Za-z_-]{1,64}", conversation):
             raise NotFound("no such conversation")
         t = access.thread(me(request), conversation, None, None, None, 5000, None).result
         if not t["items"]:
             raise NotFound("no such conversation")
-        return console.render(request, "thread.html", thread=t, hit=hit or "")
+        hits = thread_hits(t["items"], q) if q else ([hit] if hit else [])
+        return console.render(request, "thread.html", thread=t, hit=hit, q=q, hits=hits)
+
+    @r.get("/thread/{conversation}", response_class=HTMLResponse, **page(READERS, audited=True))
+    def thread(request: Request, conversation: str, hit: str | None = None) -> Response:
+        return show_thread(request, conversation, (hit or "")[:200], "")
+
+    @r.post("/thread/{conversation}", response_class=HTMLResponse, **page(READERS, audited=True))
+    def thread_for_search(request: Request, conversation: str) -> Response:
+        """The conversation opened from a search (the query in the POST body, never the URL): every
+        message the query matches is marked and highlighted, with next and previous hit."""
+        form = request.state.form
+        return show_thread(request, conversation, form.get("hit", "")[:200], form.get("q", "").strip()[:2000])
 
     @r.get("/record/{stream}/{seq}", response_class=HTMLResponse, **page(READERS, audited=True))
     def record(request: Request, stream: str, seq: int) -> Response:

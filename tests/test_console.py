@@ -223,17 +223,24 @@ def test_a_compliance_officer_searches_reads_verifies_and_holds(site: Site, brow
     assert page.locator(".hit mark").first.inner_text() == "ACME"
 
     hit = page.locator(".hit", has_text="please buy 100 shares").first
-    v.one_access_event("thread", lambda: hit.get_by_role("link", name="Open conversation").click())
+    v.one_access_event("thread", lambda: hit.get_by_role("button", name="Open conversation").click())
+    assert "ACME" not in page.url  # opened by POST: the query stays out of the URL and the history
     v.check("thread")
     thread = page.locator(".thread")
-    assert thread.locator(".bubble.is-hit").count() == 1
+    assert thread.locator(".bubble.is-target").count() == 1 and "please buy 100" in \
+        thread.locator(".bubble.is-target").inner_text()
+    hits = thread.locator(".bubble.is-hit")  # every message here the query matches, marked and linked
+    assert hits.count() == 3 and thread.locator(".bubble.is-hit mark").first.inner_text() == "ACME"
+    assert "hit 1 of 3" in hits.nth(0).inner_text() and hits.nth(0).locator("a.next-hit").count() == 1
+    page.keyboard.press("n")  # from the hit the page opened on to the next one
+    assert page.evaluate("document.activeElement.id") == hits.nth(1).get_attribute("id")
     assert thread.locator(".badge.origin-app").count() >= 1  # the broker's replies from the Business App
     assert thread.locator(".badge.origin-history").count() >= 1  # the chat from three weeks ago
     assert "Edited at" in thread.inner_text() and "please buy 120 shares" in thread.inner_text()
     revoked = thread.locator(".bubble.revoked")
     assert "my account number is ACME-0042" in revoked.inner_text() and "Deleted by the sender" in revoked.inner_text()
 
-    v.one_access_event("record", lambda: thread.locator(".bubble.is-hit").get_by_role(
+    v.one_access_event("record", lambda: thread.locator(".bubble.is-target").get_by_role(
         "link", name="record and proof").click())
     page.wait_for_selector("#verification[data-state]")
     status = page.locator("#verification")

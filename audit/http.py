@@ -75,17 +75,32 @@ def rule(roles: frozenset[str], audited: bool) -> dict[str, Any]:
             p = request.app.state.accounts.authenticate(f"Bearer {creds.credentials}" if creds else None)
         except Unauthenticated as e:  # one answer, whichever part of the credential was wrong
             raise Unauthenticated("authentication required") from e
-        wait = request.app.state.rate_limiter.take(f"principal:{p.id}")
-        if wait:
-            raise RateLimited("rate limit exceeded", wait)
-        if p.role not in roles:
-            raise Forbidden(f"role {p.role} may not call this route")
-        if p.role in MFA_ROLES and not p.mfa:
-            raise Forbidden(f"role {p.role} needs multi-factor authentication")
+        admit(request, p, roles, "call this route")
         request.state.principal = p
 
     return {"dependencies": [Depends(authorize)], "responses": ERROR_RESPONSES,
             "openapi_extra": {"x-strongroom-roles": sorted(roles), "x-strongroom-audited": audited}}
+
+
+def admit(request: Request, p: Principal, roles: frozenset[str], what: str) -> None:
+    """The checks every authenticated request passes, API or console: the per-principal rate limit,
+    the role, and the second factor for the roles that need one."""
+    wait = request.app.state.rate_limiter.take(f"principal:{p.id}")
+    if wait:
+        raise RateLimited("rate limit exceeded", wait)
+    if p.role not in roles:
+        raise Forbidden(f"role {p.role} may not {what}")
+    if p.role in MFA_ROLES and not p.mfa:
+        raise Forbidden(f"role {p.role} needs multi-factor authentication")
+
+
+def throttle_sign_in(request: Request, name: str) -> None:
+    """The sign-in limits: per address and per address + name (429 before any password is hashed)."""
+    request.state.signing_in = name  # who a refusal is counted under (`note_denied`)
+    client = request.client.host if request.client else "?"
+    limiter = request.app.state.login_limiter
+    if (wait := limiter.take(f"{client}|{name}")) or limiter.take(client):
+        raise RateLimited("too many sign-in attempts", wait)
 
 
 def public(reason: str) -> dict[str, Any]:

@@ -36,12 +36,12 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response, Streamin
 from markupsafe import Markup, escape
 
 from archiver import crypto
-from archiver.errors import Forbidden, InvalidInput, NotFound, RateLimited, StrongroomError, Unauthenticated
+from archiver.errors import Forbidden, InvalidInput, NotFound, StrongroomError, Unauthenticated
 from archiver.records import parse_instant_arg
 from audit import searchlang
 from audit.access import COMPLIANCE, READERS, Access, hold_view
-from audit.auth import MFA_ROLES, ROLES, Principal
-from audit.http import note_denied
+from audit.auth import ROLES, Principal
+from audit.http import admit, note_denied, throttle_sign_in
 from exporters.bundle import Custody, ExportScope
 from exporters.jobs import ExportJobs
 from policies.holds import Scope
@@ -261,13 +261,7 @@ class Console:
             if not hmac.compare_digest(str(sent), self.csrf(token)):
                 raise Forbidden("this request did not carry the page's CSRF token: reload the page")
         request.state.principal, request.state.token = p, token  # (a refusal page still shows who is signed in)
-        wait = request.app.state.rate_limiter.take(f"principal:{p.id}")
-        if wait:
-            raise RateLimited("rate limit exceeded", wait)
-        if p.role not in roles:
-            raise Forbidden(f"role {p.role} may not open this page")
-        if p.role in MFA_ROLES and not p.mfa:
-            raise Forbidden(f"role {p.role} needs multi-factor authentication")
+        admit(request, p, roles, "open this page")
         return p
 
     def set_session(self, response: Response, request: Request, token: str | None) -> None:
@@ -340,26 +334,31 @@ def console_router(console: Console) -> APIRouter:
 
     # signing in -------------------------------------------------------------------------------
 
-    @r.get("/login", response_class=HTMLResponse, **public_page("sign-in page"))
-    def login_page(request: Request) -> Response:
+    def credential_page(request: Request, template: str, **values: Any) -> Response:
+        """A sign-in or enrolment form, with its double-submit token (there is no session yet)."""
         pre = secrets.token_urlsafe(24)
-        response = console.render(request, "login.html", pre=pre, error=None, sso=console.sso is not None)
+        response = console.render(request, template, pre=pre, **values)
         response.set_cookie(PRE_COOKIE, pre, path=PREFIX, httponly=True, samesite="strict",
                             secure=console.secure_cookies or request.url.scheme == "https")
         return response
 
-    @r.post("/login", response_class=HTMLResponse, **public_page("credentials"))
-    async def login(request: Request) -> Response:
+    async def credentials(request: Request) -> tuple[dict[str, str], str, str]:
+        """A posted credential form: its token checked, the sign-in limits applied. (form, token, name)"""
         form = await form_of(request)
         pre = request.cookies.get(PRE_COOKIE, "")
         if not pre or not hmac.compare_digest(pre, form.get("pre", "")):
-            raise Forbidden("the sign-in form did not carry its CSRF token: reload the page")
+            raise Forbidden("the form did not carry its CSRF token: reload the page")
         name = form.get("name", "")[:200]
-        request.state.signing_in = name
-        client = request.client.host if request.client else "?"
-        limiter = request.app.state.login_limiter
-        if (wait := limiter.take(f"{client}|{name}")) or limiter.take(client):
-            raise RateLimited("too many sign-in attempts", wait)
+        throttle_sign_in(request, name)
+        return form, pre, name
+
+    @r.get("/login", response_class=HTMLResponse, **public_page("sign-in page"))
+    def login_page(request: Request) -> Response:
+        return credential_page(request, "login.html", error=None, sso=console.sso is not None)
+
+    @r.post("/login", response_class=HTMLResponse, **public_page("credentials"))
+    async def login(request: Request) -> Response:
+        form, pre, name = await credentials(request)
         try:
             token, _expires = request.app.state.accounts.login(name, form.get("password", "")[:200],
                                                                form.get("otp", "")[:8])
@@ -374,11 +373,7 @@ def console_router(console: Console) -> APIRouter:
 
     @r.get("/enrol", response_class=HTMLResponse, **public_page("enrolment page"))
     def enrol_page(request: Request) -> Response:
-        pre = secrets.token_urlsafe(24)
-        response = console.render(request, "enrol.html", pre=pre, error=None, done=None)
-        response.set_cookie(PRE_COOKIE, pre, path=PREFIX, httponly=True, samesite="strict",
-                            secure=console.secure_cookies or request.url.scheme == "https")
-        return response
+        return credential_page(request, "enrol.html", error=None, done=None)
 
     @r.post("/enrol", response_class=HTMLResponse, **public_page("credentials"))
     async def enrol(request: Request) -> Response:
@@ -386,16 +381,7 @@ def console_router(console: Console) -> APIRouter:
         and authenticator secret, shown once, to them (a QR code for the authenticator app)."""
         import segno
 
-        form = await form_of(request)
-        pre = request.cookies.get(PRE_COOKIE, "")
-        if not pre or not hmac.compare_digest(pre, form.get("pre", "")):
-            raise Forbidden("the enrolment form did not carry its CSRF token: reload the page")
-        name = form.get("name", "")[:200]
-        request.state.signing_in = name
-        client = request.client.host if request.client else "?"
-        limiter = request.app.state.login_limiter
-        if (wait := limiter.take(f"{client}|{name}")) or limiter.take(client):
-            raise RateLimited("too many sign-in attempts", wait)
+        form, pre, name = await credentials(request)
         try:
             done = request.app.state.accounts.enrol(name, form.get("code", "").strip()[:200])
         except Unauthenticated:

@@ -5,10 +5,9 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from archiver.errors import RateLimited
 from audit.access import Access, json_bytes
 from audit.auth import ROLES
-from audit.http import Credentials, json_response, public, rule
+from audit.http import Credentials, json_response, public, rule, throttle_sign_in
 
 ANY_ROLE = frozenset(ROLES)
 
@@ -19,15 +18,6 @@ class LoginRequest(BaseModel):
     name: str = Field(min_length=1, max_length=200)
     password: str = Field(min_length=1, max_length=200)
     otp: str = Field(min_length=6, max_length=8, pattern=r"^\d+$")
-
-
-def _throttle(request: Request, name: str) -> None:
-    """The sign-in limits: per address and per address + name (429 before any password is hashed)."""
-    request.state.signing_in = name  # who a refusal is counted under (`audit.http.note_denied`)
-    client = request.client.host if request.client else "?"
-    limiter = request.app.state.login_limiter
-    if (wait := limiter.take(f"{client}|{name}")) or limiter.take(client):
-        raise RateLimited("too many sign-in attempts", wait)
 
 
 class EnrolRequest(BaseModel):
@@ -43,7 +33,7 @@ def router(_access: Access) -> APIRouter:
     @r.post("/auth/session", **public("credentials"))
     def login(request: Request, body: LoginRequest) -> Response:
         """Exchange name + password + TOTP code for a session token (shown once)."""
-        _throttle(request, body.name)
+        throttle_sign_in(request, body.name)
         token, expires = request.app.state.accounts.login(body.name, body.password, body.otp)
         return json_response(json_bytes({"token": token, "expires_at": expires}))
 
@@ -51,7 +41,7 @@ def router(_access: Access) -> APIRouter:
     def enrol(request: Request, body: EnrolRequest) -> Response:
         """First sign-in: exchange the one-time enrolment code for your password and TOTP secret
         (shown once, to you). Then sign in at POST /auth/session."""
-        _throttle(request, body.name)
+        throttle_sign_in(request, body.name)
         return json_response(json_bytes(request.app.state.accounts.enrol(body.name, body.code)))
 
     @r.delete("/auth/session", status_code=204, **rule(ANY_ROLE, audited=False))

@@ -50,7 +50,7 @@ from html import unescape
 from pathlib import Path
 from typing import IO, Any, NamedTuple
 
-from cryptography.exceptions import InvalidSignature, InvalidTag
+from cryptography.exceptions import InvalidSignature, InvalidTag, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -241,7 +241,10 @@ def decode_key(raw: bytes) -> PublicKey:
     """
     if len(raw) == 32:
         return Ed25519PublicKey.from_public_bytes(raw)
-    key = load_der_public_key(raw)
+    try:
+        key = load_der_public_key(raw)
+    except UnsupportedAlgorithm as e:  # (not a ValueError: a caller catching those would crash)
+        raise ValueError("a signing key is Ed25519 or ECDSA P-256") from e
     if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, ec.SECP256R1):
         raise ValueError("a signing key is Ed25519 or ECDSA P-256")
     return key

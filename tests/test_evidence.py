@@ -341,3 +341,43 @@ def test_a_bundle_is_checked_against_the_holders_newer_checkpoint_with_a_proof_f
                            "--latest", str(tmp_path / "note"), "--consistency", str(tmp_path / "proof.json"),
                            "--log-origin", origin], capture_output=True, text=True, cwd=Path(__file__).parents[1])
     assert done.returncode == 0 and "bundle verifies" in done.stdout, done.stdout + done.stderr
+
+
+def test_the_verifiers_take_ed25519_or_p256_keys_and_nothing_else() -> None:
+    """ECDSA P-256 (a signing key in AWS KMS) and Ed25519 verify; RSA, P-384 and junk are refused as a
+    ValueError (never another exception a caller would not catch); a C2SP note round-trips with type 0x02."""
+    import hashlib
+
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+
+    from archiver.notes import ECDSA, body, parse_vkey, sign_note, verify_note, vkey
+    from exporters import verify_bundle as vb
+
+    class P256:  # what KmsSigner does, with a local key
+        def __init__(self) -> None:
+            self.k = ec.generate_private_key(ec.SECP256R1())
+
+        def sign(self, data: bytes) -> bytes:
+            return self.k.sign(data, ec.ECDSA(hashes.SHA256()))
+
+        def public_key(self) -> ec.EllipticCurvePublicKey:
+            return self.k.public_key()
+
+    for signer in (P256(), ed25519.Ed25519PrivateKey.generate()):
+        pub = signer.public_key()
+        assert vb.decode_key(vb._raw_key(pub)) == pub
+        vb.verify_signature(pub, signer.sign(b"manifest"), b"manifest")
+        with pytest.raises(InvalidSignature):
+            vb.verify_signature(pub, signer.sign(b"manifest"), b"manifest, edited")
+        text = body("archive.example/x", 7, hashlib.sha256(b"r").digest())
+        name, kind, key = parse_vkey(vkey("archive.example", pub))
+        assert verify_note(sign_note(text, "archive.example", signer), name, key).tree_size == 7
+        assert (kind == ECDSA) == isinstance(pub, ec.EllipticCurvePublicKey)
+    for other in (rsa.generate_private_key(public_exponent=65537, key_size=2048), ec.generate_private_key(ec.SECP384R1())):
+        der = other.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+        with pytest.raises(ValueError, match="Ed25519 or ECDSA P-256"):
+            vb.decode_key(der)
+    with pytest.raises(ValueError):
+        vb.decode_key(b"\x30\x03\x02\x01\x01")

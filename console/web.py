@@ -227,11 +227,17 @@ class Console:
                                       undefined=jinja2.StrictUndefined)
         self.env.filters.update(when=_when, body=message_body, origin=lambda o: ORIGINS.get(o or "", o or "?"))
         self.env.globals.update(highlight=highlight, prefix=PREFIX, bars=bars)
-        pub = crypto.public_key_pem(access.archive.public_key).decode()
-        self.public_key_pem = pub
+
+    @property
+    def public_key_pem(self) -> str:
+        """The key in force now (read at each use: a rotation takes effect on the next page)."""
+        return crypto.public_key_pem(self.access.archive.public_key).decode()
+
+    @property
+    def key_id(self) -> str:
         from archiver.checkpoint import key_id
 
-        self.key_id = key_id(access.archive.public_key)
+        return key_id(self.access.archive.public_key)
 
     # sessions ---------------------------------------------------------------------------------
 
@@ -442,6 +448,8 @@ def console_router(console: Console) -> APIRouter:
         try:
             answer = httpx.post(sso.token_endpoint, data=form, timeout=10.0)
             tokens = answer.json() if answer.status_code == 200 else {}
+            if not isinstance(tokens, dict):
+                raise ValueError("the token endpoint did not answer with a JSON object")
             accounts.oidc.id_token(str(tokens.get("id_token", "")), sso.client_id, nonce)
             access_token = str(tokens.get("access_token", ""))
             p: Principal = accounts.authenticate(f"Bearer {access_token}")

@@ -26,7 +26,7 @@ import secrets
 import time
 import unicodedata
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +39,7 @@ from archiver import crypto
 from archiver.errors import Forbidden, InvalidInput, NotFound, StrongroomError, Unauthenticated
 from archiver.records import parse_instant_arg
 from audit import searchlang
-from audit.access import COMPLIANCE, READERS, Access, hold_view
+from audit.access import COMPLIANCE, READERS, TRAIL_READERS, Access, hold_view
 from audit.auth import ROLES, Principal
 from audit.http import admit, note_denied, throttle_sign_in
 from exporters.bundle import Custody, ExportScope
@@ -291,6 +291,7 @@ class Console:
         token = getattr(request.state, "token", None)
         html = self.env.get_template(name).render(
             me=p, csrf=self.csrf(token) if token else "", readers=READERS, compliance=COMPLIANCE,
+            trail_readers=TRAIL_READERS,
             exporters=EXPORTERS, key_id=self.key_id, **values)
         response = HTMLResponse(html, status_code=status, headers={"Content-Security-Policy": CSP})
         if token:
@@ -484,6 +485,18 @@ def console_router(console: Console) -> APIRouter:
     @r.get("/dashboard", response_class=HTMLResponse, **page(READERS, audited=True))
     def dashboard(request: Request) -> Response:
         return console.render(request, "dashboard.html", board=access.dashboard(me(request)).result)
+
+    @r.get("/violations", response_class=HTMLResponse, **page(READERS, audited=True))
+    def violations(request: Request) -> Response:
+        return console.render(request, "violations.html",
+                              violations=access.violations(me(request)).result["violations"])
+
+    @r.get("/trail", response_class=HTMLResponse, **page(TRAIL_READERS, audited=True))
+    def trail(request: Request) -> Response:
+        """The archive's own audit stream over the last 24 hours, newest first (who read or decided what)."""
+        since = datetime.now(UTC) - timedelta(days=1)
+        entries = access.audit_trail(me(request), since, None, 2000, 0).result["entries"]
+        return console.render(request, "trail.html", entries=list(reversed(entries)), since=since)
 
     # search -----------------------------------------------------------------------------------
 

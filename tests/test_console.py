@@ -263,6 +263,13 @@ def test_a_compliance_officer_searches_reads_verifies_and_holds(site: Site, brow
     assert "in force" in row.inner_text() and "2 conversations" in row.inner_text()
     v.check("holds")
 
+    v.one_access_event("violations", lambda: page.get_by_role("link", name="Violations").click())
+    v.check("violations")
+    v.one_access_event("audit_trail", lambda: page.get_by_role("link", name="Audit trail").click())
+    v.check("trail")
+    trail = page.locator("table.grid").inner_text()
+    assert "session:cora" in trail and "record" in trail and "search.scope" in trail  # her own reads and decisions
+
     # a state-changing request without the page's CSRF token is refused, and changes nothing
     holds_before = len(site.archive.holds().all())
     refused = v.context.request.post(f"{site.url}/console/holds", form={"matter": "forged", "q": "ACME"})
@@ -284,6 +291,7 @@ def test_a_tenant_scoped_auditor_exports_the_search_and_the_download_verifies(si
     text = page.locator("#results").inner_text()
     assert page.locator(".count").inner_text().startswith("4 messages") and "other tenant" not in text
     assert page.get_by_role("button", name="Place a legal hold on this search").count() == 0  # not compliance
+    assert page.get_by_role("link", name="Audit trail").count() == 0  # the trail is compliance's and the regulator's
 
     page.fill("#export-matter", "FINRA 2026-114")
     page.fill("#export-for", "FINRA examination 2026-114")

@@ -21,7 +21,7 @@ import itertools
 import json
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -375,12 +375,7 @@ class SearchIndex:
             d = dict(zip(OUT_COLUMNS, row, strict=True))
             for col in ("event_time", "received_at"):
                 d[col] = d[col].replace(tzinfo=UTC) if isinstance(d[col], datetime) else None
-            fields = {"participant": [d["sender"], d["recipient"], d["conversation"]], "number": d["stream"],
-                      "conversation": d["conversation"], "direction": d["direction"], "origin": d["origin"],
-                      "type": d["type"], "template": d["template_name"], "status": d["status"],
-                      "has": ["attachment"] if d["has_attachment"] else [], "sent": d["event_time"],
-                      "archived": d["received_at"]}
-            if matches(tree, d["text"] or "", fields):
+            if matches(tree, d["text"] or "", query_fields(d)):
                 hits.append(_out(d))
         first = 0
         if after is not None:
@@ -412,6 +407,16 @@ class SearchIndex:
         hits = sorted((_out(dict(zip(OUT_COLUMNS, r, strict=True))) for r in rows), key=lambda h: order[h["doc_id"]])
         more = len(found) > limit
         return Page(total, hits, _cursor(hits[-1]) if more and hits else None, tree.describe())
+
+
+def query_fields(d: Mapping[str, Any]) -> dict[str, Any]:
+    """A message's values for the query language's fields (what `searchlang.matches` evaluates): an
+    index document, or a record view with `has_attachment` beside it."""
+    return {"participant": [d["sender"], d["recipient"], d["conversation"]], "number": d["stream"],
+            "conversation": d["conversation"], "direction": d["direction"], "origin": d["origin"],
+            "type": d["type"], "template": d["template_name"], "status": d["status"],
+            "has": ["attachment"] if d["has_attachment"] else [], "sent": d["event_time"],
+            "archived": d["received_at"]}
 
 
 OUT_COLUMNS = tuple(c for c in DOC_COLUMNS if c != "subject_keys")

@@ -36,7 +36,8 @@ FIELDS = frozenset({"participant", "number", "conversation", "direction", "origi
                     "has", "sent", "archived"})
 DATE_FIELDS = frozenset({"sent", "archived"})
 _WORD = re.compile(r"[\w*?=]+(?:['’.-][\w*?=]+)*", re.UNICODE)
-_TOKEN_WORD = re.compile(r"\w+(?:['’][\w]+)*", re.UNICODE)
+# the words of a text: the index makes its tokens of them, the console marks the hits among them
+TEXT_WORD = re.compile(r"\w+(?:['’][\w]+)*", re.UNICODE)
 _NEAR = re.compile(r"(w|pre)/(\d{1,3})$", re.IGNORECASE)
 _NEAR_TOKEN = re.compile(r"(?:w|pre)/(\d+)", re.IGNORECASE)
 
@@ -72,7 +73,7 @@ class QuerySyntaxError(InvalidInput):
 
 def tokens(text: str) -> list[str]:
     """Words of a text as the index stores them: NFKC, case-folded."""
-    return [w.casefold() for w in _TOKEN_WORD.findall(unicodedata.normalize("NFKC", text))]
+    return [w.casefold() for w in TEXT_WORD.findall(unicodedata.normalize("NFKC", text))]
 
 
 class Glob:

@@ -42,6 +42,7 @@ from audit import searchlang
 from audit.access import COMPLIANCE, READERS, TRAIL_READERS, Access, hold_view
 from audit.auth import ROLES, Principal
 from audit.http import admit, note_denied, throttle_sign_in
+from audit.index import query_fields
 from exporters.bundle import Custody, ExportScope
 from exporters.jobs import ExportJobs
 from policies.holds import Scope
@@ -111,9 +112,6 @@ def _positive_terms(node: Any, negated: bool = False) -> list[tuple[str, ...]]:
     return []
 
 
-_WORD = re.compile(r"\w+(?:['’]\w+)*", re.UNICODE)
-
-
 def highlight(text: str, query: str | None) -> Markup:
     """`text`, escaped, with every occurrence of the query's words and phrases in ``<mark>``."""
     if not query:
@@ -122,7 +120,8 @@ def highlight(text: str, query: str | None) -> Markup:
         terms = _positive_terms(searchlang.parse(query))
     except StrongroomError:
         return Markup(escape(text))
-    spans = [(m.start(), m.end(), unicodedata.normalize("NFKC", m.group()).casefold()) for m in _WORD.finditer(text)]
+    spans = [(m.start(), m.end(), unicodedata.normalize("NFKC", m.group()).casefold())
+             for m in searchlang.TEXT_WORD.finditer(text)]
     marked = [False] * len(spans)
     for words in terms:
         globs = [searchlang.Glob(w) if any(c in w for c in "*?=") else None for w in words]
@@ -150,9 +149,7 @@ def thread_hits(items: list[dict[str, Any]], q: str) -> list[str]:
         r = it["record"]
         if "marker" in it:
             continue
-        fields = {"direction": r.get("direction"), "origin": r.get("origin"), "type": r.get("type"),
-                  "template": r.get("template_name"), "status": r.get("status"), "number": r.get("stream"),
-                  "conversation": r.get("conversation")}
+        fields = query_fields({**r, "has_attachment": bool(it.get("attachments"))})
         texts = [message_body(r)] + [message_body(v) for v in it.get("versions", [])]
         if any(searchlang.matches(node, text, fields) for text in texts):
             out.append(r["id"])

@@ -20,6 +20,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -219,7 +220,8 @@ class Access:
         index, cursor, found = self.archive.search_index(), None, set[str]()
         tenants = set(p.tenants) if p.tenants is not None else None
         while True:
-            page = index.search(q, tenants=tenants, limit=500, cursor=cursor, filters=filters or {}, start=start, end=end)
+            page = index.search(q, tenants=tenants, limit=500, cursor=cursor, filters=filters or {}, start=start,
+                                end=end)
             found.update(h["conversation"] for h in page.items if h.get("conversation"))
             if len(found) > cap:
                 raise InvalidInput(f"the search spans more than {cap} conversations: narrow it, or hold by number")
@@ -411,19 +413,20 @@ class Access:
             violations: dict[str, int] = dict(conn.execute(sa.select(events.c.stream, sa.func.count()).where(
                 events.c.kind == "violation", events.c.stream.in_(numbers)).group_by(events.c.stream)).all())
         closed = {(g.stream, g.natural_key.removeprefix("gap_closed:")) for g in gaps if g.status == "closed"}
+        open_gaps = Counter(g.stream for g in gaps if g.status == "open"
+                            and (g.stream, g.natural_key.removeprefix("gap:")) not in closed)
         dates = [(since + timedelta(days=i + 1)).date().isoformat() for i in range(days)]
+        series: dict[str, dict[str, dict[str, int]]] = {n: {d: {} for d in dates} for n in numbers}
+        for r in per_day:  # one pass over the counts, whatever the number of numbers
+            if str(r.day) in series[r.stream]:
+                series[r.stream][str(r.day)][r.origin or "?"] = int(r[3])
         out = []
         for stream in sorted(numbers):
-            series: dict[str, dict[str, int]] = {d: {} for d in dates}
-            for r in per_day:
-                if r.stream == stream and str(r.day) in series:
-                    series[str(r.day)][r.origin or "?"] = int(r[3])
             last_app = as_utc(app_last.get(stream))
             out.append({
-                "stream": stream, "tenant": self.tenant(stream), "per_day": series,
-                "messages": sum(sum(v.values()) for v in series.values()),
-                "open_gaps": sum(1 for g in gaps if g.stream == stream and g.status == "open"
-                                 and (stream, g.natural_key.removeprefix("gap:")) not in closed),
+                "stream": stream, "tenant": self.tenant(stream), "per_day": series[stream],
+                "messages": sum(sum(v.values()) for v in series[stream].values()),
+                "open_gaps": open_gaps.get(stream, 0),
                 "app_silent_days": (now - last_app).days if last_app else None,
                 "last_sealed": as_utc(sealed_last.get(stream)), "violations": violations.get(stream, 0)})
         result = {"at": now, "days": days, "numbers": out, "last_verification": as_utc(verified)}

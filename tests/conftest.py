@@ -159,3 +159,12 @@ def ingest(archive: Archive, *bodies: bytes) -> None:
     for b in bodies:
         archive.inbox.receive(b, sign(b))
     archive.process_pending()
+
+
+def app_routes(routes: list[Any]) -> list[Any]:
+    """Every route an app serves, with included routers flattened (FastAPI wraps them)."""
+    def walk(rs: list[Any]) -> Iterator[Any]:
+        for r in rs:
+            inner = getattr(r, "original_router", None)
+            yield from walk(inner.routes) if inner is not None else [r]
+    return list(walk(routes))

@@ -36,7 +36,7 @@ from strongroom.app import create_app
 from strongroom.embedded import EmbeddedSeaweedFS
 from strongroom.runtime import Archive, configure_logging, open_archive
 from strongroom.settings import Settings
-from tests.conftest import APP_SECRET, VERIFY_TOKEN, ingest, pg_database
+from tests.conftest import APP_SECRET, VERIFY_TOKEN, app_routes, ingest, pg_database
 
 T = 1_764_000_000
 ALICE, BOB = "16505550401", "16505550402"
@@ -174,11 +174,7 @@ def world(tmp_path_factory: pytest.TempPathFactory, seaweed: EmbeddedSeaweedFS) 
 
 def _routes(world: World) -> list[Any]:
     """Every route the app serves, with included routers flattened (FastAPI wraps them)."""
-    def walk(routes: list[Any]) -> Iterator[Any]:
-        for r in routes:
-            inner = getattr(r, "original_router", None)
-            yield from walk(inner.routes) if inner is not None else [r]
-    return list(walk(world.client.app.routes))  # type: ignore[attr-defined]
+    return app_routes(world.client.app.routes)  # type: ignore[attr-defined]
 
 
 def _api_routes(world: World) -> list[APIRoute]:

@@ -34,7 +34,7 @@ from strongroom import demo
 from strongroom import payloads as p
 from strongroom.runtime import Archive, open_archive
 from strongroom.settings import Settings
-from tests.conftest import ingest
+from tests.conftest import app_routes, ingest
 
 CHROMIUM = Path("/usr/bin/chromium")
 AXE = Path(__file__).parent / "vendor" / "axe.min.js"
@@ -340,12 +340,7 @@ def test_every_console_page_declares_its_roles_and_refuses_the_others(site: Site
     import httpx
     from fastapi.routing import APIRoute
 
-    def walk(routes: list[Any]) -> Iterator[Any]:
-        for r in routes:
-            inner = getattr(r, "original_router", None)
-            yield from walk(inner.routes) if inner is not None else [r]
-
-    routes = [r for r in walk(site.app.routes) if isinstance(r, APIRoute)
+    routes = [r for r in app_routes(site.app.routes) if isinstance(r, APIRoute)
               and (r.openapi_extra or {}).get("x-strongroom-console")
               and r.path not in ("/console/login", "/console/enrol", "/console/login/sso", "/console/login/sso/callback",
                                  "/console/static/{name}")]

@@ -230,12 +230,6 @@ class Console:
         """The key in force now (read at each use: a rotation takes effect on the next page)."""
         return crypto.public_key_pem(self.access.archive.public_key).decode()
 
-    @property
-    def key_id(self) -> str:
-        from archiver.checkpoint import key_id
-
-        return key_id(self.access.archive.public_key)
-
     # sessions ---------------------------------------------------------------------------------
 
     def _mac(self, *parts: str) -> str:
@@ -289,7 +283,7 @@ class Console:
         html = self.env.get_template(name).render(
             me=p, csrf=self.csrf(token) if token else "", readers=READERS, compliance=COMPLIANCE,
             trail_readers=TRAIL_READERS,
-            exporters=EXPORTERS, key_id=self.key_id, **values)
+            exporters=EXPORTERS, **values)
         response = HTMLResponse(html, status_code=status, headers={"Content-Security-Policy": CSP})
         if token:
             self.touch(response, request, token)

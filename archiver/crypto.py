@@ -183,10 +183,11 @@ class KekRing:
 
     def retire(self) -> tuple[list[str], str]:
         """Overwrite the KEK file and replace it by its successor: the old version exists nowhere."""
-        from datetime import UTC, datetime
+        from archiver.records import format_ts
+        from archiver.sqlutil import utcnow
 
         if not self.next_path.exists():
-            return [], datetime.now(UTC).isoformat(timespec="seconds")
+            return [], format_ts(utcnow())
         old = [k for k in self.versions if k != self.kek_id]
         size = self.path.stat().st_size  # (what a file can do; an HSM or KMS destroys properly)
         with self.path.open("r+b") as f:
@@ -194,7 +195,7 @@ class KekRing:
             f.flush()
             os.fsync(f.fileno())
         os.replace(self.next_path, self.path)
-        return old, datetime.now(UTC).isoformat(timespec="seconds")
+        return old, format_ts(utcnow())
 
     def unwrap(self, wrapped: bytes, key_id: str, kek_id: str | None = None) -> bytes:
         self._load()

@@ -79,9 +79,11 @@ NEXT = ".next"  # the label suffix of a key being rotated in (a successor not ye
 
 
 def _now_iso() -> str:
-    from datetime import UTC, datetime
+    """Now, as every record time is written (`archiver.records.format_ts`)."""
+    from archiver.records import format_ts
+    from archiver.sqlutil import utcnow
 
-    return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    return format_ts(utcnow())
 
 
 class Pkcs11Kek:
@@ -412,7 +414,10 @@ class KmsKek:
             when = self.client.schedule_key_deletion(KeyId=meta["KeyId"],
                                                      PendingWindowInDays=KMS_DELETION_DAYS)["DeletionDate"]
         self.client.untag_resource(KeyId=current, TagKeys=[REPLACES_TAG])
-        return [f"kms:{old}"], when.isoformat()
+        from archiver.records import format_ts
+        from archiver.sqlutil import as_utc
+
+        return [f"kms:{old}"], format_ts(as_utc(when))
 
 
 KMS_RAW_MAX = 4096  # KMS signs a message of at most this many bytes itself; a longer one by its digest

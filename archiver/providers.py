@@ -324,6 +324,22 @@ def _kms(region: str, endpoint_url: str | None) -> Any:
     return boto3.client("kms", region_name=region, endpoint_url=endpoint_url)
 
 
+def _enabled_key(client: Any, key_id: str, what: str, setting: str, usage: str, spec: str | None = None
+                 ) -> dict[str, Any]:
+    """A KMS key's metadata, if it is enabled and of the usage (and key spec) asked for.
+
+    Raises:
+        ConfigurationError: unreachable, unknown, disabled or of another kind, naming `setting`.
+    """
+    try:
+        meta: dict[str, Any] = client.describe_key(KeyId=key_id)["KeyMetadata"]
+    except Exception as e:
+        raise ConfigurationError(f"{what} {key_id}: {type(e).__name__} ({setting}, credentials)") from e
+    if meta.get("KeyUsage") != usage or (spec and meta.get("KeySpec") != spec) or meta.get("KeyState") != "Enabled":
+        raise ConfigurationError(f"{what} {key_id} is not an enabled {spec + ' ' if spec else ''}{usage} key")
+    return meta
+
+
 def _require_alias(key_id: str, what: str) -> None:
     if not key_id.startswith("alias/"):
         raise ConfigurationError(f"to rotate the {what} in KMS, name it by an alias (alias/…) in the settings: "
@@ -346,13 +362,7 @@ class KmsKek:
         self._target()
 
     def _describe(self, key_id: str) -> dict[str, Any]:
-        try:
-            meta: dict[str, Any] = self.client.describe_key(KeyId=key_id)["KeyMetadata"]
-        except Exception as e:
-            raise ConfigurationError(f"KMS key {key_id}: {type(e).__name__} (STRONGROOM_KMS_KEY_ID, credentials)") from e
-        if meta.get("KeyUsage") != "ENCRYPT_DECRYPT" or meta.get("KeyState") != "Enabled":
-            raise ConfigurationError(f"KMS key {key_id} is not an enabled ENCRYPT_DECRYPT key")
-        return meta
+        return _enabled_key(self.client, key_id, "KMS key", "STRONGROOM_KMS_KEY_ID", "ENCRYPT_DECRYPT")
 
     def _target(self) -> str:
         """The ARN the configured id (or alias) names now."""
@@ -452,14 +462,8 @@ class KmsSigner:
     def _resolve(self) -> PublicKey:
         from exporters.verify_bundle import decode_key
 
-        try:
-            meta = self.client.describe_key(KeyId=self.key_id)["KeyMetadata"]
-        except Exception as e:
-            raise ConfigurationError(f"KMS signing key {self.key_id}: {type(e).__name__} "
-                                     "(STRONGROOM_KMS_SIGNING_KEY_ID, credentials)") from e
-        if (meta.get("KeyUsage") != "SIGN_VERIFY" or meta.get("KeySpec") != "ECC_NIST_P256"
-                or meta.get("KeyState") != "Enabled"):
-            raise ConfigurationError(f"KMS signing key {self.key_id} is not an enabled ECC_NIST_P256 SIGN_VERIFY key")
+        meta = _enabled_key(self.client, self.key_id, "KMS signing key", "STRONGROOM_KMS_SIGNING_KEY_ID",
+                            "SIGN_VERIFY", "ECC_NIST_P256")
         if meta["Arn"] != self.arn or self._public is None:
             der = self.client.get_public_key(KeyId=meta["Arn"])["PublicKey"]
             try:

@@ -31,7 +31,7 @@ import structlog
 
 from archiver.crypto import PublicKey
 from archiver.db import events, segments, stream_tenant
-from archiver.errors import Forbidden, InvalidInput, NotFound, Unavailable
+from archiver.errors import Forbidden, InvalidInput, KeyDestroyedError, NotFound, Unavailable
 from archiver.keys import KeyRing
 from archiver.merkle import hash_leaf, root_from_inclusion_proof
 from archiver.normalize import AUDIT_STREAM, append_audit
@@ -98,6 +98,15 @@ class AuditUnavailable(Unavailable):
     def __init__(self, action: str) -> None:
         self.action = action
         super().__init__("the access audit trail could not be written, so nothing is returned")
+
+
+@dataclass(frozen=True)
+class Attachment:
+    """An attachment's plaintext, the type its webhook declared, and the SHA-256 of the bytes."""
+
+    data: bytes
+    mime_type: str
+    sha256: str
 
 
 @dataclass(frozen=True)
@@ -248,6 +257,34 @@ class Access:
         view = views.record_view(self.keyring, r)
         view["proof"] = self._proof(stream, seq, seg, top)
         return self.answer(p, "record", {"stream": stream, "seq": seq}, view, 1, [f"{stream}/{seq}"])
+
+    def attachment(self, p: Principal, stream: str, seq: int) -> Attachment:
+        """The bytes of one stored attachment (a sealed ``media`` record), decrypted and checked
+        against the hashes its record seals; one access event names the record and the bytes' hash."""
+        from archiver.media import open_media
+
+        self.allow(p, READERS)
+        with self.engine.connect() as conn:
+            r = conn.execute(sa.select(events).where(events.c.stream == stream, events.c.seq == seq)).first()
+        # (a media record is written by the fetcher, not a webhook: its number's tenant is its own)
+        if r is None or r.kind != "media" or not p.sees(r.tenant or self.tenant(stream)) \
+                or not self.visible_stream(p, stream):
+            raise NotFound("no such attachment")
+        link = views.content(self.keyring, r)
+        if not isinstance(link, dict) or not link.get("object_key"):
+            raise NotFound("this attachment can no longer be read (erased or disposed of)")
+        obj = self.archive.store.get(str(link["object_key"]))
+        if hashlib.sha256(obj).hexdigest() != link.get("object_sha256"):
+            raise Unavailable("the stored attachment does not match the hash its sealed record holds")
+        try:
+            data = open_media(self.keyring, stream, str(link["media_id"]), r.subject_key_id, obj)
+        except KeyDestroyedError as e:
+            raise NotFound("this attachment can no longer be read (erased or disposed of)") from e
+        digest = hashlib.sha256(data).hexdigest()
+        if digest != link.get("sha256"):
+            raise Unavailable("the decrypted attachment does not match the hash its sealed record holds")
+        self.event(p, "attachment", {"stream": stream, "seq": seq}, digest, 1, [f"{stream}/{seq}"])
+        return Attachment(data, str(link.get("mime_type") or "application/octet-stream"), digest)
 
     def consistency(self, p: Principal, stream: str, size1: int, size2: int | None = None) -> Answer:
         """An RFC 9162 consistency proof between two tree sizes of a stream (default: to its newest

@@ -15,6 +15,7 @@ limits, instants in query strings, and one error shape.
 from __future__ import annotations
 
 import json
+import re
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -28,6 +29,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from archiver.errors import Forbidden, RateLimited, StrongroomError, Unauthenticated
 from archiver.records import parse_instant_arg
+from audit.access import Attachment
 from audit.auth import MFA_ROLES, Principal
 from audit.denied import presented
 
@@ -126,6 +128,26 @@ def json_response(body: bytes, status_code: int = 200) -> Response:
 
 
 # -- one error shape ----------------------------------------------------------------------------
+
+
+PREVIEWABLE = frozenset({"image/jpeg", "image/png", "image/gif", "image/webp"})  # never SVG: it can script
+EXTENSIONS = {"image/jpeg": ".jpg", "image/png": ".png", "image/gif": ".gif", "image/webp": ".webp",
+              "application/pdf": ".pdf", "audio/ogg": ".ogg", "audio/mpeg": ".mp3", "video/mp4": ".mp4",
+              "text/plain": ".txt"}
+
+
+def attachment_response(att: Attachment, name: str, inline: bool) -> Response:
+    """An attachment's bytes as a browser may safely receive them: only raster images are ever
+    shown inline; everything else is a download of an opaque type, sandboxed, never cached."""
+    mime = att.mime_type.split(";")[0].strip().lower()
+    if not re.fullmatch(r"[a-z0-9][a-z0-9.+-]{0,60}/[a-z0-9][a-z0-9.+-]{0,60}", mime):
+        mime = "application/octet-stream"  # (the type came in a webhook: never echo it unchecked)
+    shown = inline and mime in PREVIEWABLE
+    filename = name + EXTENSIONS.get(mime, ".bin")
+    return Response(att.data, media_type=mime if shown else "application/octet-stream", headers={
+        "Content-Disposition": f'{"inline" if shown else "attachment"}; filename="{filename}"',
+        "Content-Security-Policy": "default-src 'none'; sandbox", "X-Content-Type-Options": "nosniff",
+        "Cache-Control": "no-store", "X-Attachment-SHA256": att.sha256, "X-Attachment-Type": mime})
 
 
 def problem_body(status: int, code: str, detail: str, title: str | None = None, **extensions: Any) -> bytes:

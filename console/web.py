@@ -41,7 +41,7 @@ from archiver.records import parse_instant_arg
 from audit import searchlang
 from audit.access import COMPLIANCE, READERS, TRAIL_READERS, Access, hold_view
 from audit.auth import ROLES, Principal
-from audit.http import admit, note_denied, throttle_sign_in
+from audit.http import PREVIEWABLE, admit, attachment_response, note_denied, throttle_sign_in
 from audit.index import query_fields
 from exporters.bundle import Custody, ExportScope
 from exporters.jobs import ExportJobs
@@ -223,7 +223,7 @@ class Console:
         self.env = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True,
                                       undefined=jinja2.StrictUndefined)
         self.env.filters.update(when=_when, body=message_body, origin=lambda o: ORIGINS.get(o or "", o or "?"))
-        self.env.globals.update(highlight=highlight, prefix=PREFIX, bars=bars)
+        self.env.globals.update(highlight=highlight, prefix=PREFIX, bars=bars, previewable=PREVIEWABLE)
 
     @property
     def public_key_pem(self) -> str:
@@ -543,6 +543,15 @@ def console_router(console: Console) -> APIRouter:
             raise NotFound("no such record")
         view = access.record(me(request), stream, seq).result
         return console.render(request, "record.html", rec=view, public_key_pem=console.public_key_pem)
+
+    @r.get("/attachment/{stream}/{seq}", **page(READERS, audited=True))
+    def attachment(request: Request, stream: str, seq: int, download: bool = False) -> Response:
+        """An attachment: raster images shown in the thread, everything else (and any image, asked
+        with ``download=1``) downloaded. Each fetch is its own audited read."""
+        if len(stream) > 128 or not 0 <= seq < 2**63:
+            raise NotFound("no such attachment")
+        return attachment_response(access.attachment(me(request), stream, seq), f"attachment-{stream}-{seq}",
+                                   inline=not download)
 
     # holds ------------------------------------------------------------------------------------
 

@@ -113,7 +113,7 @@ def free_port(avoid: set[int] | frozenset[int] = frozenset()) -> int:
 
 class EmbeddedSeaweedFS:
     def __init__(self, data_dir: Path, s3_port: int | None = None) -> None:
-        self.dir = data_dir / "seaweedfs"
+        self.dir = data_dir.resolve() / "seaweedfs"  # (weed runs in it: paths it reads must be absolute)
         self.s3_port = s3_port or free_port()
         self._s3_port_chosen = s3_port is None  # ours to choose again if it is taken while starting
         self.proc: subprocess.Popen[bytes] | None = None

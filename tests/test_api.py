@@ -37,6 +37,7 @@ from strongroom.embedded import EmbeddedSeaweedFS
 from strongroom.runtime import Archive, configure_logging, open_archive
 from strongroom.settings import Settings
 from tests.conftest import APP_SECRET, VERIFY_TOKEN, app_routes, ingest, pg_database
+from tests.graph_standin import GraphStandIn
 
 T = 1_764_000_000
 ALICE, BOB = "16505550401", "16505550402"
@@ -56,7 +57,10 @@ def _b_body(*msgs: dict[str, Any]) -> bytes:
     return p.body(p.envelope(p.change("messages", value, pnid=PNID_B), waba=WABA_B))
 
 
-def _scenario(archive: Archive) -> None:
+TICKET = b"\xff\xd8\xff JPEG the trade ticket " + CANARY.encode()
+
+
+def _scenario(archive: Archive, ticket_sha256: str) -> None:
     ingest(archive,
            p.inbound(p.text("wamid.a1", ALICE, T, f"Please confirm the trade {CANARY}")),
            p.echo("wamid.a2", ALICE, T + 60, "Trade confirmed from the app"),
@@ -67,7 +71,7 @@ def _scenario(archive: Archive) -> None:
            p.inbound({"from": ALICE, "id": "wamid.a4", "timestamp": str(T + 130), "type": "reaction",
                       "reaction": {"message_id": "wamid.a2", "emoji": "\U0001f44d"}}),
            p.inbound(p.text("wamid.b1", BOB, T + 200, "statement for March please")),
-           p.inbound(p.image("wamid.b2", BOB, T + 210, "m-api", "x", caption="the trade ticket")),
+           p.inbound(p.image("wamid.b2", BOB, T + 210, "m-api", ticket_sha256, caption="the trade ticket")),
            _b_body(p.text("wamid.c1", CAROL, T + 300, "tenant B trade secret")),
            p.template_status("APPROVED", "trade_confirm", "en", T - 3600))
     archive.search_index().update()
@@ -85,6 +89,13 @@ class World:
 
     def get(self, path: str, role: str = "auditor", **params: Any) -> Any:
         return self.client.get(path, params=params, headers={"Authorization": f"Bearer {self.tokens[role]}"})
+
+    def attachment_id(self) -> str:
+        """stream/seq of the stored (sealed) attachment of wamid.b2."""
+        with self.archive.engine.connect() as conn:
+            r = conn.execute(sa.select(events.c.stream, events.c.seq).where(
+                events.c.kind == "media", events.c.wamid == "wamid.b2")).one()
+        return f"{r.stream}/{r.seq}"
 
     def subject(self, phone: str) -> str:
         with self.archive.engine.connect() as conn:
@@ -140,8 +151,11 @@ def world(tmp_path_factory: pytest.TempPathFactory, seaweed: EmbeddedSeaweedFS) 
     jwks = tmp / "jwks.json"
     jwks.write_text(json.dumps(_jwks(("rsa-1", rsa_key), ("ed-1", ed_key))))
     log_file = tmp / "service.log"
+    graph = GraphStandIn().start()
+    ticket = graph.add("m-api", TICKET)
     with pg_database() as url, log_file.open("w") as log_stream:
-        settings = Settings(data_dir=tmp / "data", database_url=url, s3_endpoint=seaweed.endpoint,
+        settings = Settings(graph_base_url=graph.base_url, graph_token=graph.token,  # type: ignore[arg-type]
+                            data_dir=tmp / "data", database_url=url, s3_endpoint=seaweed.endpoint,
                             s3_bucket=f"api-{int(time.time() * 1000)}", s3_access_key=seaweed.access_key,
                             s3_secret_key=seaweed.secret_key, app_secret=APP_SECRET, verify_token=VERIFY_TOKEN,
                             retention_days=1, oidc_issuer=ISSUER, oidc_audience=AUDIENCE, oidc_jwks_file=jwks,
@@ -149,7 +163,7 @@ def world(tmp_path_factory: pytest.TempPathFactory, seaweed: EmbeddedSeaweedFS) 
         archive = open_archive(settings)
         configure_logging("DEBUG", log_stream)
         try:
-            _scenario(archive)
+            _scenario(archive, ticket.sha256)
             client = TestClient(create_app(archive))
             accounts = archive.accounts()
             tokens = {role: accounts.create_api_key(f"svc-{role}", role, [p.WABA], "test", approved=True)["token"]
@@ -167,6 +181,7 @@ def world(tmp_path_factory: pytest.TempPathFactory, seaweed: EmbeddedSeaweedFS) 
         finally:
             configure_logging("INFO")
             archive.close()
+            graph.stop()
 
 
 # -- the route table -------------------------------------------------------------------------------
@@ -250,6 +265,7 @@ def _read_requests(world: World) -> dict[str, tuple[str, dict[str, Any]]]:
     return {
         "/api/v1/search": ("auditor", {"q": "trade"}),
         "/api/v1/records/{stream}/{seq}": ("auditor", {"_path": f"/api/v1/records/{stream}/{seq}"}),
+        "/api/v1/attachments/{stream}/{seq}": ("auditor", {"_path": f"/api/v1/attachments/{world.attachment_id()}"}),
         "/api/v1/conversations/{conversation}": ("auditor",
                                                  {"_path": f"/api/v1/conversations/{world.subject(ALICE)}"}),
         "/api/v1/ledgers/consent": ("compliance", {"stream": p.PNID, "subject": world.subject(ALICE)}),
@@ -356,6 +372,26 @@ def test_a_record_comes_with_an_inclusion_proof_a_third_party_can_check(world: W
     assert leaf.hex() == proof["leaf_hash"] and cp.checkpoint.tree_size == proof["tree_size"]
     verify_inclusion(rec["seq"], proof["tree_size"], leaf, [bytes.fromhex(h) for h in proof["path"]],
                      bytes.fromhex(cp.checkpoint.root_hash))
+
+
+def test_an_attachment_is_downloaded_decrypted_checked_and_only_by_its_tenant(world: World) -> None:
+    media_id = world.attachment_id()
+    r = world.get(f"/api/v1/attachments/{media_id}")
+    assert r.status_code == 200 and r.content == TICKET
+    assert r.headers["x-attachment-sha256"] == hashlib.sha256(TICKET).hexdigest()
+    # never rendered by the browser on our origin: an opaque download, sandboxed, not cached
+    assert r.headers["content-type"] == "application/octet-stream" and r.headers["x-attachment-type"] == "image/jpeg"
+    assert r.headers["content-disposition"].startswith("attachment;") and r.headers["x-content-type-options"] == \
+        "nosniff" and "sandbox" in r.headers["content-security-policy"] and r.headers["cache-control"] == "no-store"
+    # another tenant's attachment, a record that is no attachment, and no record are the same 404
+    other = world.client.get(f"/api/v1/attachments/{media_id}", headers={"Authorization": f"Bearer {world.other}"})
+    not_media = world.get(f"/api/v1/attachments/{world.record_id('wamid.b2')}")
+    missing = world.get(f"/api/v1/attachments/{media_id.split('/')[0]}/999999")
+    assert other.status_code == not_media.status_code == missing.status_code == 404
+    # the thread names the stored attachment the download reads
+    t = world.get(f"/api/v1/conversations/{world.subject(BOB)}").json()
+    ticket = next(it for it in t["items"] if it["record"]["wamid"] == "wamid.b2")
+    assert [a["id"] for a in ticket["attachments"]] == [media_id]
 
 
 def test_a_thread_shows_versions_statuses_reactions_and_provenance_in_order(world: World) -> None:

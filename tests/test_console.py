@@ -12,6 +12,7 @@ docs/console/ with STRONGROOM_UPDATE_SCREENSHOTS=1).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -35,11 +36,27 @@ from strongroom import payloads as p
 from strongroom.runtime import Archive, open_archive
 from strongroom.settings import Settings
 from tests.conftest import app_routes, ingest
+from tests.graph_standin import GraphStandIn
 
 CHROMIUM = Path("/usr/bin/chromium")
 AXE = Path(__file__).parent / "vendor" / "axe.min.js"
 SHOTS = Path(__file__).parents[1] / "docs" / "console"
 OTHER_WABA, OTHER_PNID = "987654321098765", "555000111222333"
+CLEO = "447700900456"
+
+
+def _png() -> bytes:
+    import io
+
+    import segno
+
+    out = io.BytesIO()
+    segno.make("strongroom test photo").save(out, kind="png", scale=4)
+    return out.getvalue()
+
+
+PHOTO = _png()
+PDF = b"%PDF-1.4\n1 0 obj<</Type/Catalog>>endobj\ntrailer<</Root 1 0 R>>\n%%EOF\n"
 CSP_PROBE = ("window.__csp = []; document.addEventListener('securitypolicyviolation', "
              "e => window.__csp.push(e.violatedDirective + ' ' + e.blockedURI));")
 
@@ -78,7 +95,11 @@ def site(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureReques
     make_settings: Callable[..., Settings] = request.getfixturevalue("module_settings")
     jwks = tmp_path_factory.mktemp("idp") / "jwks.json"
     idp = OidcProvider(jwks)
+    graph = GraphStandIn().start()
+    photo, pdf = graph.add("media-cleo-1", PHOTO, mime_type="image/png"), graph.add(
+        "media-cleo-2", PDF, mime_type="application/pdf")
     archive = open_archive(make_settings(
+        graph_base_url=graph.base_url, graph_token=graph.token, media_retry_base_seconds=0,
         oidc_issuer=idp.issuer, oidc_audience=idp.audience, oidc_jwks_file=jwks, oidc_client_id=idp.client_id,
         oidc_authorization_endpoint=f"{idp.issuer}/authorize", oidc_token_endpoint=f"{idp.issuer}/token"))
     now = int(time.time())
@@ -87,12 +108,18 @@ def site(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureReques
                          name="Ana"),
                p.inbound({"from": demo.ANA, "id": "wamid.C.R2", "timestamp": str(now - 1700), "type": "revoke",
                           "revoke": {"original_message_id": "wamid.C.R1"}}, name="Ana"),
-               _other_tenant("wamid.C.Z1", now - 1600, "ACME shares for the other tenant")]
+               _other_tenant("wamid.C.Z1", now - 1600, "ACME shares for the other tenant"),
+               p.inbound(p.image("wamid.C.P1", CLEO, now - 1500, "media-cleo-1", photo.sha256, mime_type="image/png",
+                                 caption="the signed form"),
+                         {"from": CLEO, "id": "wamid.C.P2", "timestamp": str(now - 1490), "type": "document",
+                          "document": {"mime_type": "application/pdf", "sha256": pdf.sha256, "id": "media-cleo-2",
+                                       "filename": "statement.pdf"}}, name="Cleo")]
     ingest(archive, *bodies)
     archive.search_index().update()
     accounts = archive.accounts()
     users = {}
-    for name, role, tenants in (("cora", "compliance", None), ("audrey", "auditor", [p.WABA]), ("adam", "admin", None),
+    for name, role, tenants in (("cora", "compliance", None), ("carla", "compliance", None), ("audrey", "auditor", [p.WABA]),
+                                ("adam", "admin", None),
                                 ("m-compliance", "compliance", None), ("m-auditor", "auditor", [p.WABA]),
                                 ("m-admin", "admin", None), ("m-regulator", "regulator", None)):
         users[name] = accounts.create_user(name, role, tenants, "test", approved=True)
@@ -113,6 +140,7 @@ def site(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureReques
         thread.join(10)
         archive.close()
         idp.close()
+        graph.stop()
         if os.environ.get("STRONGROOM_UPDATE_SCREENSHOTS") == "1":
             SHOTS.mkdir(parents=True, exist_ok=True)
             for shot in shots.glob("*.png"):
@@ -313,6 +341,35 @@ def test_a_tenant_scoped_auditor_exports_the_search_and_the_download_verifies(si
     assert response is not None and response.status == 404
     assert "other tenant" not in page.content()
     v.check()
+    v.context.close()
+
+
+def test_attachments_are_previewed_or_downloaded_and_each_is_an_audited_read(site: Site, browser: Any,
+                                                                            tmp_path: Path) -> None:
+    v = Visit(site, browser, "carla")
+    page = v.page
+    v.sign_in()
+    with site.archive.engine.connect() as conn:
+        cleo = conn.execute(sa.select(events.c.conversation).where(events.c.wamid == "wamid.C.P1",
+                                                                   events.c.kind == "message")).scalar_one()
+    before = _access_actions(site.archive)
+    page.goto(f"/console/thread/{cleo}")
+    page.wait_for_load_state("load")
+    # the page is one read; the image it previews is another (the bytes left the archive too)
+    assert _access_actions(site.archive)[len(before):] == ["thread", "attachment"]
+    v.check("attachments")
+    image = page.locator(".attachments img")
+    assert image.count() == 1 and image.get_attribute("alt") == "Image attachment: the signed form"
+    assert page.evaluate("document.querySelector('.attachments img').naturalWidth") > 0  # it rendered
+    pdf = page.locator(".attachments li", has_text="application/pdf")
+    assert pdf.locator("img").count() == 0 and hashlib.sha256(PDF).hexdigest()[:16] in pdf.inner_text()
+    before = _access_actions(site.archive)
+    with page.expect_download() as got:
+        pdf.get_by_role("link", name="Download").click()
+    saved = tmp_path / "statement.pdf"
+    got.value.save_as(saved)
+    assert saved.read_bytes() == PDF and got.value.suggested_filename.endswith(".pdf")
+    assert _access_actions(site.archive)[len(before):] == ["attachment"]
     v.context.close()
 
 

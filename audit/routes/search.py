@@ -6,7 +6,7 @@ from fastapi import APIRouter, Query, Request, Response
 from fastapi import Path as FPath
 
 from audit.access import READERS, Access
-from audit.http import json_response, parse_time, principal, rule
+from audit.http import attachment_response, json_response, parse_time, principal, rule
 
 MAX_ID = 2**63 - 1  # ids and seqs are SQL BIGINTs
 
@@ -37,5 +37,13 @@ def router(access: Access) -> APIRouter:
                seq: int = FPath(..., ge=0, le=MAX_ID)) -> Response:
         """One sealed record, decrypted, with its inclusion proof to the newest signed checkpoint."""
         return json_response(access.record(principal(request), stream, seq).body)
+
+    @r.get("/attachments/{stream}/{seq}", tags=["records"], **rule(READERS, audited=True))
+    def attachment(request: Request, stream: str = FPath(..., max_length=128),
+                   seq: int = FPath(..., ge=0, le=MAX_ID)) -> Response:
+        """The bytes of a stored attachment (the `media` record at stream/seq), decrypted and checked
+        against the hashes it seals; always a download (`X-Attachment-SHA256` names the bytes)."""
+        return attachment_response(access.attachment(principal(request), stream, seq),
+                                   f"attachment-{stream}-{seq}", inline=False)
 
     return r

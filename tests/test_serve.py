@@ -264,3 +264,17 @@ def test_a_configured_s3_port_whose_twin_is_taken_is_refused_by_name(tmp_path: P
         with pytest.raises(ConfigurationError, match=f"port {port} \\(or its gRPC twin {port + 10000}\\)"):
             sw.start()
     sw.stop()
+
+
+def test_a_relative_data_directory_starts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The default data directory is relative (`.strongroom-data`); weed runs inside it, so the
+    paths it is given (TLS files in security.toml) must not be relative to where we started."""
+    from strongroom.embedded import EmbeddedSeaweedFS
+
+    monkeypatch.chdir(tmp_path)
+    sw = EmbeddedSeaweedFS(Path(".strongroom-data"))
+    try:
+        sw.start()
+        assert sw._answers()
+    finally:
+        sw.stop()

@@ -43,6 +43,7 @@ from audit.access import COMPLIANCE, READERS, TRAIL_READERS, Access, hold_view
 from audit.auth import ROLES, Principal
 from audit.http import PREVIEWABLE, admit, attachment_response, note_denied, throttle_sign_in
 from audit.index import query_fields
+from audit.saved import SavedSearches
 from exporters.bundle import Custody, ExportScope
 from exporters.jobs import ExportJobs
 from policies.holds import Scope
@@ -219,6 +220,7 @@ class Console:
     def __init__(self, access: Access, jobs: ExportJobs, key: bytes, idle_seconds: float,
                  secure_cookies: bool, sso: Sso | None = None) -> None:
         self.access, self.jobs, self.key, self.sso = access, jobs, key, sso
+        self.saved = SavedSearches(access.engine, access.keyring)
         self.idle_seconds, self.secure_cookies = idle_seconds, secure_cookies
         self.env = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True,
                                       undefined=jinja2.StrictUndefined)
@@ -491,9 +493,26 @@ def console_router(console: Console) -> APIRouter:
 
     # search -----------------------------------------------------------------------------------
 
+    def saved(request: Request) -> list[Any]:
+        return console.saved.list(me(request).id)
+
     @r.get("/search", response_class=HTMLResponse, **page(READERS, audited=False))
     def search_page(request: Request) -> Response:
-        return console.render(request, "search.html", form={}, result=None, error=None)
+        return console.render(request, "search.html", form={}, result=None, error=None, saved=saved(request))
+
+    @r.post("/searches", **page(READERS, audited=False))
+    def save_search(request: Request) -> Response:
+        """Keep this search (query, filters, dates) under a name, for its owner only."""
+        form = request.state.form
+        if form.get("q", "").strip():
+            searchlang.parse(form["q"].strip()[:2000])  # a saved search must run
+        console.saved.save(me(request).id, form.get("name", ""), form)
+        return RedirectResponse(f"{PREFIX}/search#saved", status_code=303)
+
+    @r.post("/searches/{search_id}/delete", **page(READERS, audited=False))
+    def delete_search(request: Request, search_id: str) -> Response:
+        console.saved.delete(me(request).id, search_id)
+        return RedirectResponse(f"{PREFIX}/search#saved", status_code=303)
 
     @r.post("/search", response_class=HTMLResponse,
             **page(READERS, audited=True))
@@ -511,8 +530,9 @@ def console_router(console: Console) -> APIRouter:
                 error = {"reason": e.reason, "before": e.query[:e.position], "after": e.query[e.position:]}
             except InvalidInput as e:
                 error = {"reason": str(e), "before": "", "after": ""}
-        template = "search_results.html" if request.headers.get("hx-request") else "search.html"
-        return console.render(request, template, form=form, q=q, result=result, error=error,
+        partial = bool(request.headers.get("hx-request"))
+        return console.render(request, "search_results.html" if partial else "search.html", form=form, q=q,
+                              result=result, error=error, saved=[] if partial else saved(request),
                               status=400 if error else 200)
 
     # threads and records ----------------------------------------------------------------------

@@ -119,6 +119,7 @@ def site(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureReques
     accounts = archive.accounts()
     users = {}
     for name, role, tenants in (("cora", "compliance", None), ("carla", "compliance", None), ("audrey", "auditor", [p.WABA]),
+                                ("sven", "auditor", [p.WABA]),
                                 ("adam", "admin", None),
                                 ("m-compliance", "compliance", None), ("m-auditor", "auditor", [p.WABA]),
                                 ("m-admin", "admin", None), ("m-regulator", "regulator", None)):
@@ -370,6 +371,50 @@ def test_attachments_are_previewed_or_downloaded_and_each_is_an_audited_read(sit
     got.value.save_as(saved)
     assert saved.read_bytes() == PDF and got.value.suggested_filename.endswith(".pdf")
     assert _access_actions(site.archive)[len(before):] == ["attachment"]
+    v.context.close()
+
+
+def test_a_saved_search_runs_again_is_its_owners_alone_and_is_kept_encrypted(site: Site, browser: Any) -> None:
+    from archiver.errors import NotFound
+    from audit.saved import saved_searches
+
+    v = Visit(site, browser, "sven")
+    page = v.page
+    v.sign_in()
+    page.fill("#q", "ACME w/5 shares")
+    page.select_option("#f-origin", "api")
+    page.click("#search-form button[type=submit]")
+    page.wait_for_load_state("load")
+    found = page.locator(".count").inner_text()
+    page.fill("#save-name", "ACME orders (Cloud API)")
+    before = _access_actions(site.archive)
+    page.get_by_role("button", name="Save this search").click()
+    page.wait_for_load_state("load")
+    assert _access_actions(site.archive) == before  # saving reads nothing
+    assert page.url.endswith("/console/search#saved") and "ACME" not in page.url
+    v.check("saved-searches")
+    saved = page.locator("#saved li", has_text="ACME orders (Cloud API)")
+    v.one_access_event("search", lambda: saved.get_by_role("button", name="ACME orders (Cloud API)", exact=True).click())
+    assert page.locator(".count").inner_text() == found  # the same query, the same filters
+    assert page.locator("#q").input_value() == "ACME w/5 shares" and page.locator("#f-origin").input_value() == "api"
+
+    # kept encrypted; nobody else lists, runs or deletes it
+    with site.archive.engine.connect() as conn:
+        rows = conn.execute(sa.select(saved_searches)).all()
+    assert len(rows) == 1 and "ACME" not in rows[0].sealed and "Cloud" not in rows[0].sealed
+    saved_store = site.app.state.console.saved
+    mine = saved_store.list(rows[0].principal_id)
+    assert [s.name for s in mine] == ["ACME orders (Cloud API)"] and mine[0].fields["origin"] == "api"
+    assert saved_store.list("session:someone-else") == []
+    with pytest.raises(NotFound):
+        saved_store.get("session:someone-else", rows[0].id)
+    with pytest.raises(NotFound):
+        saved_store.delete("session:someone-else", rows[0].id)
+
+    page.goto("/console/search")
+    page.get_by_role("button", name="Delete the saved search ACME orders (Cloud API)").click()
+    page.wait_for_load_state("load")
+    assert page.locator("#saved li").count() == 0 and "None yet" in page.locator("#saved").inner_text()
     v.context.close()
 
 

@@ -426,7 +426,8 @@ class Access:
     def dashboard(self, p: Principal, days: int = 30, now: datetime | None = None) -> Answer:
         """Per number the reader sees: messages per day by origin over `days`, open gaps, days since
         the app side was last heard from (WhatsApp unlinks coexistence at about 14), the last sealed
-        segment, open violations; and the archive's last verification. Counts only, no content."""
+        segment, open violations, each day's completeness verdict (complete, gaps, or not yet
+        reconciled); and the archive's last verification. Counts only, no content."""
         self.allow(p, READERS)
         now = now or datetime.now(UTC)
         since = now - timedelta(days=days)
@@ -449,6 +450,11 @@ class Access:
                 events.c.stream == AUDIT_STREAM, events.c.type == "verify")).scalar()
             violations: dict[str, int] = dict(conn.execute(sa.select(events.c.stream, sa.func.count()).where(
                 events.c.kind == "violation", events.c.stream.in_(numbers)).group_by(events.c.stream)).all())
+            # the newest completeness report's verdict per number and day (the row says it unencrypted)
+            reports = conn.execute(sa.select(events.c.type, events.c.natural_key, events.c.status).where(
+                events.c.stream == AUDIT_STREAM, events.c.kind == "completeness_report",
+                events.c.type.in_(numbers), events.c.received_at >= since - timedelta(days=2))
+                .order_by(events.c.id)).all()
         closed = {(g.stream, g.natural_key.removeprefix("gap_closed:")) for g in gaps if g.status == "closed"}
         open_gaps = Counter(g.stream for g in gaps if g.status == "open"
                             and (g.stream, g.natural_key.removeprefix("gap:")) not in closed)
@@ -457,11 +463,17 @@ class Access:
         for r in per_day:  # one pass over the counts, whatever the number of numbers
             if str(r.day) in series[r.stream]:
                 series[r.stream][str(r.day)][r.origin or "?"] = int(r[3])
+        calendar: dict[str, dict[str, str | None]] = {n: dict.fromkeys(dates) for n in numbers}
+        for r in reports:  # completeness:<stream>:<day>:<hash>; a later report of a day replaces an earlier
+            report_day = r.natural_key.split(":")[2] if r.natural_key.count(":") >= 3 else ""
+            if report_day in calendar[r.type]:
+                calendar[r.type][report_day] = r.status
         out = []
         for stream in sorted(numbers):
             last_app = as_utc(app_last.get(stream))
             out.append({
                 "stream": stream, "tenant": self.tenant(stream), "per_day": series[stream],
+                "completeness": calendar[stream],
                 "messages": sum(sum(v.values()) for v in series[stream].values()),
                 "open_gaps": open_gaps.get(stream, 0),
                 "app_silent_days": (now - last_app).days if last_app else None,

@@ -39,7 +39,7 @@ from archiver import crypto
 from archiver.errors import Forbidden, InvalidInput, NotFound, StrongroomError, Unauthenticated
 from archiver.records import parse_instant_arg
 from audit import searchlang
-from audit.access import COMPLIANCE, READERS, TRAIL_READERS, Access, hold_view
+from audit.access import ADMIN, COMPLIANCE, READERS, TRAIL_READERS, Access, hold_view
 from audit.auth import ROLES, Principal
 from audit.http import PREVIEWABLE, admit, attachment_response, note_denied, throttle_sign_in
 from audit.index import query_fields
@@ -47,6 +47,7 @@ from audit.saved import SavedSearches
 from exporters.bundle import Custody, ExportScope
 from exporters.jobs import ExportJobs
 from policies.holds import Scope
+from policies.proposals import ACTIONS as PROPOSAL_ACTIONS
 
 HERE = Path(__file__).parent
 STATIC = HERE / "static"
@@ -58,6 +59,8 @@ CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' 
        "font-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'; object-src 'none'")
 STATIC_TYPES = {".js": "text/javascript", ".css": "text/css", ".svg": "image/svg+xml"}
 EXPORTERS = frozenset({"auditor", "regulator"})
+KEK_PROVIDERS = {"KekRing": "a key file on this server", "Pkcs11Kek": "a PKCS#11 token (HSM)", "KmsKek": "AWS KMS"}
+DECIDERS = COMPLIANCE | ADMIN  # four eyes: who decides what is each action's own rule (policies.proposals)
 ANY = frozenset(ROLES)
 PAGE = 50
 FILTERS = ("stream", "direction", "origin", "type", "template")
@@ -284,8 +287,7 @@ class Console:
         token = getattr(request.state, "token", None)
         html = self.env.get_template(name).render(
             me=p, csrf=self.csrf(token) if token else "", readers=READERS, compliance=COMPLIANCE,
-            trail_readers=TRAIL_READERS,
-            exporters=EXPORTERS, **values)
+            trail_readers=TRAIL_READERS, exporters=EXPORTERS, deciders=DECIDERS, **values)
         response = HTMLResponse(html, status_code=status, headers={"Content-Security-Policy": CSP})
         if token:
             self.touch(response, request, token)
@@ -307,6 +309,14 @@ def _range(form: dict[str, str]) -> tuple[datetime | None, datetime | None]:
         return parse_instant_arg(value + "T00:00:00+00:00", name) if value else None
 
     return day("from"), day("to")
+
+
+def _day_end(value: str) -> datetime | None:
+    """The end of a date the form gave (UTC): "as of 2026-03-01" includes that day."""
+    value = value.strip()
+    if not value:
+        return None
+    return parse_instant_arg(value[:10] + "T00:00:00+00:00", "at") + timedelta(days=1) - timedelta(microseconds=1)
 
 
 QUERY_FIELDS = {"stream": "number", "direction": "direction", "origin": "origin", "type": "type",
@@ -577,7 +587,8 @@ def console_router(console: Console) -> APIRouter:
 
     @r.get("/holds", response_class=HTMLResponse, **page(READERS, audited=True))
     def holds(request: Request) -> Response:
-        return console.render(request, "holds.html", holds=access.holds(me(request)).result["holds"])
+        return console.render(request, "holds.html", holds=access.holds(me(request)).result["holds"],
+                              regulated=archive.settings.mode == "regulated")
 
     @r.post("/holds", **page(COMPLIANCE, audited=True))
     def hold_search(request: Request) -> Response:
@@ -595,7 +606,131 @@ def console_router(console: Console) -> APIRouter:
                                                 end=end.isoformat() if end else None), p.actor)
         return RedirectResponse(f"{PREFIX}/holds#hold-{hold_view(h)['id']}", status_code=303)
 
+    @r.post("/holds/{hold_id}/release", **page(COMPLIANCE, audited=False))
+    def hold_release(request: Request, hold_id: str) -> Response:
+        """Release a hold with a reason; in regulated mode, propose it for a second officer instead."""
+        form, p = request.state.form, me(request)
+        reason = form.get("reason", "").strip()[:1000]
+        if not reason:
+            raise InvalidInput("a release needs a reason")
+        holds = archive.holds()
+        h = holds.get(hold_id[:64])
+        if not access.hold_visible(p, h.scope):
+            raise NotFound("no such hold")
+        if archive.settings.mode == "regulated":
+            made = archive.proposals().propose(p, "hold_release", {"hold": h.id, "release_reason": reason}, reason,
+                                               timedelta(hours=72))
+            return RedirectResponse(f"{PREFIX}/proposals#p-{made['id']}", status_code=303)
+        holds.release(h.id, p.actor, reason)
+        return RedirectResponse(f"{PREFIX}/holds#hold-{h.id}", status_code=303)
+
+    # four eyes --------------------------------------------------------------------------------
+
+    @r.get("/proposals", response_class=HTMLResponse, **page(DECIDERS, audited=True))
+    def proposals(request: Request) -> Response:
+        """Decisions that need a second person: open ones to approve or reject, and the record of the rest."""
+        found = access.proposals(me(request)).result["proposals"]
+        return console.render(request, "proposals.html", proposals=list(reversed(found)), actions=PROPOSAL_ACTIONS)
+
+    @r.post("/proposals", **page(DECIDERS, audited=False))
+    def propose(request: Request) -> Response:
+        """A key rotation proposed from the admin page (the other actions start where they belong)."""
+        form, p = request.state.form, me(request)
+        action = form.get("action", "")
+        if action not in ("kek_rotation", "signing_rotation"):
+            raise InvalidInput("this form proposes a key rotation")
+        params = {"to": form["to"].strip()[:2048]} if form.get("to", "").strip() else {}
+        made = archive.proposals().propose(p, action, params, form.get("reason", "").strip()[:1000],
+                                           timedelta(hours=72))
+        return RedirectResponse(f"{PREFIX}/proposals#p-{made['id']}", status_code=303)
+
+    @r.post("/proposals/{proposal_id}/{decision}", **page(DECIDERS, audited=False))
+    def decide(request: Request, proposal_id: str, decision: str) -> Response:
+        form, p = request.state.form, me(request)
+        reason = form.get("reason", "").strip()[:1000]
+        if decision == "approve":
+            archive.proposals().approve(p, proposal_id[:26], reason)
+        elif decision == "reject":
+            archive.proposals().reject(p, proposal_id[:26], reason)
+        else:
+            raise NotFound("no such decision")
+        return RedirectResponse(f"{PREFIX}/proposals#p-{proposal_id[:26]}", status_code=303)
+
+    # ledgers ----------------------------------------------------------------------------------
+
+    @r.get("/ledgers", response_class=HTMLResponse, **page(READERS, audited=False))
+    def ledgers_page(request: Request) -> Response:
+        return console.render(request, "ledgers.html", form={}, consent=None, template=None)
+
+    @r.post("/ledgers", response_class=HTMLResponse, **page(READERS, audited=True))
+    def ledgers(request: Request) -> Response:
+        """A contact's consent on a number, or a template's state, as of a date (the phone number in
+        the POST body only; the ledger names the contact by subject id)."""
+        from archiver.identity import IdentityBook
+
+        form, p = request.state.form, me(request)
+        at = _day_end(form.get("at", ""))
+        consent = template = None
+        if form.get("kind") == "template":
+            template = access.template(p, form.get("tenant", "").strip()[:64], form.get("name", "").strip()[:512],
+                                       form.get("language", "").strip()[:32], at).result
+        else:
+            stream, phone = form.get("stream", "").strip()[:128], re.sub(r"\D", "", form.get("phone", ""))[:32]
+            subject = form.get("subject", "").strip()[:40] or None
+            if not subject:
+                if not phone:
+                    raise InvalidInput("name the contact by phone number or subject id")
+                subject = IdentityBook(archive.engine).at("wa", archive.keyring.blind_index("wa", phone), at)
+            consent = access.consent(p, stream, subject, "*", at).result
+        return console.render(request, "ledgers.html", form=form, consent=consent, template=template)
+
+    # administration (no archived content) -----------------------------------------------------
+
+    def admin_page(request: Request, created: dict[str, str] | None) -> Response:
+        """Accounts, API keys and the keys that protect the archive (who holds them, their history)."""
+        from archiver import keyhistory
+
+        found = access.principals(me(request)).result["principals"]
+        history = keyhistory.load(archive.store, archive.public_key)
+        keys = [{"key_id": kid, "retired_at": history.retired.get(kid), "current": kid == history.current_id}
+                for kid in history.keys]
+        kek = KEK_PROVIDERS.get(type(archive.keyring.kek).__name__, type(archive.keyring.kek).__name__)
+        return console.render(request, "admin.html", principals=found, keys=keys, created=created, kek=kek,
+                              roles=[r for r in ROLES if r != "ingest"])
+
+    @r.get("/admin", response_class=HTMLResponse, **page(ADMIN, audited=True))
+    def admin(request: Request) -> Response:
+        return admin_page(request, None)
+
+    @r.post("/admin/users", response_class=HTMLResponse, **page(ADMIN, audited=True))
+    def admin_create_user(request: Request) -> Response:
+        """A person's account: the page shows the one-time enrolment code to hand over (the person
+        sees their password and authenticator secret when they enrol, never the admin)."""
+        form, p = request.state.form, me(request)
+        tenants = [t for t in re.split(r"[\s,]+", form.get("tenants", "")) if t][:100] or None
+        created = request.app.state.accounts.create_user(form.get("name", "").strip()[:200], form.get("role", ""),
+                                                         tenants, p.actor, enrol=True)
+        return admin_page(request, created)
+
+    @r.post("/admin/principals/{principal_id}/end", **page(ADMIN, audited=False))
+    def admin_end(request: Request, principal_id: str) -> Response:
+        """Disable an account or revoke an API key (its sessions end with it)."""
+        accounts, p = request.app.state.accounts, me(request)
+        kind = request.state.form.get("kind")
+        if kind == "user":
+            accounts.disable_user(principal_id[:26], p.actor)
+        elif kind == "api_key":
+            accounts.revoke_api_key(principal_id[:26], p.actor)
+        else:
+            raise InvalidInput("end a user or an api_key")
+        return RedirectResponse(f"{PREFIX}/admin#a-{principal_id[:26]}", status_code=303)
+
     # exports ----------------------------------------------------------------------------------
+
+    @r.get("/exports", response_class=HTMLResponse, **page(EXPORTERS, audited=False))
+    def exports(request: Request) -> Response:
+        """Your exports (states and counts, no archived content)."""
+        return console.render(request, "exports.html", jobs=console.jobs.mine(me(request).id))
 
     @r.post("/exports", **page(EXPORTERS, audited=False))
     def export_search(request: Request) -> Response:
@@ -624,6 +759,14 @@ def console_router(console: Console) -> APIRouter:
         job = own(request, job_id)
         template = "export_status.html" if request.headers.get("hx-request") else "export.html"
         return console.render(request, template, job=job)
+
+    @r.post("/exports/{job_id}/transfers", **page(EXPORTERS, audited=False))
+    def export_hand_over(request: Request, job_id: str) -> Response:
+        """Record that the downloaded bundle changed hands (to whom, how): its chain of custody."""
+        own(request, job_id)
+        form = request.state.form
+        console.jobs.hand_over(job_id, me(request).actor, form.get("to", ""), form.get("method", ""))
+        return RedirectResponse(f"{PREFIX}/exports/{job_id}#custody", status_code=303)
 
     @r.get("/exports/{job_id}/download", **page(EXPORTERS, audited=True))
     def export_download(request: Request, job_id: str) -> Response:

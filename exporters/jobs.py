@@ -23,7 +23,7 @@ from ulid import ULID
 
 from archiver import crypto
 from archiver.db import metadata
-from archiver.errors import RateLimited
+from archiver.errors import InvalidInput, RateLimited
 from archiver.keys import KeyRing
 from archiver.normalize import append_audit
 from archiver.sqlutil import as_utc, utcnow
@@ -191,6 +191,30 @@ class ExportJobs:
             digest = conn.execute(sa.select(exports.c.manifest_sha256).where(exports.c.id == job_id)).scalar_one()
             conn.execute(export_transfers.insert().values(export_id=job_id, at=utcnow(), actor=actor, method=method,
                                                           manifest_sha256=digest))
+
+    def hand_over(self, job_id: str, recorded_by: str, to: str, method: str) -> None:
+        """A hand-over that did not go through us (the downloaded bundle given on, by courier, to a
+        regulator's portal): a transfer in the job's chain of custody, and sealed on the audit stream."""
+        to, method = " ".join(to.split())[:200], " ".join(method.split())[:100]
+        if not to or not method:
+            raise InvalidInput("a hand-over names who received the bundle and how")
+        job = self.get(job_id)
+        if job is None or job["state"] not in ("done", "deleted", "expired") or not job["manifest_sha256"]:
+            raise InvalidInput("only a finished export changes hands")
+        self.record_transfer(job_id, to, method)
+        append_audit(self.engine, self.keyring, "audit", "export.transfer", recorded_by,
+                     {"export_id": job_id, "to": to, "method": method, "manifest_sha256": job["manifest_sha256"]})
+
+    def mine(self, principal_id: str, limit: int = 100) -> list[dict[str, Any]]:
+        """A principal's exports, newest first (state and counts; no scope: it can name a person)."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(exports.c.id, exports.c.matter, exports.c.requested_by, exports.c.state,
+                                          exports.c.created_at, exports.c.finished_at, exports.c.counts,
+                                          exports.c.size).where(exports.c.principal_id == principal_id)
+                                .order_by(exports.c.created_at.desc(), exports.c.id.desc()).limit(limit)).all()
+        return [{"id": r.id, "matter": r.matter, "requested_by": r.requested_by, "state": r.state,
+                 "created_at": as_utc(r.created_at), "finished_at": as_utc(r.finished_at),
+                 "counts": json.loads(r.counts) if r.counts else None, "size": r.size} for r in rows]
 
     def download(self, job_id: str) -> Iterator[bytes]:
         """The bundle zip, decrypted chunk by chunk."""

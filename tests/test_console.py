@@ -21,6 +21,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -116,11 +117,16 @@ def site(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureReques
                                        "filename": "statement.pdf"}}, name="Cleo")]
     ingest(archive, *bodies)
     archive.search_index().update()
+    archive.compliance().run()  # the ledgers, as the worker keeps them
+    today = datetime.now(UTC).date()
+    archive.reconciler().run(today - timedelta(days=1))
+    archive.reconciler().run(today)
+    archive.sealer().seal_all()
     accounts = archive.accounts()
     users = {}
     for name, role, tenants in (("cora", "compliance", None), ("carla", "compliance", None), ("audrey", "auditor", [p.WABA]),
                                 ("sven", "auditor", [p.WABA]),
-                                ("adam", "admin", None),
+                                ("adam", "admin", None), ("ada", "admin", None),
                                 ("m-compliance", "compliance", None), ("m-auditor", "auditor", [p.WABA]),
                                 ("m-admin", "admin", None), ("m-regulator", "regulator", None)):
         users[name] = accounts.create_user(name, role, tenants, "test", approved=True)
@@ -242,6 +248,9 @@ def test_a_compliance_officer_searches_reads_verifies_and_holds(site: Site, brow
     assert "open gap" in number.inner_text() or "no open gaps" in number.inner_text()
     assert number.locator("rect.bar.origin-app").count() >= 1 and number.locator("rect.bar.origin-api").count() >= 1
     assert page.locator("section.number", has_text=f"Number {OTHER_PNID}").count() == 1  # compliance: every tenant
+    calendar = number.locator("ol.calendar li")
+    assert calendar.count() == 30 and number.locator("li.day-none").count() <= 28  # the reconciled days show
+    assert number.locator("li.day-complete, li.day-gaps").count() >= 1
 
     page.get_by_role("link", name="Search").click()
     page.fill("#q", "ACME")
@@ -292,6 +301,33 @@ def test_a_compliance_officer_searches_reads_verifies_and_holds(site: Site, brow
     assert "in force" in row.inner_text() and "2 conversations" in row.inner_text()
     v.check("holds")
 
+    row.get_by_label("Reason for releasing SEC v. Example 26-cv-114").fill("matter settled")
+    before = _access_actions(site.archive)
+    row.get_by_role("button", name="Release").click()
+    page.wait_for_load_state("load")
+    assert _access_actions(site.archive)[len(before):] == ["holds.list"]  # the page after; the release reads nothing
+    row = page.locator("tr", has_text="SEC v. Example 26-cv-114")
+    assert "released" in row.inner_text() and row.get_by_role("button", name="Release").count() == 0
+
+    page.get_by_role("link", name="Ledgers").click()
+    page.fill("#c-stream", p.PNID)
+    page.fill("#c-phone", "+" + demo.BEN)
+    v.one_access_event("ledger.consent", lambda: page.get_by_role("button", name="Show consent").click())
+    assert demo.BEN not in page.url and demo.BEN not in page.content()  # the phone number left in a POST body only
+    consent = page.locator("#consent")
+    assert "opted_out" in consent.locator("tr", has_text="marketing").inner_text()
+    v.check("ledgers")
+    page.fill("#t-tenant", p.WABA)
+    page.fill("#t-name", "trade_confirmation")
+    page.fill("#t-language", "en")
+    page.fill("#t-at", datetime.now(UTC).date().isoformat())  # as of the end of today
+    v.one_access_event("ledger.templates", lambda: page.get_by_role("button", name="Show template").click())
+    assert "APPROVED" in page.locator("#template").inner_text()
+    page.fill("#t-at", "2020-01-01")  # before it was submitted
+    page.get_by_role("button", name="Show template").click()
+    page.wait_for_load_state("load")
+    assert "status unknown" in page.locator("#template").inner_text()
+
     v.one_access_event("violations", lambda: page.get_by_role("link", name="Violations").click())
     v.check("violations")
     v.one_access_event("audit_trail", lambda: page.get_by_role("link", name="Audit trail").click())
@@ -334,6 +370,24 @@ def test_a_tenant_scoped_auditor_exports_the_search_and_the_download_verifies(si
     got.value.save_as(bundle)
     assert _access_actions(site.archive)[len(before):] == ["export.download"]
     assert vb.verify(bundle, vb.load_public_key(crypto.public_key_pem(site.archive.public_key))) == []
+
+    # the bundle changes hands: recorded in its chain of custody and on the audit stream
+    page.fill("#t-to", "FINRA examiner J. Doe")
+    page.fill("#t-method", "encrypted drive by courier")
+    page.get_by_role("button", name="Record the hand-over").click()
+    page.wait_for_load_state("load")
+    custody = page.locator("#custody").inner_text()
+    assert "download through the console" in custody and "FINRA examiner J. Doe" in custody
+    assert "encrypted drive by courier" in custody
+    v.check()
+    with site.archive.engine.connect() as conn:
+        recorded = [json.loads(site.archive.keyring.open_record(r)) for r in conn.execute(
+            sa.select(events).where(events.c.type == "export.transfer"))]
+    assert [(d["actor"], d["details"]["to"]) for d in recorded] == [("session:audrey", "FINRA examiner J. Doe")]
+    page.get_by_role("link", name="Exports").click()
+    page.wait_for_load_state("load")
+    assert page.locator("table.grid tr", has_text="FINRA 2026-114").count() == 1
+    v.check()
 
     # the other tenant's conversation is as missing as one that does not exist
     with site.archive.engine.connect() as conn:
@@ -429,6 +483,35 @@ def test_an_admin_signs_in_and_sees_no_archived_content(site: Site, browser: Any
     assert response is not None and response.status == 403
     assert _access_actions(site.archive) == before
     v.check()
+    page = v.page
+    v.one_access_event("admin.principals", lambda: page.get_by_role("link", name="Accounts and keys").click())
+    v.check("admin")
+    assert "cora" in page.locator("table.grid").first.inner_text()
+    page.fill("#u-name", "newcomer")
+    page.select_option("#u-role", "auditor")
+    page.fill("#u-tenants", p.WABA)
+    page.get_by_role("button", name="Create and show the enrolment code").click()
+    page.wait_for_load_state("load")
+    code = page.locator("#created .mono").inner_text().strip()
+    assert code and "awaiting approval" in page.locator("tr", has_text="newcomer").inner_text()
+    assert site.archive.accounts().enrol("newcomer", code)["totp_uri"].startswith("otpauth://")  # the code works
+    page.fill("#k-reason", "annual rotation")
+    page.get_by_role("button", name="Propose the rotation").click()
+    page.wait_for_load_state("load")
+    mine = page.locator("tr", has_text="rotate the checkpoint-signing key")
+    assert "waiting for a second admin" in mine.inner_text() and mine.get_by_role("button").count() == 0
+    v.check("decisions")
+
+    second = Visit(site, browser, "ada")  # four eyes: another admin decides
+    second.sign_in()
+    second.page.goto("/console/proposals")
+    theirs = second.page.locator("tr", has_text="rotate the checkpoint-signing key")
+    theirs.get_by_label("Your reason").fill("not this quarter")
+    theirs.get_by_role("button", name="Reject").click()
+    second.page.wait_for_load_state("load")
+    decided = second.page.locator("tr", has_text="rotate the checkpoint-signing key").inner_text()
+    assert "rejected" in decided and "session:ada" in decided and "not this quarter" in decided
+    second.context.close()
     v.page.get_by_role("button", name="Sign out").click()
     v.page.wait_for_load_state("load")
     assert v.page.url.endswith("/console/login")

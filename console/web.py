@@ -313,10 +313,8 @@ def _range(form: dict[str, str]) -> tuple[datetime | None, datetime | None]:
 
 def _day_end(value: str) -> datetime | None:
     """The end of a date the form gave (UTC): "as of 2026-03-01" includes that day."""
-    value = value.strip()
-    if not value:
-        return None
-    return parse_instant_arg(value[:10] + "T00:00:00+00:00", "at") + timedelta(days=1) - timedelta(microseconds=1)
+    start = parse_instant_arg(value.strip()[:10] + "T00:00:00+00:00", "at") if value.strip() else None
+    return start + timedelta(days=1) - timedelta(microseconds=1) if start else None
 
 
 QUERY_FIELDS = {"stream": "number", "direction": "direction", "origin": "origin", "type": "type",

@@ -425,6 +425,10 @@ def test_attachments_are_previewed_or_downloaded_and_each_is_an_audited_read(sit
     got.value.save_as(saved)
     assert saved.read_bytes() == PDF and got.value.suggested_filename.endswith(".pdf")
     assert _access_actions(site.archive)[len(before):] == ["attachment"]
+    # from the thread to the contact's consent (by subject id: no phone number anywhere)
+    v.one_access_event("ledger.consent", lambda: page.get_by_role("button", name=f"This contact's consent on {p.PNID}")
+                       .click())
+    assert cleo in page.locator("#consent").inner_text() and CLEO not in page.content()
     v.context.close()
 
 

@@ -6,7 +6,12 @@ server's whole answer: session check, the audited read (one access event), rende
 the auditor API's JSON route for the same read (`GET /api/v1/search`, `GET /api/v1/conversations/…`):
 the ratio is what the HTML costs on top.
 
-    python bench/console.py [--messages 1000000] [--repeat 40]
+With Debian's Chromium present, the same two pages are then opened in the browser (Playwright,
+the app served by uvicorn on 127.0.0.1) and their time to interactive is read from the page's own
+Navigation Timing (`domInteractive`, and `loadEventEnd`: styles, htmx and console.js run), against
+the browser fetching the same read from the API and parsing its JSON (`fetch` + `json()`).
+
+    python bench/console.py [--messages 1000000] [--repeat 40] [--browser-repeat 10]
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--messages", type=int, default=100_000)
     ap.add_argument("--repeat", type=int, default=40)
+    ap.add_argument("--browser-repeat", type=int, default=10)
     args = ap.parse_args()
     from fastapi.testclient import TestClient
 
@@ -87,12 +93,87 @@ def main() -> None:
             "thread API (GET /api/v1/conversations/…)": timed(lambda i: client.get(
                 f"/api/v1/conversations/{conv}", headers=api)),
         }
+        browser = _browser(archive, conv, queries, args.browser_repeat, token) if CHROMIUM.exists() else {}
     for name, xs in pages.items():
         print(f"{name:45s} p50 {statistics.median(xs):7.1f} ms   p95 {_pct(xs, 0.95):7.1f} ms")
     names = list(pages)
     for page, peer in ((names[0], names[1]), (names[2], names[3])):
         print(f"{page}: p95 {_pct(pages[page], 0.95) / _pct(pages[peer], 0.95):.2f}x its API twin "
               f"(goal: page p95 < 300 ms)")
+    if not browser:
+        print("(no /usr/bin/chromium: browser time to interactive not measured)")
+    for name, xs in browser.items():
+        print(f"{name:45s} p50 {statistics.median(xs):7.1f} ms   p95 {_pct(xs, 0.95):7.1f} ms")
+    bnames = list(browser)
+    for i in range(0, len(bnames), 3):
+        page, loaded, peer = bnames[i:i + 3]
+        print(f"{page}: p95 {_pct(browser[page], 0.95) / _pct(browser[peer], 0.95):.2f}x the browser's API fetch "
+              f"(fully loaded: {_pct(browser[loaded], 0.95) / _pct(browser[peer], 0.95):.2f}x)")
+
+
+CHROMIUM = Path("/usr/bin/chromium")
+NAV = ("(() => { const n = performance.getEntriesByType('navigation')[0]; "
+       "return [n.domInteractive - n.startTime, n.loadEventEnd - n.startTime]; })()")
+FETCH = ("async ([url, token]) => { const t = performance.now(); const r = await fetch(url, "
+         "{headers: {Authorization: 'Bearer ' + token}}); await r.json(); return performance.now() - t; }")
+
+
+def _browser(archive: object, conv: str, queries: list[str], repeat: int, token: str) -> dict[str, list[float]]:
+    """Time to interactive of the search and thread pages in Chromium, and the API fetch peer."""
+    import socket
+    import threading
+    from urllib.parse import urlencode
+
+    import uvicorn
+    from playwright.sync_api import sync_playwright
+
+    from strongroom.app import create_app
+
+    user = archive.accounts().create_user("bench-browser", "compliance", None, "bench", approved=True)  # type: ignore[attr-defined]
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(create_app(archive), host="127.0.0.1", port=port,  # type: ignore[arg-type]
+                                           log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    base = f"http://127.0.0.1:{port}"
+    out: dict[str, list[float]] = {k: [] for k in (
+        "search page, interactive (browser)", "search page, loaded (browser)", "search API fetch (browser)",
+        "thread page, interactive (browser)", "thread page, loaded (browser)", "thread API fetch (browser)")}
+    try:
+        with sync_playwright() as pw:
+            b = pw.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox", "--disable-dev-shm-usage"])
+            page = b.new_context(viewport={"width": 1280, "height": 800}, base_url=base).new_page()
+            page.goto("/console/login")
+            page.fill("#name", "bench-browser")
+            page.fill("#password", user["password"])
+            page.fill("#otp", pyotp.TOTP(user["totp_secret"]).now())
+            page.click("button[type=submit]")
+            page.wait_for_url("**/console/search")
+            for i in range(repeat):
+                page.goto("/console/search")
+                page.fill("#q", queries[i % len(queries)])
+                page.click("#search-form button[type=submit]")
+                page.wait_for_load_state("load")
+                interactive, loaded = page.evaluate(NAV)
+                out["search page, interactive (browser)"].append(interactive)
+                out["search page, loaded (browser)"].append(loaded)
+                out["search API fetch (browser)"].append(page.evaluate(FETCH, [
+                    "/api/v1/search?" + urlencode({"q": queries[i % len(queries)]}), token]))
+                page.goto(f"/console/thread/{conv}")
+                page.wait_for_load_state("load")
+                interactive, loaded = page.evaluate(NAV)
+                out["thread page, interactive (browser)"].append(interactive)
+                out["thread page, loaded (browser)"].append(loaded)
+                out["thread API fetch (browser)"].append(page.evaluate(FETCH, [f"/api/v1/conversations/{conv}", token]))
+            b.close()
+    finally:
+        server.should_exit = True
+        thread.join(10)
+    return out
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --durations=15
 
 lint: $(VENV)/.installed-test
-	$(BIN)/ruff check archiver audit policies exporters console strongroom tests bench
+	$(BIN)/ruff check archiver audit policies review exporters console strongroom tests bench
 	$(BIN)/mypy
 
 bench: $(VENV)/.installed-test

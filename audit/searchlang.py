@@ -438,6 +438,11 @@ def matches(node: Node, text: str, fields: dict[str, Any]) -> bool:
     return _eval(node, tokens(text), fields)
 
 
+def evaluate(node: Node, words: list[str], fields: dict[str, Any]) -> bool:
+    """`matches` over words already tokenised (`tokens`): many queries over one text tokenise it once."""
+    return _eval(node, words, fields)
+
+
 def _eval(node: Node, words: list[str], fields: dict[str, Any]) -> bool:
     if isinstance(node, Term):
         return bool(_positions(node, words))

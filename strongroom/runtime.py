@@ -45,6 +45,7 @@ from policies.holds import Holds
 from policies.proposals import Proposals
 from policies.retention import RetentionPolicy, Schedules
 from policies.templates import TemplateLedger
+from review.supervision import Supervision
 from strongroom.embedded import EmbeddedSeaweedFS
 from strongroom.settings import Settings
 
@@ -269,6 +270,9 @@ class Archive:
     def compliance(self) -> ComplianceChecks:
         return ComplianceChecks(self.engine, self.keyring, self.consent(), self.templates())
 
+    def supervision(self) -> Supervision:
+        return Supervision(self.engine, self.keyring, self.templates())
+
     def send_log(self) -> SendLog:
         return SendLog(self.engine, self.keyring)
 
@@ -456,6 +460,12 @@ class Worker:
         for day in days:
             self.archive.reconciler().run(day, now=now)
         self.archive.compliance().run(recheck=timedelta(days=7), now=now)  # late webhooks can change verdicts
+        review = self.archive.supervision()
+        review.ensure_default()
+        review.commit_seeds(now)  # next month's seeds, sealed before it begins
+        if last_day is not None and last_day.month != now.date().month:  # a month ended: its minimum samples
+            for policy in review.policies():
+                review.close_month(policy.name, last_day.strftime("%Y-%m"))
         self._reconciled = (now.date(), now)
 
     def retention_if_due(self) -> None:
@@ -511,6 +521,7 @@ class Worker:
             failures = failures + 1 if sealed is None else 0
             # bounded follow-up work, so a stop signal is honoured within a round
             self._duty("checks", lambda: self.archive.compliance().run(ledger_batches=1))
+            self._duty("review", lambda: self.archive.supervision().run(max_batches=1))
             if sealed or not self._index.caught_up:
                 self._duty("index", lambda: self._index.update(max_batches=1))
             if sealed:

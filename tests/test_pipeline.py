@@ -270,7 +270,7 @@ def test_the_migrations_build_exactly_the_declared_schema() -> None:
     from archiver.db import metadata, migrate
     from tests.conftest import pg_database
 
-    for pkg in ("archiver", "audit", "policies", "exporters", "strongroom"):  # every module that declares tables
+    for pkg in ("archiver", "audit", "policies", "review", "exporters", "strongroom"):  # every module that declares tables
         for info in pkgutil.iter_modules(importlib.import_module(pkg).__path__):
             if info.name not in ("__main__", "migrations"):
                 importlib.import_module(f"{pkg}.{info.name}")

@@ -48,6 +48,7 @@ bench: $(VENV)/.installed-test
 	$(BIN)/python bench/search.py
 	$(BIN)/python bench/export.py
 	$(BIN)/python bench/console.py
+	$(BIN)/python bench/supervision.py
 
 clean-venv:
 	rm -rf $(VENV)

@@ -24,6 +24,7 @@ evaluates a tree against one document's text (tokenised the same way as the inde
 
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 from dataclasses import dataclass
@@ -413,10 +414,46 @@ def _all_words(node: Node) -> list[str]:
 
 # -- evaluation against one document ----------------------------------------------------------
 
+class Words(list[str]):
+    """A text's words with where each occurs, built once on first use: many queries evaluated
+    over one text (supervision's lexicons) look a word up instead of scanning the text per term."""
+
+    _at: dict[str, list[int]] | None = None
+    _globs: dict[str, list[int]]
+
+    def where(self, word: str) -> list[int]:
+        if self._at is None:
+            self._at, self._globs = {}, {}
+            for i, w in enumerate(self):
+                self._at.setdefault(w, []).append(i)
+        if not _is_glob(word):
+            return self._at.get(word, [])
+        if word not in self._globs:
+            g = _glob(word)
+            self._globs[word] = sorted(i for w, at in self._at.items() if g.match(w) for i in at)
+        return self._globs[word]
+
+
+@functools.lru_cache(maxsize=4096)
+def _glob(word: str) -> Glob:
+    return Glob(word)
+
+
+@functools.lru_cache(maxsize=4096)
+def _is_glob(word: str) -> bool:
+    return any(c in word for c in "*?=")
+
+
 def _positions(term: Term, words: list[str]) -> list[tuple[int, int]]:
     """(start, end) word positions where the term occurs (a phrase spans several words)."""
-    pats = [_word_regex(w) if any(c in w for c in "*?=") else None for w in term.words]
     n = len(term.words)
+    if isinstance(words, Words):  # look the words up
+        starts = words.where(term.words[0])
+        for k in range(1, n):
+            at = set(words.where(term.words[k]))
+            starts = [i for i in starts if i + k in at]
+        return [(i, i + n - 1) for i in starts]
+    pats = [_word_regex(w) if any(c in w for c in "*?=") else None for w in term.words]
     hits = []
     for i in range(len(words) - n + 1):
         if all((p.match(words[i + k]) if p else words[i + k] == term.words[k]) for k, p in enumerate(pats)):
@@ -438,8 +475,9 @@ def matches(node: Node, text: str, fields: dict[str, Any]) -> bool:
     return _eval(node, tokens(text), fields)
 
 
-def evaluate(node: Node, words: list[str], fields: dict[str, Any]) -> bool:
-    """`matches` over words already tokenised (`tokens`): many queries over one text tokenise it once."""
+def evaluate(node: Node, words: Words, fields: dict[str, Any]) -> bool:
+    """`matches` over a text's `Words` (`Words(tokens(text))`): many queries over one text tokenise
+    and index it once."""
     return _eval(node, words, fields)
 
 

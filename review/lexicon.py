@@ -82,7 +82,7 @@ def default_lexicons() -> tuple[Lexicon, ...]:
 def match(lexicons: tuple[Lexicon, ...], text: str, fields: dict[str, Any] | None = None) -> list[Hit]:
     """Every term of every lexicon that `text` matches, unless one of that lexicon's exceptions
     matches too. The words are tokenised once for all terms."""
-    words = searchlang.tokens(text)
+    words = searchlang.Words(searchlang.tokens(text))
     fields = fields or {}
     hits = []
     for lx in lexicons:

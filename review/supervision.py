@@ -83,7 +83,12 @@ review_items = sa.Table(
     sa.Column("reason", sa.String(16), nullable=False),  # flag | sample | minimum
     sa.Column("hits", sa.Text, nullable=False),  # JSON [{lexicon, term}] (the terms, never the text)
     sa.Column("queue", sa.String(100), nullable=False),
-    sa.Column("state", sa.String(16), nullable=False),  # open (queues and dispositions: next)
+    sa.Column("state", sa.String(16), nullable=False),  # open | closed
+    sa.Column("level", sa.Integer, nullable=False, server_default="1"),  # 2 once escalated
+    sa.Column("assignee", sa.String(200), nullable=True),  # who holds it (claimed or assigned)
+    sa.Column("disposition", sa.String(32), nullable=True),
+    sa.Column("closed_by", sa.String(200), nullable=True),
+    sa.Column("closed_at", Ts, nullable=True),
     sa.Column("created_at", Ts, nullable=False),
     sa.UniqueConstraint("policy", "stream", "natural_key", name="uq_review_item"),
     sa.Index("ix_review_items_queue", "queue", "state", "created_at"),
@@ -312,7 +317,7 @@ class Supervision:
     def _item(p: Policy, r: Row, reason: str, hits: list[Hit]) -> dict[str, Any]:
         return {"id": str(ULID()), "policy": p.name, "policy_version": p.version, "event_id": r.id,
                 "stream": r.stream, "natural_key": r.natural_key, "tenant": r.tenant, "conversation": r.conversation,
-                "event_time": as_utc(r.event_time), "reason": reason, "queue": p.queue, "state": "open",
+                "event_time": as_utc(r.event_time), "reason": reason, "queue": p.queue, "state": "open", "level": 1,
                 "hits": json.dumps([{"lexicon": h.lexicon, "term": h.term} for h in hits]), "created_at": utcnow()}
 
     def _store(self, items: list[dict[str, Any]]) -> int:

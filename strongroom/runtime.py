@@ -45,6 +45,7 @@ from policies.holds import Holds
 from policies.proposals import Proposals
 from policies.retention import RetentionPolicy, Schedules
 from policies.templates import TemplateLedger
+from review.queue import ReviewQueue
 from review.supervision import Supervision
 from strongroom.embedded import EmbeddedSeaweedFS
 from strongroom.settings import Settings
@@ -272,6 +273,9 @@ class Archive:
 
     def supervision(self) -> Supervision:
         return Supervision(self.engine, self.keyring, self.templates())
+
+    def review_queue(self) -> ReviewQueue:
+        return ReviewQueue(self.engine, self.keyring)
 
     def send_log(self) -> SendLog:
         return SendLog(self.engine, self.keyring)

@@ -183,3 +183,66 @@ def test_every_policy_version_is_sealed_with_who_stored_it(archive: Archive,
             events.c.type == "review.policy").order_by(events.c.id))]
     assert [(v["actor"], v["details"]["version"]) for v in versions] == [("system:review", 1), ("session:cora", 2)]
     assert versions[1]["details"]["document"]["sample_rate"] == 0.05 and len(versions[1]["details"]["sha256"]) == 64
+
+
+def _who(name: str, tenants: set[str] | None = None) -> Any:
+    from audit.auth import Principal
+
+    return Principal(id=f"id-{name}", name=name, role="compliance", tenants=frozenset(tenants) if tenants else None,
+                     via="session", mfa=True)
+
+
+def test_an_item_is_reviewed_escalated_and_closed_with_a_disposition_every_action_sealed(archive: Archive) -> None:
+    from archiver.errors import ConflictError, Forbidden, NotFound
+
+    review, queue = archive.supervision(), archive.review_queue()
+    review.store_policy("default", {**DEFAULT_POLICY, "sample_rate": 0}, "session:cora")
+    ingest(archive, p.echo("wamid.Q1", CLIENTS[0], int(time.time()) - 60, "I guarantee you'll double your money"),
+           p.inbound(p.text("wamid.Q2", CLIENTS[1], int(time.time()) - 30, "text me on signal instead")))
+    review.run()
+    first, second = review.items()
+    queue.set_staff(p.PNID, ["broker-bob"], "session:admin")
+    bob, rita, sam = _who("broker-bob"), _who("rita"), _who("sam")
+
+    with pytest.raises(Forbidden, match="own messages"):
+        queue.claim(first["id"], bob)  # Bob sends from this number
+    with pytest.raises(Forbidden, match="own messages"):
+        queue.assign(first["id"], rita, "broker-bob")
+    with pytest.raises(NotFound):
+        queue.claim(first["id"], _who("elsewhere", {"999"}))  # another tenant's reviewer
+    queue.claim(first["id"], rita)
+    with pytest.raises(Forbidden, match="held by rita"):
+        queue.claim(first["id"], sam)
+    for disposition, reason in (("", "fine"), ("no_issue", " "), ("looked at it", "ok")):
+        with pytest.raises(InvalidInput):
+            queue.close(first["id"], rita, disposition, reason)
+    with pytest.raises(InvalidInput, match="names the term"):
+        queue.close(first["id"], rita, "false_positive", "not a promise", term="signal")
+    queue.note(first["id"], rita, "client is a retired teacher; checking suitability")
+    queue.escalate(first["id"], rita, "a promise of returns to a retail client")
+    with pytest.raises(InvalidInput):
+        queue.escalate(second["id"], rita, "")
+    queue.claim(first["id"], sam)  # the second level
+    queue.close(first["id"], sam, "issue_action_taken", "rep warned in writing; client called back")
+    with pytest.raises(ConflictError):
+        queue.close(first["id"], sam, "no_issue", "again")
+    term = second["hits"][0]["term"]
+    queue.claim(second["id"], sam)
+    queue.close(second["id"], sam, "false_positive", "the client names the app; no business moved", term=term)
+
+    done = {i["id"]: i for i in review.items()}
+    assert (done[first["id"]]["state"], done[first["id"]]["level"], done[first["id"]]["disposition"]) == \
+        ("closed", 2, "issue_action_taken")
+    trail = queue.trail(first["id"])
+    assert [(t["action"], t["actor"]) for t in trail] == [
+        ("claim", "session:rita"), ("note", "session:rita"), ("escalate", "session:rita"), ("claim", "session:sam"),
+        ("close", "session:sam")]
+    with archive.engine.connect() as conn:
+        sealed = [record_json(archive, r) for r in conn.execute(sa.select(events).where(
+            events.c.type.like("review.%"), events.c.type.not_in(["review.policy", "review.seed", "review.staff"]))
+            .order_by(events.c.id))]
+    assert len(sealed) == len(trail) + 2  # and the second item's claim and close: nothing refused was sealed
+    on_first = [s for s in sealed if s["details"]["item"] == first["id"]]
+    assert [s["action"] for s in on_first] == [f"review.{t['action']}" for t in trail]
+    assert on_first[-1]["details"]["disposition"] == "issue_action_taken" and on_first[-1]["details"]["reason"]
+    assert [s for s in sealed if s["details"]["item"] == second["id"]][-1]["details"]["term"] == term

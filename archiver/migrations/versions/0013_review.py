@@ -46,14 +46,37 @@ def upgrade() -> None:
     sa.Column('hits', sa.Text(), nullable=False),
     sa.Column('queue', sa.String(length=100), nullable=False),
     sa.Column('state', sa.String(length=16), nullable=False),
+    sa.Column('level', sa.Integer(), server_default='1', nullable=False),
+    sa.Column('assignee', sa.String(length=200), nullable=True),
+    sa.Column('disposition', sa.String(length=32), nullable=True),
+    sa.Column('closed_by', sa.String(length=200), nullable=True),
+    sa.Column('closed_at', Ts, nullable=True),
     sa.Column('created_at', Ts, nullable=False),
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('policy', 'stream', 'natural_key', name='uq_review_item')
     )
     op.create_index('ix_review_items_queue', 'review_items', ['queue', 'state', 'created_at'], unique=False)
+    op.create_table('review_actions',
+    sa.Column('id', sa.String(length=26), nullable=False),
+    sa.Column('item_id', sa.String(length=26), nullable=False),
+    sa.Column('action', sa.String(length=16), nullable=False),
+    sa.Column('actor', sa.String(length=200), nullable=False),
+    sa.Column('at', Ts, nullable=False),
+    sa.Column('details', sa.Text(), nullable=False),
+    sa.PrimaryKeyConstraint('id')
+    )
+    op.create_index('ix_review_actions_item', 'review_actions', ['item_id', 'at'], unique=False)
+    op.create_table('review_staff',
+    sa.Column('stream', sa.String(length=128), nullable=False),
+    sa.Column('person', sa.String(length=200), nullable=False),
+    sa.PrimaryKeyConstraint('stream', 'person')
+    )
 
 
 def downgrade() -> None:
+    op.drop_table('review_staff')
+    op.drop_index('ix_review_actions_item', table_name='review_actions')
+    op.drop_table('review_actions')
     op.drop_index('ix_review_items_queue', table_name='review_items')
     op.drop_table('review_items')
     op.drop_table('review_seeds')

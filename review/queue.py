@@ -1,0 +1,146 @@
+"""Review of the items supervision made: claim, release, assign, note, escalate, close.
+
+Every action is a row of `review_actions` (the item's trail) and a sealed ``review.<action>``
+event on the audit stream, with who and when; opening an item is not among them (FINRA 3110:
+a view alone is not a review). An item is closed only with a disposition and a reason:
+
+- ``no_issue`` — reviewed, nothing to act on;
+- ``issue_action_taken`` — a problem, and what was done about it is in the reason;
+- ``false_positive`` — the lexicon matched wrongly; the term is named (``term``), which feeds the
+  per-term false-positive rate of the effectiveness review.
+
+Escalation moves an item to the second level (``level`` 2), unassigned, for a different reviewer.
+Nobody reviews their own messages: a reviewer named as staff on the item's number
+(`set_staff`) may not claim, be assigned, or close it.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import sqlalchemy as sa
+from ulid import ULID
+
+from archiver.db import metadata
+from archiver.errors import ConflictError, Forbidden, InvalidInput, NotFound
+from archiver.keys import KeyRing
+from archiver.normalize import append_audit
+from archiver.sqlutil import utcnow
+from review.supervision import review_items
+
+Ts = sa.DateTime(timezone=True)
+DISPOSITIONS = ("no_issue", "issue_action_taken", "false_positive")
+
+review_actions = sa.Table(
+    "review_actions", metadata,
+    sa.Column("id", sa.String(26), primary_key=True),
+    sa.Column("item_id", sa.String(26), nullable=False),
+    sa.Column("action", sa.String(16), nullable=False),  # claim | release | assign | note | escalate | close
+    sa.Column("actor", sa.String(200), nullable=False),
+    sa.Column("at", Ts, nullable=False),
+    sa.Column("details", sa.Text, nullable=False),  # JSON (reason, disposition, note, to)
+    sa.Index("ix_review_actions_item", "item_id", "at"),
+)
+
+# who sends from a number: their own messages are not theirs to review
+review_staff = sa.Table(
+    "review_staff", metadata,
+    sa.Column("stream", sa.String(128), primary_key=True),
+    sa.Column("person", sa.String(200), primary_key=True),  # a principal's name
+)
+
+
+class ReviewQueue:
+    def __init__(self, engine: sa.Engine, keyring: KeyRing) -> None:
+        self.engine, self.keyring = engine, keyring
+
+    def set_staff(self, stream: str, people: list[str], actor: str) -> None:
+        """The people who send from `stream` (they may not review its items)."""
+        with self.engine.begin() as conn:
+            conn.execute(review_staff.delete().where(review_staff.c.stream == stream))
+            if people:
+                conn.execute(review_staff.insert(), [{"stream": stream, "person": n} for n in sorted(set(people))])
+        append_audit(self.engine, self.keyring, "audit", "review.staff", actor, {"stream": stream, "people": people})
+
+    def _item(self, conn: sa.Connection, item_id: str) -> Any:
+        item = conn.execute(sa.select(review_items).where(review_items.c.id == item_id[:26])).first()
+        if item is None:
+            raise NotFound("no such review item")
+        return item
+
+    def _not_own(self, conn: sa.Connection, item: Any, name: str) -> None:
+        own = conn.execute(sa.select(review_staff.c.person).where(review_staff.c.stream == item.stream,
+                                                                  review_staff.c.person == name)).first()
+        if own is not None:
+            raise Forbidden("nobody reviews their own messages: this number's items go to another reviewer")
+
+    def _act(self, item_id: str, who: Any, action: str, details: dict[str, Any], **values: Any) -> dict[str, Any]:
+        """Check and apply one action in one transaction, then seal it."""
+        now = utcnow()
+        with self.engine.begin() as conn:
+            item = self._item(conn, item_id)
+            if who.tenants is not None and item.tenant not in who.tenants:
+                raise NotFound("no such review item")  # another tenant's item is as missing as none
+            if item.state != "open":
+                raise ConflictError(f"review item {item.id}", "open", item.state)
+            if action in ("claim", "close"):
+                self._not_own(conn, item, who.name)
+            if action in ("release", "close", "escalate") and item.assignee not in (None, who.name):
+                raise Forbidden(f"this item is held by {item.assignee}")
+            if values:
+                conn.execute(sa.update(review_items).where(review_items.c.id == item.id).values(**values))
+            conn.execute(review_actions.insert().values(id=str(ULID()), item_id=item.id, action=action,
+                                                        actor=who.actor, at=now, details=json.dumps(details)))
+        append_audit(self.engine, self.keyring, "audit", f"review.{action}", who.actor,
+                     {"item": item.id, "policy": item.policy, "policy_version": item.policy_version,
+                      "record": f"{item.stream}:{item.natural_key}", **details}, now)
+        return {"id": item.id, "action": action, **details}
+
+    def claim(self, item_id: str, who: Any) -> dict[str, Any]:
+        with self.engine.connect() as conn:
+            item = self._item(conn, item_id)
+        if item.assignee not in (None, who.name):
+            raise Forbidden(f"this item is held by {item.assignee}")
+        return self._act(item_id, who, "claim", {}, assignee=who.name)
+
+    def release(self, item_id: str, who: Any) -> dict[str, Any]:
+        return self._act(item_id, who, "release", {}, assignee=None)
+
+    def assign(self, item_id: str, who: Any, to: str) -> dict[str, Any]:
+        with self.engine.connect() as conn:
+            self._not_own(conn, self._item(conn, item_id), to)
+        return self._act(item_id, who, "assign", {"to": to[:200]}, assignee=to[:200])
+
+    def note(self, item_id: str, who: Any, text: str) -> dict[str, Any]:
+        if not text.strip():
+            raise InvalidInput("a note needs text")
+        return self._act(item_id, who, "note", {"note": text.strip()[:4000]})
+
+    def escalate(self, item_id: str, who: Any, reason: str) -> dict[str, Any]:
+        if not reason.strip():
+            raise InvalidInput("an escalation gives its reason")
+        return self._act(item_id, who, "escalate", {"reason": reason.strip()[:2000]}, level=2, assignee=None)
+
+    def close(self, item_id: str, who: Any, disposition: str, reason: str, term: str | None = None) -> dict[str, Any]:
+        """Close with a disposition and a reason (a false positive names the term that misfired)."""
+        if disposition not in DISPOSITIONS:
+            raise InvalidInput(f"a review closes with a disposition: one of {', '.join(DISPOSITIONS)}")
+        if not reason.strip():
+            raise InvalidInput("a review closes with a reason")
+        details: dict[str, Any] = {"disposition": disposition, "reason": reason.strip()[:2000]}
+        if disposition == "false_positive":
+            with self.engine.connect() as conn:
+                terms = [h["term"] for h in json.loads(self._item(conn, item_id).hits)]
+            if term not in terms:
+                raise InvalidInput("a false positive names the term that matched wrongly: one of the item's hits")
+            details["term"] = term
+        return self._act(item_id, who, "close", details, state="closed", disposition=disposition,
+                         closed_by=who.actor, closed_at=utcnow(), assignee=None)
+
+    def trail(self, item_id: str) -> list[dict[str, Any]]:
+        """Every action on the item, oldest first."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(review_actions).where(review_actions.c.item_id == item_id[:26])
+                                .order_by(review_actions.c.at, review_actions.c.id)).all()
+        return [{"action": r.action, "actor": r.actor, "at": r.at, **json.loads(r.details)} for r in rows]

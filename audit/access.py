@@ -273,7 +273,11 @@ class Access:
         link = views.content(self.keyring, r)
         if not isinstance(link, dict) or not link.get("object_key"):
             raise NotFound("this attachment can no longer be read (erased or disposed of)")
-        obj = self.archive.store.get(str(link["object_key"]))
+        try:
+            obj = self.archive.store.get(str(link["object_key"]))
+        except Exception as e:  # (the sealed record names an object the store does not give back)
+            log.error("attachment.unreadable", stream=stream, seq=seq, error=type(e).__name__)
+            raise Unavailable("the stored attachment could not be read: run strongroom verify") from e
         if hashlib.sha256(obj).hexdigest() != link.get("object_sha256"):
             raise Unavailable("the stored attachment does not match the hash its sealed record holds")
         try:

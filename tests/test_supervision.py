@@ -13,7 +13,6 @@ import hashlib
 import json
 import time
 from collections import Counter
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -172,8 +171,7 @@ def test_a_policy_that_cannot_work_is_refused_by_name(archive: Archive, doc: dic
     assert archive.supervision().policies() == []
 
 
-def test_every_policy_version_is_sealed_with_who_stored_it(archive: Archive,
-                                                          make_settings: Callable[..., Any]) -> None:
+def test_every_policy_version_is_sealed_with_who_stored_it(archive: Archive) -> None:
     review = archive.supervision()
     review.ensure_default()
     review.store_policy("default", {**DEFAULT_POLICY, "sample_rate": 0.05}, "session:cora")

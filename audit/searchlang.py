@@ -100,6 +100,7 @@ class Glob:
         return all(c == "*" for c in p[i:])
 
 
+@functools.lru_cache(maxsize=4096)
 def _word_regex(word: str) -> Glob:
     return Glob(word)
 
@@ -429,14 +430,9 @@ class Words(list[str]):
         if not _is_glob(word):
             return self._at.get(word, [])
         if word not in self._globs:
-            g = _glob(word)
+            g = _word_regex(word)
             self._globs[word] = sorted(i for w, at in self._at.items() if g.match(w) for i in at)
         return self._globs[word]
-
-
-@functools.lru_cache(maxsize=4096)
-def _glob(word: str) -> Glob:
-    return Glob(word)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -444,24 +440,17 @@ def _is_glob(word: str) -> bool:
     return any(c in word for c in "*?=")
 
 
-def _positions(term: Term, words: list[str]) -> list[tuple[int, int]]:
+def _positions(term: Term, words: Words) -> list[tuple[int, int]]:
     """(start, end) word positions where the term occurs (a phrase spans several words)."""
     n = len(term.words)
-    if isinstance(words, Words):  # look the words up
-        starts = words.where(term.words[0])
-        for k in range(1, n):
-            at = set(words.where(term.words[k]))
-            starts = [i for i in starts if i + k in at]
-        return [(i, i + n - 1) for i in starts]
-    pats = [_word_regex(w) if any(c in w for c in "*?=") else None for w in term.words]
-    hits = []
-    for i in range(len(words) - n + 1):
-        if all((p.match(words[i + k]) if p else words[i + k] == term.words[k]) for k, p in enumerate(pats)):
-            hits.append((i, i + n - 1))
-    return hits
+    starts = words.where(term.words[0])
+    for k in range(1, n):
+        at = set(words.where(term.words[k]))
+        starts = [i for i in starts if i + k in at]
+    return [(i, i + n - 1) for i in starts]
 
 
-def _spans(node: Node, words: list[str], fields: dict[str, Any]) -> list[tuple[int, int]] | None:
+def _spans(node: Node, words: Words, fields: dict[str, Any]) -> list[tuple[int, int]] | None:
     """Where a text node matches (for proximity); None when the node is not positional."""
     if isinstance(node, Term):
         return _positions(node, words)
@@ -472,7 +461,7 @@ def _spans(node: Node, words: list[str], fields: dict[str, Any]) -> list[tuple[i
 
 def matches(node: Node, text: str, fields: dict[str, Any]) -> bool:
     """Does a document (its text and field values) satisfy the query tree?"""
-    return _eval(node, tokens(text), fields)
+    return _eval(node, Words(tokens(text)), fields)
 
 
 def evaluate(node: Node, words: Words, fields: dict[str, Any]) -> bool:
@@ -481,7 +470,7 @@ def evaluate(node: Node, words: Words, fields: dict[str, Any]) -> bool:
     return _eval(node, words, fields)
 
 
-def _eval(node: Node, words: list[str], fields: dict[str, Any]) -> bool:
+def _eval(node: Node, words: Words, fields: dict[str, Any]) -> bool:
     if isinstance(node, Term):
         return bool(_positions(node, words))
     if isinstance(node, Field):

@@ -15,6 +15,7 @@ its reason (the rule it serves), which travels with every hit to the reviewer an
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,7 +76,9 @@ def lexicons_from(doc: Any) -> tuple[Lexicon, ...]:
     return tuple(out)
 
 
+@functools.cache
 def default_lexicons() -> tuple[Lexicon, ...]:
+    """The shipped lexicons, read and parsed once per process (every policy naming them shares them)."""
     return lexicons_from(json.loads(DEFAULT.read_text()))
 
 

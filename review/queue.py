@@ -75,8 +75,10 @@ class ReviewQueue:
         if own is not None:
             raise Forbidden("nobody reviews their own messages: this number's items go to another reviewer")
 
-    def _act(self, item_id: str, who: Any, action: str, details: dict[str, Any], **values: Any) -> dict[str, Any]:
-        """Check and apply one action in one transaction, then seal it."""
+    def _act(self, item_id: str, who: Any, action: str, details: dict[str, Any], reviewer: str | None = None,
+             **values: Any) -> dict[str, Any]:
+        """Check and apply one action in one transaction, then seal it. `reviewer`: who will review
+        the item (they may not be staff on its number)."""
         now = utcnow()
         with self.engine.begin() as conn:
             item = self._item(conn, item_id)
@@ -84,10 +86,13 @@ class ReviewQueue:
                 raise NotFound("no such review item")  # another tenant's item is as missing as none
             if item.state != "open":
                 raise ConflictError(f"review item {item.id}", "open", item.state)
-            if action in ("claim", "close"):
-                self._not_own(conn, item, who.name)
-            if action in ("release", "close", "escalate") and item.assignee not in (None, who.name):
+            if reviewer is not None:
+                self._not_own(conn, item, reviewer)
+            if action in ("claim", "release", "close", "escalate") and item.assignee not in (None, who.name):
                 raise Forbidden(f"this item is held by {item.assignee}")
+            if action == "close" and details["disposition"] == "false_positive" \
+                    and details["term"] not in [h["term"] for h in json.loads(item.hits)]:
+                raise InvalidInput("a false positive names the term that matched wrongly: one of the item's hits")
             if values:
                 conn.execute(sa.update(review_items).where(review_items.c.id == item.id).values(**values))
             conn.execute(review_actions.insert().values(id=str(ULID()), item_id=item.id, action=action,
@@ -98,19 +103,13 @@ class ReviewQueue:
         return {"id": item.id, "action": action, **details}
 
     def claim(self, item_id: str, who: Any) -> dict[str, Any]:
-        with self.engine.connect() as conn:
-            item = self._item(conn, item_id)
-        if item.assignee not in (None, who.name):
-            raise Forbidden(f"this item is held by {item.assignee}")
-        return self._act(item_id, who, "claim", {}, assignee=who.name)
+        return self._act(item_id, who, "claim", {}, reviewer=who.name, assignee=who.name)
 
     def release(self, item_id: str, who: Any) -> dict[str, Any]:
         return self._act(item_id, who, "release", {}, assignee=None)
 
     def assign(self, item_id: str, who: Any, to: str) -> dict[str, Any]:
-        with self.engine.connect() as conn:
-            self._not_own(conn, self._item(conn, item_id), to)
-        return self._act(item_id, who, "assign", {"to": to[:200]}, assignee=to[:200])
+        return self._act(item_id, who, "assign", {"to": to[:200]}, reviewer=to[:200], assignee=to[:200])
 
     def note(self, item_id: str, who: Any, text: str) -> dict[str, Any]:
         if not text.strip():
@@ -130,12 +129,8 @@ class ReviewQueue:
             raise InvalidInput("a review closes with a reason")
         details: dict[str, Any] = {"disposition": disposition, "reason": reason.strip()[:2000]}
         if disposition == "false_positive":
-            with self.engine.connect() as conn:
-                terms = [h["term"] for h in json.loads(self._item(conn, item_id).hits)]
-            if term not in terms:
-                raise InvalidInput("a false positive names the term that matched wrongly: one of the item's hits")
-            details["term"] = term
-        return self._act(item_id, who, "close", details, state="closed", disposition=disposition,
+            details["term"] = term  # (checked against the item's hits in `_act`)
+        return self._act(item_id, who, "close", details, reviewer=who.name, state="closed", disposition=disposition,
                          closed_by=who.actor, closed_at=utcnow(), assignee=None)
 
     def trail(self, item_id: str) -> list[dict[str, Any]]:

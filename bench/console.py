@@ -29,7 +29,7 @@ import sqlalchemy as sa
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from _common import PROCESS_PENDING, REPO, child_env, commit_history, env_database_url, temp_archive  # noqa: E402
+from _common import PROCESS_PENDING, REPO, child_env, commit_history, env_database_url, free_port, temp_archive  # noqa: E402
 
 
 def _pct(xs: list[float], q: float) -> float:
@@ -120,7 +120,6 @@ FETCH = ("async ([url, token]) => { const t = performance.now(); const r = await
 
 def _browser(archive: object, conv: str, queries: list[str], repeat: int, token: str) -> dict[str, list[float]]:
     """Time to interactive of the search and thread pages in Chromium, and the API fetch peer."""
-    import socket
     import threading
     from urllib.parse import urlencode
 
@@ -130,9 +129,7 @@ def _browser(archive: object, conv: str, queries: list[str], repeat: int, token:
     from strongroom.app import create_app
 
     user = archive.accounts().create_user("bench-browser", "compliance", None, "bench", approved=True)  # type: ignore[attr-defined]
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     server = uvicorn.Server(uvicorn.Config(create_app(archive), host="127.0.0.1", port=port,  # type: ignore[arg-type]
                                            log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)

@@ -303,17 +303,19 @@ def _filters(form: dict[str, str]) -> dict[str, str]:
     return out
 
 
+def _day(form: dict[str, str], name: str) -> datetime | None:
+    """The start (UTC) of the date a form's field gives, if it gives one."""
+    value = (form.get(name) or "").strip()
+    return parse_instant_arg(value + "T00:00:00+00:00", name) if value else None
+
+
 def _range(form: dict[str, str]) -> tuple[datetime | None, datetime | None]:
-    def day(name: str) -> datetime | None:
-        value = (form.get(name) or "").strip()
-        return parse_instant_arg(value + "T00:00:00+00:00", name) if value else None
-
-    return day("from"), day("to")
+    return _day(form, "from"), _day(form, "to")
 
 
-def _day_end(value: str) -> datetime | None:
-    """The end of a date the form gave (UTC): "as of 2026-03-01" includes that day."""
-    start = parse_instant_arg(value.strip()[:10] + "T00:00:00+00:00", "at") if value.strip() else None
+def _day_end(form: dict[str, str], name: str) -> datetime | None:
+    """The end of the date a form's field gives: "as of 2026-03-01" includes that day."""
+    start = _day(form, name)
     return start + timedelta(days=1) - timedelta(microseconds=1) if start else None
 
 
@@ -667,7 +669,7 @@ def console_router(console: Console) -> APIRouter:
         from archiver.identity import IdentityBook
 
         form, p = request.state.form, me(request)
-        at = _day_end(form.get("at", ""))
+        at = _day_end(form, "at")
         consent = template = None
         if form.get("kind") == "template":
             template = access.template(p, form.get("tenant", "").strip()[:64], form.get("name", "").strip()[:512],

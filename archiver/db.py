@@ -239,7 +239,10 @@ def make_engine(url: str) -> sa.Engine:
             cur.close()
 
         return engine
-    return sa.create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10, hide_parameters=True)
+    # every session in UTC: reports group instants by day and month in SQL (date(), substr of the
+    # text form), which a server's own time zone would shift
+    return sa.create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10, hide_parameters=True,
+                            connect_args={"options": "-c timezone=UTC"})
 
 
 def migrate(engine: sa.Engine) -> None:

@@ -47,13 +47,14 @@ from archiver.kinds import arr
 from archiver.normalize import append_audit
 from archiver.sqlutil import Row, as_utc, utcnow
 
-ROLES = ("ingest", "auditor", "compliance", "admin", "regulator")
-MFA_ROLES = frozenset({"compliance", "admin", "regulator"})
+ROLES = ("ingest", "auditor", "compliance", "admin", "regulator", "reviewer")
+MFA_ROLES = frozenset({"compliance", "admin", "regulator", "reviewer"})
 API_KEY_ROLES = frozenset({"ingest", "auditor"})
 ALL_TENANT_ROLES = frozenset({"compliance", "admin", "regulator"})
 # Roles that read archived content: an account or key of these roles made by an administrator
 # works only once a compliance officer (someone else) approved it — an admin alone reaches no content.
-CONTENT_ROLES = frozenset({"auditor", "compliance", "regulator"})  # a firm-wide officer, IT, the third party
+# (a reviewer reads the messages of the supervision queues: review/, audit/supervision.py)
+CONTENT_ROLES = frozenset({"auditor", "compliance", "regulator", "reviewer"})
 AUTH_KEY = "system:auth"
 MFA_AMR = frozenset({"mfa", "otp", "hwk", "swk", "sms", "fido", "pop"})  # RFC 8176 values meaning a second factor
 _SCRYPT = {"n": 2**15, "r": 8, "p": 1}  # ~32 MiB per hash

@@ -9,14 +9,19 @@ a view alone is not a review). An item is closed only with a disposition and a r
 - ``false_positive`` — the lexicon matched wrongly; the term is named (``term``), which feeds the
   per-term false-positive rate of the effectiveness review.
 
-Escalation moves an item to the second level (``level`` 2), unassigned, for a different reviewer.
-Nobody reviews their own messages: a reviewer named as staff on the item's number
-(`set_staff`) may not claim, be assigned, or close it.
+Escalation moves an item to the second level (``level`` 2), unassigned: there only a compliance
+officer (the registered principal supervising the reviewers, `SECOND_LEVEL`) who did not escalate
+it may claim and close it. Nobody reviews their own messages: a reviewer named as staff on the
+item's number (`set_staff`) may not claim, be assigned, or close it.
+
+`bulk` applies one action to many items, each its own checked, sealed action (one refused item
+does not stop, or undo, the others).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 import sqlalchemy as sa
@@ -31,6 +36,8 @@ from review.supervision import review_items
 
 Ts = sa.DateTime(timezone=True)
 DISPOSITIONS = ("no_issue", "issue_action_taken", "false_positive")
+SECOND_LEVEL = frozenset({"compliance"})  # who reviews escalated items
+ACTIONS = ("claim", "release", "assign", "note", "escalate", "close")
 
 review_actions = sa.Table(
     "review_actions", metadata,
@@ -75,6 +82,12 @@ class ReviewQueue:
         if own is not None:
             raise Forbidden("nobody reviews their own messages: this number's items go to another reviewer")
 
+    def _second_level(self, conn: sa.Connection, item: Any, who: Any) -> None:
+        if who.role not in SECOND_LEVEL:
+            raise Forbidden("this item was escalated: a compliance officer reviews it at the second level")
+        if action_by(conn, item.id, "escalate", who.actor):
+            raise Forbidden("who escalated an item does not review it at the second level")
+
     def _act(self, item_id: str, who: Any, action: str, details: dict[str, Any], reviewer: str | None = None,
              **values: Any) -> dict[str, Any]:
         """Check and apply one action in one transaction, then seal it. `reviewer`: who will review
@@ -90,6 +103,8 @@ class ReviewQueue:
                 self._not_own(conn, item, reviewer)
             if action in ("claim", "release", "close", "escalate") and item.assignee not in (None, who.name):
                 raise Forbidden(f"this item is held by {item.assignee}")
+            if item.level >= 2 and action in ("claim", "assign", "close", "escalate"):
+                self._second_level(conn, item, who)
             if action == "close" and details["disposition"] == "false_positive" \
                     and details["term"] not in [h["term"] for h in json.loads(item.hits)]:
                 raise InvalidInput("a false positive names the term that matched wrongly: one of the item's hits")
@@ -131,7 +146,19 @@ class ReviewQueue:
         if disposition == "false_positive":
             details["term"] = term  # (checked against the item's hits in `_act`)
         return self._act(item_id, who, "close", details, reviewer=who.name, state="closed", disposition=disposition,
-                         closed_by=who.actor, closed_at=utcnow(), assignee=None)
+                         closed_by=who.actor, closed_at=utcnow(), assignee=None, fp_term=details.get("term"))
+
+    @staticmethod
+    def bulk(ids: list[str], do: Callable[[str], dict[str, Any]]) -> list[dict[str, Any]]:
+        """`do` (one action) on each item, one by one: [{id, ok, …}], with the refusal's reason
+        where it was refused; the others go on."""
+        out = []
+        for item_id in dict.fromkeys(ids):  # (each id once, in the order given)
+            try:
+                out.append({"ok": True, **do(item_id)})
+            except (ConflictError, Forbidden, InvalidInput, NotFound) as e:
+                out.append({"id": item_id[:26], "ok": False, "error": str(e)})
+        return out
 
     def trail(self, item_id: str) -> list[dict[str, Any]]:
         """Every action on the item, oldest first."""
@@ -139,3 +166,10 @@ class ReviewQueue:
             rows = conn.execute(sa.select(review_actions).where(review_actions.c.item_id == item_id[:26])
                                 .order_by(review_actions.c.at, review_actions.c.id)).all()
         return [{"action": r.action, "actor": r.actor, "at": r.at, **json.loads(r.details)} for r in rows]
+
+
+def action_by(conn: sa.Connection, item_id: str, action: str, actor: str) -> bool:
+    """Whether `actor` took `action` on the item."""
+    return conn.execute(sa.select(review_actions.c.id).where(
+        review_actions.c.item_id == item_id, review_actions.c.action == action,
+        review_actions.c.actor == actor).limit(1)).first() is not None

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
+import rfc8785
 import sqlalchemy as sa
 from ulid import ULID
 
@@ -90,8 +91,11 @@ review_items = sa.Table(
     sa.Column("closed_by", sa.String(200), nullable=True),
     sa.Column("closed_at", Ts, nullable=True),
     sa.Column("created_at", Ts, nullable=False),
+    sa.Column("due_at", Ts, nullable=True),  # created_at + the policy's SLA: open past it is overdue
+    sa.Column("fp_term", sa.String(1000), nullable=True),  # the term a false-positive disposition named
     sa.UniqueConstraint("policy", "stream", "natural_key", name="uq_review_item"),
     sa.Index("ix_review_items_queue", "queue", "state", "created_at"),
+    sa.Index("ix_review_items_record", "stream", "natural_key"),
 )
 
 
@@ -107,7 +111,9 @@ class Policy:
     sample_rate: float
     sample_minimum: int
     queue: str
+    sla_days: int
     document: dict[str, Any]
+    created_at: datetime | None = None
 
     @property
     def label(self) -> str:
@@ -122,11 +128,11 @@ DEFAULT_POLICY: dict[str, Any] = {
     "description": "Every business message on every number: the default lexicons, 1% sampled, at least 5 "
                    "messages a month per number reviewed.",
     "population": {"tenants": None, "numbers": None, "directions": list(DIRECTIONS), "origins": list(ORIGINS)},
-    "lexicons": ["*"], "sample_rate": 0.01, "sample_minimum": 5, "queue": "first-level",
+    "lexicons": ["*"], "sample_rate": 0.01, "sample_minimum": 5, "queue": "first-level", "sla_days": 10,
 }
 
 
-def policy_from(name: str, version: int, doc: Any) -> Policy:
+def policy_from(name: str, version: int, doc: Any, created_at: datetime | None = None) -> Policy:
     """A policy document checked and compiled (an error names what is wrong)."""
     if not isinstance(doc, dict):
         raise InvalidInput("a policy is a JSON object")
@@ -153,9 +159,15 @@ def policy_from(name: str, version: int, doc: Any) -> Policy:
         raise InvalidInput(f"directions are {DIRECTIONS}, origins {ORIGINS}")
     if not chosen and not rate and not minimum:
         raise InvalidInput("a policy flags (lexicons), samples, or both")
+    sla = doc.get("sla_days", 10)
+    if not isinstance(sla, int) or isinstance(sla, bool) or not 1 <= sla <= 366:
+        raise InvalidInput("sla_days is the whole number of days (1-366) an item may stay open before it is overdue")
+    for key in ("tenants", "numbers"):
+        if pop.get(key) is not None and (not isinstance(pop[key], list) or not all(isinstance(v, str) for v in pop[key])):
+            raise InvalidInput(f"population.{key} is a list of ids, or null for all")
     return Policy(name, version, frozenset(pop["tenants"]) if pop.get("tenants") else None,
                   frozenset(pop["numbers"]) if pop.get("numbers") else None, directions, origins, tuple(chosen),
-                  float(rate), minimum, str(doc.get("queue") or "first-level")[:100], doc)
+                  float(rate), minimum, str(doc.get("queue") or "first-level")[:100], sla, doc, as_utc(created_at))
 
 
 def sample_value(seed: str, policy: str, stream: str, natural_key: str) -> float:
@@ -182,7 +194,10 @@ class Supervision:
         if not name or len(name) > 100 or not name.replace("-", "").replace("_", "").isalnum():
             raise InvalidInput("a policy name is letters, digits, - and _")
         now = now or utcnow()
-        body = canonical_json(doc)
+        try:
+            body = canonical_json(doc)
+        except rfc8785.CanonicalizationError as e:  # (an integer past 2^53, a NaN: not sealable JSON)
+            raise InvalidInput(f"the policy document is not sealable JSON: {e}") from e
         with self.engine.begin() as conn:
             version = (conn.execute(sa.select(sa.func.max(review_policies.c.version)).where(
                 review_policies.c.name == name)).scalar() or 0) + 1
@@ -209,7 +224,27 @@ class Supervision:
             rows = conn.execute(sa.select(review_policies).join(newest, sa.and_(
                 review_policies.c.name == newest.c.name, review_policies.c.version == newest.c.v))
                 .order_by(review_policies.c.name)).all()
-        return [policy_from(r.name, r.version, json.loads(r.document)) for r in rows]
+        return [policy_from(r.name, r.version, json.loads(r.document), r.created_at) for r in rows]
+
+    def versions(self, name: str | None = None) -> dict[str, list[Policy]]:
+        """Every version of every policy (or of `name`), oldest first."""
+        q = sa.select(review_policies).order_by(review_policies.c.name, review_policies.c.version)
+        if name is not None:
+            q = q.where(review_policies.c.name == name)
+        out: dict[str, list[Policy]] = {}
+        with self.engine.connect() as conn:
+            for r in conn.execute(q):
+                out.setdefault(r.name, []).append(policy_from(r.name, r.version, json.loads(r.document),
+                                                              r.created_at))
+        return out
+
+    def history(self) -> list[dict[str, Any]]:
+        """Every stored version: its document, hash, who stored it and when (newest first)."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(review_policies).order_by(review_policies.c.name,
+                                                                    review_policies.c.version.desc())).all()
+        return [{"name": r.name, "version": r.version, "sha256": r.sha256, "created_by": r.created_by,
+                 "created_at": as_utc(r.created_at), "document": json.loads(r.document)} for r in rows]
 
     def policy(self, name: str) -> Policy:
         found = [p for p in self.policies() if p.name == name]
@@ -245,6 +280,13 @@ class Supervision:
                       "committed_before_month": now < start}, now)
         return 1
 
+    def committed_seed(self, policy: str, month: str) -> str | None:
+        """The month's seed if one was committed (never commits one: a dry run must not)."""
+        with self.engine.connect() as conn:
+            seed = conn.execute(sa.select(review_seeds.c.seed).where(review_seeds.c.policy == policy,
+                                                                     review_seeds.c.month == month)).scalar()
+        return str(seed) if seed is not None else None
+
     def seed(self, policy: str, month: str, now: datetime | None = None) -> str:
         """The month's seed, committing it now if the worker had not (a retroactive run over a month
         before supervision began): that commitment says it came after the month began."""
@@ -262,12 +304,14 @@ class Supervision:
     # -- flagging and sampling ------------------------------------------------------------------
 
     def run(self, batch: int = 2000, max_batches: int | None = None) -> int:
-        """Flag and sample the messages captured since the last run. Returns items made."""
-        policies = self.policies()
-        if not policies:
+        """Flag and sample the messages captured since the last run, each under the version of every
+        policy that was in force when the archive received it (`in_force`). Returns items made."""
+        versions = self.versions()
+        if not versions:
             return 0
         return follow(self.engine, "review", events.c.kind == "message",
-                      lambda r: self._consider(r, policies), batch, max_batches)
+                      lambda r: self._consider(r, [in_force(v, r.received_at) for v in versions.values()]),
+                      batch, max_batches)
 
     def retro(self, name: str, start: datetime, end: datetime, batch: int = 2000) -> int:
         """Run policy `name` (its newest version) over messages sent in [start, end). Items that
@@ -315,10 +359,12 @@ class Supervision:
 
     @staticmethod
     def _item(p: Policy, r: Row, reason: str, hits: list[Hit]) -> dict[str, Any]:
+        now = utcnow()
         return {"id": str(ULID()), "policy": p.name, "policy_version": p.version, "event_id": r.id,
                 "stream": r.stream, "natural_key": r.natural_key, "tenant": r.tenant, "conversation": r.conversation,
                 "event_time": as_utc(r.event_time), "reason": reason, "queue": p.queue, "state": "open", "level": 1,
-                "hits": json.dumps([{"lexicon": h.lexicon, "term": h.term} for h in hits]), "created_at": utcnow()}
+                "hits": json.dumps([{"lexicon": h.lexicon, "term": h.term} for h in hits]), "created_at": now,
+                "due_at": now + timedelta(days=p.sla_days)}
 
     def _store(self, items: list[dict[str, Any]]) -> int:
         if not items:
@@ -334,7 +380,7 @@ class Supervision:
             b = system_builder(self.keyring)
             for i in new:
                 b.add(AUDIT_STREAM, f"review_item:{i['policy']}:{i['stream']}:{i['natural_key']}", "review_item",
-                      canonical_json({k: v for k, v in i.items() if k not in ("created_at", "event_time")}
+                      canonical_json({k: v for k, v in i.items() if k not in ("created_at", "event_time", "due_at")}
                                      | {"hits": json.loads(i["hits"]), "event_time": _iso(i["event_time"])}),
                       [AUDIT_KEY], type=i["reason"], event_time=b.received_at)
             append_events(conn, b)
@@ -375,6 +421,18 @@ class Supervision:
             q = q.where(review_items.c.policy == policy)
         with self.engine.connect() as conn:
             return [{**r._mapping, "hits": json.loads(r.hits)} for r in conn.execute(q)]
+
+
+def in_force(versions: list[Policy], received_at: datetime | None) -> Policy:
+    """The version of a policy that governs a message received at `received_at`: the newest stored
+    at or before it; the first version for a message older than the policy (an examiner applies the
+    same rule to a bundle: `exporters.verify_bundle`)."""
+    at = as_utc(received_at)
+    chosen = versions[0]
+    for v in versions[1:]:
+        if at is not None and v.created_at is not None and v.created_at <= at:
+            chosen = v
+    return chosen
 
 
 def _iso(t: datetime | date | None) -> str | None:

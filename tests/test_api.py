@@ -75,6 +75,9 @@ def _scenario(archive: Archive, ticket_sha256: str) -> None:
            _b_body(p.text("wamid.c1", CAROL, T + 300, "tenant B trade secret")),
            p.template_status("APPROVED", "trade_confirm", "en", T - 3600))
     archive.search_index().update()
+    review = archive.supervision()  # every message sampled: each is a review item
+    review.store_policy("everything", {"lexicons": ["*"], "sample_rate": 1.0, "queue": "first-level"}, "test")
+    review.run()
 
 
 @dataclass
@@ -168,7 +171,8 @@ def world(tmp_path_factory: pytest.TempPathFactory, seaweed: EmbeddedSeaweedFS) 
             accounts = archive.accounts()
             tokens = {role: accounts.create_api_key(f"svc-{role}", role, [p.WABA], "test", approved=True)["token"]
                       for role in ("ingest", "auditor")}
-            for role, tenants in (("compliance", [p.WABA]), ("admin", None), ("regulator", None)):
+            for role, tenants in (("compliance", [p.WABA]), ("admin", None), ("regulator", None),
+                                  ("reviewer", [p.WABA])):
                 tokens[role] = login(client, accounts.create_user(f"{role}-1", role, tenants, "test", approved=True))
             other = accounts.create_api_key("svc-b", "auditor", [WABA_B], "test", approved=True)["token"]
             w = World(archive, client, tokens, other, rsa_key, log_file)
@@ -262,7 +266,16 @@ def test_rbac_matrix_over_every_route_and_role(world: World) -> None:
 def _read_requests(world: World) -> dict[str, tuple[str, dict[str, Any]]]:
     """A valid request (role, params) for every audited route; a new audited route must be added here."""
     stream, seq = world.record_id("wamid.a1").split("/")
+    item = next(i for i in world.archive.supervision().items() if i["tenant"] == p.WABA)
+    day = datetime.fromtimestamp(T, UTC).date()
+    span = {"from": f"{day.isoformat()}T00:00:00Z", "to": f"{(day + timedelta(days=1)).isoformat()}T00:00:00Z"}
     return {
+        "/api/v1/review/items": ("reviewer", {}),
+        "/api/v1/review/items/{item_id}": ("reviewer", {"_path": f"/api/v1/review/items/{item['id']}"}),
+        "/api/v1/review/trail/{stream}/{seq}": ("regulator", {"_path": f"/api/v1/review/trail/{stream}/{seq}"}),
+        "/api/v1/review/policies": ("reviewer", {}),
+        "/api/v1/review/report": ("compliance", span),
+        "/api/v1/review/dry-run": ("compliance", {"_json": {**span, "document": {"lexicons": ["*"]}}}),
         "/api/v1/search": ("auditor", {"q": "trade"}),
         "/api/v1/records/{stream}/{seq}": ("auditor", {"_path": f"/api/v1/records/{stream}/{seq}"}),
         "/api/v1/attachments/{stream}/{seq}": ("auditor", {"_path": f"/api/v1/attachments/{world.attachment_id()}"}),
@@ -291,15 +304,16 @@ def test_every_read_route_writes_exactly_one_access_event_before_answering(world
     for route in audited:
         role, params = reads[route.path]
         params = dict(params)
-        path = params.pop("_path", route.path)
+        path, body = params.pop("_path", route.path), params.pop("_json", None)
         before = len(world.access_events())
-        r = world.get(path, role, **params)
+        r = world.get(path, role, **params) if body is None else world.client.post(
+            path, json=body, headers={"Authorization": f"Bearer {world.tokens[role]}"})
         assert r.status_code == 200, (path, r.text)
         after = world.access_events()
         assert len(after) == before + 1, f"{path} wrote {len(after) - before} access events"
         ev = after[-1]
         assert ev["kind"] == "access" and ev["actor"].endswith(("svc-auditor", "compliance-1", "regulator-1",
-                                                                 "admin-1"))
+                                                                 "admin-1", "reviewer-1"))
         d = ev["details"]
         pinned = world.client.app.state.export_jobs.get(world.export_id)["manifest_sha256"]  # type: ignore[attr-defined]
         expected = pinned if path.endswith("/download") else hashlib.sha256(r.content).hexdigest()
@@ -648,3 +662,78 @@ def test_accounts_on_sqlite_too(make_settings: Any) -> None:
             accounts.authenticate(f"Bearer {token}", now=later)  # sessions expire
     finally:
         archive.close()
+
+
+# -- supervision -----------------------------------------------------------------------------------
+
+
+def test_a_reviewer_works_the_queue_of_their_tenant_over_the_api(world: World) -> None:
+    hdr = {role: {"Authorization": f"Bearer {world.tokens[role]}"} for role in ("reviewer", "compliance",
+                                                                                  "regulator", "auditor")}
+    mine = world.get("/api/v1/review/items", "reviewer", policy="everything", limit=2).json()
+    everyone = world.get("/api/v1/review/items", "regulator", policy="everything", state="all").json()
+    assert {i["tenant"] for i in everyone["items"]} == {p.WABA, WABA_B}
+    assert mine["total"] == len([i for i in everyone["items"] if i["tenant"] == p.WABA and i["state"] == "open"])
+    assert len(mine["items"]) == 2 and mine["next_after"] == mine["items"][1]["id"]
+    rest = world.get("/api/v1/review/items", "reviewer", policy="everything", after=mine["next_after"]).json()
+    assert {i["id"] for i in rest["items"]}.isdisjoint(i["id"] for i in mine["items"])
+    assert not any(i["tenant"] == WABA_B for i in mine["items"] + rest["items"])
+    b_item = next(i for i in everyone["items"] if i["tenant"] == WABA_B)
+    assert world.get(f"/api/v1/review/items/{b_item['id']}", "reviewer").status_code == 404  # as if none
+    assert world.client.post(f"/api/v1/review/items/{b_item['id']}/claim", json={},
+                             headers=hdr["reviewer"]).status_code == 404
+
+    a1 = next(i for i in everyone["items"] if i["natural_key"].endswith("wamid.a1") and i["tenant"] == p.WABA)
+    page = world.get(f"/api/v1/review/items/{a1['id']}", "reviewer").json()
+    assert page["message"]["wamid"] == "wamid.a1" and CANARY in json.dumps(page["message"]["content"], ensure_ascii=False)
+    assert [c["record"]["wamid"] for c in page["context"]][:2] == ["wamid.a1", "wamid.a2"]  # the thread around it
+    base = f"/api/v1/review/items/{a1['id']}"
+    assert world.client.post(f"{base}/claim", json={}, headers=hdr["reviewer"]).status_code == 200
+    r = world.client.post(f"{base}/close", json={"reason": "fine"}, headers=hdr["reviewer"])
+    assert r.status_code == 400 and "disposition" in r.json()["detail"]
+    r = world.client.post(f"{base}/close", json={"disposition": "no_issue", "reason": " "}, headers=hdr["reviewer"])
+    assert r.status_code == 400 and "reason" in r.json()["detail"]
+    assert world.client.post(f"{base}/escalate", json={"reason": "a trade instruction by chat"},
+                             headers=hdr["reviewer"]).status_code == 200
+    r = world.client.post(f"{base}/claim", json={}, headers=hdr["reviewer"])
+    assert r.status_code == 403 and "second level" in r.json()["detail"]  # a reviewer is the first level
+    assert world.client.post(f"{base}/close", json={"disposition": "issue_action_taken", "reason": "confirmed on "
+                             "a recorded line; rep reminded"}, headers=hdr["compliance"]).status_code == 200
+    trail = world.get(f"/api/v1/review/trail/{world.record_id('wamid.a1')}", "regulator").json()
+    actions = [(a["action"], a["actor"]) for a in trail["items"][0]["trail"]]
+    assert actions == [("claim", "session:reviewer-1"), ("escalate", "session:reviewer-1"),
+                       ("close", "session:compliance-1")]
+
+    # bulk: each item on its own; one refused does not stop the rest
+    ids = [i["id"] for i in rest["items"][:2]] + [b_item["id"]]
+    r = world.client.post("/api/v1/review/items/bulk", json={"ids": ids, "action": "close", "disposition":
+                          "no_issue", "reason": "routine service messages"}, headers=hdr["reviewer"])
+    results = r.json()["results"]
+    assert [x["ok"] for x in results] == [True, True, False] and "no such" in results[2]["error"]
+
+    # policies: compliance changes them (sealed), a reviewer reads them; nobody else
+    doc = {"lexicons": ["off_channel"], "sample_rate": 0, "queue": "off-channel"}
+    assert world.client.put("/api/v1/review/policies/offchannel", json={"document": doc},
+                            headers=hdr["reviewer"]).status_code == 403
+    r = world.client.put("/api/v1/review/policies/offchannel", json={"document": {**doc, "sla_days": 0}},
+                         headers=hdr["compliance"])
+    assert r.status_code == 400 and "sla_days" in r.json()["detail"]
+    assert world.client.put("/api/v1/review/policies/offchannel", json={"document": doc},
+                            headers=hdr["compliance"]).json() == {"name": "offchannel", "version": 1}
+    versions = world.get("/api/v1/review/policies", "reviewer").json()["policies"]
+    assert any(v["name"] == "offchannel" and v["created_by"] == "session:compliance-1" for v in versions)
+
+    day = datetime.fromtimestamp(T, UTC).date()
+    span = {"from": f"{day.isoformat()}T00:00:00Z", "to": f"{(day + timedelta(days=1)).isoformat()}T00:00:00Z"}
+    dry = world.client.post("/api/v1/review/dry-run", json={**span, "document": {"lexicons": [{"name": "t", "terms": [
+        {"query": "trade", "reason": "test"}]}]}}, headers=hdr["compliance"]).json()
+    # (tenant A's messages of the day only; the edit a3 is flagged too: its new text says "trade")
+    assert {world.record_id(w) for w in ("wamid.a1", "wamid.a2", "wamid.b2")} <= set(dry["flagged_records"])
+    assert dry["flagged"] == len(dry["flagged_records"]) < dry["messages"] and dry["terms"][0]["term"] == "trade"
+    report = world.get("/api/v1/review/report", "compliance", **span).json()
+    cov = [c for c in report["coverage"] if c["policy"] == "everything"]
+    assert sum(c["messages"] for c in cov) == dry["messages"] and sum(c["reviewed"] for c in cov) == 3
+    assert {r["actor"] for r in report["reviewers"]} == {"session:reviewer-1", "session:compliance-1"}
+    eff = next(e for e in report["effectiveness"] if e["policy"] == "everything")
+    assert eff["closed"] == 3 and eff["issues"] == 1
+    assert world.get("/api/v1/review/report", "reviewer", **span).status_code == 403

@@ -15,7 +15,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from audit.access import Access
-from audit.routes import admin, auth, holds, ingest, ledgers, proposals, reports, search, threads, trail
+from audit.routes import admin, auth, holds, ingest, ledgers, proposals, reports, review, search, threads, trail
 
 PREFIX = "/api/v1"
 
@@ -23,4 +23,4 @@ PREFIX = "/api/v1"
 def api_routers(access: Access) -> list[APIRouter]:
     """Every router of the auditor API (exports are added by `exporters.api`)."""
     return [module.router(access) for module in (search, threads, ledgers, holds, reports, trail, ingest,
-                                                 auth, admin, proposals)]
+                                                 auth, admin, proposals, review)]

@@ -126,7 +126,7 @@ class Reviews:
         context = items[max(0, at - CONTEXT): at + CONTEXT + 1] if at is not None else []
         message = views.record_view(self.access.keyring, msg)
         reasons = self._reasons(r.policy, r.policy_version)
-        hits = [{**h, "reason": reasons.get((h["lexicon"], h["term"]), "")} for h in json.loads(r.hits)]
+        hits = [{**h, **reasons.get((h["lexicon"], h["term"]), {"reason": "", "rule": ""})} for h in json.loads(r.hits)]
         result = {"item": {**item_view(r, now, r.stream in self._own_streams(p)), "hits": hits},
                   "message": message, "context": context, "trail": self._trail(r.id),
                   "prev": prev_id, "next": next_id}
@@ -134,7 +134,8 @@ class Reviews:
                                                            for c in context if c["row"] != msg.id]
         return self.access.answer(p, "review.item", {"item": r.id}, result, 1, ids)
 
-    def _reasons(self, policy: str, version: int) -> dict[tuple[str, str], str]:
+    def _reasons(self, policy: str, version: int) -> dict[tuple[str, str], dict[str, str]]:
+        """Per (lexicon, term) of the policy version: the term's reason and its lexicon's (the rule)."""
         from review.supervision import review_policies
 
         with self.engine.connect() as conn:
@@ -143,7 +144,8 @@ class Reviews:
         if doc is None:
             return {}
         compiled = policy_from(policy, version, json.loads(doc))
-        return {(lx.name, t.query): t.reason or lx.reason for lx in compiled.lexicons for t in lx.terms}
+        return {(lx.name, t.query): {"reason": t.reason, "rule": lx.reason} for lx in compiled.lexicons
+                for t in lx.terms}
 
     def _trail(self, item_id: str) -> list[dict[str, Any]]:
         with self.engine.connect() as conn:

@@ -780,6 +780,12 @@ def console_router(console: Console) -> APIRouter:
         return StreamingResponse(console.jobs.download(job_id), media_type="application/zip", headers={
             "Content-Disposition": f'attachment; filename="strongroom-export-{job_id}.zip"'})
 
+    # supervision ------------------------------------------------------------------------------
+
+    from console.review import review_pages
+
+    review_pages(r, console, page, me)
+
     # static files (vendored, no archived data) ------------------------------------------------
 
     @r.get("/static/{name}", **public_page("static files"))

@@ -21,7 +21,7 @@ does not stop, or undo, the others).
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import sqlalchemy as sa
@@ -147,6 +147,23 @@ class ReviewQueue:
             details["term"] = term  # (checked against the item's hits in `_act`)
         return self._act(item_id, who, "close", details, reviewer=who.name, state="closed", disposition=disposition,
                          closed_by=who.actor, closed_at=utcnow(), assignee=None, fp_term=details.get("term"))
+
+    def do(self, item_id: str, who: Any, action: str, fields: Mapping[str, Any]) -> dict[str, Any]:
+        """`action` with the fields a form or request body gave (disposition, reason, term, note, to)."""
+        def text(name: str) -> str:
+            return str(fields.get(name) or "")
+
+        if action == "close":
+            return self.close(item_id, who, text("disposition"), text("reason"), text("term") or None)
+        if action == "escalate":
+            return self.escalate(item_id, who, text("reason"))
+        if action == "note":
+            return self.note(item_id, who, text("note"))
+        if action == "assign":
+            return self.assign(item_id, who, text("to").strip())
+        if action in ("claim", "release"):
+            return self.claim(item_id, who) if action == "claim" else self.release(item_id, who)
+        raise NotFound("no such review action")
 
     @staticmethod
     def bulk(ids: list[str], do: Callable[[str], dict[str, Any]]) -> list[dict[str, Any]]:

@@ -114,8 +114,13 @@ def site(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureReques
                                  caption="the signed form"),
                          {"from": CLEO, "id": "wamid.C.P2", "timestamp": str(now - 1490), "type": "document",
                           "document": {"mime_type": "application/pdf", "sha256": pdf.sha256, "id": "media-cleo-2",
-                                       "filename": "statement.pdf"}}, name="Cleo")]
+                                       "filename": "statement.pdf"}}, name="Cleo"),
+               p.echo("wamid.C.G1", CLEO, now - 1400, "I guarantee you will double your money by Friday")]
     ingest(archive, *bodies)
+    from review.supervision import DEFAULT_POLICY
+
+    archive.supervision().store_policy("default", {**DEFAULT_POLICY, "sample_rate": 0, "sample_minimum": 0}, "test")
+    archive.supervision().run()  # the flags, as the worker makes them
     archive.search_index().update()
     archive.compliance().run()  # the ledgers, as the worker keeps them
     today = datetime.now(UTC).date()
@@ -128,7 +133,8 @@ def site(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureReques
                                 ("sven", "auditor", [p.WABA]),
                                 ("adam", "admin", None), ("ada", "admin", None),
                                 ("m-compliance", "compliance", None), ("m-auditor", "auditor", [p.WABA]),
-                                ("m-admin", "admin", None), ("m-regulator", "regulator", None)):
+                                ("m-admin", "admin", None), ("m-regulator", "regulator", None),
+                                ("rhea", "reviewer", [p.WABA]), ("m-reviewer", "reviewer", [p.WABA])):
         users[name] = accounts.create_user(name, role, tenants, "test", approved=True)
     port = _free_port()
     app = create_app(archive)
@@ -537,7 +543,7 @@ def test_every_console_page_declares_its_roles_and_refuses_the_others(site: Site
                                         "/console/record/{stream}/{seq}", "/console/exports"}
     console = site.app.state.console
     checked = 0
-    for who in ("m-compliance", "m-auditor", "m-admin", "m-regulator"):
+    for who in ("m-compliance", "m-auditor", "m-admin", "m-regulator", "m-reviewer"):
         user = site.users[who]
         with httpx.Client(base_url=site.url, follow_redirects=False) as client:
             client.get("/console/login")
@@ -563,7 +569,7 @@ def test_every_console_page_declares_its_roles_and_refuses_the_others(site: Site
                 else:
                     assert by_role, f"{role} reached {method} {path}: {r.status_code}"
                 checked += 1
-    assert checked >= 4 * 8
+    assert checked >= 5 * 8
 
 
 def test_highlighting_marks_what_the_query_looks_for_and_escapes_everything() -> None:
@@ -668,3 +674,69 @@ def test_single_sign_on_by_oidc_authorization_code_and_pkce(site: Site, browser:
     w.page.goto("/console/login/sso")
     assert w.page.locator("h1").inner_text() == "Not signed in"
     w.context.close()
+
+
+def test_a_reviewer_reviews_and_escalates_and_a_compliance_officer_closes_at_the_second_level(
+        site: Site, browser: Any) -> None:
+    v = Visit(site, browser, "rhea")
+    page = v.page
+    v.sign_in()
+    v.one_access_event("review.queue", lambda: page.get_by_role("link", name="Review", exact=True).click())
+    v.check("review-queue")
+    row = page.locator("table.queue tr", has_text="(double OR triple) w/3")
+    assert row.count() == 1 and "first" in row.inner_text()
+    assert "double your money" not in page.content()  # the queue names terms, never the text
+
+    v.one_access_event("review.item", lambda: row.get_by_role("link").click())
+    v.check("review-item")
+    target = page.locator(".thread .bubble.is-target")
+    assert "I guarantee you will double your money" in target.inner_text()
+    assert "(guarantees) a guaranteed return" in page.locator(".facts").inner_text() and "Rule 2210" in page.locator(".facts").inner_text()
+    item_url = page.url
+    v.one_access_event("review.item", lambda: page.click("#claim"))  # the page after the claim
+    assert "held by rhea" in page.locator("#item-state").inner_text()
+    page.fill("#note", "retail client; checking the suitability file")
+    page.get_by_role("button", name="Add note").click()
+    page.wait_for_load_state("load")
+    page.fill("#escalate-reason", "a promise of returns to a retail client")
+    page.click("#escalate")
+    page.wait_for_load_state("load")
+    page.goto(item_url)
+    assert "second level" in page.locator("#item-state").inner_text()
+    page.click("#claim")  # a reviewer is the first level: refused, and nothing changes
+    page.wait_for_load_state("load")
+    assert "compliance officer reviews it at the second level" in page.content()
+
+    c = Visit(site, browser, "cora")
+    c.sign_in()
+    c.page.goto("/console/review?view=escalated")
+    c.check()
+    c.page.locator("table.queue tr", has_text="(double OR triple) w/3").get_by_role("link").click()
+    c.page.wait_for_load_state("load")
+    c.page.click("#claim")
+    c.page.wait_for_load_state("load")
+    c.page.check("input[name=disposition][value=issue_action_taken]")
+    c.page.fill("#close-reason", "rep warned in writing; client called back on a recorded line")
+    c.page.click("#close")
+    c.page.wait_for_load_state("load")
+    c.page.goto(item_url)
+    assert "closed: Issue — action taken by session:cora" in c.page.locator("#item-state").inner_text()
+    trail = c.page.locator("#trail").inner_text()
+    for step in ("claim by session:rhea", "note by session:rhea", "escalate by session:rhea",
+                 "claim by session:cora", "close by session:cora"):
+        assert step in trail, step
+    assert c.page.locator(".review-actions").count() == 0  # closed: nothing more to do
+
+    month = datetime.now(UTC).strftime("%Y-%m")
+    c.one_access_event("review.report", lambda: c.page.goto(f"/console/review/report?month={month}"))
+    c.check("review-report")
+    assert c.page.locator("#coverage tr", has_text=p.PNID).count() >= 1
+    assert "session:cora" in c.page.locator("#reviewers").inner_text()
+    assert c.page.locator("table.effectiveness", has_text="(double OR triple) w/3").count() == 1
+    assert "built-in" not in c.page.content() and "2 flagged" in c.page.locator(".stats").first.inner_text()
+    c.one_access_event("review.policies", lambda: c.page.goto("/console/review/policies"))
+    c.page.fill("#dry-month", month)
+    c.one_access_event("review.dry_run", lambda: c.page.click("#dry-run-button"))
+    c.check("review-policies")
+    assert int(c.page.locator("#dry-run li b").first.inner_text()) >= 1
+    assert "would be flagged" in c.page.locator("#dry-run").inner_text()

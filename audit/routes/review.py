@@ -14,7 +14,6 @@ from archiver.errors import NotFound
 from audit.access import COMPLIANCE, Access, json_bytes
 from audit.http import json_response, principal, rule
 from audit.supervision import EXAMINERS, POLICY_READERS, REVIEWERS, Reviews
-from review.queue import ReviewQueue
 
 Action = Literal["claim", "release", "assign", "note", "escalate", "close"]
 
@@ -64,21 +63,6 @@ def utc(t: datetime) -> datetime:
     return t if t.tzinfo is not None else t.replace(tzinfo=UTC)
 
 
-def act(queue: ReviewQueue, item_id: str, who: Any, action: str, body: ActionRequest) -> dict[str, Any]:
-    """One action on one item, with the fields it takes."""
-    if action == "close":
-        return queue.close(item_id, who, body.disposition or "", body.reason or "", body.term)
-    if action == "escalate":
-        return queue.escalate(item_id, who, body.reason or "")
-    if action == "note":
-        return queue.note(item_id, who, body.note or "")
-    if action == "assign":
-        return queue.assign(item_id, who, body.to or "")
-    if action in ("claim", "release"):
-        return getattr(queue, action)(item_id, who)  # type: ignore[no-any-return]
-    raise NotFound("no such review action")
-
-
 def router(access: Access) -> APIRouter:
     r = APIRouter(prefix="/api/v1", tags=["review"])
     reviews, archive = Reviews(access), access.archive
@@ -103,13 +87,15 @@ def router(access: Access) -> APIRouter:
     def bulk(request: Request, body: BulkRequest) -> Response:
         """One action on many items; each is checked and sealed on its own (`ok` false: why not)."""
         queue, who = archive.review_queue(), principal(request)
-        done = queue.bulk(body.ids, lambda item_id: act(queue, item_id, who, body.action, body))
+        fields = body.model_dump()
+        done = queue.bulk(body.ids, lambda item_id: queue.do(item_id, who, body.action, fields))
         return json_response(json_bytes({"results": done}))
 
     @r.post("/review/items/{item_id}/{action}", **rule(REVIEWERS, audited=False))
     def action(request: Request, item_id: str, action: Action, body: ActionRequest) -> Response:
         """Claim, release, assign, note, escalate, or close (with a disposition and a reason)."""
-        return json_response(json_bytes(act(archive.review_queue(), item_id, principal(request), action, body)))
+        return json_response(json_bytes(archive.review_queue().do(item_id, principal(request), action,
+                                                                   body.model_dump())))
 
     @r.get("/review/trail/{stream}/{seq}", **rule(REVIEWERS | EXAMINERS, audited=True))
     def trail(request: Request, stream: str, seq: int) -> Response:

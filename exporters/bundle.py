@@ -22,6 +22,8 @@ Layout::
     reports/completeness.json             completeness reports and coverage limits for the scope
     ledgers/consent.jsonl  templates.jsonl    ledger extracts
     audit/access_trail.jsonl              every audit-stream entry that touched the scope
+    review/evidence.jsonl  sampling.json  supervision: sealed policy versions, seed commitments, the
+                                          messages' review items and actions; ended months' seeds
 """
 
 from __future__ import annotations
@@ -65,6 +67,7 @@ from exporters import loadfile, rsmf, transcript
 from exporters.sinks import Entry, HashingWriter
 from exporters.spool import Spool
 from exporters.verify_bundle import ROTATIONS
+from policies.cursors import read_cursor
 
 FORMAT = "strongroom.bundle/1"
 FOLDER_FILES = 1000
@@ -274,6 +277,7 @@ class Exporter:
             self._reports(b, state)
             self._ledgers(b, state)
             self._trail(b, state, scope.tenants)
+            self._review(b, state, scope.tenants)
             for stream, seq in state.evidence:  # proven like the messages (after the trail chose by them)
                 spool.add_record(stream, seq)
             self._proofs(b, state)
@@ -472,6 +476,55 @@ class Exporter:
                     w.write(_line({"record": rid, "natural_key": r.natural_key, **doc}))
                     n += 1
         b.counts["audit/access_trail.jsonl"] = n
+
+    def _review(self, b: _Bundle, st: _RunState, tenants: list[str] | None) -> None:
+        """Supervision evidence for the bundle's messages (review/): the sealed policy versions and
+        seed commitments, the sealed review items of these messages and every sealed action on
+        them (review/evidence.jsonl, each proven), the seeds of months that have ended (so an
+        examiner recomputes every draw: `verify_bundle`), and the messages the flagger had not yet
+        reached when the bundle was made. In a tenant's bundle only its own items and actions."""
+        from review.supervision import review_items, review_seeds
+
+        kinds = ("review.policy", "review.seed")
+        with self.engine.connect() as conn:
+            items = [i for i in conn.execute(sa.select(review_items, events.c.seq).join(
+                events, events.c.id == review_items.c.event_id).where(
+                review_items.c.conversation.in_(sorted(st.conversations)) if st.conversations else sa.false()))
+                if i.stream in st.snap and st.spool.has_record(f"{i.stream}/{i.seq}")]
+            keys = {f"review_item:{i.policy}:{i.stream}:{i.natural_key}" for i in items}
+            ids = {i.id for i in items}
+            rows = [r for r in conn.execute(sa.select(events).where(
+                events.c.stream == AUDIT_STREAM, sa.or_(events.c.type.in_(kinds), events.c.kind == "review_item",
+                                                        events.c.type.like("review.%"))).order_by(events.c.id))
+                    if self._provable(st, r)]
+            this_month = datetime.now(UTC).strftime("%Y-%m")
+            seeds = [{"policy": s.policy, "month": s.month, "seed": s.seed} for s in conn.execute(
+                sa.select(review_seeds).where(review_seeds.c.month < this_month).order_by(
+                    review_seeds.c.policy, review_seeds.c.month))]
+            cursor = read_cursor(conn, "review")
+            pending = [f"{r.stream}/{r.seq}" for r in conn.execute(sa.select(events.c.stream, events.c.seq).where(
+                events.c.kind == "message", events.c.id > cursor,
+                events.c.conversation.in_(sorted(st.conversations)) if st.conversations else sa.false()))
+                if r.seq is not None and st.spool.has_record(f"{r.stream}/{r.seq}")]
+        lines = []
+        for r in rows:
+            if r.kind == "review_item" and r.natural_key not in keys:
+                continue
+            doc = json.loads(self.keyring.open_record(r))
+            if r.kind != "review_item" and r.type not in kinds and (doc.get("details") or {}).get("item") not in ids:
+                continue  # an action on an item of messages outside the bundle
+            # (an item's sealed content names its message by natural_key; an action is keyed as itself)
+            head = {"record": self._evidence(st, r)} if r.kind == "review_item" else {
+                "record": self._evidence(st, r), "natural_key": r.natural_key}
+            lines.append(_line({**head, **doc}))
+        b.put("review/evidence.jsonl", b"".join(lines), count=len(lines))
+        b.put("review/sampling.json", _pretty({
+            "rule": "a message is sampled by a policy version iff SHA-256(seed 0x1f policy@version 0x1f stream "
+                    "0x1f natural_key) / 2^256 < sample_rate; the version is the newest stored at or before the "
+                    "message's sent time (the first for an older message); the month's seed (UTC, by sent time) "
+                    "is committed (review.seed: its SHA-256) before the month begins",
+            "seeds": seeds, "seeds_withheld": "the seeds of the current month, until it ends",
+            "not_yet_considered": pending, "tenants": tenants}))
 
     def _custody(self, custody: Custody, scope: ExportScope, snap: dict[str, tuple[int, bytes]], export_id: str,
                  started: datetime, st: _RunState, actor: str) -> dict[str, Any]:

@@ -869,6 +869,7 @@ def _verify_records(src: _Source, bundle: Path, listed: dict[str, Any], intact: 
                 k = _key(rec.get("stream"), rec.get("seq"))
                 failures += _record_failures(rec, found.get(k) if k is not None else None)
     failures += _evidence_failures(src, intact, proven, manifest)
+    failures += _review_failures(src, intact, proven)
     failures += renderings.result()
     counts = manifest.get("counts", {})
     if counts.get("records") != n_records:
@@ -894,10 +895,12 @@ def _whole_day(scope: dict[str, Any], day: str) -> bool:
     return (start is None or datetime.fromisoformat(start) <= lo) and (end is None or datetime.fromisoformat(end) > hi)
 
 
-def _extract_failures(path: str, entry: dict[str, Any], proven: _Proven) -> list[str]:
+def _extract_failures(path: str, entry: dict[str, Any], proven: _Proven,
+                      beside: tuple[str, ...] = ("record", "natural_key")) -> list[str]:
     """A report, ledger entry or trail entry: its sealed record proven, and (unless it is a
-    redacted extract) its content the sealed record's."""
-    rest = {k: v for k, v in entry.items() if k not in ("record", "natural_key")}
+    redacted extract) its content the sealed record's; `beside`: the entry's fields that are not
+    the sealed content (its record id, and the record's key)."""
+    rest = {k: v for k, v in entry.items() if k not in beside}
     rid = entry.get("record")
     sealed = proven.by_id(rid) if rid is not None else None
     if sealed is None:
@@ -940,6 +943,100 @@ def _evidence_failures(src: _Source, intact: set[str], proven: _Proven, manifest
             continue
         for entry in _json_lines(src, path, failures):
             failures += _extract_failures(path, entry, proven)
+    return failures
+
+
+def _instant(value: Any) -> datetime | None:
+    try:
+        return datetime.fromisoformat(str(value).replace("Z", "+00:00")).astimezone(UTC)
+    except ValueError:
+        return None
+
+
+def sample_draw(seed: str, label: str, stream: str, natural_key: str) -> float:
+    """A message's draw in [0, 1) for a policy version `label` (name@version)."""
+    h = hashlib.sha256("\x1f".join((seed, label, stream, natural_key)).encode()).digest()
+    return int.from_bytes(h, "big") / 2**256
+
+
+def _covers(doc: dict[str, Any], rec: dict[str, Any]) -> bool:
+    """Whether a policy document's population holds a record (tenants, numbers, directions, origins)."""
+    pop = doc.get("population") or {}
+    return ((not pop.get("tenants") or rec.get("tenant") in pop["tenants"])
+            and (not pop.get("numbers") or rec.get("stream") in pop["numbers"])
+            and rec.get("direction") in (pop.get("directions") or ("inbound", "outbound"))
+            and (rec.get("origin") or "api") in (pop.get("origins") or ("api", "app", "history", "agent")))
+
+
+def _review_failures(src: _Source, intact: set[str], proven: _Proven) -> list[str]:
+    """Supervision, recomputed: every entry of review/evidence.jsonl a proven sealed record; every
+    revealed seed the one committed (SHA-256) before its month; every message of the bundle drawn
+    by a policy version under a revealed seed has a review item of that policy, and every item
+    that says it was sampled was drawn. (Lexicon flags are the archive's judgement, kept sealed:
+    the bundle shows them; only the draw is a pure function an examiner recomputes.)"""
+    path, sampling_path = "review/evidence.jsonl", "review/sampling.json"
+    if path not in intact or sampling_path not in intact:
+        return []
+    failures: list[str] = []
+    versions: dict[str, list[tuple[datetime, int, dict[str, Any]]]] = {}
+    committed: dict[tuple[str, str], str] = {}
+    items: dict[tuple[str, str, str], dict[str, Any]] = {}
+    for entry in _json_lines(src, path, failures):
+        is_item = "action" not in entry  # a review item's sealed content; its natural_key is the message's
+        failures += _extract_failures(path, entry, proven, ("record",) if is_item else ("record", "natural_key"))
+        details: dict[str, Any] = entry["details"] if isinstance(entry.get("details"), dict) else {}
+        if is_item:
+            items[(str(entry.get("policy")), str(entry.get("stream")), str(entry.get("natural_key")))] = entry
+        elif entry.get("action") == "review.policy" and isinstance(details.get("document"), dict):
+            at = _instant(entry.get("at"))
+            if at is not None and details.get("sha256") == hashlib.sha256(_canonical(details["document"])).hexdigest():
+                versions.setdefault(str(details.get("policy")), []).append((at, int(details.get("version", 0)),
+                                                                            details["document"]))
+            else:
+                failures.append(f"{path}: policy version {details.get('policy')}@{details.get('version')}: its "
+                                "document does not give its SHA-256")
+        elif entry.get("action") == "review.seed":
+            committed[(str(details.get("policy")), str(details.get("month")))] = str(details.get("seed_sha256"))
+    try:
+        sampling = json.loads(src.read(sampling_path))
+        seeds = {(str(x["policy"]), str(x["month"])): str(x["seed"]) for x in sampling.get("seeds", [])}
+        pending = set(sampling.get("not_yet_considered") or [])
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        return failures + [f"{sampling_path}: unreadable ({type(e).__name__})"]
+    for (policy, month), seed in sorted(seeds.items()):
+        if policy not in versions:
+            continue  # (a seed of a policy this bundle has no version of: nothing to recompute with it)
+        if committed.get((policy, month)) != hashlib.sha256(seed.encode()).hexdigest():
+            failures.append(f"{sampling_path}: the seed of {policy} for {month} is not the one committed "
+                            "(review.seed) on the audit stream")
+    for v in versions.values():
+        v.sort(key=lambda x: x[1])
+    if "records/records.jsonl" not in intact:
+        return failures
+    for rec in _json_lines(src, "records/records.jsonl", failures):
+        sent = _instant(rec.get("event_time") or rec.get("received_at"))
+        if rec.get("kind") != "message" or rec.get("id") in pending or _withheld(rec.get("content")) or sent is None:
+            continue
+        stream, key = str(rec.get("stream")), str(rec.get("natural_key"))
+        for name, vs in versions.items():
+            at, version, doc = vs[0]
+            for v_at, v_version, v_doc in vs[1:]:
+                if v_at <= sent:
+                    at, version, doc = v_at, v_version, v_doc
+            item = items.get((name, stream, key))
+            found = seeds.get((name, sent.strftime("%Y-%m")))
+            if found is None:
+                continue  # the month has not ended: its seed is still withheld
+            seed = found
+            if item is not None and item.get("reason") == "sample":
+                label = f"{name}@{item.get('policy_version')}"
+                rate = next((d.get("sample_rate", 0) for _, n, d in vs if n == item.get("policy_version")), None)
+                if rate is None or sample_draw(seed, label, stream, key) >= rate:
+                    failures.append(f"{path}: item of {rec.get('id')} under {label} says it was sampled, but its "
+                                    "draw is not below the rate")
+            if item is None and _covers(doc, rec) \
+                    and sample_draw(seed, f"{name}@{version}", stream, key) < float(doc.get("sample_rate", 0)):
+                failures.append(f"{path}: {rec.get('id')} was drawn by {name}@{version} but has no review item")
     return failures
 
 

@@ -305,12 +305,13 @@ class Supervision:
 
     def run(self, batch: int = 2000, max_batches: int | None = None) -> int:
         """Flag and sample the messages captured since the last run, each under the version of every
-        policy that was in force when the archive received it (`in_force`). Returns items made."""
+        policy that was in force when it was sent (`in_force`). Returns items made."""
         versions = self.versions()
         if not versions:
             return 0
         return follow(self.engine, "review", events.c.kind == "message",
-                      lambda r: self._consider(r, [in_force(v, r.received_at) for v in versions.values()]),
+                      lambda r: self._consider(r, [in_force(v, r.event_time or r.received_at)
+                                                   for v in versions.values()]),
                       batch, max_batches)
 
     def retro(self, name: str, start: datetime, end: datetime, batch: int = 2000) -> int:
@@ -423,11 +424,12 @@ class Supervision:
             return [{**r._mapping, "hits": json.loads(r.hits)} for r in conn.execute(q)]
 
 
-def in_force(versions: list[Policy], received_at: datetime | None) -> Policy:
-    """The version of a policy that governs a message received at `received_at`: the newest stored
-    at or before it; the first version for a message older than the policy (an examiner applies the
-    same rule to a bundle: `exporters.verify_bundle`)."""
-    at = as_utc(received_at)
+def in_force(versions: list[Policy], sent_at: datetime | None) -> Policy:
+    """The version of a policy that governs a message sent at `sent_at` (its sealed event time): the
+    newest stored at or before it; the first version for a message older than the policy (the
+    follower's cursor starts at the archive's first message, so those are considered too). An
+    examiner applies the same rule to a bundle (`exporters.verify_bundle`)."""
+    at = as_utc(sent_at)
     chosen = versions[0]
     for v in versions[1:]:
         if at is not None and v.created_at is not None and v.created_at <= at:

@@ -244,3 +244,52 @@ def test_an_item_is_reviewed_escalated_and_closed_with_a_disposition_every_actio
     assert [s["action"] for s in on_first] == [f"review.{t['action']}" for t in trail]
     assert on_first[-1]["details"]["disposition"] == "issue_action_taken" and on_first[-1]["details"]["reason"]
     assert [s for s in sealed if s["details"]["item"] == second["id"]][-1]["details"]["term"] == term
+
+
+def test_an_examiner_recomputes_the_sample_from_a_bundle_and_finds_a_dropped_item(archive: Archive,
+                                                                                  tmp_path: Path) -> None:
+    from archiver import crypto
+    from exporters import verify_bundle as vb
+    from exporters.bundle import Custody, ExportScope
+    from exporters.sinks import DirectorySink
+    from review.supervision import review_items
+
+    first = datetime.now(UTC).replace(day=1, hour=12, minute=0, second=0, microsecond=0)
+    last_month = int((first - timedelta(days=20)).timestamp())  # a month that has ended: its seed is revealed
+    review = archive.supervision()
+    review.store_policy("default", {**DEFAULT_POLICY, "sample_rate": 0.3, "sample_minimum": 0}, "session:cora")
+    # (stored now, after these messages were sent: they fall under its first version, the rule says)
+    ingest(archive, *[p.inbound(p.text(f"wamid.S{i}", CLIENTS[i % 4], last_month + i * 60, f"order status {i}"))
+                      for i in range(60)])
+    review.run()
+    sampled = [i for i in review.items() if i["reason"] == "sample"]
+    assert 8 <= len(sampled) <= 30  # about 30% of 60
+    key = vb.load_public_key(crypto.public_key_pem(archive.public_key))
+
+    def bundle(name: str) -> Path:
+        out = tmp_path / name
+        archive.exporter().run(ExportScope("M-1"), DirectorySink(out), Custody("examiner@finra.example"), "t")
+        return out
+
+    good = bundle("good")
+    assert vb.verify(good, key) == []
+    revealed = json.loads((good / "review" / "sampling.json").read_text())["seeds"]
+    month = (first - timedelta(days=20)).strftime("%Y-%m")
+    seed = next(s["seed"] for s in revealed if s["policy"] == "default" and s["month"] == month)
+    evidence = [json.loads(line) for line in (good / "review" / "evidence.jsonl").read_text().splitlines()]
+    items = {e["natural_key"] for e in evidence if "action" not in e and e["reason"] == "sample"}
+    # the examiner's own recomputation, from the bundle alone (the rule is in sampling.json)
+    records = [json.loads(line) for line in (good / "records" / "records.jsonl").read_text().splitlines()]
+    drawn = {r["natural_key"] for r in records if r["kind"] == "message" and int.from_bytes(hashlib.sha256(
+        "\x1f".join((seed, "default@1", r["stream"], r["natural_key"])).encode()).digest(), "big") / 2**256 < 0.3}
+    assert drawn == items == {i["natural_key"] for i in sampled}
+
+    # a sampled message whose item was lost is found, and so is a seed changed after its commitment
+    with archive.engine.begin() as conn:
+        conn.execute(review_items.delete().where(review_items.c.id == sampled[0]["id"]))
+    failures = vb.verify(bundle("dropped"), key)
+    assert len(failures) == 1 and "was drawn by default@1 but has no review item" in failures[0]
+    with archive.engine.begin() as conn:
+        conn.execute(review_seeds.update().where(review_seeds.c.month == month).values(seed="0" * 64))
+    failures = vb.verify(bundle("reseeded"), key)
+    assert any(f"the seed of default for {month} is not the one committed" in f for f in failures)

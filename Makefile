@@ -49,6 +49,7 @@ bench: $(VENV)/.installed-test
 	$(BIN)/python bench/export.py
 	$(BIN)/python bench/console.py
 	$(BIN)/python bench/supervision.py
+	$(BIN)/python bench/review_queue.py
 
 clean-venv:
 	rm -rf $(VENV)

@@ -53,7 +53,7 @@ API_KEY_ROLES = frozenset({"ingest", "auditor"})
 ALL_TENANT_ROLES = frozenset({"compliance", "admin", "regulator"})
 # Roles that read archived content: an account or key of these roles made by an administrator
 # works only once a compliance officer (someone else) approved it — an admin alone reaches no content.
-# (a reviewer reads the messages of the supervision queues: review/, audit/supervision.py)
+# (a reviewer reads the messages of the supervision queues: review/, review/reads.py)
 CONTENT_ROLES = frozenset({"auditor", "compliance", "regulator", "reviewer"})
 AUTH_KEY = "system:auth"
 MFA_AMR = frozenset({"mfa", "otp", "hwk", "swk", "sms", "fido", "pop"})  # RFC 8176 values meaning a second factor

@@ -413,6 +413,27 @@ def _all_words(node: Node) -> list[str]:
     return []
 
 
+def required(node: Node) -> frozenset[str] | None:
+    """Words (wildcard patterns among them) of which a text must hold at least one for `node` to
+    match it: a prefilter, so a text that holds none is not evaluated. None when no such set exists
+    (a NOT, a field)."""
+    if isinstance(node, Term):
+        literal = [w for w in node.words if not _is_glob(w)]
+        return frozenset({literal[0] if literal else node.words[0]})  # every word of a phrase is needed
+    if isinstance(node, Bool):
+        parts = [required(n) for n in node.nodes]
+        if node.op == "OR":
+            return None if any(x is None for x in parts) else frozenset().union(*[x for x in parts if x])
+        known = [x for x in parts if x is not None]
+        return min(known, key=len) if known else None  # AND: any one part's words are needed
+    if isinstance(node, Near):
+        if node.negated:
+            return required(node.left)
+        known = [x for x in (required(node.left), required(node.right)) if x is not None]
+        return min(known, key=len) if known else None
+    return None
+
+
 # -- evaluation against one document ----------------------------------------------------------
 
 class Words(list[str]):
@@ -433,6 +454,13 @@ class Words(list[str]):
             g = _word_regex(word)
             self._globs[word] = sorted(i for w, at in self._at.items() if g.match(w) for i in at)
         return self._globs[word]
+
+    def any_of(self, needed: frozenset[str]) -> bool:
+        """Whether the text holds at least one of `needed` (words or wildcard patterns)."""
+        if self._at is None:
+            self.where("")
+        assert self._at is not None
+        return any((w in self._at) if not _is_glob(w) else bool(self.where(w)) for w in needed)
 
 
 @functools.lru_cache(maxsize=4096)

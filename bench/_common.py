@@ -13,6 +13,7 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -105,3 +106,31 @@ def commit_history(env: dict[str, str], messages: int, per_chunk: int) -> None:
     env = {**env, "PYTHONPATH": env["PYTHONPATH"] + os.pathsep + str(REPO / "bench")}
     subprocess.run([sys.executable, "-c", _COMMIT_HISTORY, str(messages), str(per_chunk)], env=env, cwd=REPO,
                    check=True, stdout=subprocess.DEVNULL)
+
+
+def signed_in(archive: Archive, name: str, role: str, tenants: list[str] | None = None) -> tuple[Any, dict[str, str], str]:
+    """An in-process client of the app with a console session of a new person `name`, their API
+    bearer header, and the console's CSRF token: (client, api headers, csrf)."""
+    import time
+
+    import pyotp
+    from fastapi.testclient import TestClient
+
+    from strongroom.app import create_app
+
+    user = archive.accounts().create_user(name, role, tenants, "bench", approved=True)
+    client = TestClient(create_app(archive), base_url="http://127.0.0.1")
+    client.get("/console/login")
+    r = client.post("/console/login", data={"pre": client.cookies["sr_console_pre"], "name": name,
+                                            "password": user["password"],
+                                            "otp": pyotp.TOTP(user["totp_secret"]).now()}, follow_redirects=False)
+    assert r.status_code == 303, r.text
+    token, _ = archive.accounts().login(name, user["password"], pyotp.TOTP(user["totp_secret"]).at(time.time() + 30))
+    csrf = client.app.state.console.csrf(client.cookies["sr_console"])
+    return client, {"Authorization": f"Bearer {token}"}, csrf
+
+
+def percentile(xs: list[float], q: float) -> float:
+    """The q-th quantile (nearest rank) of `xs`."""
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(q * len(xs)))]

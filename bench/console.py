@@ -29,12 +29,17 @@ import sqlalchemy as sa
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from _common import PROCESS_PENDING, REPO, child_env, commit_history, env_database_url, free_port, temp_archive  # noqa: E402
-
-
-def _pct(xs: list[float], q: float) -> float:
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(q * len(xs)))]
+from _common import (  # noqa: E402
+    PROCESS_PENDING,
+    REPO,
+    child_env,
+    commit_history,
+    env_database_url,
+    free_port,
+    percentile,
+    signed_in,
+    temp_archive,
+)
 
 
 def main() -> None:
@@ -43,10 +48,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=40)
     ap.add_argument("--browser-repeat", type=int, default=10)
     args = ap.parse_args()
-    from fastapi.testclient import TestClient
-
     from archiver.db import events
-    from strongroom.app import create_app
 
     with temp_archive(env_database_url(), login_rate_per_minute=1000, api_rate_per_minute=100_000) as archive:
         t0 = time.perf_counter()
@@ -56,17 +58,7 @@ def main() -> None:
                        stdout=subprocess.DEVNULL)
         archive.search_index().update()
         print(f"{args.messages:,} messages archived and indexed in {time.perf_counter() - t0:.0f} s")
-        user = archive.accounts().create_user("bench", "compliance", None, "bench", approved=True)
-        client = TestClient(create_app(archive), base_url="http://127.0.0.1")
-        client.get("/console/login")
-        code = pyotp.TOTP(user["totp_secret"]).now()
-        r = client.post("/console/login", data={"pre": client.cookies["sr_console_pre"], "name": "bench",
-                                                "password": user["password"], "otp": code}, follow_redirects=False)
-        assert r.status_code == 303, r.text
-        token, _ = archive.accounts().login("bench", user["password"], pyotp.TOTP(user["totp_secret"]).at(
-            time.time() + 30))
-        api = {"Authorization": f"Bearer {token}"}
-        csrf = client.app.state.console.csrf(client.cookies["sr_console"])  # type: ignore[attr-defined]
+        client, api, csrf = signed_in(archive, "bench", "compliance")
         with archive.engine.connect() as conn:
             busiest = conn.execute(sa.select(events.c.conversation, sa.func.count()).where(
                 events.c.kind == "message").group_by(events.c.conversation)
@@ -93,22 +85,22 @@ def main() -> None:
             "thread API (GET /api/v1/conversations/…)": timed(lambda i: client.get(
                 f"/api/v1/conversations/{conv}", headers=api)),
         }
-        browser = _browser(archive, conv, queries, args.browser_repeat, token) if CHROMIUM.exists() else {}
+        browser = _browser(archive, conv, queries, args.browser_repeat, api["Authorization"].removeprefix("Bearer ")) if CHROMIUM.exists() else {}
     for name, xs in pages.items():
-        print(f"{name:45s} p50 {statistics.median(xs):7.1f} ms   p95 {_pct(xs, 0.95):7.1f} ms")
+        print(f"{name:45s} p50 {statistics.median(xs):7.1f} ms   p95 {percentile(xs, 0.95):7.1f} ms")
     names = list(pages)
     for page, peer in ((names[0], names[1]), (names[2], names[3])):
-        print(f"{page}: p95 {_pct(pages[page], 0.95) / _pct(pages[peer], 0.95):.2f}x its API twin "
+        print(f"{page}: p95 {percentile(pages[page], 0.95) / percentile(pages[peer], 0.95):.2f}x its API twin "
               f"(goal: page p95 < 300 ms)")
     if not browser:
         print("(no /usr/bin/chromium: browser time to interactive not measured)")
     for name, xs in browser.items():
-        print(f"{name:45s} p50 {statistics.median(xs):7.1f} ms   p95 {_pct(xs, 0.95):7.1f} ms")
+        print(f"{name:45s} p50 {statistics.median(xs):7.1f} ms   p95 {percentile(xs, 0.95):7.1f} ms")
     bnames = list(browser)
     for i in range(0, len(bnames), 3):
         page, loaded, peer = bnames[i:i + 3]
-        print(f"{page}: p95 {_pct(browser[page], 0.95) / _pct(browser[peer], 0.95):.2f}x the browser's API fetch "
-              f"(fully loaded: {_pct(browser[loaded], 0.95) / _pct(browser[peer], 0.95):.2f}x)")
+        print(f"{page}: p95 {percentile(browser[page], 0.95) / percentile(browser[peer], 0.95):.2f}x the browser's API fetch "
+              f"(fully loaded: {percentile(browser[loaded], 0.95) / percentile(browser[peer], 0.95):.2f}x)")
 
 
 CHROMIUM = Path("/usr/bin/chromium")

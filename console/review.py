@@ -1,7 +1,7 @@
-"""The console's supervision pages (review/, audit/supervision.py): the queue, an item's review,
+"""The console's supervision pages (review/, review/reads.py): the queue, an item's review,
 policies with their editor and dry run, and the report with its charts.
 
-Each page showing archived data or review state is one read of `audit.supervision.Reviews`, so one
+Each page showing archived data or review state is one read of `review.reads.Reviews`, so one
 access event; each action is one `review.queue.ReviewQueue` action, sealed on the audit stream.
 Nothing here puts message text or a policy's terms in a URL: filters in links are ids and flags.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
@@ -19,8 +19,8 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from archiver.errors import InvalidInput, NotFound
 from audit.access import COMPLIANCE
 from audit.auth import Principal
-from audit.supervision import EXAMINERS, POLICY_READERS, REVIEWERS, Reviews
 from review.queue import ACTIONS, DISPOSITIONS, ReviewQueue
+from review.reads import EXAMINERS, POLICY_READERS, REVIEWERS, Reviews
 
 if TYPE_CHECKING:
     from console.web import Console
@@ -61,7 +61,7 @@ def columns(values: list[tuple[str, int]], width: int = 600, height: int = 80) -
 def review_pages(r: APIRouter, console: Console, page: Callable[..., dict[str, Any]],
                  me: Callable[[Request], Principal]) -> None:
     access, prefix = console.access, "/console"
-    reviews, archive = Reviews(access), access.archive
+    reviews, archive = Reviews(access), cast(Any, access.archive)  # (the runtime Archive: supervision, review_queue)
     console.env.globals.update(columns=columns, dispositions=DISPOSITION_LABELS, review_views=VIEWS,
                                reviewers=REVIEWERS, examiners=EXAMINERS)
 

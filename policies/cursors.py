@@ -29,10 +29,12 @@ def write_cursor(conn: sa.Connection, name: str, last_id: int) -> None:
 
 
 def follow(engine: sa.Engine, name: str, where: Any, handle: Callable[[Row], int],
-           batch: int = 2000, max_batches: int | None = None) -> int:
+           batch: int = 2000, max_batches: int | None = None, flush: Callable[[], int] | None = None) -> int:
     """Feed every event matching `where` past cursor `name` to `handle`, in id order, moving the
-    cursor after each batch (at most `max_batches`, so a caller's round stays short).
-    Returns the sum of what `handle` returned."""
+    cursor after each batch (at most `max_batches`, so a caller's round stays short); `flush`, if
+    given, runs before the cursor moves (what `handle` gathered, written once per batch: a crash
+    before the cursor moves replays the batch, so what `flush` writes must be idempotent).
+    Returns the sum of what `handle` and `flush` returned."""
     total = 0
     for _ in itertools.count() if max_batches is None else range(max_batches):
         with engine.connect() as conn:
@@ -43,6 +45,8 @@ def follow(engine: sa.Engine, name: str, where: Any, handle: Callable[[Row], int
             return total
         for r in rows:
             total += handle(r)
+        if flush is not None:
+            total += flush()
         with engine.begin() as conn:
             write_cursor(conn, name, rows[-1].id)
     return total

@@ -309,10 +309,19 @@ class Supervision:
         versions = self.versions()
         if not versions:
             return 0
-        return follow(self.engine, "review", events.c.kind == "message",
-                      lambda r: self._consider(r, [in_force(v, r.event_time or r.received_at)
-                                                   for v in versions.values()]),
-                      batch, max_batches)
+        gathered: list[dict[str, Any]] = []
+
+        def consider(r: Row) -> int:
+            gathered.extend(self._candidates(r, [in_force(v, r.event_time or r.received_at)
+                                                 for v in versions.values()]))
+            return 0
+
+        def store() -> int:  # one transaction per batch (a replayed batch adds nothing: `_store`)
+            made = self._store(gathered)
+            gathered.clear()
+            return made
+
+        return follow(self.engine, "review", events.c.kind == "message", consider, batch, max_batches, store)
 
     def retro(self, name: str, start: datetime, end: datetime, batch: int = 2000) -> int:
         """Run policy `name` (its newest version) over messages sent in [start, end). Items that
@@ -325,21 +334,21 @@ class Supervision:
                     events.c.id > after).order_by(events.c.id).limit(batch)).all()
             if not rows:
                 return made
-            for r in rows:
-                made += self._consider(r, [policy])
+            made += self._store([i for r in rows for i in self._candidates(r, [policy])])
             after = rows[-1].id
 
-    def _consider(self, r: Row, policies: list[Policy]) -> int:
+    def _candidates(self, r: Row, policies: list[Policy]) -> list[dict[str, Any]]:
+        """The items message `r` makes under `policies` (flagged, drawn, or both), not yet stored."""
         covering = [p for p in policies if p.covers(r)]
         if not covering:
-            return 0
+            return []
         try:
             view = views.record_view(self.keyring, r)
         except KeyDestroyedError:
-            return 0
+            return []
         content = view["content"]
         if not isinstance(content, dict) or content.get("erased") or content.get("disposed"):
-            return 0
+            return []
         text = message_text(content)
         fields = query_fields({**view, "has_attachment": False})
         approved = self._approved_template(r)
@@ -350,7 +359,7 @@ class Supervision:
                                  r.natural_key) < p.sample_rate
             if hits or drawn:
                 made.append(self._item(p, r, "flag" if hits else "sample", hits))
-        return self._store(made)
+        return made
 
     def _approved_template(self, r: Row) -> bool:
         if r.type != "template" or not r.template_name or not r.tenant:

@@ -21,6 +21,7 @@ from audit.routes import api_routers
 from audit.routes.auth import ANY_ROLE
 from exporters.api import export_router
 from exporters.jobs import ExportJobs, ExportLimits
+from review.api import review_router
 from strongroom import __version__
 from strongroom.runtime import Archive
 
@@ -61,6 +62,7 @@ def create_app(archive: Archive) -> FastAPI:
     for router in api_routers(access):
         app.include_router(router)
     app.include_router(export_router(jobs, access))
+    app.include_router(review_router(access, archive))
     from console.web import install_console
 
     key_path = settings.secrets_dir / "console_key"

@@ -15,12 +15,13 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from audit.access import Access
-from audit.routes import admin, auth, holds, ingest, ledgers, proposals, reports, review, search, threads, trail
+from audit.routes import admin, auth, holds, ingest, ledgers, proposals, reports, search, threads, trail
 
 PREFIX = "/api/v1"
 
 
 def api_routers(access: Access) -> list[APIRouter]:
-    """Every router of the auditor API (exports are added by `exporters.api`)."""
+    """Every router of the auditor API (exports are added by `exporters.api`, supervision by
+    `review.api`: both build on the access layer, which does not import them)."""
     return [module.router(access) for module in (search, threads, ledgers, holds, reports, trail, ingest,
-                                                 auth, admin, proposals, review)]
+                                                 auth, admin, proposals)]

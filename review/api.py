@@ -13,7 +13,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 from archiver.errors import NotFound
 from audit.access import COMPLIANCE, Access, json_bytes
 from audit.http import json_response, principal, rule
-from audit.supervision import EXAMINERS, POLICY_READERS, REVIEWERS, Reviews
+from review.reads import EXAMINERS, POLICY_READERS, REVIEWERS, Reviews
 
 Action = Literal["claim", "release", "assign", "note", "escalate", "close"]
 
@@ -63,9 +63,10 @@ def utc(t: datetime) -> datetime:
     return t if t.tzinfo is not None else t.replace(tzinfo=UTC)
 
 
-def router(access: Access) -> APIRouter:
+def review_router(access: Access, archive: Any) -> APIRouter:
+    """The supervision routes; `archive` gives `supervision()` and `review_queue()`."""
     r = APIRouter(prefix="/api/v1", tags=["review"])
-    reviews, archive = Reviews(access), access.archive
+    reviews = Reviews(access)
 
     @r.get("/review/items", **rule(REVIEWERS | EXAMINERS, audited=True))
     def items(request: Request, queue: str | None = Query(None, max_length=100),

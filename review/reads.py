@@ -1,4 +1,4 @@
-"""Audited reads of supervision (review/): the queue, an item with the thread around its hit, the
+"""Audited reads of supervision: the queue, an item with the thread around its hit, the
 review trail of any message, the policies, a policy's dry run, and the reports an examiner asks
 for (coverage, reviewer activity, effectiveness). Each is one access event, as every read in
 `audit.access` is, and tenant-scoped principals see only their tenants' items.
@@ -28,7 +28,7 @@ from audit.index import query_fields
 from exporters.verify_bundle import message_text
 from review.lexicon import match
 from review.queue import review_actions, review_staff
-from review.supervision import Policy, month_of, policy_from, review_items, sample_value
+from review.supervision import Policy, Supervision, month_of, policy_from, review_items, sample_value
 
 REVIEWERS = frozenset({"reviewer", "compliance"})
 EXAMINERS = frozenset({"compliance", "regulator"})
@@ -58,6 +58,7 @@ class Reviews:
 
     def __init__(self, access: Access) -> None:
         self.access, self.engine = access, access.engine
+        self.supervision = Supervision(access.engine, access.keyring, access.archive.templates())
 
     def _scoped(self, p: Principal, q: Any) -> Any:
         return q if p.tenants is None else q.where(review_items.c.tenant.in_(sorted(p.tenants)))
@@ -174,7 +175,7 @@ class Reviews:
     def policies(self, p: Principal) -> Answer:
         """Every version of every policy: document, SHA-256, who stored it, when (newest first)."""
         self.access.allow(p, POLICY_READERS)
-        found = self.access.archive.supervision().history()
+        found = self.supervision.history()
         return self.access.answer(p, "review.policies", {}, {"policies": found}, len(found),
                                   [f"{v['name']}@{v['version']}" for v in found])
 
@@ -186,7 +187,7 @@ class Reviews:
         policy = policy_from(name or "dry-run", 0, doc)
         if end <= start:
             raise InvalidInput("the dry run's range ends after it starts")
-        review = self.access.archive.supervision()
+        review = self.supervision
         seen = covered = 0
         by_term: Counter[tuple[str, str]] = Counter()
         flagged: list[str] = []
@@ -238,7 +239,7 @@ class Reviews:
         [start, end): their items, and every action on those items whenever it was taken."""
         self.access.allow(p, EXAMINERS)
         now = now or datetime.now(UTC)
-        review = self.access.archive.supervision()
+        review = self.supervision
         month = sa.func.substr(sa.cast(events.c.event_time, sa.String), 1, 7)
         with self.engine.connect() as conn:
             items = conn.execute(self._scoped(p, sa.select(review_items)).where(

@@ -293,3 +293,23 @@ def test_an_examiner_recomputes_the_sample_from_a_bundle_and_finds_a_dropped_ite
         conn.execute(review_seeds.update().where(review_seeds.c.month == month).values(seed="0" * 64))
     failures = vb.verify(bundle("reseeded"), key)
     assert any(f"the seed of default for {month} is not the one committed" in f for f in failures)
+
+
+def test_the_prefilter_never_drops_a_match_the_evaluator_would_make() -> None:
+    """searchlang.required: a text holding none of a term's needed words cannot match it; on the
+    corpus and the near-misses, with the prefilter and without, every term decides the same."""
+    from audit import searchlang
+
+    terms = [t for lx in default_lexicons() for t in (*lx.terms, *lx.exceptions)]
+    assert all(t.needs for t in terms)  # every shipped term can be prefiltered
+    skipped = 0
+    for r in CORPUS:
+        words = searchlang.Words(searchlang.tokens(r["text"]))
+        for t in terms:
+            full = searchlang.evaluate(t.node, words, {})
+            assert t.matches(words, {}) == full, (t.query, r["text"])
+            skipped += not words.any_of(t.needs)  # type: ignore[arg-type]
+    assert skipped > 0.8 * len(CORPUS) * len(terms)  # most terms are never evaluated on most texts
+    assert searchlang.required(searchlang.parse("NOT signal")) is None
+    assert searchlang.required(searchlang.parse('"buy signal" OR guarante*')) == {"buy", "guarante*"}
+    assert searchlang.required(searchlang.parse("delete w/3 (this OR chat)")) in ({"delete"}, {"this", "chat"})

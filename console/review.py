@@ -9,6 +9,7 @@ Nothing here puts message text or a policy's terms in a URL: filters in links ar
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, cast
@@ -149,8 +150,8 @@ def review_pages(r: APIRouter, console: Console, page: Callable[..., dict[str, A
             raise NotFound("no such review action")
         rq = archive.review_queue()
         rq.do(item_id[:26], p, action, form)
-        following = form.get("next", "")[:26]
-        if action in ("close", "escalate") and following:
+        following = form.get("next", "")
+        if action in ("close", "escalate") and re.fullmatch(r"[0-9A-Z]{26}", following):  # (an item id only)
             return RedirectResponse(f"{prefix}/review/{following}", status_code=303)
         return RedirectResponse(f"{prefix}/review/{item_id[:26]}", status_code=303)
 

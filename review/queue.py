@@ -103,7 +103,9 @@ class ReviewQueue:
                 self._not_own(conn, item, reviewer)
             if action in ("claim", "release", "close", "escalate") and item.assignee not in (None, who.name):
                 raise Forbidden(f"this item is held by {item.assignee}")
-            if item.level >= 2 and action in ("claim", "assign", "close", "escalate"):
+            if action == "escalate" and item.level >= 2:
+                raise InvalidInput("this item is at the second level already: close it there")
+            if item.level >= 2 and action in ("claim", "assign", "close"):
                 self._second_level(conn, item, who)
             if action == "close" and details["disposition"] == "false_positive" \
                     and details["term"] not in [h["term"] for h in json.loads(item.hits)]:

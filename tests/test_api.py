@@ -697,6 +697,8 @@ def test_a_reviewer_works_the_queue_of_their_tenant_over_the_api(world: World) -
                              headers=hdr["reviewer"]).status_code == 200
     r = world.client.post(f"{base}/claim", json={}, headers=hdr["reviewer"])
     assert r.status_code == 403 and "second level" in r.json()["detail"]  # a reviewer is the first level
+    r = world.client.post(f"{base}/escalate", json={"reason": "again"}, headers=hdr["compliance"])
+    assert r.status_code == 400 and "second level already" in r.json()["detail"]
     assert world.client.post(f"{base}/close", json={"disposition": "issue_action_taken", "reason": "confirmed on "
                              "a recorded line; rep reminded"}, headers=hdr["compliance"]).status_code == 200
     trail = world.get(f"/api/v1/review/trail/{world.record_id('wamid.a1')}", "regulator").json()

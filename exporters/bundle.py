@@ -506,17 +506,26 @@ class Exporter:
                 events.c.kind == "message", events.c.id > cursor,
                 events.c.conversation.in_(sorted(st.conversations)) if st.conversations else sa.false()))
                 if r.seq is not None and st.spool.has_record(f"{r.stream}/{r.seq}")]
-        lines = []
+        lines, withheld = [], set()
         for r in rows:
             if r.kind == "review_item" and r.natural_key not in keys:
                 continue
             doc = json.loads(self.keyring.open_record(r))
-            if r.kind != "review_item" and r.type not in kinds and (doc.get("details") or {}).get("item") not in ids:
+            details = doc.get("details") or {}
+            if r.kind != "review_item" and r.type not in kinds and details.get("item") not in ids:
                 continue  # an action on an item of messages outside the bundle
+            if tenants is not None and r.type == "review.policy" and not _policy_within(
+                    details.get("document") or {}, set(tenants), st.snap):
+                withheld.add(details.get("policy"))  # a policy that names another tenant or its numbers
+                continue
             # (an item's sealed content names its message by natural_key; an action is keyed as itself)
             head = {"record": self._evidence(st, r)} if r.kind == "review_item" else {
                 "record": self._evidence(st, r), "natural_key": r.natural_key}
             lines.append(_line({**head, **doc}))
+        if withheld:  # (their seed commitments and seeds go with them; this tenant's items and actions stay)
+            lines = [ln for ln in lines if not (json.loads(ln).get("action") == "review.seed"
+                                                and json.loads(ln)["details"].get("policy") in withheld)]
+            seeds = [s for s in seeds if s["policy"] not in withheld]
         b.put("review/evidence.jsonl", b"".join(lines), count=len(lines))
         b.put("review/sampling.json", _pretty({
             "rule": "a message is sampled by a policy version iff SHA-256(seed 0x1f policy@version 0x1f stream "
@@ -524,7 +533,9 @@ class Exporter:
                     "message's sent time (the first for an older message); the month's seed (UTC, by sent time) "
                     "is committed (review.seed: its SHA-256) before the month begins",
             "seeds": seeds, "seeds_withheld": "the seeds of the current month, until it ends",
-            "not_yet_considered": pending, "tenants": tenants}))
+            "not_yet_considered": pending, "tenants": tenants,
+            "policies_withheld": "policies whose population names another tenant or its numbers are left out of "
+                                 "a tenant's bundle" if withheld else None}))
 
     def _custody(self, custody: Custody, scope: ExportScope, snap: dict[str, tuple[int, bytes]], export_id: str,
                  started: datetime, st: _RunState, actor: str) -> dict[str, Any]:
@@ -868,6 +879,13 @@ def _scoped_entry(doc: dict[str, Any], in_scope: Callable[[str], bool], tenants:
 def _touches(details: Any, named: Callable[[str], bool]) -> bool:
     """Does an audit entry's details name something of the scope (a record id, conversation, number)?"""
     return any(named(v) for v in _strings(details))
+
+
+def _policy_within(doc: dict[str, Any], tenants: set[str], streams: Iterable[str]) -> bool:
+    """Whether a review policy's population names only these tenants and numbers (or all)."""
+    pop = doc.get("population") or {}
+    return (not pop.get("tenants") or set(pop["tenants"]) <= tenants) and \
+        (not pop.get("numbers") or set(pop["numbers"]) <= set(streams))
 
 
 def _iso(t: datetime | None) -> str | None:

@@ -313,3 +313,12 @@ def test_the_prefilter_never_drops_a_match_the_evaluator_would_make() -> None:
     assert searchlang.required(searchlang.parse("NOT signal")) is None
     assert searchlang.required(searchlang.parse('"buy signal" OR guarante*')) == {"buy", "guarante*"}
     assert searchlang.required(searchlang.parse("delete w/3 (this OR chat)")) in ({"delete"}, {"this", "chat"})
+
+
+def test_a_tenants_bundle_leaves_out_policies_that_name_another_tenant() -> None:
+    from exporters.bundle import _policy_within
+
+    assert _policy_within({"population": {"tenants": None}}, {"w1"}, ["n1"])
+    assert _policy_within({"population": {"tenants": ["w1"], "numbers": ["n1"]}}, {"w1"}, ["n1", "n2"])
+    assert not _policy_within({"population": {"tenants": ["w1", "w2"]}}, {"w1"}, ["n1"])
+    assert not _policy_within({"population": {"numbers": ["n9"]}}, {"w1"}, ["n1"])

@@ -24,6 +24,7 @@ Layout::
     audit/access_trail.jsonl              every audit-stream entry that touched the scope
     review/evidence.jsonl  sampling.json  supervision: sealed policy versions, seed commitments, the
                                           messages' review items and actions; ended months' seeds
+    review/report.json                    coverage and effectiveness of the production's items
 """
 
 from __future__ import annotations
@@ -483,6 +484,7 @@ class Exporter:
         them (review/evidence.jsonl, each proven), the seeds of months that have ended (so an
         examiner recomputes every draw: `verify_bundle`), and the messages the flagger had not yet
         reached when the bundle was made. In a tenant's bundle only its own items and actions."""
+        from review.reads import review_report
         from review.supervision import review_items, review_seeds
 
         kinds = ("review.policy", "review.seed")
@@ -527,6 +529,7 @@ class Exporter:
                                                 and json.loads(ln)["details"].get("policy") in withheld)]
             seeds = [s for s in seeds if s["policy"] not in withheld]
         b.put("review/evidence.jsonl", b"".join(lines), count=len(lines))
+        b.put("review/report.json", _pretty(review_report(items)))
         b.put("review/sampling.json", _pretty({
             "rule": "a message is sampled by a policy version iff SHA-256(seed 0x1f policy@version 0x1f stream "
                     "0x1f natural_key) / 2^256 < sample_rate; the version is the newest stored at or before the "

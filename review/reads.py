@@ -287,6 +287,23 @@ class Reviews:
                                   len(items), [])
 
 
+def review_report(items: Sequence[Any], now: datetime | None = None) -> dict[str, Any]:
+    """Coverage per policy, number and month, and effectiveness, of these items alone (what a
+    bundle holds: its messages' items; each is in review/evidence.jsonl, proven)."""
+    now = now or datetime.now(UTC)
+    coverage: dict[tuple[str, str, str], Counter[str]] = defaultdict(Counter)
+    for r in items:
+        c = coverage[(r.policy, r.stream, month_of(r.event_time))]
+        c["flagged" if r.reason == "flag" else "sampled"] += 1
+        c["reviewed" if r.state == "closed" else "open"] += 1
+        c["overdue"] += int(r.state == "open" and r.due_at is not None and as_utc(r.due_at) < now)
+    return {"at": now.isoformat(), "coverage": [
+        {"policy": k[0], "stream": k[1], "month": k[2], **{n: c[n] for n in ("flagged", "sampled", "reviewed", "open",
+                                                                             "overdue")}}
+        for k, c in sorted(coverage.items())], "effectiveness": effectiveness(items),
+        "note": "of the items of this production's messages; GET /api/v1/review/report gives the whole archive's"}
+
+
 def effectiveness(items: Sequence[Any]) -> list[dict[str, Any]]:
     """Per policy and per term: items, closed, issues, false positives and the false-positive rate
     among closed items (a term reviewers keep calling wrong is a term to rewrite)."""

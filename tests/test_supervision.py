@@ -283,6 +283,9 @@ def test_an_examiner_recomputes_the_sample_from_a_bundle_and_finds_a_dropped_ite
     drawn = {r["natural_key"] for r in records if r["kind"] == "message" and int.from_bytes(hashlib.sha256(
         "\x1f".join((seed, "default@1", r["stream"], r["natural_key"])).encode()).digest(), "big") / 2**256 < 0.3}
     assert drawn == items == {i["natural_key"] for i in sampled}
+    report = json.loads((good / "review" / "report.json").read_text())
+    assert sum(c["sampled"] for c in report["coverage"]) == len(sampled)
+    assert report["effectiveness"][0]["policy"] == "default"
 
     # a sampled message whose item was lost is found, and so is a seed changed after its commitment
     with archive.engine.begin() as conn:

@@ -5,6 +5,8 @@ COPY archiver ./archiver
 COPY policies ./policies
 COPY audit ./audit
 COPY exporters ./exporters
+COPY review ./review
+COPY console ./console
 COPY strongroom ./strongroom
 RUN pip install --no-cache-dir . && useradd --system --home /data strongroom && mkdir -p /data && chown strongroom /data
 USER strongroom

@@ -278,3 +278,19 @@ def test_a_relative_data_directory_starts(tmp_path: Path, monkeypatch: pytest.Mo
         assert sw._answers()
     finally:
         sw.stop()
+
+
+def test_the_image_gets_every_package_and_its_build_context_nothing_else() -> None:
+    """The Dockerfile copies every package pyproject installs, and .dockerignore admits only those
+    (a build context never carries .venv, the data directory or its keys)."""
+    import tomllib
+
+    root = Path(__file__).resolve().parents[1]
+    found = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
+    packages = {p.rstrip("*") for p in found["include"]}
+    copied = {line.split()[1] for line in (root / "Dockerfile").read_text().splitlines() if line.startswith("COPY ")}
+    assert packages <= copied, f"the Dockerfile does not copy {sorted(packages - copied)}"
+    ignore = (root / ".dockerignore").read_text().splitlines()
+    assert "*" in ignore  # everything out, then these in
+    admitted = {line[1:].rstrip("/") for line in ignore if line.startswith("!")}
+    assert admitted == packages | {"pyproject.toml", "README.md"}

@@ -4,13 +4,14 @@ and the supervision report."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request, Response
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from archiver.errors import NotFound
+from archiver.sqlutil import as_utc  # (a query's instant without an offset is UTC)
 from audit.access import COMPLIANCE, Access, json_bytes
 from audit.http import json_response, principal, rule
 from review.reads import EXAMINERS, POLICY_READERS, REVIEWERS, Reviews
@@ -56,11 +57,6 @@ class StaffRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     people: list[str] = Field(default_factory=list, max_length=1000)
-
-
-def utc(t: datetime) -> datetime:
-    """A query's instant; one without an offset is UTC."""
-    return t if t.tzinfo is not None else t.replace(tzinfo=UTC)
 
 
 def review_router(access: Access, archive: Any) -> APIRouter:
@@ -145,6 +141,6 @@ def review_router(access: Access, archive: Any) -> APIRouter:
                end: Annotated[datetime, Query(alias="to")]) -> Response:
         """Coverage (policy x number x month), reviewer activity, and per-policy and per-term hit
         and false-positive rates over [from, to)."""
-        return json_response(reviews.report(principal(request), utc(start), utc(end)).body)
+        return json_response(reviews.report(principal(request), as_utc(start), as_utc(end)).body)
 
     return r

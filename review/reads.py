@@ -255,17 +255,7 @@ class Reviews:
                                              .label("item_created")).join(
                 review_items, review_items.c.id == review_actions.c.item_id).where(
                 review_items.c.event_time >= start, review_items.c.event_time < end)).all()
-        coverage: dict[tuple[str, str, str], dict[str, int]] = {}
-        for pol_name, stream, m, n in coverage_rows:
-            coverage[(pol_name, stream, m)] = {"messages": int(n), "flagged": 0, "sampled": 0, "reviewed": 0,
-                                               "open": 0, "overdue": 0}
-        for r in items:
-            key = (r.policy, r.stream, month_of(r.event_time))
-            c = coverage.setdefault(key, {"messages": 0, "flagged": 0, "sampled": 0, "reviewed": 0, "open": 0,
-                                          "overdue": 0})
-            c["flagged" if r.reason == "flag" else "sampled"] += 1
-            c["reviewed" if r.state == "closed" else "open"] += 1
-            c["overdue"] += int(r.state == "open" and r.due_at is not None and as_utc(r.due_at) < now)
+        messages = {(pol_name, stream, m): int(n) for pol_name, stream, m, n in coverage_rows}
         people: dict[str, dict[str, Any]] = defaultdict(lambda: {"actions": Counter(), "dispositions": Counter(),
                                                                  "hours_to_close": []})
         for a in actions:
@@ -281,8 +271,7 @@ class Reviews:
                       "median_hours_to_close": round(statistics.median(v["hours_to_close"]), 2)
                       if v["hours_to_close"] else None} for actor, v in sorted(people.items())]
         result = {"from": start, "to": end, "at": now,
-                  "coverage": [{"policy": k[0], "stream": k[1], "month": k[2], **v} for k, v in sorted(coverage.items())],
-                  "reviewers": reviewers, "effectiveness": effectiveness(items)}
+                  "coverage": item_coverage(items, now, messages), "reviewers": reviewers, "effectiveness": effectiveness(items)}
         return self.access.answer(p, "review.report", {"from": start.isoformat(), "to": end.isoformat()}, result,
                                   len(items), [])
 
@@ -291,17 +280,27 @@ def review_report(items: Sequence[Any], now: datetime | None = None) -> dict[str
     """Coverage per policy, number and month, and effectiveness, of these items alone (what a
     bundle holds: its messages' items; each is in review/evidence.jsonl, proven)."""
     now = now or datetime.now(UTC)
-    coverage: dict[tuple[str, str, str], Counter[str]] = defaultdict(Counter)
+    return {"at": now.isoformat(), "coverage": item_coverage(items, now), "effectiveness": effectiveness(items),
+            "note": "of the items of this production's messages; GET /api/v1/review/report gives the whole archive's"}
+
+
+COVERAGE = ("flagged", "sampled", "reviewed", "open", "overdue")
+
+
+def item_coverage(items: Sequence[Any], now: datetime,
+                  messages: dict[tuple[str, str, str], int] | None = None) -> list[dict[str, Any]]:
+    """Per (policy, number, month): the items flagged, sampled, reviewed, open and overdue, and (with
+    `messages`, the population's message counts) how many messages there were."""
+    # (a month with messages and no items is a row too)
+    counts: dict[tuple[str, str, str], Counter[str]] = defaultdict(Counter, {k: Counter() for k in messages or {}})
     for r in items:
-        c = coverage[(r.policy, r.stream, month_of(r.event_time))]
+        c = counts[(r.policy, r.stream, month_of(r.event_time))]
         c["flagged" if r.reason == "flag" else "sampled"] += 1
         c["reviewed" if r.state == "closed" else "open"] += 1
         c["overdue"] += int(r.state == "open" and r.due_at is not None and as_utc(r.due_at) < now)
-    return {"at": now.isoformat(), "coverage": [
-        {"policy": k[0], "stream": k[1], "month": k[2], **{n: c[n] for n in ("flagged", "sampled", "reviewed", "open",
-                                                                             "overdue")}}
-        for k, c in sorted(coverage.items())], "effectiveness": effectiveness(items),
-        "note": "of the items of this production's messages; GET /api/v1/review/report gives the whole archive's"}
+    return [{"policy": k[0], "stream": k[1], "month": k[2],
+             **({"messages": messages.get(k, 0)} if messages is not None else {}), **{n: c[n] for n in COVERAGE}}
+            for k, c in sorted(counts.items())]
 
 
 def effectiveness(items: Sequence[Any]) -> list[dict[str, Any]]:

@@ -44,7 +44,7 @@ from archiver.records import canonical_json
 from archiver.sqlutil import Row, as_utc, insert_ignore, utcnow
 from audit import views
 from audit.index import query_fields
-from exporters.verify_bundle import message_text  # (standalone: the index uses it too)
+from exporters.verify_bundle import message_text, sample_draw  # (standalone: the index uses it too)
 from policies.cursors import follow
 from policies.templates import TemplateLedger
 from review.lexicon import Hit, Lexicon, default_lexicons, lexicons_from, match
@@ -171,9 +171,9 @@ def policy_from(name: str, version: int, doc: Any, created_at: datetime | None =
 
 
 def sample_value(seed: str, policy: str, stream: str, natural_key: str) -> float:
-    """The message's draw in [0, 1): SHA-256(seed ‖ policy@version ‖ stream ‖ natural key) / 2^256."""
-    h = hashlib.sha256("\x1f".join((seed, policy, stream, natural_key)).encode()).digest()
-    return int.from_bytes(h, "big") / 2**256
+    """The message's draw in [0, 1): SHA-256(seed ‖ policy@version ‖ stream ‖ natural key) / 2^256 —
+    the standalone verifier's own function, so the archive and an examiner cannot disagree."""
+    return sample_draw(seed, policy, stream, natural_key)
 
 
 def month_of(t: datetime) -> str:
@@ -292,14 +292,12 @@ class Supervision:
         before supervision began): that commitment says it came after the month began."""
         if (policy, month) in self._seeds:
             return self._seeds[(policy, month)]
-        with self.engine.connect() as conn:
-            seed = conn.execute(sa.select(review_seeds.c.seed).where(review_seeds.c.policy == policy,
-                                                                     review_seeds.c.month == month)).scalar()
+        seed = self.committed_seed(policy, month)
         if seed is None:
             self._commit(policy, month, now or utcnow())
             return self.seed(policy, month, now)
-        self._seeds[(policy, month)] = str(seed)
-        return str(seed)
+        self._seeds[(policy, month)] = seed
+        return seed
 
     # -- flagging and sampling ------------------------------------------------------------------
 

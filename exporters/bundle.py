@@ -496,8 +496,8 @@ class Exporter:
             keys = {f"review_item:{i.policy}:{i.stream}:{i.natural_key}" for i in items}
             ids = {i.id for i in items}
             rows = [r for r in conn.execute(sa.select(events).where(
-                events.c.stream == AUDIT_STREAM, sa.or_(events.c.type.in_(kinds), events.c.kind == "review_item",
-                                                        events.c.type.like("review.%"))).order_by(events.c.id))
+                events.c.stream == AUDIT_STREAM, sa.or_(events.c.kind == "review_item", events.c.type.like("review.%")))
+                .order_by(events.c.id))
                     if self._provable(st, r)]
             this_month = datetime.now(UTC).strftime("%Y-%m")
             seeds = [{"policy": s.policy, "month": s.month, "seed": s.seed} for s in conn.execute(
@@ -508,7 +508,8 @@ class Exporter:
                 events.c.kind == "message", events.c.id > cursor,
                 events.c.conversation.in_(sorted(st.conversations)) if st.conversations else sa.false()))
                 if r.seq is not None and st.spool.has_record(f"{r.stream}/{r.seq}")]
-        lines, withheld = [], set()
+        entries: list[dict[str, Any]] = []
+        withheld = set()
         for r in rows:
             if r.kind == "review_item" and r.natural_key not in keys:
                 continue
@@ -523,12 +524,12 @@ class Exporter:
             # (an item's sealed content names its message by natural_key; an action is keyed as itself)
             head = {"record": self._evidence(st, r)} if r.kind == "review_item" else {
                 "record": self._evidence(st, r), "natural_key": r.natural_key}
-            lines.append(_line({**head, **doc}))
+            entries.append({**head, **doc})
         if withheld:  # (their seed commitments and seeds go with them; this tenant's items and actions stay)
-            lines = [ln for ln in lines if not (json.loads(ln).get("action") == "review.seed"
-                                                and json.loads(ln)["details"].get("policy") in withheld)]
+            entries = [e for e in entries if not (e.get("action") == "review.seed"
+                                                  and e["details"].get("policy") in withheld)]
             seeds = [s for s in seeds if s["policy"] not in withheld]
-        b.put("review/evidence.jsonl", b"".join(lines), count=len(lines))
+        b.put("review/evidence.jsonl", b"".join(_line(e) for e in entries), count=len(entries))
         b.put("review/report.json", _pretty(review_report(items)))
         b.put("review/sampling.json", _pretty({
             "rule": "a message is sampled by a policy version iff SHA-256(seed 0x1f policy@version 0x1f stream "
